@@ -1,0 +1,36 @@
+# Winnow: every target does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint unit bench-setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/winnow demo --workdir build/demo
+
+lint: setup
+	$(BIN)/ruff check pipeline transforms schemas sampleweb tests benchmarks
+	$(BIN)/ruff format --check pipeline transforms schemas sampleweb tests benchmarks
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q
+
+test: lint unit
+
+# img2dataset lives in its own environment: its pins are not Winnow's.
+bench-setup: setup
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet img2dataset==1.47.0
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,193 @@
+"""The `winnow` command: run, demo, corpus, serve, config.
+
+Errors in what the user gave (config, input, arguments) print one line and exit with code 2;
+a pipeline failure prints its cause and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pipeline import STAGE_NAMES
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+
+LOG = logging.getLogger("winnow")
+_USER_ERROR = re.compile(r"(InputError|ConfigError): ([^\n]+)")
+
+
+class UsageError(Exception):
+    """A bad command line."""
+
+
+def _quiet_import_noise(record: logging.LogRecord) -> bool:
+    """Drops Beam's import-time notice about optional Google Cloud clients."""
+    return not record.getMessage().startswith("apitools not found")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_import_noise)
+    if args.command != "run" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from pipeline.config import ConfigError
+    from transforms.readers import InputError
+
+    try:
+        return int(args.handler(args, extra) or 0)
+    except (ConfigError, InputError, UsageError) as err:
+        print(f"winnow: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("winnow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failed pipeline: show its cause, not a Beam stack trace
+        found = _USER_ERROR.search(str(err))
+        if found:
+            print(f"winnow: error: {found.group(2)}", file=sys.stderr)
+            return 2
+        LOG.debug("pipeline failed", exc_info=True)
+        last = str(err).strip().splitlines()[-1:] or [type(err).__name__]
+        print(f"winnow: pipeline failed: {last[0][:500]} (rerun with -v for details)", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="winnow", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline on URL lists (other --flags go to Beam)")
+    run.add_argument("--input", action="append", required=True, help="file, folder or glob (repeatable)")
+    run.add_argument("--output", required=True, help="output folder (local, s3://, gs://)")
+    _add_config_args(run)
+    run.add_argument("--runner", default="local", help="local (default), DataflowRunner, SparkRunner, …")
+    run.add_argument("--workers", type=int, help="local runner: worker processes (0 = one per core)")
+    run.set_defaults(handler=_cmd_run)
+
+    demo = sub.add_parser("demo", help="generate and serve the sample web, then run the full pipeline on it")
+    demo.add_argument("--workdir", default="build/demo")
+    demo.add_argument("--samples", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, help="local worker processes (0 = one per core)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    corpus = sub.add_parser("corpus", help="generate the sample web into a folder")
+    corpus.add_argument("--out", required=True)
+    corpus.add_argument("--samples", type=int, default=2000)
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.set_defaults(handler=_cmd_corpus)
+
+    serve = sub.add_parser("serve", help="serve a generated sample web on loopback")
+    serve.add_argument("dir")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.set_defaults(handler=_cmd_serve)
+
+    config = sub.add_parser("config", help="print the effective config with every key")
+    _add_config_args(config)
+    config.set_defaults(handler=_cmd_config)
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (local or any Beam filesystem)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key"
+    )
+    parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
+
+
+def _config(args: argparse.Namespace, base_text: str | None = None) -> RunConfig:
+    from pipeline.config import load_config
+
+    overrides = list(args.set)
+    if getattr(args, "stages", None):
+        overrides.append(f"run.stages=[{args.stages}]")
+    return load_config(args.config, overrides, base_text=base_text)
+
+
+def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipeline.jobs import run_job
+
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("--workers must be >= 0")
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
+    config = _config(args)
+    stats = run_job(config, args.input, args.output, args.runner, beam_args, args.workers, show_progress=True)
+    print(format_summary(stats, args.output))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
+    from pipeline.config import default_config_text, load_config
+    from pipeline.demo import run_demo
+
+    if args.samples < 1:
+        raise UsageError("--samples must be >= 1")
+    config = load_config(None, base_text=default_config_text())
+    print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers))
+    return 0
+
+
+def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
+    from sampleweb import generate_corpus
+
+    if args.samples < 1:
+        raise UsageError("--samples must be >= 1")
+    summary = generate_corpus(args.out, args.samples, args.seed)
+    print(f"wrote {args.samples} samples to {args.out} ({summary})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
+    from sampleweb import SampleWebServer, write_url_lists
+
+    if not os.path.exists(os.path.join(args.dir, "manifest.parquet")):
+        raise UsageError(
+            f"{args.dir} holds no sample web (manifest.parquet); create one with `winnow corpus`"
+        )
+    with SampleWebServer(args.dir, host=args.host, port=args.port) as server:
+        urls, truth = write_url_lists(args.dir, server.base_url)
+        print(f"serving {args.dir} at {server.base_url} (url list: {urls}, truth: {truth}); Ctrl-C stops")
+        server.wait()
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace, _: list[str]) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def format_summary(stats: dict[str, Any], output: str) -> str:
+    """A short human summary of a run's stats."""
+    lines = [f"{stats['samples']:,} samples in {stats.get('duration_s', 0):.1f}s → {output}"]
+    for status, count in stats["status"].items():
+        lines.append(f"  {status:<9} {count:>8,}")
+        for reason, n in stats["reasons"].get(status, {}).items():
+            lines.append(f"    {reason:<22} {n:>6,}")
+    shards = stats["shards"]
+    lines.append(
+        f"  shards: {shards['count']} Parquet, {shards['tar_files']} tar ({shards['tar_bytes'] / 1e6:.1f} MB)"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The run configuration: one YAML file whose sections mirror the stages, plus `--set` overrides.
+
+Every section is a frozen dataclass; every key has a default documented next to it (and in the
+README). Loading rejects unknown keys and ill-typed values with a `ConfigError` naming the key,
+so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import STAGE_NAMES
+from transforms.crawl import CrawlConfig
+from transforms.readers import InputConfig
+from transforms.writers import OutputConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    """How the job runs, independent of any one stage."""
+
+    #: Stages to run, in pipeline order, named after their modules in `transforms/`.
+    stages: tuple[str, ...] = STAGE_NAMES
+    #: Print a live progress line per stage during local runs.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGE_NAMES]
+        if unknown:
+            raise ConfigError(f"run.stages: unknown stage(s) {unknown}; known: {list(STAGE_NAMES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The whole configuration of one `winnow run`."""
+
+    input: InputConfig = InputConfig()
+    crawl: CrawlConfig = CrawlConfig()
+    output: OutputConfig = OutputConfig()
+    run: RunSection = RunSection()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def default_config_text() -> str:
+    """The embedded default config (`pipeline/default.yaml`), used by `winnow demo`."""
+    return importlib.resources.files("pipeline").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_config(
+    path: str | None = None, overrides: Sequence[str] = (), base_text: str | None = None
+) -> RunConfig:
+    """Reads a YAML config (local or any Beam filesystem path), applies `section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if base_text is not None:
+        data = _parse_yaml(base_text, "embedded default config")
+    if path is not None:
+        try:
+            with FileSystems.open(path) as handle:
+                text = handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from err
+        _merge(data, _parse_yaml(text, path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        _set_path(data, key.strip(), _parse_yaml(raw, f"--set {key}") if raw.strip() else "")
+    return build(RunConfig, data, "")
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    """Builds dataclass `cls` from nested mappings, checking keys and types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            guess = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{_join(where, guess[0])}'?)" if guess else ""
+            raise ConfigError(f"unknown config key '{_join(where, str(key))}'{hint}")
+    values = {name: _coerce(hints[name], data[name], _join(where, name)) for name in data}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value if value is not None else {}, where)  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: invalid value {value!r}; choose one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {hint!r}")  # pragma: no cover - programming error
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: invalid YAML: {err}") from err
+
+
+def _merge(into: dict[str, Any], data: Any) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in data.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

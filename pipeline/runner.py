@@ -1,0 +1,35 @@
+"""Runner selection: a local in-process runner by default, any Beam runner by name.
+
+Beam's `DirectRunner` first tries to download the Prism binary; Winnow's `local` runner is the
+portable FnApiRunner directly, so a local run never reaches for the network. `--workers N`
+runs it as N worker processes (0 = one per core). Every other name (`DataflowRunner`,
+`SparkRunner`, `FlinkRunner`, `PrismRunner`, ...) and every Beam option passes through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+LOCAL_RUNNERS = {"local", "direct", "directrunner", "fnapirunner", "bundlebaseddirectrunner"}
+
+
+def is_local(runner: str) -> bool:
+    return runner.lower() in LOCAL_RUNNERS
+
+
+def make_pipeline(
+    runner: str = "local", beam_args: Sequence[str] = (), workers: int | None = None
+) -> beam.Pipeline:
+    """A Pipeline for `runner`; `workers` (local only) switches to multi-processing."""
+    args = list(beam_args)
+    if not is_local(runner):
+        return beam.Pipeline(options=PipelineOptions([f"--runner={runner}", *args]))
+    if workers is not None:
+        count = workers or os.cpu_count() or 1
+        args += [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"]
+    return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args))

@@ -1,0 +1,114 @@
+"""The sample record: one image/alt-text pair as it moves through the pipeline.
+
+Every stage reads and adds fields of `Sample`; `METADATA_SCHEMA` is the Arrow schema of the
+per-shard Parquet file that holds one row for **every** sample, kept or not. The encoded image
+travels in `Sample.image` but is written to the WebDataset tar only, never to Parquet.
+
+Columns (all nullable unless noted):
+
+| column | set by | meaning |
+|---|---|---|
+| uid (not null) | read | 128-bit hex key from url + caption (`make_uid`), the WebDataset key |
+| url, caption | read | as given in the input list |
+| extra | read | JSON object of the input's `save_additional_columns` |
+| status (not null) | every stage | `pending` until decided, then `success`, `failed` or `rejected` |
+| reason | the deciding stage | machine-readable reason code, e.g. `http_404`, `timeout` |
+| stage | the deciding stage | which stage set a non-success status |
+| error | the deciding stage | human-readable detail (exception message) |
+| http_status | crawl | final HTTP status code |
+| content_type | crawl | the server's Content-Type header |
+| source_format | crawl | the format Pillow identified (JPEG, PNG, WEBP, GIF, ...) |
+| original_width, original_height | crawl | decoded size, EXIF orientation applied |
+| width, height | crawl | size of the stored image |
+| sha256 | crawl | hex digest of the downloaded bytes |
+| image_bytes | crawl | size of the stored (re-encoded) image |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+
+class Status:
+    """Values of the `status` column."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+def make_uid(url: str | None, caption: str | None) -> str:
+    """A stable 128-bit hex key for a pair, the same on every run and runner (DataComp-style)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update((url or "").encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update((caption or "").encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class Sample:
+    """One image/alt-text pair. Stages return modified copies via `dataclasses.replace`."""
+
+    uid: str
+    url: str | None
+    caption: str | None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status: str = Status.PENDING
+    reason: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+    content_type: str | None = None
+    source_format: str | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    image_bytes: int | None = None
+    image: bytes | None = dataclasses.field(default=None, repr=False)
+    image_ext: str | None = None
+
+    def decided(self, status: str, reason: str | None, stage: str, error: str | None = None) -> Sample:
+        """A copy carrying a decision; the image is dropped unless the sample succeeded."""
+        image = self.image if status == Status.SUCCESS else None
+        return dataclasses.replace(self, status=status, reason=reason, stage=stage, error=error, image=image)
+
+
+METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("extra", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("http_status", pa.int32()),
+        pa.field("content_type", pa.string()),
+        pa.field("source_format", pa.string()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("sha256", pa.string()),
+        pa.field("image_bytes", pa.int64()),
+        pa.field("key", pa.string()),
+    ]
+)
+
+
+def sample_to_metadata_row(sample: Sample) -> dict[str, Any]:
+    """The Parquet row of a sample (`METADATA_SCHEMA`); `key` is set only for samples in the tar."""
+    row = {name: getattr(sample, name) for name in METADATA_SCHEMA.names if hasattr(sample, name)}
+    row["extra"] = json.dumps(sample.extra, sort_keys=True, ensure_ascii=False) if sample.extra else None
+    row["key"] = sample.uid if sample.status == Status.SUCCESS and sample.image is not None else None
+    return row

@@ -1,0 +1,206 @@
+"""Fetch one image over HTTP(S): pure helpers, no Beam.
+
+`Fetcher.fetch(url)` returns the body bytes or raises `FetchError` whose `reason` is the status
+reason code recorded for the sample:
+
+| reason | when |
+|---|---|
+| `invalid_url` | not an absolute http(s) URL |
+| `http_<code>` | the final response is not 2xx (after at most 5 redirects) |
+| `too_many_redirects` | more than 5 redirects |
+| `timeout` | connect or read timeout (`timeout`), or the whole fetch outlived `deadline` |
+| `too_large` | Content-Length or the streamed body exceeds `max_image_bytes` |
+| `opted_out` | an `X-Robots-Tag` directive in `disallowed_header_directives`, for all agents or ours |
+| `connection_error`, `dns_error`, `ssl_error` | the transport failed |
+
+The fetcher keeps one keep-alive connection pool per host, shared by all threads of a worker.
+Crawl hardening (robots.txt, politeness, address checks) wraps this class; it decides nothing
+about policy itself beyond the X-Robots-Tag opt-out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.exceptions import (
+    TimeoutError as Urllib3Timeout,
+)
+
+LOG = logging.getLogger(__name__)
+_MAX_REDIRECTS = 5
+_CHUNK = 1 << 16
+_RETRYABLE = {"timeout", "connection_error", "http_500", "http_502", "http_503", "http_504", "http_429"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchOptions:
+    """The HTTP keys of the `crawl` config section (img2dataset's names where it has them)."""
+
+    #: Connect and per-read timeout in seconds.
+    timeout: float = 10.0
+    #: Total seconds one image may take, redirects and body included.
+    deadline: float = 30.0
+    #: Extra attempts after a timeout, connection error, 429 or 5xx.
+    retries: int = 0
+    #: Largest body accepted, in bytes.
+    max_image_bytes: int = 10_000_000
+    #: Our token in the User-Agent and in `X-Robots-Tag: <token>: <directives>` matching.
+    user_agent_token: str = "winnow"
+    #: X-Robots-Tag directives that opt an image out (img2dataset's defaults).
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.deadline <= 0:
+            raise ValueError("crawl.timeout and crawl.deadline must be positive")
+        if self.retries < 0 or self.max_image_bytes <= 0:
+            raise ValueError("crawl.retries must be >= 0 and crawl.max_image_bytes > 0")
+
+
+class FetchError(Exception):
+    """A fetch that failed; `reason` is the status reason code."""
+
+    def __init__(self, reason: str, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.http_status = http_status
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    data: bytes
+    http_status: int
+    content_type: str | None
+
+
+def is_opted_out(header_values: Iterable[str], agent_token: str | None, directives: Iterable[str]) -> bool:
+    """True if an X-Robots-Tag value disallows use, for every agent or for `agent_token`.
+
+    Accepts both `noai, noimageai` and the `agent: noai` form, as img2dataset does.
+    """
+    disallowed = {d.strip().lower() for d in directives}
+    token = agent_token.strip().lower() if agent_token else None
+    for value in header_values:
+        agent, sep, rest = value.partition(":")
+        named = agent.strip().lower() if sep else None
+        listed = {d.strip().lower() for d in (rest if sep else value).split(",")}
+        if (named is None or named == token) and listed & disallowed:
+            return True
+    return False
+
+
+class Fetcher:
+    """Thread-safe image fetcher over a shared urllib3 pool."""
+
+    def __init__(self, options: FetchOptions, pool_size: int = 64):
+        self._options = options
+        self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
+        self._headers = {
+            "User-Agent": f"Mozilla/5.0 (compatible; {options.user_agent_token}; image-text dataset crawler)",
+            "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
+        }
+        self._retry = urllib3.Retry(
+            total=None, connect=0, read=0, status=0, other=0, redirect=_MAX_REDIRECTS, raise_on_redirect=True
+        )
+
+    def fetch(self, url: str) -> FetchResult:
+        """Fetches `url`, retrying transient failures `retries` times."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise FetchError("invalid_url", f"not an absolute http(s) URL: {url[:200]!r}")
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_once(url)
+            except FetchError as err:
+                if attempt >= self._options.retries or err.reason not in _RETRYABLE:
+                    raise
+                attempt += 1
+
+    def _fetch_once(self, url: str) -> FetchResult:
+        options = self._options
+        deadline = time.monotonic() + options.deadline
+        timeout = urllib3.Timeout(connect=options.timeout, read=options.timeout)
+        try:
+            response = self._pool.request(
+                "GET", url, headers=self._headers, timeout=timeout, retries=self._retry, preload_content=False
+            )
+        except MaxRetryError as err:
+            raise _transport_error(err.reason or err) from err
+        except (HTTPError, ValueError) as err:
+            raise _transport_error(err) from err
+        try:
+            return self._read(response, deadline)
+        finally:
+            response.release_conn()
+
+    def _read(self, response: urllib3.BaseHTTPResponse, deadline: float) -> FetchResult:
+        options = self._options
+        status = response.status
+        if not 200 <= status < 300:
+            response.close()
+            raise FetchError(f"http_{status}", f"HTTP {status}", status)
+        headers = response.headers
+        if options.disallowed_header_directives and is_opted_out(
+            headers.getlist("X-Robots-Tag"), options.user_agent_token, options.disallowed_header_directives
+        ):
+            response.close()
+            raise FetchError("opted_out", "X-Robots-Tag disallows use of this image", status)
+        length = headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > options.max_image_bytes:
+            response.close()
+            raise FetchError(
+                "too_large", f"Content-Length {length} exceeds {options.max_image_bytes}", status
+            )
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    response.close()
+                    raise FetchError("timeout", f"deadline of {options.deadline}s exceeded", status)
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > options.max_image_bytes:
+                    response.close()
+                    raise FetchError("too_large", f"body exceeds {options.max_image_bytes} bytes", status)
+                chunks.append(chunk)
+        except HTTPError as err:
+            response.close()
+            failure = _transport_error(err)
+            failure.http_status = status
+            raise failure from err
+        return FetchResult(b"".join(chunks), status, headers.get("Content-Type"))
+
+
+def _transport_error(err: BaseException) -> FetchError:
+    message = f"{type(err).__name__}: {err}"[:500]
+    if isinstance(err, ConnectTimeoutError | ReadTimeoutError | Urllib3Timeout | TimeoutError):
+        return FetchError("timeout", message)
+    if isinstance(err, NameResolutionError):
+        return FetchError("dns_error", message)
+    if isinstance(err, SSLError):
+        return FetchError("ssl_error", message)
+    if isinstance(err, NewConnectionError | ProtocolError | ConnectionError):
+        return FetchError("connection_error", message)
+    if isinstance(err, urllib3.exceptions.ResponseError) and "redirect" in str(err):
+        return FetchError("too_many_redirects", message)
+    if isinstance(err, urllib3.exceptions.LocationParseError | ValueError):
+        return FetchError("invalid_url", message)
+    return FetchError("connection_error", message)

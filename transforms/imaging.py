@@ -1,0 +1,221 @@
+"""Decode, resize and re-encode one image: pure functions, no Beam.
+
+Resize modes follow img2dataset's semantics exactly (geometry and which side is matched):
+
+| mode | result |
+|---|---|
+| `no` | original size, re-encoded |
+| `keep_ratio` | smallest side = image_size, aspect kept |
+| `center_crop` | smallest side = image_size, then the centred image_size² square |
+| `keep_ratio_largest` | largest side = image_size, aspect kept |
+| `border` | largest side = image_size, padded with white to image_size² (image centred) |
+| `fixed` | exactly image_size², aspect not kept |
+
+With `resize_only_if_bigger`, an image whose matched side is not larger than image_size is left
+as it is (no crop, no border), as in img2dataset. Sizes are rounded half-to-even like
+albumentations; crop offsets use floor division like `albumentations.center_crop`.
+
+Speed: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target
+(`Image.draft`), and crop + resize happen in one resampling pass (`Image.resize(box=...)`),
+so a 2,000 px photo never exists at full size in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from typing import Literal
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ResizeMode = Literal["no", "keep_ratio", "center_crop", "keep_ratio_largest", "border", "fixed"]
+EncodeFormat = Literal["jpg", "png", "webp"]
+Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "linear": Image.Resampling.BILINEAR,
+    "bilinear": Image.Resampling.BILINEAR,
+    "cubic": Image.Resampling.BICUBIC,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "lanczos4": Image.Resampling.LANCZOS,
+}
+_PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+# Oversized images are rejected explicitly (`image_area_too_large`); Pillow's warning adds nothing.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageError(Exception):
+    """An image that cannot be used; `reason` is the status reason code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOptions:
+    """What to do with each image (the image keys of the `crawl` config section)."""
+
+    image_size: int = 256
+    resize_mode: ResizeMode = "border"
+    resize_only_if_bigger: bool = False
+    upscale_interpolation: Interpolation = "lanczos"
+    downscale_interpolation: Interpolation = "area"
+    encode_format: EncodeFormat = "jpg"
+    encode_quality: int = 95
+    min_image_size: int = 0
+    max_image_area: float | None = None
+    max_aspect_ratio: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessedImage:
+    data: bytes
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    source_format: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizePlan:
+    """Where the (oriented) original goes: scaled to `scaled`, then `crop` taken, then `canvas`."""
+
+    scaled: tuple[int, int] | None  # None: keep the original size
+    crop: tuple[int, int, int, int] | None  # (left, top, right, bottom) in scaled coordinates
+    canvas: int | None  # pad to a canvas² white square (border mode)
+    downscale: bool
+
+
+def plan_resize(width: int, height: int, options: ImageOptions) -> ResizePlan:
+    """The geometry img2dataset's Resizer produces for a `width`×`height` image."""
+    size, mode = options.image_size, options.resize_mode
+    if mode in ("keep_ratio", "center_crop"):
+        downscale = min(width, height) > size
+        if options.resize_only_if_bigger and not downscale:
+            return ResizePlan(None, None, None, downscale)
+        scale = size / min(width, height)
+        scaled = (round(width * scale), round(height * scale))
+        crop = None
+        if mode == "center_crop":
+            left, top = (scaled[0] - size) // 2, (scaled[1] - size) // 2
+            crop = (left, top, left + size, top + size)
+        return ResizePlan(scaled, crop, None, downscale)
+    if mode in ("keep_ratio_largest", "border", "fixed"):
+        downscale = max(width, height) > size
+        if options.resize_only_if_bigger and not downscale:
+            return ResizePlan(None, None, None, downscale)
+        if mode == "fixed":
+            return ResizePlan((size, size), None, None, downscale)
+        scale = size / max(width, height)
+        scaled = (round(width * scale), round(height * scale))
+        return ResizePlan(scaled, None, size if mode == "border" else None, downscale)
+    return ResizePlan(None, None, None, False)
+
+
+def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
+    """Decodes `data`, applies EXIF orientation, alpha on white, the resize plan, and re-encodes."""
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as err:
+        raise ImageError("not_an_image", "the bytes are not an image Pillow can identify") from err
+    except Image.DecompressionBombError as err:
+        raise ImageError("image_area_too_large", str(err)) from err
+    source_format = opened.format or "unknown"
+    width, height = _oriented_size(opened)
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise ImageError(
+            "image_area_too_large", f"{width}x{height} exceeds Pillow's decompression-bomb limit"
+        )
+    _check_shape(width, height, options)
+    plan = plan_resize(width, height, options)
+    _draft(opened, width, height, plan)
+    try:
+        opened.load()
+        image = ImageOps.exif_transpose(opened) or opened
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow reports broken data as these
+        raise ImageError("decode_error", f"cannot decode {source_format}: {err}") from err
+    out = _apply_plan(_to_rgb(image), plan, options)
+    return ProcessedImage(_encode(out, options), out.width, out.height, width, height, source_format)
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except (OSError, SyntaxError, ValueError):
+        orientation = None
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def _check_shape(width: int, height: int, options: ImageOptions) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError("decode_error", f"image has an empty size {width}x{height}")
+    if min(width, height) < options.min_image_size:
+        raise ImageError(
+            "image_too_small", f"{width}x{height} is below min_image_size {options.min_image_size}"
+        )
+    if options.max_image_area is not None and width * height > options.max_image_area:
+        raise ImageError("image_area_too_large", f"{width}x{height} exceeds max_image_area")
+    if (
+        options.max_aspect_ratio is not None
+        and max(width, height) / min(width, height) > options.max_aspect_ratio
+    ):
+        raise ImageError("aspect_ratio_too_large", f"{width}x{height} exceeds max_aspect_ratio")
+
+
+def _draft(image: Image.Image, width: int, height: int, plan: ResizePlan) -> None:
+    """Asks the JPEG decoder for the smallest DCT scale that still covers the scaled size."""
+    if image.format != "JPEG" or plan.scaled is None or not plan.downscale:
+        return
+    target_w, target_h = plan.scaled
+    if image.size != (width, height):  # EXIF rotation: the stored image is transposed
+        target_w, target_h = target_h, target_w
+    image.draft("RGB", (target_w, target_h))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _apply_plan(image: Image.Image, plan: ResizePlan, options: ImageOptions) -> Image.Image:
+    if plan.scaled is None:
+        return image
+    resample = _RESAMPLE[options.downscale_interpolation if plan.downscale else options.upscale_interpolation]
+    scaled_w, scaled_h = plan.scaled
+    if plan.crop is not None:
+        # The decoded image may be smaller than the original (JPEG draft): map the crop onto it.
+        left, top, right, bottom = plan.crop
+        ratio_x, ratio_y = image.width / scaled_w, image.height / scaled_h
+        box = (left * ratio_x, top * ratio_y, right * ratio_x, bottom * ratio_y)
+        return image.resize((right - left, bottom - top), resample, box=box)
+    out = image.resize((scaled_w, scaled_h), resample) if image.size != (scaled_w, scaled_h) else image
+    if plan.canvas is not None and out.size != (plan.canvas, plan.canvas):
+        canvas = Image.new("RGB", (plan.canvas, plan.canvas), (255, 255, 255))
+        canvas.paste(out, ((plan.canvas - out.width) // 2, (plan.canvas - out.height) // 2))
+        return canvas
+    return out
+
+
+def _encode(image: Image.Image, options: ImageOptions) -> bytes:
+    buffer = io.BytesIO()
+    fmt = _PIL_FORMAT[options.encode_format]
+    if fmt == "PNG":
+        image.save(buffer, format=fmt, compress_level=options.encode_quality)
+    else:
+        image.save(buffer, format=fmt, quality=options.encode_quality)
+    return buffer.getvalue()

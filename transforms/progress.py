@@ -1,0 +1,95 @@
+"""Stage counters: Beam metrics with fixed names, plus live progress files for local runs.
+
+Every stage counts each sample it decides under the namespace `winnow`:
+`<stage>/total`, `<stage>/kept` and `<stage>/dropped/<reason>`. The same names show in
+Dataflow's UI, in `result.metrics()` and in the stats JSON.
+
+For local runs a progress folder may be given: each DoFn instance then rewrites one small JSON
+file (`<stage>.<pid>.<n>.json`, at most once a second) holding its running totals, which the
+CLI sums into one live line per stage. Workers in other processes report the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "winnow"
+_instance_ids = itertools.count()
+
+
+class StageCounter:
+    """Counts samples through one stage; cheap enough to call once per sample."""
+
+    def __init__(self, stage: str, progress_dir: str | None = None, flush_every_s: float = 1.0):
+        self.stage = stage
+        self._total = Metrics.counter(NAMESPACE, f"{stage}/total")
+        self._kept = Metrics.counter(NAMESPACE, f"{stage}/kept")
+        self._dropped: dict[str, object] = {}
+        self._progress_path = None
+        if progress_dir:
+            name = f"{stage}.{os.getpid()}.{next(_instance_ids)}.json"
+            self._progress_path = os.path.join(progress_dir, name)
+        self._flush_every_s = flush_every_s
+        self._last_flush = 0.0
+        self.done = 0
+        self.failed = 0
+
+    def add_passed(self) -> None:
+        """Counts a sample this stage saw but did not decide (decided upstream)."""
+        self._total.inc()
+        self.done += 1
+
+    def add(self, kept: bool = True, reason: str | None = None) -> None:
+        self._total.inc()
+        self.done += 1
+        if kept:
+            self._kept.inc()
+        else:
+            self.failed += 1
+            key = reason or "unknown"
+            counter = self._dropped.get(key)
+            if counter is None:
+                counter = self._dropped[key] = Metrics.counter(NAMESPACE, f"{self.stage}/dropped/{key}")
+            counter.inc()  # type: ignore[attr-defined]
+        if self._progress_path and time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the running totals to this instance's progress file (atomically)."""
+        if not self._progress_path:
+            return
+        self._last_flush = time.monotonic()
+        tmp = self._progress_path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump({"stage": self.stage, "done": self.done, "failed": self.failed}, handle)
+            os.replace(tmp, self._progress_path)
+        except OSError:
+            # Progress is best-effort display; a full disk must not fail the job.
+            self._progress_path = None
+
+
+def read_progress(progress_dir: str, stages: Iterable[str]) -> dict[str, Counter[str]]:
+    """Sums the progress files of every worker: {stage: Counter(done=…, failed=…)}."""
+    totals: dict[str, Counter[str]] = {stage: Counter() for stage in stages}
+    try:
+        names = os.listdir(progress_dir)
+    except OSError:
+        return totals
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(progress_dir, name), encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue  # being replaced right now; the next poll reads it
+        totals.setdefault(data["stage"], Counter()).update(done=data["done"], failed=data["failed"])
+    return totals

@@ -1,0 +1,262 @@
+"""Writes shards: WebDataset tars of kept samples and Parquet metadata of every sample.
+
+In: `Sample`s after the last stage. Out, in the output folder (any Beam filesystem):
+
+- `NNNNN.tar`: WebDataset shard with `<uid>.<ext>` image, `<uid>.txt` caption and `<uid>.json`
+  metadata for each sample with status `success`;
+- `NNNNN.parquet`: one row per sample of the shard, kept or not (`schemas.METADATA_SCHEMA`);
+- `stats.json`: counts by status, stage and reason (written by `WriteStats`).
+
+Determinism: the shard count is ceil(total / samples_per_shard); a sample goes to shard
+`int(uid[:16], 16) % shards`, and each shard is sorted by uid, with fixed tar headers (mtime 0,
+uid/gid 0, mode 0644). The same input and config give byte-identical shards on any runner.
+Atomicity: a local shard is written under a temporary name and renamed; an object-store shard is
+one upload, visible only once complete. A finished run deletes the temporary files and the
+shards of an earlier run that this run did not write, so a killed run rerun leaves no partial or
+stale shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import re
+import tarfile
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
+from transforms.progress import StageCounter
+
+_SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
+_TEMP_PREFIX = "_tmp-"
+STATS_FILE = "stats.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """The `output` section: how shards are cut and written."""
+
+    #: Target samples per shard (kept and rejected together); the shard count follows from the total.
+    samples_per_shard: int = 10_000
+    #: Parquet codec for the metadata files.
+    parquet_compression: Literal["snappy", "zstd", "gzip", "none"] = "zstd"
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError("output.samples_per_shard must be >= 1")
+
+
+def shard_count(total: int, samples_per_shard: int) -> int:
+    return max(1, math.ceil(total / samples_per_shard))
+
+
+def shard_of(uid: str, shards: int) -> int:
+    """Stable shard index of a uid: the same on every runner and every run."""
+    return int(uid[:16], 16) % shards
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of the WebDataset members of the kept samples, in the given order."""
+    for sample in samples:
+        if sample.status != Status.SUCCESS or sample.image is None:
+            continue
+        row = sample_to_metadata_row(sample)
+        meta = {k: v for k, v in row.items() if k not in ("extra",)}
+        meta.update({k: v for k, v in sample.extra.items() if k not in meta})
+        yield f"{sample.uid}.{sample.image_ext or 'jpg'}", sample.image
+        yield f"{sample.uid}.txt", (sample.caption or "").encode("utf-8", "surrogatepass")
+        yield f"{sample.uid}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A tar archive with fixed headers, so equal members give equal bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def parquet_bytes(samples: Iterable[Sample], compression: str) -> bytes:
+    rows = [sample_to_metadata_row(s) for s in samples]
+    table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=None if compression == "none" else compression)
+    return buffer.getvalue()
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `path` so that readers never see a partial file."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path) as handle:  # object stores: one upload, visible when complete
+            handle.write(data)
+        return
+    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    temp = f"{directory}/{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
+    with FileSystems.create(temp) as handle:
+        handle.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+
+
+def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
+    """Sorts by uid; a repeated (url, caption) pair keeps its first row in the tar, the rest are marked."""
+    ordered = sorted(samples, key=lambda s: (s.uid, s.status != Status.SUCCESS, s.reason or ""))
+    out: list[Sample] = []
+    for sample in ordered:
+        if out and out[-1].uid == sample.uid:
+            sample = sample.decided(
+                Status.REJECTED, "duplicate_uid", "write", "same url and caption as a kept row"
+            )
+        out.append(sample)
+    return out
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output_dir: str, config: OutputConfig, progress_dir: str | None):
+        self._output_dir = output_dir.rstrip("/")
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter("write", self._progress_dir)
+
+    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[dict[str, Any]]:
+        index, grouped = element
+        samples = _dedup_sorted(grouped)
+        name = shard_name(index)
+        tar = tar_bytes(tar_members(samples))
+        kept = sum(1 for s in samples if s.status == Status.SUCCESS and s.image is not None)
+        if kept:
+            write_atomically(f"{self._output_dir}/{name}.tar", tar)
+        write_atomically(
+            f"{self._output_dir}/{name}.parquet", parquet_bytes(samples, self._config.parquet_compression)
+        )
+        counts = Counter((s.stage or "", s.status, s.reason or "") for s in samples)
+        for sample in samples:
+            if sample.stage in (None, "write"):
+                self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+            else:
+                self._counter.add_passed()
+        self._counter.flush()
+        yield {
+            "shard": name,
+            "files": [f"{name}.parquet"] + ([f"{name}.tar"] if kept else []),
+            "samples": len(samples),
+            "kept": kept,
+            "tar_bytes": len(tar) if kept else 0,
+            "counts": sorted([*key, n] for key, n in counts.items()),
+        }
+
+
+class WriteShards(beam.PTransform):
+    """Assigns samples to shards by uid hash and writes each shard's tar and Parquet.
+
+    Returns one summary dict per shard (name, files, counts) for `WriteStats`.
+    """
+
+    def __init__(self, output_dir: str, config: OutputConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._output_dir = output_dir
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        total = samples | "Total" >> beam.combiners.Count.Globally()
+        per_shard = self._config.samples_per_shard
+        return (
+            samples
+            | "AssignShard"
+            >> beam.Map(
+                lambda s, n: (shard_of(s.uid, shard_count(n, per_shard)), s), n=beam.pvalue.AsSingleton(total)
+            )
+            | "GroupShards" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteShardFn(self._output_dir, self._config, self._progress_dir))
+        )
+
+
+def summarize(shards: list[dict[str, Any]], stages: Iterable[str]) -> dict[str, Any]:
+    """The stats JSON body from the shard summaries: counts by status, stage and reason."""
+    by_status: Counter[str] = Counter()
+    by_reason: dict[str, Counter[str]] = {}
+    dropped: dict[str, Counter[str]] = {}
+    for shard in shards:
+        for stage, status, reason, n in shard["counts"]:
+            by_status[status] += n
+            if status != Status.SUCCESS and reason:
+                by_reason.setdefault(status, Counter())[reason] += n
+                dropped.setdefault(stage, Counter())[reason] += n
+    total = sum(s["samples"] for s in shards)
+    entering = total
+    stage_stats = {}
+    for stage in [*stages, "write"]:
+        lost = dropped.get(stage, Counter())
+        stage_stats[stage] = {
+            "total": entering,
+            "kept": entering - sum(lost.values()),
+            "dropped": dict(sorted(lost.items())),
+        }
+        entering -= sum(lost.values())
+    return {
+        "samples": total,
+        "status": dict(sorted(by_status.items())),
+        "reasons": {k: dict(sorted(v.items())) for k, v in sorted(by_reason.items())},
+        "stages": stage_stats,
+        "shards": {
+            "count": len(shards),
+            "tar_files": sum(1 for s in shards if s["kept"]),
+            "tar_bytes": sum(s["tar_bytes"] for s in shards),
+        },
+    }
+
+
+def finalize_output(shards: list[dict[str, Any]], output_dir: str, stages: Iterable[str]) -> dict[str, Any]:
+    """Writes stats.json and removes temporary files and shards this run did not write."""
+    output_dir = output_dir.rstrip("/")
+    written = {name for shard in shards for name in shard["files"]}
+    stale = []
+    for result in FileSystems.match([f"{output_dir}/*"]):
+        for meta in result.metadata_list:
+            name = meta.path.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(_TEMP_PREFIX) or (_SHARD_FILE.match(name) and name not in written):
+                stale.append(meta.path)
+    if stale:
+        FileSystems.delete(stale)
+    stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)
+    write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
+    return stats
+
+
+class WriteStats(beam.PTransform):
+    """Gathers the shard summaries, writes `stats.json` and cleans the output folder."""
+
+    def __init__(self, output_dir: str, stages: Iterable[str]):
+        super().__init__()
+        self._output_dir = output_dir
+        self._stages = list(stages)
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        return (
+            shards
+            | "AllShards" >> beam.combiners.ToList()
+            | "Finalize" >> beam.Map(finalize_output, self._output_dir, self._stages)
+        )

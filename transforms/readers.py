@@ -9,13 +9,15 @@ that cannot be read or lacks the url column raises `InputError` naming the file.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import dataclasses
 import io
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import apache_beam as beam
 import pyarrow as pa
@@ -47,7 +49,7 @@ class InputConfig:
     caption_col: str = "caption"
     #: Extra input columns carried into every sample's metadata (img2dataset's name).
     save_additional_columns: tuple[str, ...] = ()
-    #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`/`.zst`).
+    #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`).
     input_format: InputFormat = "auto"
 
 
@@ -71,7 +73,7 @@ def detect_format(path: str, configured: str = "auto") -> str:
     if configured != "auto":
         return configured
     name = path.lower()
-    for suffix in (".gz", ".bz2", ".zst", ".deflate"):
+    for suffix in (".gz", ".bz2"):
         name = name.removesuffix(suffix)
     for suffix, fmt in _SUFFIX_FORMATS.items():
         if name.endswith(suffix):
@@ -143,8 +145,8 @@ def _iter_rows(
     if fmt == "parquet":
         yield from _parquet_rows(path, limit)
         return
-    with FileSystems.open(path) as raw:  # compression from the suffix (AUTO)
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        text = io.TextIOWrapper(_decompressed(path, raw), encoding="utf-8", errors="replace", newline="")
         if fmt in ("csv", "tsv"):
             reader = csv.DictReader(text, delimiter="," if fmt == "csv" else "\t")
             rows: Iterable[dict[str, Any] | _BadRow] = reader
@@ -156,6 +158,15 @@ def _iter_rows(
             if limit is not None and index >= limit:
                 return
             yield index, row
+
+
+def _decompressed(path: str, raw: BinaryIO) -> BinaryIO:
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if lower.endswith(".bz2"):
+        return bz2.BZ2File(raw, mode="rb")  # type: ignore[return-value]
+    return raw
 
 
 def _parquet_rows(path: str, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,0 +1,112 @@
+"""Shard writing: deterministic tar and Parquet bytes, atomic files, stale shards removed."""
+
+import io
+import json
+import os
+import tarfile
+
+import pyarrow.parquet as pq
+
+from schemas import METADATA_SCHEMA, Sample, Status, make_uid
+from transforms.writers import (
+    finalize_output,
+    parquet_bytes,
+    shard_count,
+    shard_of,
+    summarize,
+    tar_bytes,
+    tar_members,
+    write_atomically,
+)
+
+
+def sample(i: int, ok: bool = True) -> Sample:
+    url, caption = f"http://x/{i}.jpg", f"caption {i}"
+    s = Sample(uid=make_uid(url, caption), url=url, caption=caption, extra={"n": i})
+    if ok:
+        return Sample(
+            **{**s.__dict__, "status": Status.SUCCESS, "image": b"\xff\xd8 fake %d" % i, "image_ext": "jpg"}
+        )
+    return s.decided(Status.FAILED, "http_404", "crawl", "HTTP 404")
+
+
+def test_tar_members_and_headers_are_fixed():
+    samples = [sample(1), sample(2, ok=False), sample(3)]
+    data = tar_bytes(tar_members(samples))
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        members = archive.getmembers()
+        assert [m.name for m in members] == [
+            f"{samples[0].uid}.jpg",
+            f"{samples[0].uid}.txt",
+            f"{samples[0].uid}.json",
+            f"{samples[2].uid}.jpg",
+            f"{samples[2].uid}.txt",
+            f"{samples[2].uid}.json",
+        ]
+        assert {(m.mtime, m.uid, m.gid, m.mode) for m in members} == {(0, 0, 0, 0o644)}
+        meta = json.loads(archive.extractfile(members[2]).read())
+        assert meta["uid"] == meta["key"] == samples[0].uid
+        assert meta["n"] == 1 and meta["caption"] == "caption 1"
+    assert tar_bytes(tar_members(samples)) == data
+
+
+def test_parquet_holds_every_row_with_the_schema():
+    rows = pq.read_table(io.BytesIO(parquet_bytes([sample(1), sample(2, ok=False)], "zstd")))
+    assert rows.schema.equals(METADATA_SCHEMA)
+    table = rows.to_pylist()
+    assert [r["status"] for r in table] == ["success", "failed"]
+    assert table[1]["reason"] == "http_404" and table[1]["key"] is None
+    assert json.loads(table[0]["extra"]) == {"n": 1}
+
+
+def test_shard_assignment_is_stable_and_spread():
+    uids = [make_uid(f"http://x/{i}", "") for i in range(4000)]
+    n = shard_count(4000, 1000)
+    assert n == 4
+    counts = [sum(1 for u in uids if shard_of(u, n) == k) for k in range(n)]
+    assert all(800 < c < 1200 for c in counts)
+    assert shard_count(0, 1000) == 1
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    path = str(tmp_path / "00000.tar")
+    write_atomically(path, b"one")
+    write_atomically(path, b"two")
+    assert open(path, "rb").read() == b"two"
+    assert os.listdir(tmp_path) == ["00000.tar"]
+
+
+def test_finalize_removes_temp_files_and_stale_shards_only(tmp_path):
+    for name in (
+        "00000.tar",
+        "00000.parquet",
+        "00007.tar",
+        "00007.parquet",
+        "_tmp-abc-00001.tar",
+        "notes.txt",
+    ):
+        (tmp_path / name).write_bytes(b"x")
+    shard = {
+        "shard": "00000",
+        "files": ["00000.parquet", "00000.tar"],
+        "samples": 2,
+        "kept": 1,
+        "tar_bytes": 1,
+        "counts": [["", "success", "", 1], ["crawl", "failed", "http_404", 1]],
+    }
+    stats = finalize_output([shard], str(tmp_path), ["read", "crawl"])
+    assert sorted(os.listdir(tmp_path)) == ["00000.parquet", "00000.tar", "notes.txt", "stats.json"]
+    assert stats["stages"]["crawl"] == {"total": 2, "kept": 1, "dropped": {"http_404": 1}}
+    assert json.loads((tmp_path / "stats.json").read_text()) == stats
+
+
+def test_summary_follows_samples_through_stages():
+    shards = [
+        {"shard": "00000", "samples": 3, "kept": 1, "tar_bytes": 5, "files": [],
+         "counts": [["read", "failed", "missing_url", 1], ["crawl", "failed", "timeout", 1], ["", "success", "", 1]]},
+    ]  # fmt: skip
+    stats = summarize(shards, ["read", "crawl"])
+    assert stats["stages"]["read"] == {"total": 3, "kept": 2, "dropped": {"missing_url": 1}}
+    assert stats["stages"]["crawl"] == {"total": 2, "kept": 1, "dropped": {"timeout": 1}}
+    assert stats["status"] == {"failed": 2, "success": 1}
+    assert stats["reasons"] == {"failed": {"missing_url": 1, "timeout": 1}}

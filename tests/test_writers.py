@@ -1,5 +1,6 @@
 """Shard writing: deterministic tar and Parquet bytes, atomic files, stale shards removed."""
 
+import dataclasses
 import io
 import json
 import os
@@ -24,9 +25,8 @@ def sample(i: int, ok: bool = True) -> Sample:
     url, caption = f"http://x/{i}.jpg", f"caption {i}"
     s = Sample(uid=make_uid(url, caption), url=url, caption=caption, extra={"n": i})
     if ok:
-        return Sample(
-            **{**s.__dict__, "status": Status.SUCCESS, "image": b"\xff\xd8 fake %d" % i, "image_ext": "jpg"}
-        )
+        image = b"\xff\xd8 fake %d" % i
+        return dataclasses.replace(s, status=Status.SUCCESS, image=image, image_ext="jpg")
     return s.decided(Status.FAILED, "http_404", "crawl", "HTTP 404")
 
 
@@ -72,7 +72,8 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     path = str(tmp_path / "00000.tar")
     write_atomically(path, b"one")
     write_atomically(path, b"two")
-    assert open(path, "rb").read() == b"two"
+    with open(path, "rb") as handle:
+        assert handle.read() == b"two"
     assert os.listdir(tmp_path) == ["00000.tar"]
 
 
@@ -101,10 +102,8 @@ def test_finalize_removes_temp_files_and_stale_shards_only(tmp_path):
 
 
 def test_summary_follows_samples_through_stages():
-    shards = [
-        {"shard": "00000", "samples": 3, "kept": 1, "tar_bytes": 5, "files": [],
-         "counts": [["read", "failed", "missing_url", 1], ["crawl", "failed", "timeout", 1], ["", "success", "", 1]]},
-    ]  # fmt: skip
+    counts = [["read", "failed", "missing_url", 1], ["crawl", "failed", "timeout", 1], ["", "success", "", 1]]
+    shards = [{"shard": "00000", "samples": 3, "kept": 1, "tar_bytes": 5, "files": [], "counts": counts}]
     stats = summarize(shards, ["read", "crawl"])
     assert stats["stages"]["read"] == {"total": 3, "kept": 2, "dropped": {"missing_url": 1}}
     assert stats["stages"]["crawl"] == {"total": 2, "kept": 1, "dropped": {"timeout": 1}}

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +165,7 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
     with SampleWebServer(args.dir, host=args.host, port=args.port) as server:
         urls, truth = write_url_lists(args.dir, server.base_url)
         print(f"serving {args.dir} at {server.base_url} (url list: {urls}, truth: {truth}); Ctrl-C stops")
-        server.wait()
+        threading.Event().wait()  # until Ctrl-C
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.build import build_pipeline
 from pipeline.config import RunConfig
@@ -38,6 +39,8 @@ def run_job(
 
     Raises `InputError` / `ConfigError` before anything runs when the input is unusable.
     """
+    # Filesystem options (S3 endpoint and keys, GCP project) apply to the checks made here too.
+    FileSystems.set_options(PipelineOptions(list(beam_args)))
     files = expand_inputs(inputs)
     for path in files[:_CHECKED_FILES]:
         check_input(path, config.input)

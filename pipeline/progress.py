@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -38,7 +39,9 @@ class ProgressPrinter:
         self._log_every = log_every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="winnow-progress", daemon=True)
-        self._first_seen: dict[str, tuple[float, int]] = {}
+        self._history: dict[str, collections.deque[tuple[float, int]]] = {}
+        self._window = 10.0
+        self._started: dict[str, float] = {}
         self._tty = getattr(stream, "isatty", lambda: False)()
 
     def __enter__(self) -> ProgressPrinter:
@@ -48,17 +51,19 @@ class ProgressPrinter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._print(final=True)
+        self._write(self.line(final=True), final=True)
 
-    def line(self) -> str:
+    def line(self, final: bool = False) -> str:
         totals = read_progress(self._dir, self._stages)
         now = time.monotonic()
         parts = []
         upstream: int | None = None
         for stage in self._stages:
             done, failed = totals[stage]["done"], totals[stage]["failed"]
-            start = self._first_seen.setdefault(stage, (now, done)) if done else None
-            rate = (done - start[1]) / (now - start[0]) if start and now - start[0] > 0.5 else 0.0
+            rate = self._rate(stage, now, done)
+            if final and stage in self._started:
+                start = self._started[stage]
+                rate = done / (now - start) if now - start > 0.5 else 0.0
             text = f"{stage} {done:,}"
             if rate:
                 text += f" ({rate:,.0f}/s"
@@ -71,17 +76,28 @@ class ProgressPrinter:
             upstream = done
         return " | ".join(parts)
 
+    def _rate(self, stage: str, now: float, done: int) -> float:
+        """Samples per second over the last `window_s` seconds."""
+        if done and stage not in self._started:
+            self._started[stage] = now
+        history = self._history.setdefault(stage, collections.deque())
+        history.append((now, done))
+        while len(history) > 2 and now - history[1][0] >= self._window:
+            history.popleft()
+        (start, first), (end, last) = history[0], history[-1]
+        return (last - first) / (end - start) if end - start > 0.5 else 0.0
+
     def _loop(self) -> None:
         last_log = time.monotonic()
         while not self._stop.wait(self._interval):
+            text = self.line()  # polled every interval so rates are measured even between log lines
             if self._tty:
-                self._print()
+                self._write(text)
             elif time.monotonic() - last_log >= self._log_every:
                 last_log = time.monotonic()
-                self._print()
+                self._write(text)
 
-    def _print(self, final: bool = False) -> None:
-        text = self.line()
+    def _write(self, text: str, final: bool = False) -> None:
         if self._tty:
             self._stream.write("\r\033[K" + text + ("\n" if final else ""))
         else:

@@ -129,6 +129,8 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
         raise ImageError("not_an_image", "the bytes are not an image Pillow can identify") from err
     except Image.DecompressionBombError as err:
         raise ImageError("image_area_too_large", str(err)) from err
+    except (OSError, SyntaxError, ValueError) as err:  # a known format whose header is broken
+        raise ImageError("decode_error", f"cannot open image: {err}") from err
     source_format = opened.format or "unknown"
     width, height = _oriented_size(opened)
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import bz2
 import csv
-import gzip
 import dataclasses
+import gzip
 import io
 import json
 import logging

@@ -1,0 +1,146 @@
+"""Download throughput: Winnow's crawl stage against img2dataset on the same URL list.
+
+Both tools fetch the same realistic images from the same sample-web server (a separate process),
+with the same resize settings (256 px center_crop, jpg q95), the same number of worker
+processes and threads, and write WebDataset shards. Each tool runs as its own command, timed
+wall-clock from start to exit, so start-up counts for both. Prints images/s for each and the ratio.
+
+    make bench-setup   # img2dataset in its own environment (.venv-bench)
+    .venv/bin/python benchmarks/crawl_vs_img2dataset.py --samples 5000 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sampleweb import generate_corpus, serve_in_subprocess, write_url_lists
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def clean_url_list(web: str, base_url: str) -> tuple[str, int]:
+    """The sample web's URLs without fault routes: every one is a real image both tools can fetch."""
+    _, truth = write_url_lists(web, base_url)
+    rows = pq.read_table(truth).to_pylist()
+    captions = {r["url"]: r for r in pq.read_table(os.path.join(web, "urls.parquet")).to_pylist()}
+    keep = [captions[r["url"]] for r in rows if r["fault"] is None]
+    path = os.path.join(web, "bench_urls.parquet")
+    pq.write_table(pa.Table.from_pylist(keep), path)
+    return path, len(keep)
+
+
+def count_tar_images(folder: str) -> int:
+    total = 0
+    for path in glob.glob(os.path.join(folder, "*.tar")):
+        with tarfile.open(path) as archive:
+            total += sum(1 for name in archive.getnames() if name.endswith(".jpg"))
+    return total
+
+
+def timed(command: list[str], output: str) -> tuple[float, int]:
+    shutil.rmtree(output, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    return elapsed, count_tar_images(output)
+
+
+def img2dataset_command(exe: str, urls: str, output: str, args: argparse.Namespace) -> list[str]:
+    return [
+        exe,
+        f"--url_list={urls}",
+        "--input_format=parquet",
+        "--url_col=url",
+        "--caption_col=caption",
+        "--output_format=webdataset",
+        f"--output_folder={output}",
+        f"--processes_count={args.processes}",
+        f"--thread_count={args.threads}",
+        f"--image_size={args.image_size}",
+        "--resize_mode=center_crop",
+        "--encode_format=jpg",
+        "--encode_quality=95",
+        "--number_sample_per_shard=1000",
+        "--distributor=multiprocessing",
+        "--timeout=10",
+        "--retries=0",
+    ]
+
+
+def winnow_command(exe: str, urls: str, output: str, args: argparse.Namespace) -> list[str]:
+    return [
+        exe,
+        "run",
+        f"--input={urls}",
+        f"--output={output}",
+        f"--workers={args.processes}",
+        f"--set=crawl.thread_count={args.threads}",
+        f"--set=crawl.image_size={args.image_size}",
+        "--set=crawl.resize_mode=center_crop",
+        "--set=crawl.encode_format=jpg",
+        "--set=crawl.encode_quality=95",
+        "--set=crawl.timeout=10",
+        "--set=output.samples_per_shard=1000",
+        "--set=run.progress=false",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "build", "bench-crawl"))
+    parser.add_argument("--img2dataset", default=os.path.join(ROOT, ".venv-bench", "bin", "img2dataset"))
+    parser.add_argument("--winnow", default=os.path.join(ROOT, ".venv", "bin", "winnow"))
+    args = parser.parse_args()
+    if not os.path.exists(args.img2dataset):
+        print(f"img2dataset not found at {args.img2dataset}; run `make bench-setup`", file=sys.stderr)
+        return 2
+
+    web = os.path.join(args.workdir, f"web-{args.samples}-{args.seed}")
+    if not os.path.exists(os.path.join(web, "manifest.parquet")):
+        generate_corpus(web, args.samples, args.seed)
+    results: dict[str, list[tuple[float, int]]] = {"img2dataset": [], "winnow": []}
+    with serve_in_subprocess(web) as base_url:
+        urls, n = clean_url_list(web, base_url)
+        print(f"{n} image URLs, {args.processes} processes × {args.threads} threads, "
+              f"{args.image_size}px center_crop jpg q95")  # fmt: skip
+        for repeat in range(args.repeats):
+            # Alternate the order so neither tool always runs on a warmer page cache.
+            order = ["img2dataset", "winnow"] if repeat % 2 == 0 else ["winnow", "img2dataset"]
+            for tool in order:
+                out = os.path.join(args.workdir, f"out-{tool}")
+                make = img2dataset_command if tool == "img2dataset" else winnow_command
+                exe = args.img2dataset if tool == "img2dataset" else args.winnow
+                elapsed, images = timed(make(exe, urls, out, args), out)
+                results[tool].append((elapsed, images))
+                print(f"  run {repeat + 1} {tool:<12} {elapsed:7.2f} s  {images:6d} images  {images / elapsed:7.1f} img/s")
+
+    rate = {tool: statistics.median(images / elapsed for elapsed, images in runs) for tool, runs in results.items()}
+    print()
+    print("| tool | images | median wall s | images/s |")
+    print("|---|---|---|---|")
+    for tool, runs in results.items():
+        wall = statistics.median(e for e, _ in runs)
+        print(f"| {tool} | {runs[-1][1]} | {wall:.2f} | {rate[tool]:.1f} |")
+    print(f"\nratio winnow / img2dataset: {rate['winnow'] / rate['img2dataset']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

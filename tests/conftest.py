@@ -1,0 +1,54 @@
+"""Shared fixtures: the sample web, generated once per test session and served on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+import pytest
+
+from sampleweb import SampleWebServer, generate_corpus, write_url_lists
+
+# Fast-failing crawl settings for tests: the sample web's slow route trickles for ~30 s.
+TEST_OVERRIDES = ["crawl.timeout=1", "crawl.deadline=2", "crawl.thread_count=16", "output.samples_per_shard=100"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleWeb:
+    dir: str
+    base_url: str
+    urls: str
+    truth: str
+
+    def truth_rows(self) -> list[dict]:
+        return pq.read_table(self.truth).to_pylist()
+
+
+@pytest.fixture(scope="session")
+def sample_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleWeb]:
+    root = str(tmp_path_factory.mktemp("sampleweb"))
+    generate_corpus(root, samples=300, seed=7)
+    with SampleWebServer(root, host="127.0.0.1", port=0) as server:
+        urls, truth = write_url_lists(root, server.base_url)
+        yield SampleWeb(root, server.base_url, urls, truth)
+
+
+def read_output_rows(output: str) -> list[dict]:
+    """Every metadata row of an output folder, in shard order."""
+    rows: list[dict] = []
+    for name in sorted(os.listdir(output)):
+        if name.endswith(".parquet"):
+            rows += pq.read_table(os.path.join(output, name)).to_pylist()
+    return rows
+
+
+def shard_bytes(output: str) -> dict[str, bytes]:
+    """name → bytes of every shard file (tar and Parquet) of an output folder."""
+    out = {}
+    for name in sorted(os.listdir(output)):
+        if name.endswith((".tar", ".parquet")):
+            with open(os.path.join(output, name), "rb") as handle:
+                out[name] = handle.read()
+    return out

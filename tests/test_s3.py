@@ -1,0 +1,77 @@
+"""Input and output on S3, through Beam's S3 filesystem, against a real S3 API server on loopback."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from moto.server import ThreadedMotoServer
+
+from pipeline.config import load_config
+from pipeline.jobs import run_job
+from tests.conftest import TEST_OVERRIDES, shard_bytes
+
+BUCKET = "winnow-test"
+
+
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module):
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch_module.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_run_reads_and_writes_s3(sample_web, s3, tmp_path):
+    endpoint, client = s3
+    with open(sample_web.urls, "rb") as handle:
+        client.put_object(Bucket=BUCKET, Key="lists/urls.parquet", Body=handle.read())
+    beam_args = [
+        f"--s3_endpoint_url={endpoint}",
+        "--s3_access_key_id=testing",
+        "--s3_secret_access_key=testing",
+        "--s3_region_name=us-east-1",
+    ]
+    config = load_config(overrides=TEST_OVERRIDES)
+    stats = run_job(config, [f"s3://{BUCKET}/lists/*.parquet"], f"s3://{BUCKET}/out", beam_args=beam_args)
+
+    local = tmp_path / "local"
+    run_job(config, [sample_web.urls], str(local))
+    expected = shard_bytes(str(local))
+
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"]
+    names = sorted(obj["Key"].removeprefix("out/") for obj in listed)
+    assert names == sorted([*expected, "stats.json"])
+    for name, data in expected.items():
+        body = client.get_object(Bucket=BUCKET, Key=f"out/{name}")["Body"].read()
+        assert body == data, name
+    first_tar = next(n for n in names if n.endswith(".tar"))
+    body = client.get_object(Bucket=BUCKET, Key=f"out/{first_tar}")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        assert archive.getnames()
+    parquet = client.get_object(Bucket=BUCKET, Key="out/00000.parquet")["Body"].read()
+    assert pq.read_table(io.BytesIO(parquet)).num_rows > 0
+    assert stats["samples"] == sum(
+        pq.read_table(io.BytesIO(client.get_object(Bucket=BUCKET, Key=f"out/{n}")["Body"].read())).num_rows
+        for n in names
+        if n.endswith(".parquet")
+    )

@@ -79,12 +79,12 @@ def img2dataset_command(exe: str, urls: str, output: str, args: argparse.Namespa
 
 
 def winnow_command(exe: str, urls: str, output: str, args: argparse.Namespace) -> list[str]:
+    """Winnow's default local runner: one process, threads over every core."""
     return [
         exe,
         "run",
         f"--input={urls}",
         f"--output={output}",
-        f"--workers={args.processes}",
         f"--set=crawl.thread_count={args.threads}",
         f"--set=crawl.image_size={args.image_size}",
         "--set=crawl.resize_mode=center_crop",
@@ -94,6 +94,11 @@ def winnow_command(exe: str, urls: str, output: str, args: argparse.Namespace) -
         "--set=output.samples_per_shard=1000",
         "--set=run.progress=false",
     ]
+
+
+def winnow_processes_command(exe: str, urls: str, output: str, args: argparse.Namespace) -> list[str]:
+    """Winnow with the local runner in multi-processing mode, one worker process per core."""
+    return [*winnow_command(exe, urls, output, args), f"--workers={args.processes}"]
 
 
 def main() -> int:
@@ -115,30 +120,39 @@ def main() -> int:
     web = os.path.join(args.workdir, f"web-{args.samples}-{args.seed}")
     if not os.path.exists(os.path.join(web, "manifest.parquet")):
         generate_corpus(web, args.samples, args.seed)
-    results: dict[str, list[tuple[float, int]]] = {"img2dataset": [], "winnow": []}
+    commands = {
+        "img2dataset": lambda out: img2dataset_command(args.img2dataset, urls, out, args),
+        "winnow": lambda out: winnow_command(args.winnow, urls, out, args),
+        "winnow --workers": lambda out: winnow_processes_command(args.winnow, urls, out, args),
+    }
+    results: dict[str, list[tuple[float, int]]] = {tool: [] for tool in commands}
     with serve_in_subprocess(web) as base_url:
         urls, n = clean_url_list(web, base_url)
         print(f"{n} image URLs, {args.processes} processes × {args.threads} threads, "
               f"{args.image_size}px center_crop jpg q95")  # fmt: skip
         for repeat in range(args.repeats):
-            # Alternate the order so neither tool always runs on a warmer page cache.
-            order = ["img2dataset", "winnow"] if repeat % 2 == 0 else ["winnow", "img2dataset"]
+            # Rotate the order so no tool always runs first, on a colder or warmer machine.
+            order = list(commands)[repeat % len(commands) :] + list(commands)[: repeat % len(commands)]
             for tool in order:
-                out = os.path.join(args.workdir, f"out-{tool}")
-                make = img2dataset_command if tool == "img2dataset" else winnow_command
-                exe = args.img2dataset if tool == "img2dataset" else args.winnow
-                elapsed, images = timed(make(exe, urls, out, args), out)
+                out = os.path.join(args.workdir, "out-" + tool.replace(" --", "-"))
+                elapsed, images = timed(commands[tool](out), out)
                 results[tool].append((elapsed, images))
-                print(f"  run {repeat + 1} {tool:<12} {elapsed:7.2f} s  {images:6d} images  {images / elapsed:7.1f} img/s")
+                rate = images / elapsed
+                print(f"  run {repeat + 1} {tool:<17} {elapsed:7.2f} s {images:6d} images {rate:7.1f} img/s")
 
-    rate = {tool: statistics.median(images / elapsed for elapsed, images in runs) for tool, runs in results.items()}
+    rate = {
+        tool: statistics.median(images / elapsed for elapsed, images in runs)
+        for tool, runs in results.items()
+    }
     print()
     print("| tool | images | median wall s | images/s |")
     print("|---|---|---|---|")
     for tool, runs in results.items():
         wall = statistics.median(e for e, _ in runs)
-        print(f"| {tool} | {runs[-1][1]} | {wall:.2f} | {rate[tool]:.1f} |")
-    print(f"\nratio winnow / img2dataset: {rate['winnow'] / rate['img2dataset']:.2f}x")
+        print(f"| {tool} | {runs[-1][1]} | {wall:.2f} | {rates[tool]:.1f} |")
+    print()
+    for tool in ("winnow", "winnow --workers"):
+        print(f"ratio {tool} / img2dataset: {rates[tool] / rates['img2dataset']:.2f}x")
     return 0
 
 

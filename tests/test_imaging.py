@@ -172,3 +172,24 @@ def test_encode_formats(fmt, magic):
 def test_same_input_same_bytes():
     data = encode(thirds(900, 700))
     assert process_image(data, ImageOptions()).data == process_image(data, ImageOptions()).data
+
+
+def test_webp_with_alpha_and_broken_webp():
+    image = Image.new("RGBA", (200, 100), (0, 0, 0, 0))
+    image.paste((0, 0, 255, 255), (50, 0, 150, 100))
+    options = ImageOptions(resize_mode="no", encode_format="png", encode_quality=1)
+    out = _decode(process_image(encode(image, "WEBP", lossless=True), options).data)
+    assert out.getpixel((10, 50)) == (255, 255, 255)
+    assert out.getpixel((100, 50)) == (0, 0, 255)
+    data = encode(thirds(600, 400), "WEBP", quality=90)
+    with pytest.raises(ImageError) as err:
+        process_image(data[: len(data) // 2], ImageOptions())
+    assert err.value.reason == "decode_error"
+
+
+def test_rotated_webp_is_oriented():
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90° counter-clockwise on display
+    out = process_image(encode(thirds(400, 200), "WEBP", exif=exif), ImageOptions(resize_mode="no"))
+    assert (out.width, out.height) == (200, 400)
+    assert _close(_decode(out.data).getpixel((100, 380)), (255, 0, 0))  # red left third ends at the bottom

@@ -14,10 +14,15 @@ CPU work overlap. At most 2 × `thread_count` samples are in flight per DoFn ins
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
+import queue
+import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
@@ -39,11 +44,15 @@ class CrawlConfig(FetchOptions, ImageOptions):
 
     #: Concurrent downloads per worker process.
     thread_count: int = 64
+    #: Images decoded and resized at once per worker process; 0 = one per CPU core, plus one.
+    decode_threads: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.thread_count < 1:
             raise ValueError("crawl.thread_count must be >= 1")
+        if self.decode_threads < 0:
+            raise ValueError("crawl.decode_threads must be >= 0")
         if self.image_size < 1:
             raise ValueError("crawl.image_size must be >= 1")
         valid_quality = range(10) if self.encode_format == "png" else range(101)
@@ -54,8 +63,17 @@ class CrawlConfig(FetchOptions, ImageOptions):
             )
 
 
-def download_sample(sample: Sample, fetcher: Fetcher, config: CrawlConfig) -> Sample:
-    """Fetches and processes one sample's image; every failure becomes a status and reason."""
+def download_sample(
+    sample: Sample,
+    fetcher: Fetcher,
+    config: CrawlConfig,
+    cpu_slots: AbstractContextManager[object] | None = None,
+) -> Sample:
+    """Fetches and processes one sample's image; every failure becomes a status and reason.
+
+    `cpu_slots` (a semaphore) bounds how many threads decode at once, so that many threads can
+    wait on the network while only about one per core competes for the CPU.
+    """
     assert sample.url is not None
     try:
         fetched = fetcher.fetch(sample.url)
@@ -69,7 +87,8 @@ def download_sample(sample: Sample, fetcher: Fetcher, config: CrawlConfig) -> Sa
         sha256=hashlib.sha256(fetched.data).hexdigest(),
     )
     try:
-        image = process_image(fetched.data, config)
+        with cpu_slots or contextlib.nullcontext():
+            image = process_image(fetched.data, config)
     except ImageError as err:
         return fetched_sample.decided(Status.FAILED, err.reason, STAGE, str(err))
     return dataclasses.replace(
@@ -89,6 +108,13 @@ def download_sample(sample: Sample, fetcher: Fetcher, config: CrawlConfig) -> Sa
     )
 
 
+def _cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 class _DownloadFn(beam.DoFn):
     """Keeps up to 2 × thread_count downloads in flight and emits each as soon as it is done."""
 
@@ -101,27 +127,26 @@ class _DownloadFn(beam.DoFn):
         self._pool = cf.ThreadPoolExecutor(self._config.thread_count, thread_name_prefix="winnow-crawl")
         self._counter = StageCounter(STAGE, self._progress_dir)
         self._limit = 2 * self._config.thread_count
+        self._cpu_slots = threading.BoundedSemaphore(self._config.decode_threads or _cpu_count() + 1)
 
     def start_bundle(self) -> None:
-        self._inflight: set[cf.Future[Sample]] = set()
+        self._inflight = 0
+        self._done: queue.SimpleQueue[Sample] = queue.SimpleQueue()
 
     def process(self, sample: Sample) -> Iterator[Sample]:
         if sample.status != Status.PENDING:
             yield sample
             return
-        self._inflight.add(self._pool.submit(self._download, sample))
-        if len(self._inflight) >= self._limit:
-            done, self._inflight = cf.wait(self._inflight, return_when=cf.FIRST_COMPLETED)
-            yield from self._collect(done)
-        else:
-            done = {f for f in self._inflight if f.done()}
-            self._inflight -= done
-            yield from self._collect(done)
+        self._pool.submit(self._download, sample)
+        self._inflight += 1
+        if self._inflight >= self._limit:
+            yield from self._collect(block=True)
+        yield from self._collect(block=False)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        done, self._inflight = cf.wait(self._inflight), set()
-        for sample in self._collect(done.done):
-            yield WindowedValue(sample, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+        while self._inflight:
+            for sample in self._collect(block=True):
+                yield WindowedValue(sample, GlobalWindow().max_timestamp(), (GlobalWindow(),))
         self._counter.flush()
 
     def teardown(self) -> None:
@@ -129,16 +154,23 @@ class _DownloadFn(beam.DoFn):
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _download(self, sample: Sample) -> Sample:
+    def _download(self, sample: Sample) -> None:
         try:
-            return download_sample(sample, self._fetcher, self._config)
+            result = download_sample(sample, self._fetcher, self._config, self._cpu_slots)
         except Exception as err:  # recorded as data: one bad image must not fail a bundle of thousands
             LOG.exception("unexpected error while downloading %s", sample.url)
-            return sample.decided(Status.FAILED, "internal_error", STAGE, f"{type(err).__name__}: {err}")
+            result = sample.decided(Status.FAILED, "internal_error", STAGE, f"{type(err).__name__}: {err}")
+        self._done.put(result)
 
-    def _collect(self, done: set[cf.Future[Sample]]) -> Iterator[Sample]:
-        for future in done:
-            result = future.result()
+    def _collect(self, block: bool) -> Iterator[Sample]:
+        """Emits finished downloads: at least one if `block`, else only those already done."""
+        while self._inflight:
+            try:
+                result = self._done.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            self._inflight -= 1
             self._counter.add(kept=result.status == Status.SUCCESS, reason=result.reason)
             yield result
 

@@ -43,7 +43,7 @@ from urllib3.exceptions import (
 
 LOG = logging.getLogger(__name__)
 _MAX_REDIRECTS = 5
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20
 _RETRYABLE = {"timeout", "connection_error", "http_500", "http_502", "http_503", "http_504", "http_429"}
 
 

@@ -140,7 +140,7 @@ def main() -> int:
                 rate = images / elapsed
                 print(f"  run {repeat + 1} {tool:<17} {elapsed:7.2f} s {images:6d} images {rate:7.1f} img/s")
 
-    rate = {
+    rates = {
         tool: statistics.median(images / elapsed for elapsed, images in runs)
         for tool, runs in results.items()
     }

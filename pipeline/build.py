@@ -28,8 +28,10 @@ def build_pipeline(
 ) -> beam.PCollection:
     """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict."""
     samples = pipeline | "Read" >> ReadUrlList(input_files, config.input, progress_dir)
+    # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
+    total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     for name in STAGES:
         if name in config.run.stages:
             samples = samples | name.capitalize() >> STAGES[name](config, progress_dir)
-    shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir)
+    shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)
     return shards | "WriteStats" >> WriteStats(output_dir, ["read", *config.run.stages])

@@ -6,9 +6,11 @@ reason from `transforms.fetch` (HTTP and transport failures, `opted_out`, `too_l
 `timeout`) or `transforms.imaging` (`not_an_image`, `decode_error`, `image_too_small`, ...).
 Nothing is dropped: a failed sample keeps its row.
 
-Each worker runs a bounded thread pool (`thread_count`) over one keep-alive connection pool;
-decoding and resizing run in the same threads (Pillow releases the GIL), so network waits and
-CPU work overlap. At most 2 × `thread_count` samples are in flight per DoFn instance.
+Each worker runs a bounded thread pool (`thread_count`) over one keep-alive connection pool.
+Decoding and resizing run in the same threads, which release the GIL while in Pillow or OpenCV,
+but at most `decode_threads` at once (cores + 1 by default): many threads can wait on slow
+servers while only about one per core competes for the CPU. At most 2 × `thread_count` samples
+are in flight per DoFn instance, and each is emitted as soon as it is done.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from transforms.progress import StageCounter
 
 LOG = logging.getLogger(__name__)
 STAGE = "crawl"
-_EXTENSIONS = {"jpg": "jpg", "png": "png", "webp": "webp"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,7 @@ def download_sample(
         height=image.height,
         image=image.data,
         image_bytes=len(image.data),
-        image_ext=_EXTENSIONS[config.encode_format],
+        image_ext=config.encode_format,
     )
 
 

@@ -172,16 +172,31 @@ class WriteShards(beam.PTransform):
     """Assigns samples to shards by uid hash and writes each shard's tar and Parquet.
 
     Returns one summary dict per shard (name, files, counts) for `WriteStats`.
+
+    `total` is the number of samples as a singleton PCollection. Stages keep every row, so the
+    pipeline passes the count taken right after reading: it is known before the first image is
+    fetched, and each sample can then go straight from the last stage into its shard's group
+    instead of waiting, image and all, for a count over the finished crawl. Without it, the
+    samples are counted here.
     """
 
-    def __init__(self, output_dir: str, config: OutputConfig, progress_dir: str | None = None):
+    def __init__(
+        self,
+        output_dir: str,
+        config: OutputConfig,
+        progress_dir: str | None = None,
+        total: beam.PCollection | None = None,
+    ):
         super().__init__()
         self._output_dir = output_dir
         self._config = config
         self._progress_dir = progress_dir
+        self._total = total
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        total = samples | "Total" >> beam.combiners.Count.Globally()
+        total = (
+            self._total if self._total is not None else samples | "Total" >> beam.combiners.Count.Globally()
+        )
         per_shard = self._config.samples_per_shard
         return (
             samples

@@ -12,7 +12,12 @@ import pytest
 from sampleweb import SampleWebServer, generate_corpus, write_url_lists
 
 # Fast-failing crawl settings for tests: the sample web's slow route trickles for ~30 s.
-TEST_OVERRIDES = ["crawl.timeout=1", "crawl.deadline=2", "crawl.thread_count=16", "output.samples_per_shard=100"]
+TEST_OVERRIDES = [
+    "crawl.timeout=1",
+    "crawl.deadline=2",
+    "crawl.thread_count=16",
+    "output.samples_per_shard=100",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,3 +85,12 @@ def test_to_dict_round_trips():
     assert load_config(overrides=[]) != config
     again = load_config(base_text=yaml.safe_dump(config.to_dict()))
     assert again == config
+
+
+def test_readme_documents_every_key():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for section, keys in RunConfig().to_dict().items():
+        for key in keys:
+            assert f"`{section}.{key}`" in readme, f"README lacks {section}.{key}"

@@ -11,7 +11,7 @@ import apache_beam as beam
 import pytest
 import webdataset as wds
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
@@ -32,7 +32,7 @@ def expected_outcome(row: dict) -> tuple[str, str | None]:
 def test_download_stage_outcomes_match_ground_truth(sample_web):
     truth = {row["url"]: expected_outcome(row) for row in sample_web.truth_rows()}
     samples = list(rows_to_samples(sample_web.urls, InputConfig()))
-    with TestPipeline(runner=FnApiRunner()) as p:
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
         outcomes = (
             p
             | beam.Create(samples)

@@ -32,4 +32,6 @@ def make_pipeline(
     if workers is not None:
         count = workers or os.cpu_count() or 1
         args += [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"]
+        if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+            args.append("--default_sdk_harness_log_level=WARNING")  # workers' lifecycle chatter
     return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args))

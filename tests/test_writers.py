@@ -7,6 +7,7 @@ import os
 import tarfile
 
 import pyarrow.parquet as pq
+import pytest
 
 from schemas import METADATA_SCHEMA, Sample, Status, make_uid
 from transforms.writers import (
@@ -109,3 +110,26 @@ def test_summary_follows_samples_through_stages():
     assert stats["stages"]["crawl"] == {"total": 2, "kept": 1, "dropped": {"timeout": 1}}
     assert stats["status"] == {"failed": 2, "success": 1}
     assert stats["reasons"] == {"failed": {"missing_url": 1, "timeout": 1}}
+
+
+def _reference_tar(members):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_tar_bytes_equal_what_tarfile_writes():
+    members = [
+        ("a" * 32 + ".jpg", b"\xff" * 1000),
+        ("b.txt", b""),
+        ("c.json", b"{}" * 300),
+        ("d" * 100, b"1" * 511),
+    ]
+    assert tar_bytes(members) == _reference_tar(members)
+    assert tar_bytes([]) == _reference_tar([])
+    with pytest.raises(ValueError, match="too long"):
+        tar_bytes([("e" * 101, b"")])

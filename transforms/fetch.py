@@ -191,13 +191,16 @@ class Fetcher:
 
 def _transport_error(err: BaseException) -> FetchError:
     message = f"{type(err).__name__}: {err}"[:500]
-    if isinstance(err, ConnectTimeoutError | ReadTimeoutError | Urllib3Timeout | TimeoutError):
-        return FetchError("timeout", message)
+    # Order matters: urllib3's NewConnectionError subclasses ConnectTimeoutError.
     if isinstance(err, NameResolutionError):
         return FetchError("dns_error", message)
+    if isinstance(err, NewConnectionError) and not isinstance(err.__cause__, TimeoutError):
+        return FetchError("connection_error", message)
+    if isinstance(err, ConnectTimeoutError | ReadTimeoutError | Urllib3Timeout | TimeoutError):
+        return FetchError("timeout", message)
     if isinstance(err, SSLError):
         return FetchError("ssl_error", message)
-    if isinstance(err, NewConnectionError | ProtocolError | ConnectionError):
+    if isinstance(err, ProtocolError | ConnectionError):
         return FetchError("connection_error", message)
     if isinstance(err, urllib3.exceptions.ResponseError) and "redirect" in str(err):
         return FetchError("too_many_redirects", message)

@@ -105,6 +105,12 @@ class _Server(ThreadingHTTPServer):
         self.files = _FileCache(root / "files", cache_bytes)
         self.stopping = threading.Event()
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients hanging up (a crawler's timeout, a closed keep-alive) are normal here."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
 
 def _head(status: int, content_type: str, length: int, extra: Sequence[tuple[str, str]] = ()) -> bytes:
     lines = [

@@ -9,12 +9,14 @@ import apache_beam as beam
 from pipeline.config import RunConfig
 from transforms.crawl import DownloadImages
 from transforms.readers import ReadUrlList
+from transforms.text import FilterText
 from transforms.writers import WriteShards, WriteStats
 
 StageFactory = Callable[[RunConfig, "str | None"], beam.PTransform]
 
 #: Stages in pipeline order, named after their modules in `transforms/`.
 STAGES: dict[str, StageFactory] = {
+    "text": lambda config, progress: FilterText(config.text, progress),
     "crawl": lambda config, progress: DownloadImages(config.crawl, progress),
 }
 

@@ -183,6 +183,12 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
         lines.append(f"  {status:<9} {count:>8,}")
         for reason, n in stats["reasons"].get(status, {}).items():
             lines.append(f"    {reason:<22} {n:>6,}")
+    text = stats["stages"].get("text")
+    if text:
+        saved = text["total"] - text["kept"]
+        lines.append(
+            f"  text stage: {saved:,} fetches saved ({saved / max(text['total'], 1):.0%} of the pairs it saw)"
+        )
     shards = stats["shards"]
     lines.append(
         f"  shards: {shards['count']} Parquet, {shards['tar_files']} tar ({shards['tar_bytes'] / 1e6:.1f} MB)"

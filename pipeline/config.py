@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import STAGE_NAMES
 from transforms.crawl import CrawlConfig
 from transforms.readers import InputConfig
+from transforms.text import TextConfig
 from transforms.writers import OutputConfig
 
 
@@ -49,6 +50,7 @@ class RunConfig:
     """The whole configuration of one `winnow run`."""
 
     input: InputConfig = InputConfig()
+    text: TextConfig = TextConfig()
     crawl: CrawlConfig = CrawlConfig()
     output: OutputConfig = OutputConfig()
     run: RunSection = RunSection()

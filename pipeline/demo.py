@@ -30,20 +30,31 @@ def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: 
 
 
 def _truth_check(truth_path: str, output: str) -> str:
-    """How often the pipeline's download outcome matches the sample web's ground truth."""
-    truth = pq.read_table(truth_path, columns=["url", "expected_status", "expected_reason"]).to_pylist()
-    expected = {row["url"]: (row["expected_status"], row["expected_reason"]) for row in truth}
-    files = sorted(glob.glob(os.path.join(output, "*.parquet")))
-    got = pq.read_table(files[0], columns=["url", "status", "reason"]).to_pylist() if files else []
-    for path in files[1:]:
-        got += pq.read_table(path, columns=["url", "status", "reason"]).to_pylist()
-    outcome: Counter[str] = Counter()
+    """How the pipeline's outcomes compare with the sample web's ground truth."""
+    truth = {row["url"]: row for row in pq.read_table(truth_path).to_pylist()}
+    columns = ["url", "status", "reason", "stage"]
+    got = [row for path in sorted(glob.glob(os.path.join(output, "*.parquet")))
+           for row in pq.read_table(path, columns=columns).to_pylist()]  # fmt: skip
+    download: Counter[str] = Counter()
+    text: Counter[str] = Counter()
     for row in got:
-        want = expected.get(row["url"])
+        want = truth.get(row["url"])
         if want is None:
             continue
-        status_ok = row["status"] == want[0]
-        reason_ok = want[0] == "success" or row["reason"] == want[1]
-        outcome["match" if status_ok and reason_ok else "differ"] += 1
-    total = sum(outcome.values())
-    return f"  ground truth: {outcome['match']:,}/{total:,} samples ended as the sample web expects"
+        if row["stage"] == "text":
+            text["rejected"] += 1
+            text["rejected_clean"] += want["noise"] == "none"
+            text["boilerplate_caught"] += (
+                row["reason"] == "boilerplate_caption" and want["noise"] == "boilerplate"
+            )
+            continue
+        reason_ok = want["expected_status"] == "success" or row["reason"] == want["expected_reason"]
+        download["match" if row["status"] == want["expected_status"] and reason_ok else "differ"] += 1
+    boilerplate = sum(1 for t in truth.values() if t["noise"] == "boilerplate")
+    fetched = sum(download.values())
+    return (
+        f"  text stage: {text['rejected']:,} pairs rejected before any fetch "
+        f"({text['rejected_clean']:,} of them with a clean caption); "
+        f"{text['boilerplate_caught']}/{boilerplate} boilerplate captions caught\n"
+        f"  ground truth: {download['match']:,}/{fetched:,} fetched samples ended as the sample web expects"
+    )

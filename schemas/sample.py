@@ -11,6 +11,9 @@ Columns (all nullable unless noted):
 | uid (not null) | read | 128-bit hex key from url + caption (`make_uid`), the WebDataset key |
 | url, caption | read | as given in the input list |
 | extra | read | JSON object of the input's `save_additional_columns` |
+| caption_clean | text | normalised caption (the raw one stays in `caption`); the tar's `.txt` |
+| num_tokens | text | words, or characters for Chinese/Japanese/Korean, of `caption_clean` |
+| lang, lang_score | text | fastText lid.176 language code and probability of `caption_clean` |
 | status (not null) | every stage | `pending` until decided, then `success`, `failed` or `rejected` |
 | reason | the deciding stage | machine-readable reason code, e.g. `http_404`, `timeout` |
 | stage | the deciding stage | which stage set a non-success status |
@@ -60,6 +63,10 @@ class Sample:
     url: str | None
     caption: str | None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    caption_clean: str | None = None
+    num_tokens: int | None = None
+    lang: str | None = None
+    lang_score: float | None = None
     status: str = Status.PENDING
     reason: str | None = None
     stage: str | None = None
@@ -88,6 +95,10 @@ METADATA_SCHEMA = pa.schema(
         pa.field("url", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("extra", pa.string()),
+        pa.field("caption_clean", pa.string()),
+        pa.field("num_tokens", pa.int32()),
+        pa.field("lang", pa.string()),
+        pa.field("lang_score", pa.float32()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
         pa.field("stage", pa.string()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -76,7 +77,7 @@ def test_config_prints_every_key_with_overrides():
     printed = yaml.safe_load(result.stdout)
     assert printed["crawl"]["image_size"] == 64
     assert printed["run"]["stages"] == ["crawl"]
-    assert set(printed) == {"input", "crawl", "output", "run"}
+    assert set(printed) == {"input", "text", "crawl", "output", "run"}
 
 
 def test_run_on_a_user_list_with_extra_columns(sample_web, tmp_path):
@@ -107,5 +108,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "120 samples" in result.stdout
     matched = [line for line in result.stdout.splitlines() if "ground truth:" in line]
-    assert matched and "120/120" in matched[0]
+    agree, fetched = re.search(r"([\d,]+)/([\d,]+) fetched", matched[0]).groups()
+    assert agree == fetched and int(fetched) > 90
+    assert "pairs rejected before any fetch (0 of them with a clean caption)" in result.stdout
     assert any(name.endswith(".tar") for name in os.listdir(tmp_path / "shards"))

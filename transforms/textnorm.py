@@ -16,6 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WHITESPACE = re.compile(r"\s+")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Unicode format characters (category Cf: zero-width spaces, bidi marks, BOM) and line separators.
+_INVISIBLE = re.compile(
+    "[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
 # Han, Hiragana, Katakana, Hangul syllables and jamo, CJK punctuation and full-width forms.
 _CJK = re.compile(
     "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf"
@@ -26,9 +33,12 @@ _CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uff0f\uff1a-\uff20]")
 
 def normalize_caption(text: str, max_chars: int) -> str:
     """The cleaned caption: unescaped, NFC, no control characters, single spaces, at most `max_chars`."""
-    text = unicodedata.normalize("NFC", html.unescape(text))
-    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
-    text = _WHITESPACE.sub(" ", text).strip()
+    if "&" in text:
+        text = html.unescape(text)
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+        text = _INVISIBLE.sub(" ", text)
+    text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
     if len(text) > max_chars:
         cut = text[:max_chars]
         space = cut.rfind(" ")

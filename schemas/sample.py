@@ -83,10 +83,21 @@ class Sample:
     image: bytes | None = dataclasses.field(default=None, repr=False)
     image_ext: str | None = None
 
+    def evolve(self, **changes: Any) -> Sample:
+        """A copy with `changes` applied: `dataclasses.replace` without re-running `__init__`
+        (several times faster, which matters at a few hundred thousand samples per second)."""
+        unknown = changes.keys() - self.__dict__.keys()
+        if unknown:
+            raise TypeError(f"Sample has no field(s) {sorted(unknown)}")
+        new = object.__new__(Sample)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def decided(self, status: str, reason: str | None, stage: str, error: str | None = None) -> Sample:
         """A copy carrying a decision; the image is dropped unless the sample succeeded."""
         image = self.image if status == Status.SUCCESS else None
-        return dataclasses.replace(self, status=status, reason=reason, stage=stage, error=error, image=image)
+        return self.evolve(status=status, reason=reason, stage=stage, error=error, image=image)
 
 
 METADATA_SCHEMA = pa.schema(

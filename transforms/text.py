@@ -148,7 +148,7 @@ def caption_key(caption: str) -> str:
 def prepare(sample: Sample, rules: Rules) -> Sample:
     """Cleans the caption and applies the URL hygiene rules (pure)."""
     clean = normalize_caption(sample.caption or "", rules.max_caption_chars)
-    sample = dataclasses.replace(sample, caption_clean=clean, num_tokens=count_tokens(clean))
+    sample = sample.evolve(caption_clean=clean, num_tokens=count_tokens(clean))
     if sample.status != Status.PENDING or sample.url is None:
         return sample
     reason = _url_reason(sample.url, rules)
@@ -176,7 +176,7 @@ def caption_reason(
     raw, clean = sample.caption or "", sample.caption_clean or ""
     if looks_binary(raw):
         return "caption_not_text"
-    if rules.dedupe_urls and sample.url is not None:
+    if rules.dedupe_urls and duplicate_of and sample.url is not None:
         winner = duplicate_of.get(canonical_url(sample.url) or sample.url)
         if winner is not None and winner != sample.uid:
             return "duplicate_url"

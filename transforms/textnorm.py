@@ -16,6 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WHITESPACE = re.compile(r"\s+")
+# Replacement characters, NULs and private-use code points: what binary data decodes to.
+_BINARY = re.compile("[\ufffd\x00\ue000-\uf8ff\U000f0000-\U0010ffff]")
+# A whitespace-separated chunk with at least one letter or digit.
+_WORD = re.compile(r"\S*[^\W_]\S*")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Unicode format characters (category Cf: zero-width spaces, bidi marks, BOM) and line separators.
 _INVISIBLE = re.compile(
@@ -48,18 +52,16 @@ def normalize_caption(text: str, max_chars: int) -> str:
 
 def looks_binary(text: str) -> bool:
     """True for 'captions' that are really binary data or a broken decoding."""
-    if not text:
+    if not text or (text.isascii() and "\x00" not in text):
         return False
-    bad = sum(1 for ch in text if ch == "\ufffd" or ch == "\x00" or unicodedata.category(ch) == "Co")
-    return bad / len(text) > 0.1
+    return len(_BINARY.findall(text)) / len(text) > 0.1
 
 
 def count_tokens(text: str) -> int:
     """Words for space-separated scripts, characters for Chinese, Japanese and Korean."""
     cjk = len(_CJK.findall(text)) - len(_CJK_PUNCTUATION.findall(text))
     rest = _CJK.sub(" ", text)
-    words = sum(1 for w in rest.split() if any(ch.isalnum() for ch in w))
-    return cjk + words
+    return cjk + len(_WORD.findall(rest))
 
 
 def canonical_url(url: str) -> str | None:

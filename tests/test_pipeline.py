@@ -72,7 +72,7 @@ def test_shards_read_back_with_webdataset(full_run):
         row = rows[sample["__key__"]]
         meta = json.loads(sample["json"])
         assert meta["uid"] == row["uid"] == sample["__key__"]
-        assert sample["txt"].decode() == (row["caption"] or "")
+        assert sample["txt"].decode() == row["caption_clean"]  # raw caption stays in Parquet
         image = Image.open(io.BytesIO(sample["jpg"]))
         assert image.size == (256, 256) == (row["width"], row["height"])  # default border mode
         assert row["sha256"] and row["original_width"] > 0

@@ -79,12 +79,14 @@ def img2dataset_command(exe: str, urls: str, output: str, args: argparse.Namespa
 
 
 def winnow_command(exe: str, urls: str, output: str, args: argparse.Namespace) -> list[str]:
-    """Winnow's default local runner: one process, threads over every core."""
+    """Winnow as a plain downloader (`--stages crawl`) on its default local runner: one process,
+    threads over every core."""
     return [
         exe,
         "run",
         f"--input={urls}",
         f"--output={output}",
+        "--stages=crawl",
         f"--set=crawl.thread_count={args.threads}",
         f"--set=crawl.image_size={args.image_size}",
         "--set=crawl.resize_mode=center_crop",

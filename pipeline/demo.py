@@ -53,8 +53,9 @@ def _truth_check(truth_path: str, output: str) -> str:
     boilerplate = sum(1 for t in truth.values() if t["noise"] == "boilerplate")
     fetched = sum(download.values())
     return (
-        f"  text stage: {text['rejected']:,} pairs rejected before any fetch "
+        f"  ground truth, text: {text['rejected']:,} pairs rejected before any fetch "
         f"({text['rejected_clean']:,} of them with a clean caption); "
         f"{text['boilerplate_caught']}/{boilerplate} boilerplate captions caught\n"
-        f"  ground truth: {download['match']:,}/{fetched:,} fetched samples ended as the sample web expects"
+        f"  ground truth, download: {download['match']:,}/{fetched:,} fetched samples "
+        "ended as the sample web expects"
     )

@@ -107,7 +107,7 @@ def test_demo_runs_end_to_end(tmp_path):
     result = winnow("demo", "--workdir", str(tmp_path), "--samples", "120")
     assert result.returncode == 0, result.stderr
     assert "120 samples" in result.stdout
-    matched = [line for line in result.stdout.splitlines() if "ground truth:" in line]
+    matched = [line for line in result.stdout.splitlines() if "ground truth, download:" in line]
     agree, fetched = re.search(r"([\d,]+)/([\d,]+) fetched", matched[0]).groups()
     assert agree == fetched and int(fetched) > 90
     assert "pairs rejected before any fetch (0 of them with a clean caption)" in result.stdout

@@ -136,6 +136,7 @@ class _DownloadFn(beam.DoFn):
 
     def process(self, sample: Sample) -> Iterator[Sample]:
         if sample.status != Status.PENDING:
+            self._counter.add_passed()
             yield sample
             return
         self._pool.submit(self._download, sample)

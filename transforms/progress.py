@@ -42,9 +42,11 @@ class StageCounter:
         self.failed = 0
 
     def add_passed(self) -> None:
-        """Counts a sample this stage saw but did not decide (decided upstream)."""
-        self._total.inc()
+        """A sample decided upstream that this stage passed through: progress only, no metric
+        (`<stage>/total` counts the samples the stage judged)."""
         self.done += 1
+        if self._progress_path and time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
 
     def add(self, kept: bool = True, reason: str | None = None) -> None:
         self._total.inc()

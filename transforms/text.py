@@ -265,7 +265,7 @@ class _DuplicateUrls(beam.PTransform):
             samples
             | "WithUrl" >> beam.Filter(lambda s: s.status == Status.PENDING and s.url is not None)
             | "UrlUid" >> beam.Map(lambda s: (canonical_url(s.url) or s.url, (1, s.uid)))
-            | "CountAndFirst" >> beam.CombinePerKey(lambda pairs: _reduce_pairs(pairs))
+            | "CountAndFirst" >> beam.CombinePerKey(_reduce_pairs)
             | "Repeated" >> beam.Filter(lambda kv: kv[1][0] > 1)
             | "Winner" >> beam.MapTuple(lambda url, count_uid: (url, count_uid[1]))
         )

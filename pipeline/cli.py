@@ -164,7 +164,8 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
         )
     with SampleWebServer(args.dir, host=args.host, port=args.port) as server:
         urls, truth = write_url_lists(args.dir, server.base_url)
-        print(f"serving {args.dir} at {server.base_url} (url list: {urls}, truth: {truth}); Ctrl-C stops")
+        message = f"serving {args.dir} at {server.base_url} (url list: {urls}, truth: {truth}); Ctrl-C stops"
+        print(message, flush=True)
         threading.Event().wait()  # until Ctrl-C
     return 0
 

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -112,3 +113,30 @@ def test_demo_runs_end_to_end(tmp_path):
     assert agree == fetched and int(fetched) > 90
     assert "pairs rejected before any fetch (0 of them with a clean caption)" in result.stdout
     assert any(name.endswith(".tar") for name in os.listdir(tmp_path / "shards"))
+
+
+def test_corpus_then_serve(tmp_path):
+    web = tmp_path / "web"
+    result = winnow("corpus", "--out", str(web), "--samples", "30", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    server = subprocess.Popen(
+        [WINNOW, "serve", str(web), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline()  # "serving DIR at URL (...)": printed once the lists are written
+        assert line.startswith("serving"), line + server.stderr.read()
+        base_url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        urls = pq.read_table(web / "urls.parquet").to_pylist()
+        truth = pq.read_table(web / "truth.parquet").to_pylist()
+        assert len(urls) == len(truth) == 30
+        assert all(row["url"].startswith(base_url) for row in urls)
+        first_ok = next(t for t in truth if t["expected_status"] == "success")
+        with urllib.request.urlopen(first_ok["url"], timeout=10) as response:
+            assert response.status == 200 and len(response.read()) > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_serve_refuses_a_folder_without_a_corpus(tmp_path):
+    assert_user_error(winnow("serve", str(tmp_path)), "manifest.parquet")

@@ -45,8 +45,8 @@ def run_job(
     for path in files[:_CHECKED_FILES]:
         check_input(path, config.input)
     output_dir = output_dir.rstrip("/")
-    if FileSystems.get_scheme(output_dir) in (None, "file"):
-        FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+    if FileSystems.get_scheme(output_dir) in (None, "file") and not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
 
     local = is_local(runner)
     progress_dir = tempfile.mkdtemp(prefix="winnow-progress-") if local and config.run.progress else None

@@ -57,7 +57,7 @@ def make_uid(url: str | None, caption: str | None) -> str:
 
 @dataclasses.dataclass
 class Sample:
-    """One image/alt-text pair. Stages return modified copies via `dataclasses.replace`."""
+    """One image/alt-text pair. Stages return modified copies via `evolve` / `decided`."""
 
     uid: str
     url: str | None

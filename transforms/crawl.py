@@ -79,10 +79,9 @@ def download_sample(
     try:
         fetched = fetcher.fetch(sample.url)
     except FetchError as err:
-        failed = dataclasses.replace(sample, http_status=err.http_status)
+        failed = sample.evolve(http_status=err.http_status)
         return failed.decided(Status.FAILED, err.reason, STAGE, str(err))
-    fetched_sample = dataclasses.replace(
-        sample,
+    fetched_sample = sample.evolve(
         http_status=fetched.http_status,
         content_type=fetched.content_type,
         sha256=hashlib.sha256(fetched.data).hexdigest(),
@@ -92,8 +91,7 @@ def download_sample(
             image = process_image(fetched.data, config)
     except ImageError as err:
         return fetched_sample.decided(Status.FAILED, err.reason, STAGE, str(err))
-    return dataclasses.replace(
-        fetched_sample,
+    return fetched_sample.evolve(
         status=Status.SUCCESS,
         reason=None,
         stage=None,

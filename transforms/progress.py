@@ -45,8 +45,7 @@ class StageCounter:
         """A sample decided upstream that this stage passed through: progress only, no metric
         (`<stage>/total` counts the samples the stage judged)."""
         self.done += 1
-        if self._progress_path and time.monotonic() - self._last_flush >= self._flush_every_s:
-            self.flush()
+        self._maybe_flush()
 
     def add(self, kept: bool = True, reason: str | None = None) -> None:
         self._total.inc()
@@ -60,6 +59,9 @@ class StageCounter:
             if counter is None:
                 counter = self._dropped[key] = Metrics.counter(NAMESPACE, f"{self.stage}/dropped/{key}")
             counter.inc()  # type: ignore[attr-defined]
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
         if self._progress_path and time.monotonic() - self._last_flush >= self._flush_every_s:
             self.flush()
 

@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, Literal
 
@@ -222,8 +223,6 @@ def _jsonable(value: Any) -> Any:
 def _is_directory(path: str) -> bool:
     if "://" in path:
         return path.endswith("/")
-    import os
-
     return os.path.isdir(path)
 
 

@@ -296,12 +296,10 @@ class _JudgeFn(beam.DoFn):
     def process(
         self, batch: list[Sample], duplicate_of: dict[str, str], frequent: Iterable[str]
     ) -> Iterator[Sample]:
-        frequent_set = frequent if isinstance(frequent, frozenset) else frozenset(frequent)
+        frequent_set = frozenset(frequent)
         languages = self._model.predict([s.caption_clean or "" for s in batch])
         for sample, (lang, score) in zip(batch, languages, strict=True):
-            sample = dataclasses.replace(
-                sample, lang=lang if sample.caption_clean else None, lang_score=score
-            )
+            sample = sample.evolve(lang=lang if sample.caption_clean else None, lang_score=score)
             if sample.status == Status.PENDING:
                 reason = caption_reason(sample, self._rules, duplicate_of, frequent_set)
                 if reason:

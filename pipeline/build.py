@@ -1,4 +1,8 @@
-"""Assembles the Beam pipeline: read → the selected stages, in order → shards → stats."""
+"""Assembles the Beam pipeline: read → the selected stages, in order → shards → stats.
+
+Rows travel as Arrow record batches from the reader through the text stage, which works on
+whole batches, and as one `Sample` per row from the crawl on (it fetches one image at a time).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from collections.abc import Callable, Sequence
 import apache_beam as beam
 
 from pipeline.config import RunConfig
+from schemas.sample import samples_from_batch
 from transforms.crawl import DownloadImages
-from transforms.readers import ReadUrlList
+from transforms.readers import ReadUrlBatches
 from transforms.text import FilterText
 from transforms.writers import WriteShards, WriteStats
 
@@ -19,6 +24,8 @@ STAGES: dict[str, StageFactory] = {
     "text": lambda config, progress: FilterText(config.text, progress),
     "crawl": lambda config, progress: DownloadImages(config.crawl, progress),
 }
+#: Stages that take and give row batches (they come first).
+BATCH_STAGES = ("text",)
 
 
 def build_pipeline(
@@ -29,11 +36,19 @@ def build_pipeline(
     progress_dir: str | None = None,
 ) -> beam.PCollection:
     """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict."""
-    samples = pipeline | "Read" >> ReadUrlList(input_files, config.input, progress_dir)
+    batches = pipeline | "Read" >> ReadUrlBatches(input_files, config.input, progress_dir)
     # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
-    total = samples | "CountSamples" >> beam.combiners.Count.Globally()
-    for name in STAGES:
+    total = (
+        batches
+        | "RowsPerBatch" >> beam.Map(lambda batch: batch.num_rows)
+        | "CountSamples" >> beam.CombineGlobally(sum)
+    )
+    for name in BATCH_STAGES:
         if name in config.run.stages:
+            batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
+    samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
+    for name in STAGES:
+        if name in config.run.stages and name not in BATCH_STAGES:
             samples = samples | name.capitalize() >> STAGES[name](config, progress_dir)
     shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)
     return shards | "WriteStats" >> WriteStats(output_dir, ["read", *config.run.stages])

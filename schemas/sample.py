@@ -128,9 +128,47 @@ METADATA_SCHEMA = pa.schema(
 )
 
 
+#: Columns of a row batch: how the reader and the text stage carry samples before the crawl, as
+#: Arrow record batches (one Python object per row only from the crawl on). `extra` is JSON text.
+BATCH_SCHEMA = pa.schema([METADATA_SCHEMA.field(name) for name in METADATA_SCHEMA.names[:12]])
+_BATCH_FIELDS = tuple(BATCH_SCHEMA.names)
+
+
+def batch_from_samples(samples: list[Sample]) -> pa.RecordBatch:
+    """The row batch holding `samples` (`BATCH_SCHEMA`); fields past the text stage are not carried."""
+    columns: dict[str, list[Any]] = {name: [getattr(s, name) for s in samples] for name in _BATCH_FIELDS}
+    columns["extra"] = [_extra_json(s.extra) for s in samples]
+    return pa.RecordBatch.from_pydict(columns, schema=BATCH_SCHEMA)
+
+
+def samples_from_batch(batch: pa.RecordBatch) -> list[Sample]:
+    """One `Sample` per row of a row batch."""
+    return samples_from_columns({name: batch.column(name).to_pylist() for name in _BATCH_FIELDS})
+
+
+def samples_from_columns(columns: dict[str, list[Any]]) -> list[Sample]:
+    """One `Sample` per row of `BATCH_SCHEMA` columns given as Python lists (`extra` as JSON)."""
+    samples = []
+    for values in zip(*(columns[name] for name in _BATCH_FIELDS), strict=True):
+        sample = object.__new__(Sample)
+        fields = dict(_DEFAULTS)
+        fields.update(zip(_BATCH_FIELDS, values, strict=True))
+        fields["extra"] = json.loads(fields["extra"]) if fields["extra"] else {}
+        sample.__dict__ = fields
+        samples.append(sample)
+    return samples
+
+
+def _extra_json(extra: dict[str, Any]) -> str | None:
+    return json.dumps(extra, sort_keys=True, ensure_ascii=False) if extra else None
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Sample) if f.default is not dataclasses.MISSING}
+
+
 def sample_to_metadata_row(sample: Sample) -> dict[str, Any]:
     """The Parquet row of a sample (`METADATA_SCHEMA`); `key` is set only for samples in the tar."""
     row = {name: getattr(sample, name) for name in METADATA_SCHEMA.names if hasattr(sample, name)}
-    row["extra"] = json.dumps(sample.extra, sort_keys=True, ensure_ascii=False) if sample.extra else None
+    row["extra"] = _extra_json(sample.extra)
     row["key"] = sample.uid if sample.status == Status.SUCCESS and sample.image is not None else None
     return row

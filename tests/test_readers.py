@@ -8,8 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import Status, make_uid
-from transforms.readers import InputConfig, InputError, check_input, expand_inputs, rows_to_samples
+from schemas import BATCH_SCHEMA, Status, make_uid
+from transforms.readers import (
+    InputConfig,
+    InputError,
+    check_input,
+    expand_inputs,
+    file_batches,
+    rows_to_samples,
+)
 
 ROWS = [
     {"url": "http://a.example/1.jpg", "caption": "a red circle", "license": "cc-by"},
@@ -117,3 +124,20 @@ def test_unknown_suffix_asks_for_input_format(tmp_path):
     path.write_text("x")
     with pytest.raises(InputError, match="input.input_format"):
         check_input(str(path), InputConfig())
+
+
+def test_rows_come_in_batches_of_the_set_size_and_keep_their_order(tmp_path):
+    path = tmp_path / "list.jsonl"
+    rows = [{"url": f"http://x/{i}.jpg", "caption": f"c{i}"} for i in range(10)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    batches = list(file_batches(str(path), InputConfig(), batch_rows=4))
+    assert [b.num_rows for b in batches] == [4, 4, 2]
+    assert [u for b in batches for u in b.column("url").to_pylist()] == [r["url"] for r in rows]
+    assert all(b.schema == BATCH_SCHEMA for b in batches)
+
+
+def test_text_that_is_not_valid_unicode_is_kept(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"url": "http://x/1.jpg", "caption": "bad \\ud800 half"}\n')
+    [sample] = rows_to_samples(str(path), InputConfig())
+    assert sample.status == Status.PENDING and sample.caption == "bad ? half"

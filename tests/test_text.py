@@ -14,11 +14,18 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import ConfigError, load_config
 from pipeline.jobs import run_job
-from schemas import Sample, Status, make_uid
+from schemas import Sample, Status, batch_from_samples, make_uid, samples_from_batch
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.langid import LanguageIdentifier
-from transforms.text import FilterText, TextConfig
-from transforms.textnorm import canonical_url, count_tokens, looks_binary, normalize_caption
+from transforms.text import FilterText, TextConfig, vocab_threshold
+from transforms.textnorm import (
+    canonical_url,
+    count_tokens,
+    looks_binary,
+    normalize_caption,
+    parsed_url_facts,
+    url_facts,
+)
 
 
 def sample(url: str | None, caption: str | None) -> Sample:
@@ -31,7 +38,14 @@ def outcome(s: Sample) -> tuple:
 
 def assert_text_outcomes(samples: list[Sample], config: TextConfig, expected: list[tuple]) -> None:
     with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
-        out = p | beam.Create(samples) | FilterText(config) | beam.Map(outcome)
+        batch = batch_from_samples(samples)
+        out = (
+            p
+            | beam.Create([batch])
+            | FilterText(config)
+            | beam.FlatMap(samples_from_batch)
+            | beam.Map(outcome)
+        )
         assert_that(out, equal_to(expected))
 
 
@@ -186,3 +200,86 @@ def test_every_control_and_format_character_becomes_a_space():
     ]
     assert len(invisible) > 150
     assert [hex(ord(ch)) for ch in invisible if normalize_caption("a" + ch + "é", 10) != "a é"] == []
+
+
+def test_url_fast_path_agrees_with_the_full_parse():
+    urls = [
+        "http://a.example/1.jpg",
+        "https://img.cdn-3.example.org/path/to/x.PNG?w=200&h=100",
+        "http://a/b?",
+        "http://a/b?x=1?y",
+        "http://a/b#frag",
+        "HTTP://A.example/1.jpg",
+        "http://a.example:80/1.jpg",
+        "http://a.example:8080/1.jpg",
+        "http://user:pw@a.example/1.jpg",
+        "http://a.example",
+        "http://a.example/sp ace.jpg",
+        "http://a.example/tab\t.jpg",
+        "ftp://a.example/1.jpg",
+        "http://[::1]/x.jpg",
+        "http:///nohost.jpg",
+    ]
+    for url in urls:
+        assert url_facts(url) == parsed_url_facts(url), url
+
+
+def test_token_count_fast_paths_agree_with_the_definition():
+    import random
+    import re
+    import string
+
+    word = re.compile(r"\S*[^\W_]\S*")  # the definition: whitespace chunks with a letter or digit
+    rng = random.Random(1)
+    alphabet = string.ascii_letters[:5] + string.digits[:2] + "    " + string.punctuation + "éß—«»…"
+    for _ in range(20_000):
+        text = normalize_caption("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))), 1000)
+        assert count_tokens(text) == len(word.findall(text)), text
+
+
+def test_duplicate_urls_across_batches_keep_the_smallest_uid():
+    rows = [sample(f"http://x.example/{i % 7}.jpg", f"caption number {i} here") for i in range(40)]
+    config = TextConfig(dedupe_urls=True)
+    winners = {}
+    for row in rows:
+        key = row.url
+        winners[key] = min(winners.get(key, row.uid), row.uid)
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        batches = [batch_from_samples(rows[i : i + 6]) for i in range(0, len(rows), 6)]
+        out = (
+            p
+            | beam.Create(batches)
+            | FilterText(config)
+            | beam.FlatMap(samples_from_batch)
+            | beam.Map(lambda s: (s.uid, s.reason))
+        )
+        expected = [(r.uid, None if r.uid == winners[r.url] else "duplicate_url") for r in rows]
+        assert_that(out, equal_to(expected))
+
+
+def test_vocab_threshold_keeps_at_most_size_ngrams():
+    histogram = {10: 2, 5: 3, 2: 10, 1: 100}  # occurrences: number of n-grams
+    assert vocab_threshold(histogram, 5) == 5  # 2 + 3 n-grams occur 5 times or more
+    assert vocab_threshold(histogram, 4) == 10  # the 3 tied at 5 would overshoot: all left out
+    assert vocab_threshold(histogram, 1000) == 1  # everything fits
+    assert vocab_threshold(histogram, 1) == 11  # not even the top group fits: nothing is frequent
+
+
+def test_rare_token_rule_rejects_captions_outside_the_vocabulary():
+    common = [sample(f"http://x.example/{i}.jpg", "a red circle on a blue background") for i in range(30)]
+    common += [sample(f"http://y.example/{i}.jpg", "a blue circle on a red background") for i in range(30)]
+    rare = sample("http://z.example/1.jpg", "a red zorblax on a blue background")
+    # 14 n-grams occur 30 times or more, the rest once; the 11 most frequent (count >= 31, ties
+    # at 30 left out) hold every common unigram but not "zorblax".
+    config = TextConfig(vocab_size=13)
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        rows = [*common, rare]
+        batches = [batch_from_samples(rows[i : i + 16]) for i in range(0, len(rows), 16)]
+        out = (
+            p
+            | beam.Create(batches)
+            | FilterText(config)
+            | beam.FlatMap(samples_from_batch)
+            | beam.Map(lambda s: (s.url, s.reason))
+        )
+        assert_that(out, equal_to([(r.url, None) for r in common] + [(rare.url, "rare_token")]))

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from apache_beam.metrics import Metrics
 
@@ -59,6 +59,28 @@ class StageCounter:
             if counter is None:
                 counter = self._dropped[key] = Metrics.counter(NAMESPACE, f"{self.stage}/dropped/{key}")
             counter.inc()  # type: ignore[attr-defined]
+        self._maybe_flush()
+
+    def add_many(
+        self, kept: int = 0, dropped: Mapping[str | None, int] | None = None, passed: int = 0
+    ) -> None:
+        """`add` for a whole batch: `kept` samples kept, {reason: samples} dropped, and `passed`
+        samples passed through."""
+        reasons: Counter[str] = Counter()
+        for reason, count in (dropped or {}).items():
+            reasons[reason or "unknown"] += count
+        judged = kept + sum(reasons.values())
+        if judged:
+            self._total.inc(judged)
+        if kept:
+            self._kept.inc(kept)
+        for key, count in reasons.items():
+            counter = self._dropped.get(key)
+            if counter is None:
+                counter = self._dropped[key] = Metrics.counter(NAMESPACE, f"{self.stage}/dropped/{key}")
+            counter.inc(count)  # type: ignore[attr-defined]
+        self.failed += sum(reasons.values())
+        self.done += judged + passed
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:

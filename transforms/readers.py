@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, Literal
 
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.sample import Sample, Status, make_uid
+from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.progress import StageCounter
 
 LOG = logging.getLogger(__name__)
@@ -111,41 +112,135 @@ def check_input(path: str, config: InputConfig) -> None:
         raise InputError(f"{path}: missing column(s) {missing}; the file has {columns} (see input.url_col)")
 
 
+#: Rows per record batch the reader emits.
+READ_BATCH_ROWS = 4096
+
+
 def rows_to_samples(path: str, config: InputConfig) -> Iterator[Sample]:
-    """Every row of one file as a `Sample` (pure; used by the DoFn and by tests)."""
+    """Every row of one file as a `Sample` (pure; used by tests and tools)."""
+    for batch in file_batches(path, config):
+        yield from samples_from_batch(batch)
+
+
+def file_batches(
+    path: str, config: InputConfig, batch_rows: int = READ_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Every row of one file, as row batches (`BATCH_SCHEMA`) of at most `batch_rows` rows."""
+    if detect_format(path, config.input_format) == "parquet":
+        yield from _parquet_batches(path, config, batch_rows)
+        return
+    rows: list[dict[str, Any] | _BadRow] = []
+    first = 0
     for index, row in _iter_rows(path, config):
         if index == 0 and isinstance(row, dict) and config.url_col not in row:
             raise InputError(f"{path}: missing url column '{config.url_col}'; the file has {list(row)}")
-        yield _row_to_sample(path, index, row, config)
+        rows.append(row)
+        if len(rows) == batch_rows:
+            yield _rows_to_batch(path, first, rows, config)
+            first += len(rows)
+            rows = []
+    if rows:
+        yield _rows_to_batch(path, first, rows, config)
 
 
-def _row_to_sample(path: str, index: int, row: dict[str, Any] | _BadRow, config: InputConfig) -> Sample:
-    if isinstance(row, _BadRow):
-        uid = make_uid(f"bad-row:{path}:{index}", None)
-        return Sample(uid=uid, url=None, caption=None).decided(
-            Status.FAILED, "unparseable_row", "read", row.message
-        )
-    url = _text(row.get(config.url_col))
-    caption = _text(row.get(config.caption_col)) if config.caption_col else None
-    extra = {name: _jsonable(row.get(name)) for name in config.save_additional_columns}
-    if url is not None:
-        url = url.strip()
-    if not url:
-        # Key rows without a URL by position so two of them never share a uid.
-        uid = make_uid(f"missing-url:{path}:{index}", caption)
-        return Sample(uid=uid, url=None, caption=caption, extra=extra).decided(
-            Status.FAILED, "missing_url", "read", f"{path}: row {index} has no value in '{config.url_col}'"
-        )
-    return Sample(uid=make_uid(url, caption), url=url, caption=caption, extra=extra)
+def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        parquet = pq.ParquetFile(handle)
+        names = set(parquet.schema_arrow.names)
+        if config.url_col not in names:
+            raise InputError(f"{path}: missing url column '{config.url_col}'; the file has {sorted(names)}")
+        wanted = [config.url_col, config.caption_col, *config.save_additional_columns]
+        columns = sorted({name for name in wanted if name and name in names})
+        first = 0
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            data = {name: batch.column(name).to_pylist() for name in columns}
+            n = batch.num_rows
+            blank = [None] * n
+            urls = data[config.url_col]
+            captions = data.get(config.caption_col, blank) if config.caption_col else blank
+            extras = [data.get(name, blank) for name in config.save_additional_columns]
+            yield _columns_to_batch(path, first, urls, captions, extras, config)
+            first += n
+
+
+def _rows_to_batch(
+    path: str, first: int, rows: list[dict[str, Any] | _BadRow], config: InputConfig
+) -> pa.RecordBatch:
+    good = [row if isinstance(row, dict) else {} for row in rows]
+    urls = [row.get(config.url_col) for row in good]
+    captions = [row.get(config.caption_col) for row in good] if config.caption_col else [None] * len(rows)
+    extras = [[row.get(name) for row in good] for name in config.save_additional_columns]
+    bad = {i: row.message for i, row in enumerate(rows) if isinstance(row, _BadRow)}
+    return _columns_to_batch(path, first, urls, captions, extras, config, bad)
+
+
+def _columns_to_batch(
+    path: str,
+    first: int,
+    urls: list[Any],
+    captions: list[Any],
+    extras: list[list[Any]],
+    config: InputConfig,
+    bad: dict[int, str] | None = None,
+) -> pa.RecordBatch:
+    """The row batch for rows `first`, `first + 1`, … of `path`, given column values."""
+    n = len(urls)
+    out_uid, out_url, out_caption = [], [], []
+    status = [Status.PENDING] * n
+    reason: list[str | None] = [None] * n
+    stage: list[str | None] = [None] * n
+    error: list[str | None] = [None] * n
+    for i, (url, caption) in enumerate(zip(urls, captions, strict=True)):
+        url = url if type(url) is str else _text(url)
+        caption = caption if caption is None or type(caption) is str else _text(caption)
+        if url is not None:
+            url = url.strip()
+        index = first + i
+        if bad and i in bad:
+            uid, url, caption = make_uid(f"bad-row:{path}:{index}", None), None, None
+            status[i], reason[i], stage[i], error[i] = Status.FAILED, "unparseable_row", "read", bad[i]
+        elif not url:
+            # Key rows without a URL by position so two of them never share a uid.
+            uid, url = make_uid(f"missing-url:{path}:{index}", caption), None
+            status[i], reason[i], stage[i] = Status.FAILED, "missing_url", "read"
+            error[i] = f"{path}: row {index} has no value in '{config.url_col}'"
+        else:
+            uid = make_uid(url, caption)
+        out_uid.append(uid)
+        out_url.append(url)
+        out_caption.append(caption)
+    extra: list[str | None] = [None] * n
+    if extras:
+        names = config.save_additional_columns
+        for i, values in enumerate(zip(*extras, strict=True)):
+            if not (bad and i in bad):
+                extra[i] = json.dumps(
+                    {name: _jsonable(v) for name, v in zip(names, values, strict=True)},
+                    sort_keys=True,
+                    ensure_ascii=False,
+                )
+    blank = pa.nulls(n)
+    columns = {"uid": out_uid, "url": out_url, "caption": out_caption, "extra": extra}
+    columns.update(status=status, reason=reason, stage=stage, error=error)
+    arrays = [_strings(columns[f.name]) if f.name in columns else blank.cast(f.type) for f in BATCH_SCHEMA]
+    return pa.RecordBatch.from_arrays(arrays, schema=BATCH_SCHEMA)
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    """A string array; text that is not valid Unicode (lone surrogates from a JSON escape) has
+    the offending characters replaced rather than failing the file."""
+    try:
+        return pa.array(values, type=pa.string())
+    except (UnicodeEncodeError, pa.ArrowException):
+        cleaned = [v if v is None else v.encode("utf-8", "replace").decode("utf-8") for v in values]
+        return pa.array(cleaned, type=pa.string())
 
 
 def _iter_rows(
     path: str, config: InputConfig, limit: int | None = None
 ) -> Iterator[tuple[int, dict[str, Any] | _BadRow]]:
+    """Rows of a text-format file (CSV, TSV, JSONL, txt) as dicts, or `_BadRow`s."""
     fmt = detect_format(path, config.input_format)
-    if fmt == "parquet":
-        yield from _parquet_rows(path, limit)
-        return
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
         text = io.TextIOWrapper(_decompressed(path, raw), encoding="utf-8", errors="replace", newline="")
         if fmt in ("csv", "tsv"):
@@ -168,17 +263,6 @@ def _decompressed(path: str, raw: BinaryIO) -> BinaryIO:
     if lower.endswith(".bz2"):
         return bz2.BZ2File(raw, mode="rb")  # type: ignore[return-value]
     return raw
-
-
-def _parquet_rows(path: str, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        index = 0
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
-            for row in batch.to_pylist():
-                if limit is not None and index >= limit:
-                    return
-                yield index, row
-                index += 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,17 +318,20 @@ class _ReadFileFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter("read", self._progress_dir)
 
-    def process(self, path: str) -> Iterator[Sample]:
-        for sample in rows_to_samples(path, self._config):
-            self._counter.add(kept=sample.status != Status.FAILED, reason=sample.reason)
-            yield sample
+    def process(self, path: str) -> Iterator[pa.RecordBatch]:
+        for batch in file_batches(path, self._config):
+            failed = Counter(batch.column("reason").drop_null().to_pylist())
+            self._counter.add_many(kept=batch.num_rows - sum(failed.values()), dropped=failed)
+            yield batch
 
     def finish_bundle(self) -> None:
         self._counter.flush()
 
 
-class ReadUrlList(beam.PTransform):
-    """Reads the matched input files into `Sample`s, one file per element, files spread over workers."""
+class ReadUrlBatches(beam.PTransform):
+    """Reads the matched input files into row batches (`BATCH_SCHEMA`), files spread over workers.
+
+    Row batches are what the text stage consumes; `ReadUrlList` turns them into `Sample`s."""
 
     def __init__(self, files: Sequence[str], config: InputConfig, progress_dir: str | None = None):
         super().__init__()
@@ -257,6 +344,17 @@ class ReadUrlList(beam.PTransform):
             pbegin
             | "Files" >> beam.Create(self._files)
             | "Spread" >> beam.Reshuffle()
-            | "Rows" >> beam.ParDo(_ReadFileFn(self._config, self._progress_dir))
-            | "SpreadRows" >> beam.Reshuffle()  # one big list must not pin the crawl to one worker
+            | "Batches" >> beam.ParDo(_ReadFileFn(self._config, self._progress_dir))
+            | "SpreadBatches" >> beam.Reshuffle()  # one big list must not pin the work to one worker
         )
+
+
+class ReadUrlList(beam.PTransform):
+    """Reads the matched input files into `Sample`s (row batches, then one element per row)."""
+
+    def __init__(self, files: Sequence[str], config: InputConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._batches = ReadUrlBatches(files, config, progress_dir)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "ReadBatches" >> self._batches | "Samples" >> beam.FlatMap(samples_from_batch)

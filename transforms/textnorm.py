@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -20,6 +21,7 @@ _WHITESPACE = re.compile(r"\s+")
 _BINARY = re.compile("[\ufffd\x00\ue000-\uf8ff\U000f0000-\U0010ffff]")
 # A whitespace-separated chunk with at least one letter or digit.
 _WORD = re.compile(r"\S*[^\W_]\S*")
+_ALNUM = re.compile(r"[^\W_]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Unicode format characters (category Cf: zero-width spaces, bidi marks, BOM) and line separators.
 _INVISIBLE = re.compile(
@@ -32,17 +34,34 @@ _CJK = re.compile(
     "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf"
     "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
 )
-_CJK_PUNCTUATION = re.compile("[\u3000-\u303f\uff00-\uff0f\uff1a-\uff20]")
+_ASCII_PUNCTUATION = bytes(c for c in range(128) if not chr(c).isalnum() and not chr(c).isspace())
+_ASCII_CLASSES = bytes(
+    ord("a") if chr(c).isalnum() else ord(" ") if chr(c).isspace() else ord("p") for c in range(256)
+)
+# A URL already in canonical form (the common case): checked with one match instead of a parse.
+SIMPLE_URL = re.compile(r"(https?)://([a-z0-9-]+(?:\.[a-z0-9-]+)*)(/[^#?\s]*(?:\?[^#\s]+)?)\Z")
+# The same less CJK punctuation (U+3000–303F, U+FF00–FF0F, U+FF1A–FF20): one token each.
+_CJK_LETTER = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff10-\uff19\uff21-\uffef]"
+)
 
 
 def normalize_caption(text: str, max_chars: int) -> str:
     """The cleaned caption: unescaped, NFC, no control characters, single spaces, at most `max_chars`."""
     if "&" in text:
         text = html.unescape(text)
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
-        text = _INVISIBLE.sub(" ", text)
-    text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+    if text.isprintable():
+        # Fast path, most alt-text: no control, format or separator character but the plain space.
+        if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        if "  " in text or text[:1] == " " or text[-1:] == " ":
+            text = " ".join(text.split())
+    else:
+        if not text.isascii():
+            text = unicodedata.normalize("NFC", text)
+            text = _INVISIBLE.sub(" ", text)
+        text = " ".join(_CONTROL.sub(" ", text).split())
     if len(text) > max_chars:
         cut = text[:max_chars]
         space = cut.rfind(" ")
@@ -59,31 +78,87 @@ def looks_binary(text: str) -> bool:
 
 def count_tokens(text: str) -> int:
     """Words for space-separated scripts, characters for Chinese, Japanese and Korean."""
-    cjk = len(_CJK.findall(text)) - len(_CJK_PUNCTUATION.findall(text))
-    rest = _CJK.sub(" ", text)
-    return cjk + len(_WORD.findall(rest))
+    if text.isascii():
+        classes = text.encode().translate(_ASCII_CLASSES)  # letters/digits → a, punctuation → p
+        if not (classes.startswith(b"p") or b" p" in classes):
+            return classes.count(b" ") + 1 if classes.strip() else 0  # every chunk starts with a letter
+        # Punctuation deleted, a chunk without a letter or digit vanishes from the split.
+        return len(text.encode().translate(None, _ASCII_PUNCTUATION).split())
+    if not _CJK.search(text):
+        return _count_words(text)
+    return len(_CJK_LETTER.findall(text)) + _count_words(_CJK.sub(" ", text))
 
 
-def canonical_url(url: str) -> str | None:
-    """A canonical form for duplicate detection, or None if the URL cannot be parsed."""
+def _count_words(text: str) -> int:
+    """Whitespace-separated chunks holding at least one letter or digit."""
+    chunks = text.split()
+    plain = sum(map(str.isalnum, chunks))
+    if plain == len(chunks):
+        return plain
+    return plain + sum(1 for chunk in chunks if not chunk.isalnum() and _ALNUM.search(chunk))
+
+
+def caption_words(text: str) -> list[str]:
+    """The tokens `count_tokens` counts, case-folded, in order: words, and single CJK characters."""
+    text = text.casefold()
+    if not text.isascii() and _CJK.search(text):
+        text = _CJK.sub(r" \g<0> ", text)
+    return _WORD.findall(text)
+
+
+class UrlFacts(NamedTuple):
+    """What the URL rules need from one URL; `canonical` is None if the URL cannot be parsed."""
+
+    scheme: str
+    host: str
+    extension: str
+    canonical: str | None
+
+
+def is_simple_url(url: str) -> bool:
+    """True for an http(s) URL already in canonical form with no port, user or fragment (most)."""
+    return SIMPLE_URL.match(url) is not None
+
+
+def url_facts(url: str) -> UrlFacts:
+    """Scheme, host, file extension and canonical form of a URL, parsed once."""
+    simple = SIMPLE_URL.match(url)
+    if simple:
+        # Already canonical: lower-case http(s) scheme and host, no port, user or fragment.
+        scheme, host, path = simple.group(1, 2, 3)
+        return UrlFacts(scheme, host, _extension(path.partition("?")[0]), url)
+    return parsed_url_facts(url)
+
+
+def parsed_url_facts(url: str) -> UrlFacts:
+    """`url_facts` by a full parse, for every URL (the reference the fast path must agree with)."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError:
-        return None
+        return UrlFacts("", "", "", None)
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
+    extension = _extension(parts.path)
     if not scheme or not host:
-        return None
+        return UrlFacts(scheme, host, extension, None)
     netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
     if parts.username or parts.password:
         netloc = f"{parts.username or ''}{':' + parts.password if parts.password else ''}@{netloc}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    return UrlFacts(scheme, host, extension, urlunsplit((scheme, netloc, parts.path or "/", parts.query, "")))
+
+
+def canonical_url(url: str) -> str | None:
+    """A canonical form for duplicate detection, or None if the URL cannot be parsed."""
+    return url_facts(url).canonical
 
 
 def url_extension(url: str) -> str:
     """The lower-case file extension of the URL's path, without the dot ('' if none)."""
-    path = urlsplit(url).path
+    return url_facts(url).extension
+
+
+def _extension(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 

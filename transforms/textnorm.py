@@ -84,9 +84,8 @@ def count_tokens(text: str) -> int:
             return classes.count(b" ") + 1 if classes.strip() else 0  # every chunk starts with a letter
         # Punctuation deleted, a chunk without a letter or digit vanishes from the split.
         return len(text.encode().translate(None, _ASCII_PUNCTUATION).split())
-    if not _CJK.search(text):
-        return _count_words(text)
-    return len(_CJK_LETTER.findall(text)) + _count_words(_CJK.sub(" ", text))
+    rest, cjk = _CJK_LETTER.subn(" ", text)
+    return cjk + _count_words(rest)
 
 
 def _count_words(text: str) -> int:

@@ -252,6 +252,7 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
     plain_ok = plain_ok and not rules.blocked_domains and not rules.blocked_extensions
     need_caption_hash = bool(rules.boilerplate_max_urls)
     pending, simple = Status.PENDING, SIMPLE_URL.match if plain_ok else None
+    rejected = False
     for i, url in enumerate(urls):
         if status[i] != pending or url is None:
             continue
@@ -262,33 +263,39 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
             why = url_reason(facts, rules)
             if why is not None:
                 status[i], reason[i], stage[i], error[i] = Status.REJECTED, why, STAGE, url[:200]
+                rejected = True
                 continue
             key = facts.canonical or url
         caption = captions[i]
         if caption and not (caption.isascii() and "\x00" not in caption) and looks_binary(caption):
             status[i], reason[i], stage[i] = Status.REJECTED, "caption_not_text", STAGE
             error[i] = "text rule: caption_not_text"
+            rejected = True
             continue
         url_hash[i] = xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"))
         if need_caption_hash and clean[i]:
             # The same caption for the boilerplate rule: equal after case folding.
             caption_hash[i] = xxh3_64_intdigest(clean[i].casefold().encode("utf-8", "surrogatepass"))
 
-    unigrams: list[list[int] | None] = [None] * n
-    bigrams: list[list[int] | None] = [None] * n
-    if rules.vocab_size:
-        for i, text in enumerate(clean):
-            if text:
-                unigrams[i], bigrams[i] = ngram_hashes(text)
     columns: dict[str, Any] = {name: batch.column(name) for name in BATCH_SCHEMA.names}
-    columns.update(caption_clean=clean, num_tokens=tokens, lang=lang, lang_score=score)
-    columns.update(status=status, reason=reason, stage=stage, error=error)
-    columns.update(url_hash=url_hash, caption_hash=caption_hash, unigrams=unigrams, bigrams=bigrams)
-    arrays = [
-        value if isinstance(value, pa.Array) else pa.array(value, type=field.type)
-        for field, value in ((f, columns[f.name]) for f in _PREPARED_SCHEMA)
-    ]
+    columns.update(caption_clean=clean, num_tokens=tokens, lang=lang, lang_score=score, url_hash=url_hash)
+    if rejected:
+        columns.update(status=status, reason=reason, stage=stage, error=error)
+    if need_caption_hash:
+        columns["caption_hash"] = caption_hash
+    if rules.vocab_size:
+        ngrams = [ngram_hashes(text) if text else (None, None) for text in clean]
+        columns["unigrams"] = [unigrams for unigrams, _ in ngrams]
+        columns["bigrams"] = [bigrams for _, bigrams in ngrams]
+    arrays = [_column(columns.get(field.name), field.type, n) for field in _PREPARED_SCHEMA]
     return pa.RecordBatch.from_arrays(arrays, schema=_PREPARED_SCHEMA)
+
+
+def _column(values: Any, type_: pa.DataType, n: int) -> pa.Array:
+    """An Arrow column from an existing column, a list or numpy array, or None (all null)."""
+    if values is None:
+        return pa.nulls(n, type_)
+    return values if isinstance(values, pa.Array) else pa.array(values, type=type_)
 
 
 def _uids_u64(uids: list[str]) -> np.ndarray:

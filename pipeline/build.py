@@ -13,6 +13,7 @@ import apache_beam as beam
 from pipeline.config import RunConfig
 from schemas.sample import samples_from_batch
 from transforms.crawl import DownloadImages
+from transforms.embed import EmbedImages
 from transforms.readers import ReadUrlBatches
 from transforms.text import FilterText
 from transforms.writers import WriteShards, WriteStats
@@ -23,6 +24,7 @@ StageFactory = Callable[[RunConfig, "str | None"], beam.PTransform]
 STAGES: dict[str, StageFactory] = {
     "text": lambda config, progress: FilterText(config.text, progress),
     "crawl": lambda config, progress: DownloadImages(config.crawl, progress),
+    "embed": lambda config, progress: EmbedImages(config.embed, progress),
 }
 #: Stages that take and give row batches (they come first).
 BATCH_STAGES = ("text",)

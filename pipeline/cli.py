@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pipeline.config import RunConfig
 
 LOG = logging.getLogger("winnow")
-_USER_ERROR = re.compile(r"(InputError|ConfigError): ([^\n]+)")
+_USER_ERROR = re.compile(r"(InputError|ConfigError|EmbedError): ([^\n]+)")
 
 
 class UsageError(Exception):
@@ -44,11 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from pipeline.config import ConfigError
+    from transforms.embed import EmbedError
     from transforms.readers import InputError
 
     try:
         return int(args.handler(args, extra) or 0)
-    except (ConfigError, InputError, UsageError) as err:
+    except (ConfigError, InputError, EmbedError, UsageError) as err:
         print(f"winnow: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

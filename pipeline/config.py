@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import STAGE_NAMES
 from transforms.crawl import CrawlConfig
+from transforms.embed import EmbedConfig
 from transforms.readers import InputConfig
 from transforms.text import TextConfig
 from transforms.writers import OutputConfig
@@ -52,6 +53,7 @@ class RunConfig:
     input: InputConfig = InputConfig()
     text: TextConfig = TextConfig()
     crawl: CrawlConfig = CrawlConfig()
+    embed: EmbedConfig = EmbedConfig()
     output: OutputConfig = OutputConfig()
     run: RunSection = RunSection()
 

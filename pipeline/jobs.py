@@ -18,6 +18,7 @@ from pipeline.build import build_pipeline
 from pipeline.config import RunConfig
 from pipeline.progress import ProgressPrinter
 from pipeline.runner import is_local, make_pipeline
+from transforms.embed import resolve_device
 from transforms.progress import NAMESPACE
 from transforms.readers import check_input, expand_inputs
 from transforms.writers import STATS_FILE, write_atomically
@@ -37,7 +38,8 @@ def run_job(
 ) -> dict[str, Any]:
     """Runs the pipeline and returns the stats dict (also written to `<output>/stats.json`).
 
-    Raises `InputError` / `ConfigError` before anything runs when the input is unusable.
+    Raises `InputError` / `ConfigError` / `EmbedError` before anything runs when the input or the
+    model settings are unusable.
     """
     # Filesystem options (S3 endpoint and keys, GCP project) apply to the checks made here too.
     FileSystems.set_options(PipelineOptions(list(beam_args)))
@@ -49,6 +51,8 @@ def run_job(
         FileSystems.mkdirs(output_dir)
 
     local = is_local(runner)
+    if local and "embed" in config.run.stages:
+        resolve_device(config.embed.device)  # `cuda` on a machine without it: say so before starting
     progress_dir = tempfile.mkdtemp(prefix="winnow-progress-") if local and config.run.progress else None
     stages = ["read", *config.run.stages, "write"]
     pipeline = make_pipeline(runner, beam_args, workers)

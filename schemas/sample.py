@@ -25,6 +25,11 @@ Columns (all nullable unless noted):
 | width, height | crawl | size of the stored image |
 | sha256 | crawl | hex digest of the downloaded bytes |
 | image_bytes | crawl | size of the stored (re-encoded) image |
+| clip_score | embed | cosine of the image and text embeddings |
+| clip_model | embed | identity of the model that made the score (name/tag, or checkpoint @ digest) |
+
+The embed stage also carries `image_embedding` / `text_embedding` (L2-normalised float16) to the
+writer, which stores them beside the shard as `.npy` files rather than in the Parquet.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ class Sample:
     image_bytes: int | None = None
     image: bytes | None = dataclasses.field(default=None, repr=False)
     image_ext: str | None = None
+    clip_score: float | None = None
+    clip_model: str | None = None
+    image_embedding: Any = dataclasses.field(default=None, repr=False)
+    text_embedding: Any = dataclasses.field(default=None, repr=False)
 
     def evolve(self, **changes: Any) -> Sample:
         """A copy with `changes` applied: `dataclasses.replace` without re-running `__init__`
@@ -123,6 +132,8 @@ METADATA_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("sha256", pa.string()),
         pa.field("image_bytes", pa.int64()),
+        pa.field("clip_score", pa.float32()),
+        pa.field("clip_model", pa.string()),
         pa.field("key", pa.string()),
     ]
 )

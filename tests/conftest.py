@@ -50,10 +50,12 @@ def read_output_rows(output: str) -> list[dict]:
 
 
 def shard_bytes(output: str) -> dict[str, bytes]:
-    """name → bytes of every shard file (tar and Parquet) of an output folder."""
+    """path → bytes of every shard file of an output folder: tar, Parquet and embedding files."""
     out = {}
-    for name in sorted(os.listdir(output)):
-        if name.endswith((".tar", ".parquet")):
-            with open(os.path.join(output, name), "rb") as handle:
-                out[name] = handle.read()
+    for folder in ("", "img_emb", "text_emb", "metadata"):
+        directory = os.path.join(output, folder)
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            if name.endswith((".tar", ".parquet", ".npy")):
+                with open(os.path.join(directory, name), "rb") as handle:
+                    out[os.path.join(folder, name)] = handle.read()
     return out

@@ -94,3 +94,14 @@ def test_readme_documents_every_key():
     for section, keys in RunConfig().to_dict().items():
         for key in keys:
             assert f"`{section}.{key}`" in readme, f"README lacks {section}.{key}"
+
+
+def test_deploy_configs_load():
+    import pathlib
+
+    folder = pathlib.Path(__file__).parent.parent / "deploy" / "configs"
+    configs = sorted(folder.glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_config(str(path))
+        assert config.embed.model in ("ViT-B-32", "ViT-L-14") and config.embed.pretrained == "openai"

@@ -112,6 +112,8 @@ def test_rerun_over_a_killed_run_leaves_no_partial_or_stale_shard(sample_web, fu
     (target / "_tmp-0123abcd-00001.tar").write_bytes(b"partial")
     (target / "00099.tar").write_bytes(b"stale")
     (target / "00099.parquet").write_bytes(b"stale")
+    (target / "img_emb").mkdir()
+    (target / "img_emb" / "img_emb_00099.npy").write_bytes(b"stale")
     run_job(CONFIG, [sample_web.urls], str(target))
     assert shard_bytes(str(target)) == shard_bytes(output)
     assert not [n for n in os.listdir(target) if n.startswith("_tmp-")]

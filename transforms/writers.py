@@ -5,6 +5,10 @@ In: `Sample`s after the last stage. Out, in the output folder (any Beam filesyst
 - `NNNNN.tar`: WebDataset shard with `<uid>.<ext>` image, `<uid>.txt` caption and `<uid>.json`
   metadata for each sample with status `success`;
 - `NNNNN.parquet`: one row per sample of the shard, kept or not (`schemas.METADATA_SCHEMA`);
+- `img_emb/img_emb_NNNNN.npy`, `text_emb/text_emb_NNNNN.npy`: the float16 CLIP embeddings of
+  the shard's embedded samples, row i of both belonging to row i of
+  `metadata/metadata_NNNNN.parquet` (uid, url, caption, clip_score, status) — clip-retrieval's
+  layout, so its tools and FAISS index builders read it as is;
 - `stats.json`: counts by status, stage and reason (written by `WriteStats`).
 
 Determinism: the shard count is ceil(total / samples_per_shard); a sample goes to shard
@@ -30,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -38,6 +43,21 @@ from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_r
 from transforms.progress import StageCounter
 
 _SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
+#: Folders of per-shard embedding files, and their file names.
+EMBEDDING_DIRS = {
+    "img_emb": re.compile(r"^img_emb_\d{5,}\.npy$"),
+    "text_emb": re.compile(r"^text_emb_\d{5,}\.npy$"),
+    "metadata": re.compile(r"^metadata_\d{5,}\.parquet$"),
+}
+_EMBEDDING_METADATA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("clip_score", pa.float32()),
+        pa.field("status", pa.string(), nullable=False),
+    ]
+)
 _TEMP_PREFIX = "_tmp-"
 STATS_FILE = "stats.json"
 
@@ -121,6 +141,35 @@ def parquet_bytes(samples: Iterable[Sample], compression: str) -> bytes:
     return buffer.getvalue()
 
 
+def embedding_files(name: str, samples: list[Sample], compression: str) -> dict[str, bytes]:
+    """The shard's embedding files (relative path → bytes), empty if nothing was embedded."""
+    embedded = [s for s in samples if s.image_embedding is not None and s.text_embedding is not None]
+    if not embedded:
+        return {}
+    files = {}
+    for folder, field in (("img_emb", "image_embedding"), ("text_emb", "text_embedding")):
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack([getattr(s, field) for s in embedded]).astype(np.float16))
+        files[f"{folder}/{folder}_{name}.npy"] = buffer.getvalue()
+    table = pa.Table.from_pylist(
+        [
+            {
+                "uid": s.uid,
+                "url": s.url,
+                "caption": s.caption_clean if s.caption_clean is not None else s.caption,
+                "clip_score": s.clip_score,
+                "status": s.status,
+            }
+            for s in embedded
+        ],
+        schema=_EMBEDDING_METADATA,
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=None if compression == "none" else compression)
+    files[f"metadata/metadata_{name}.parquet"] = buffer.getvalue()
+    return files
+
+
 def write_atomically(path: str, data: bytes) -> None:
     """Writes `path` so that readers never see a partial file."""
     if FileSystems.get_scheme(path) not in (None, "file"):
@@ -169,6 +218,9 @@ class _WriteShardFn(beam.DoFn):
         write_atomically(
             f"{self._output_dir}/{name}.parquet", parquet_bytes(samples, self._config.parquet_compression)
         )
+        embeddings = embedding_files(name, samples, self._config.parquet_compression)
+        for path, data in embeddings.items():
+            write_atomically(f"{self._output_dir}/{path}", data)
         counts = Counter((s.stage or "", s.status, s.reason or "") for s in samples)
         for sample in samples:
             if sample.stage in (None, "write"):
@@ -178,7 +230,7 @@ class _WriteShardFn(beam.DoFn):
         self._counter.flush()
         yield {
             "shard": name,
-            "files": [f"{name}.parquet"] + ([f"{name}.tar"] if kept else []),
+            "files": [f"{name}.parquet"] + ([f"{name}.tar"] if kept else []) + sorted(embeddings),
             "samples": len(samples),
             "kept": kept,
             "tar_bytes": len(tar) if kept else 0,
@@ -267,11 +319,13 @@ def finalize_output(shards: list[dict[str, Any]], output_dir: str, stages: Itera
     output_dir = output_dir.rstrip("/")
     written = {name for shard in shards for name in shard["files"]}
     stale = []
-    for result in FileSystems.match([f"{output_dir}/*"]):
-        for meta in result.metadata_list:
-            name = meta.path.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith(_TEMP_PREFIX) or (_SHARD_FILE.match(name) and name not in written):
-                stale.append(meta.path)
+    folders = [("", _SHARD_FILE), *((f"{folder}/", pattern) for folder, pattern in EMBEDDING_DIRS.items())]
+    for prefix, pattern in folders:
+        for result in FileSystems.match([f"{output_dir}/{prefix}*"]):
+            for meta in result.metadata_list:
+                name = meta.path.rstrip("/").rsplit("/", 1)[-1]
+                if name.startswith(_TEMP_PREFIX) or (pattern.match(name) and prefix + name not in written):
+                    stale.append(meta.path)
     if stale:
         FileSystems.delete(stale)
     stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)

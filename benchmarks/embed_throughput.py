@@ -1,0 +1,112 @@
+"""Embedding throughput: images/s through Winnow's embed stage against the raw model forward.
+
+Both sides see the same pairs: sample-web scenes stored as the crawl stores them (256 px JPEG,
+quality 95) with their captions. The raw side is the loaded open_clip model's `encode_image` +
+`encode_text` on already-preprocessed tensors, `--batch` at a time, with torch's default thread
+count. The stage side is a real local Beam pipeline: `EmbedImages` (decode, resize/normalise,
+tokenize, `RunInference` with `OpenClipModelHandler`, score) over the stored JPEGs, to a count;
+its fixed cost (pipeline start, model load) is removed by subtracting a run of one batch.
+
+    .venv/bin/python benchmarks/embed_throughput.py --models ViT-B-32 winnow-tiny-clip
+
+ViT-B-32 runs with random weights (nothing can be downloaded here), which does not change its
+speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+
+import apache_beam as beam
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.runner import make_pipeline
+from sampleweb.captions import describe
+from sampleweb.scenes import random_scene, render
+from schemas.sample import Sample, Status, make_uid
+from transforms.embed import EmbedConfig, EmbedImages, load_clip, preprocessing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stored_pairs(count: int, seed: int = 5) -> list[Sample]:
+    """`count` pairs as the crawl leaves them: a 256 px JPEG and a caption."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for index in range(count):
+        scene = random_scene(rng)
+        buffer = io.BytesIO()
+        render(scene, 256, 256, grain=0.03, grain_seed=index).save(buffer, format="JPEG", quality=95)
+        caption = describe(scene, "en", rng)
+        url = f"http://bench.example/{index}.jpg"
+        samples.append(
+            Sample(
+                uid=make_uid(url, caption),
+                url=url,
+                caption=caption,
+                caption_clean=caption,
+                status=Status.SUCCESS,
+                image=buffer.getvalue(),
+                image_ext="jpg",
+            )
+        )
+    return samples
+
+
+def time_stage(samples: list[Sample], config: EmbedConfig) -> float:
+    pipeline = make_pipeline("local")
+    _ = pipeline | beam.Create(samples) | EmbedImages(config) | beam.combiners.Count.Globally()
+    started = time.perf_counter()
+    pipeline.run().wait_until_finish()
+    return time.perf_counter() - started
+
+
+def time_raw(samples: list[Sample], config: EmbedConfig) -> float:
+    model, _, _ = load_clip(config)
+    transform, tokenizer = preprocessing(config)
+    images, tokens = [], []
+    for sample in samples:
+        with Image.open(io.BytesIO(sample.image or b"")) as image:
+            images.append(transform(image.convert("RGB")))
+        tokens.append(tokenizer([sample.caption_clean or ""])[0])
+    image_batch, token_batch = torch.stack(images), torch.stack(tokens)
+    size = config.batch_size
+    with torch.inference_mode():  # warm-up: the first call sets up the kernels
+        model.encode_image(image_batch[:size], normalize=True)
+        model.encode_text(token_batch[:size], normalize=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(samples), size):
+            model.encode_image(image_batch[start : start + size], normalize=True)
+            model.encode_text(token_batch[start : start + size], normalize=True)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "winnow-tiny-clip"])
+    parser.add_argument("--images", type=int, nargs="+", default=[512, 4096], help="per model, in order")
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, CPU")
+    print("| model | images | raw forward images/s | stage images/s | stage / raw |")
+    print("|---|---|---|---|---|")
+    for name, count in zip(args.models, args.images + args.images[-1:] * len(args.models), strict=False):
+        config = EmbedConfig(model=name, device="cpu", batch_size=args.batch)
+        samples = stored_pairs(count)
+        raw = time_raw(samples, config)
+        fixed = time_stage(samples[: args.batch], config)
+        stage = time_stage(samples, config) - fixed
+        raw_rate, stage_rate = count / raw, (count - args.batch) / stage
+        print(f"| {name} | {count:,} | {raw_rate:,.1f} | {stage_rate:,.1f} | {stage_rate / raw_rate:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,12 +68,12 @@ def time_stage(samples: list[Sample], config: EmbedConfig) -> float:
 
 
 def time_raw(samples: list[Sample], config: EmbedConfig) -> float:
-    model, _, _ = load_clip(config)
-    transform, tokenizer = preprocessing(config)
+    model, transform, _ = load_clip(config)
+    tokenizer = preprocessing(config).tokenizer
     images, tokens = [], []
     for sample in samples:
         with Image.open(io.BytesIO(sample.image or b"")) as image:
-            images.append(transform(image.convert("RGB")))
+            images.append(transform(image.convert("RGB")))  # open_clip's own transform, done up front
         tokens.append(tokenizer([sample.caption_clean or ""])[0])
     image_batch, token_batch = torch.stack(images), torch.stack(tokens)
     size = config.batch_size

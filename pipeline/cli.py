@@ -191,6 +191,11 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
         lines.append(
             f"  text stage: {saved:,} fetches saved ({saved / max(text['total'], 1):.0%} of the pairs it saw)"
         )
+    embed = stats["stages"].get("embed")
+    if embed:
+        embedded = stats.get("metrics", {}).get("embed/total")
+        if embedded is not None:
+            lines.append(f"  embed stage: {embedded:,} pairs embedded and scored")
     shards = stats["shards"]
     lines.append(
         f"  shards: {shards['count']} Parquet, {shards['tar_files']} tar ({shards['tar_bytes'] / 1e6:.1f} MB)"

@@ -32,15 +32,18 @@ def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: 
 def _truth_check(truth_path: str, output: str) -> str:
     """How the pipeline's outcomes compare with the sample web's ground truth."""
     truth = {row["url"]: row for row in pq.read_table(truth_path).to_pylist()}
-    columns = ["url", "status", "reason", "stage"]
+    columns = ["url", "status", "reason", "stage", "clip_score"]
     got = [row for path in sorted(glob.glob(os.path.join(output, "*.parquet")))
            for row in pq.read_table(path, columns=columns).to_pylist()]  # fmt: skip
     download: Counter[str] = Counter()
     text: Counter[str] = Counter()
+    scores: dict[str, list[float]] = {"none": [], "mismatched": []}
     for row in got:
         want = truth.get(row["url"])
         if want is None:
             continue
+        if row["clip_score"] is not None and want["noise"] in scores:
+            scores[want["noise"]].append(row["clip_score"])
         if row["stage"] == "text":
             text["rejected"] += 1
             text["rejected_clean"] += want["noise"] == "none"
@@ -52,10 +55,19 @@ def _truth_check(truth_path: str, output: str) -> str:
         download["match" if row["status"] == want["expected_status"] and reason_ok else "differ"] += 1
     boilerplate = sum(1 for t in truth.values() if t["noise"] == "boilerplate")
     fetched = sum(download.values())
-    return (
+    lines = [
         f"  ground truth, text: {text['rejected']:,} pairs rejected before any fetch "
         f"({text['rejected_clean']:,} of them with a clean caption); "
-        f"{text['boilerplate_caught']}/{boilerplate} boilerplate captions caught\n"
+        f"{text['boilerplate_caught']}/{boilerplate} boilerplate captions caught",
         f"  ground truth, download: {download['match']:,}/{fetched:,} fetched samples "
-        "ended as the sample web expects"
-    )
+        "ended as the sample web expects",
+    ]
+    clean, mismatched = scores["none"], scores["mismatched"]
+    if clean and mismatched:
+        wins = sum((c > m) + 0.5 * (c == m) for c in clean for m in mismatched)
+        auc = wins / (len(clean) * len(mismatched))
+        lines.append(
+            f"  ground truth, embed: mean clip_score {sum(clean) / len(clean):.2f} for clean captions, "
+            f"{sum(mismatched) / len(mismatched):.2f} for mismatched ones (ROC-AUC {auc:.3f})"
+        )
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
@@ -73,8 +74,6 @@ def test_absolute_threshold():
 
 
 def test_cuda_asked_for_without_cuda_is_a_clear_error(sample_web, tmp_path, capsys):
-    import torch
-
     if torch.cuda.is_available():
         assert resolve_device("cuda") == "cuda"
         return
@@ -86,13 +85,13 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error(sample_web, tmp_path, caps
 
 
 def _examples(sample_web, config: EmbedConfig, count: int) -> tuple[list[ClipExample], list[str]]:
-    transform, tokenizer = preprocessing(config)
+    prep = preprocessing(config)
     truth = [t for t in sample_web.truth_rows() if t["noise"] == "none" and t["path"]][:count]
     examples = []
     for row in truth:
         with Image.open(os.path.join(sample_web.dir, row["path"])) as image:
-            pixels = transform(image.convert("RGB")).numpy()
-        examples.append(ClipExample(pixels, tokenizer([row["caption"]])[0].numpy()))
+            pixels = np.asarray(prep.geometry(image.convert("RGB")), dtype=np.uint8)
+        examples.append(ClipExample(pixels, prep.tokenizer([row["caption"]])[0].numpy()))
     return examples, [t["caption"] for t in truth]
 
 
@@ -167,10 +166,15 @@ def test_folder_without_a_model_is_a_clear_error(tmp_path):
 
 
 def test_preprocessing_matches_open_clips_own_transform(sample_web):
-    config = EmbedConfig()
-    transform, _ = preprocessing(config)
+    """CPU geometry + normalisation on the model's device = open_clip's transform, bit for bit."""
+    config = EmbedConfig(device="cpu")
+    handler = OpenClipModelHandler(config)
+    loaded = handler.load_model()
     _, own, _ = load_clip(config)
-    row = next(t for t in sample_web.truth_rows() if t["path"])
-    with Image.open(os.path.join(sample_web.dir, row["path"])) as image:
-        image = image.convert("RGB")
-        assert np.array_equal(transform(image).numpy(), own(image).numpy())
+    examples, _ = _examples(sample_web, config, 3)
+    rows = [t for t in sample_web.truth_rows() if t["noise"] == "none" and t["path"]][:3]
+    for example, row in zip(examples, rows, strict=True):
+        with Image.open(os.path.join(sample_web.dir, row["path"])) as image:
+            expected = own(image.convert("RGB")).numpy()
+        pixels = torch.from_numpy(example.image[None]).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        assert np.array_equal(pixels.sub(loaded.mean).div(loaded.std)[0].numpy(), expected)

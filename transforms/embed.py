@@ -163,12 +163,15 @@ def resolve_device(device: str) -> str:
 
 @dataclasses.dataclass
 class LoadedClip:
-    """A model ready for `run_inference`: the open_clip module, its device and dtype (a plain
-    class: Beam's shared-model cache keeps a weak reference to it)."""
+    """A model ready for `run_inference`: the open_clip module, its device and dtype, and the
+    normalisation constants on that device (a plain class: Beam's shared-model cache keeps a weak
+    reference to it)."""
 
     model: Any
     device: str
     dtype: Any
+    mean: Any
+    std: Any
 
 
 def load_clip(config: EmbedConfig, device: str | None = None) -> tuple[Any, Any, Any]:
@@ -198,10 +201,21 @@ def load_clip(config: EmbedConfig, device: str | None = None) -> tuple[Any, Any,
 
 
 class ClipExample(NamedTuple):
-    """One preprocessed pair: the normalised image tensor (C, H, W) and the caption's token ids."""
+    """One preprocessed pair: the resized, cropped image as uint8 (H, W, 3) — a quarter of the
+    float tensor's bytes; scaling and normalising happen on the model's device — and the
+    caption's token ids."""
 
     image: np.ndarray
     tokens: np.ndarray
+
+
+class Preprocessing(NamedTuple):
+    """How the configured model wants its inputs: geometry (resize, crop), normalisation, tokens."""
+
+    geometry: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    tokenizer: Any
 
 
 class ClipEmbedding(NamedTuple):
@@ -230,7 +244,10 @@ class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip])
         model, _, _ = load_clip(self._config)
         half = self._config.precision == "fp16" or (self._config.precision == "auto" and device == "cuda")
         dtype = torch.float16 if half else torch.float32
-        return LoadedClip(model.to(device=device, dtype=dtype), device, dtype)
+        prep = preprocessing(self._config)
+        mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return LoadedClip(model.to(device=device, dtype=dtype), device, dtype, mean, std)
 
     def run_inference(
         self, batch: Sequence[ClipExample], model: LoadedClip, inference_args: dict[str, Any] | None = None
@@ -241,14 +258,15 @@ class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip])
         # depends on that row only, not on how the runner happened to batch — byte-identical
         # embeddings run after run (matrix kernels pick their blocking by the batch's shape).
         n, size = len(batch), max(self._config.batch_size, len(batch))
-        images = np.zeros((size, *batch[0].image.shape), dtype=np.float32)
+        images = np.zeros((size, *batch[0].image.shape), dtype=np.uint8)
         tokens = np.zeros((size, *batch[0].tokens.shape), dtype=batch[0].tokens.dtype)
         images[:n] = [example.image for example in batch]
         tokens[:n] = [example.tokens for example in batch]
         with torch.inference_mode():
-            image = model.model.encode_image(
-                torch.from_numpy(images).to(model.device, model.dtype), normalize=True
-            )
+            # torchvision's ToTensor + Normalize, batched, on the model's device.
+            pixels = torch.from_numpy(images).to(model.device).permute(0, 3, 1, 2).to(torch.float32).div(255)
+            image_in = pixels.sub(model.mean).div(model.std).to(model.dtype)
+            image = model.model.encode_image(image_in, normalize=True)
             text = model.model.encode_text(torch.from_numpy(tokens).to(model.device), normalize=True)
         image_np = image[:n].float().cpu().numpy().astype(np.float16)
         text_np = text[:n].float().cpu().numpy().astype(np.float16)
@@ -276,18 +294,18 @@ class _PreprocessFn(beam.DoFn):
         self._config = config
 
     def setup(self) -> None:
-        self._transform, self._tokenizer = preprocessing(self._config)
+        self._prep = preprocessing(self._config)
 
     def process(self, sample: Sample) -> Iterator[tuple[Sample, ClipExample]]:
         with Image.open(io.BytesIO(sample.image or b"")) as image:
-            pixels = self._transform(image.convert("RGB")).numpy()
+            pixels = np.asarray(self._prep.geometry(image.convert("RGB")), dtype=np.uint8)
         caption = sample.caption_clean if sample.caption_clean is not None else sample.caption or ""
-        tokens = self._tokenizer([caption])[0].numpy()
+        tokens = self._prep.tokenizer([caption])[0].numpy()
         yield sample, ClipExample(pixels, tokens)
 
 
-def preprocessing(config: EmbedConfig) -> tuple[Any, Any]:
-    """(image transform, tokenizer) of the configured model, without loading its weights."""
+def preprocessing(config: EmbedConfig) -> Preprocessing:
+    """The configured model's preprocessing as open_clip defines it, without loading weights."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -296,20 +314,28 @@ def preprocessing(config: EmbedConfig) -> tuple[Any, Any]:
         folder = _local_folder(_model_folder(config.model))
         with open(os.path.join(folder, _CONFIG_FILE), encoding="utf-8") as handle:
             spec = json.load(handle)
-        cfg = PreprocessCfg(size=spec["model_cfg"]["vision_cfg"]["image_size"])
-        cfg = dataclasses.replace(
-            cfg, **{k: v for k, v in spec.get("preprocess_cfg", {}).items() if k in fields}
-        )
-        return image_transform_v2(cfg, is_train=False), open_clip.get_tokenizer("local-dir:" + folder)
-    model_cfg = open_clip.get_model_config(config.model)
-    if model_cfg is None:
-        raise EmbedError(
-            f"embed.model {config.model!r} is not an open_clip model; known: {open_clip.list_models()}"
-        )
-    cfg = PreprocessCfg(size=model_cfg["vision_cfg"]["image_size"])
-    tag = open_clip.get_pretrained_cfg(config.model, config.pretrained) if config.pretrained else {}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in (tag or {}).items() if k in fields})
-    return image_transform_v2(cfg, is_train=False), open_clip.get_tokenizer(config.model)
+        overrides = spec.get("preprocess_cfg", {})
+        size = spec["model_cfg"]["vision_cfg"]["image_size"]
+        tokenizer = open_clip.get_tokenizer("local-dir:" + folder)
+    else:
+        model_cfg = open_clip.get_model_config(config.model)
+        if model_cfg is None:
+            known = ", ".join(open_clip.list_models())
+            raise EmbedError(
+                f"embed.model {config.model!r} is not an open_clip model nor a folder; known: {known}"
+            )
+        overrides = (
+            open_clip.get_pretrained_cfg(config.model, config.pretrained) if config.pretrained else {}
+        ) or {}
+        size = model_cfg["vision_cfg"]["image_size"]
+        tokenizer = open_clip.get_tokenizer(config.model)
+    cfg = dataclasses.replace(PreprocessCfg(size=size), **{k: v for k, v in overrides.items() if k in fields})
+    transform = image_transform_v2(cfg, is_train=False)
+    tail = [type(step).__name__ for step in transform.transforms[-2:]]
+    if tail != ["MaybeToTensor", "Normalize"] and tail != ["ToTensor", "Normalize"]:
+        raise EmbedError(f"unexpected open_clip preprocessing {transform}; expected ToTensor, Normalize last")
+    geometry = type(transform)(transform.transforms[:-2])  # resize, crop, RGB; the rest on the device
+    return Preprocessing(geometry, tuple(cfg.mean), tuple(cfg.std), tokenizer)
 
 
 class _ScoreFn(beam.DoFn):

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint unit bench-setup bench clean
+.PHONY: setup demo test lint unit model model-eval bench-setup bench clean
 
 setup: $(STAMP)
 
@@ -18,14 +18,21 @@ demo: setup
 	$(BIN)/winnow demo --workdir build/demo
 
 lint: setup
-	$(BIN)/ruff check pipeline transforms schemas sampleweb tests benchmarks
-	$(BIN)/ruff format --check pipeline transforms schemas sampleweb tests benchmarks
+	$(BIN)/ruff check pipeline transforms schemas sampleweb tests benchmarks models
+	$(BIN)/ruff format --check pipeline transforms schemas sampleweb tests benchmarks models
 	$(BIN)/mypy
 
 unit: setup
 	$(BIN)/pytest -q
 
 test: lint unit
+
+# The shipped CLIP model: retrain it on the sample web (CPU, minutes), or print its held-out metrics.
+model: setup
+	$(BIN)/python models/train_tiny_clip.py --out models/winnow-tiny-clip
+
+model-eval: setup
+	$(BIN)/python models/train_tiny_clip.py --out models/winnow-tiny-clip --eval-only
 
 # img2dataset lives in its own environment: its pins are not Winnow's.
 bench-setup: setup

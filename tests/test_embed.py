@@ -84,12 +84,22 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error(sample_web, tmp_path, caps
     assert code == 2 and "CUDA is not usable" in capsys.readouterr().err
 
 
+def _clean_rows(sample_web, count: int) -> list[dict]:
+    """Manifest rows of clean pairs whose image is a served JPEG file."""
+    rows = pq.read_table(os.path.join(sample_web.dir, "manifest.parquet")).to_pylist()
+    return [r for r in rows if r["noise"] == "none" and not r["fault"] and r["format"] == "jpeg"][:count]
+
+
+def _image_file(sample_web, row: dict) -> str:
+    return os.path.join(sample_web.dir, "files", row["path"].rsplit("/", 1)[-1])
+
+
 def _examples(sample_web, config: EmbedConfig, count: int) -> tuple[list[ClipExample], list[str]]:
     prep = preprocessing(config)
-    truth = [t for t in sample_web.truth_rows() if t["noise"] == "none" and t["path"]][:count]
+    truth = _clean_rows(sample_web, count)
     examples = []
     for row in truth:
-        with Image.open(os.path.join(sample_web.dir, row["path"])) as image:
+        with Image.open(_image_file(sample_web, row)) as image:
             pixels = np.asarray(prep.geometry(image.convert("RGB")), dtype=np.uint8)
         examples.append(ClipExample(pixels, prep.tokenizer([row["caption"]])[0].numpy()))
     return examples, [t["caption"] for t in truth]
@@ -172,9 +182,9 @@ def test_preprocessing_matches_open_clips_own_transform(sample_web):
     loaded = handler.load_model()
     _, own, _ = load_clip(config)
     examples, _ = _examples(sample_web, config, 3)
-    rows = [t for t in sample_web.truth_rows() if t["noise"] == "none" and t["path"]][:3]
+    rows = _clean_rows(sample_web, 3)
     for example, row in zip(examples, rows, strict=True):
-        with Image.open(os.path.join(sample_web.dir, row["path"])) as image:
+        with Image.open(_image_file(sample_web, row)) as image:
             expected = own(image.convert("RGB")).numpy()
-        pixels = torch.from_numpy(example.image[None]).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        pixels = torch.from_numpy(example.image[None].copy()).permute(0, 3, 1, 2).to(torch.float32).div(255)
         assert np.array_equal(pixels.sub(loaded.mean).div(loaded.std)[0].numpy(), expected)

@@ -1,0 +1,127 @@
+"""Perceptual hashes and LSH banding for near-duplicate images: pure functions, no Beam.
+
+- `phash`: the 64-bit DCT hash as the `imagehash` package (4.x) computes it (grayscale, 32x32
+  Lanczos, 2-D DCT-II, top-left 8x8 block, bit = coefficient above the block's median), bits in
+  row-major order with the first one the most significant, as in imagehash's hex string.
+  `dhash`: the 64-bit difference hash (9x8 grayscale, bit = pixel brighter than its left
+  neighbour), same bit order. pHash is least stable on near-blank images, where most of the 64
+  coefficients are close to the median.
+- `hamming`: the number of differing bits of two hashes.
+- `band_keys`: the hash cut into `max_distance + 1` bands; two hashes at most `max_distance` bits
+  apart agree exactly on at least one band (pigeonhole), so grouping by every (band index, band
+  value) key puts each such pair into at least one common bucket.
+- `near_duplicate_pairs`: every pair of one bucket within `max_distance` bits, vectorised. A pair
+  that shares several bands is found in each of those buckets; the caller deduplicates.
+- `pixel_digest`: sha256 of the decoded RGB pixels and the size, so re-encoding the same pixels
+  losslessly (another PNG compression level, other metadata) keeps the digest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+HASH_BITS = 64
+_DCT_SIZE = 32
+_LOW_FREQUENCIES = 8
+# Rows of the pair matrix compared at once in `near_duplicate_pairs`.
+_BLOCK_ROWS = 256
+_POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _dct_rows() -> np.ndarray:
+    """The first 8 rows of the unnormalised 32-point DCT-II matrix (scipy's default `dct`, halved).
+
+    The unnormalised transform scales every coefficient alike, so the median threshold gives the
+    same bits as `imagehash`; the orthonormal one scales row and column 0 differently and would not.
+    """
+    k = np.arange(_LOW_FREQUENCIES)[:, None]
+    n = np.arange(_DCT_SIZE)[None, :]
+    matrix = np.cos(np.pi * k * (2 * n + 1) / (2 * _DCT_SIZE))
+    matrix.setflags(write=False)
+    return matrix
+
+
+def _bits_to_int(bits: np.ndarray) -> int:
+    """64 booleans, first one most significant, as an unsigned int."""
+    return int.from_bytes(np.packbits(bits.reshape(-1)).tobytes(), "big")
+
+
+def phash(image: Image.Image) -> int:
+    """The 64-bit perceptual (DCT) hash of `image`, equal to `int(str(imagehash.phash(image)), 16)`."""
+    gray = image.convert("L").resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.LANCZOS)
+    pixels = np.asarray(gray, dtype=np.float64)
+    rows = _dct_rows()
+    low = rows @ pixels @ rows.T
+    return _bits_to_int(low > np.median(low))
+
+
+def dhash(image: Image.Image) -> int:
+    """The 64-bit difference hash of `image`, equal to `int(str(imagehash.dhash(image)), 16)`."""
+    gray = image.convert("L").resize((_LOW_FREQUENCIES + 1, _LOW_FREQUENCIES), Image.Resampling.LANCZOS)
+    pixels = np.asarray(gray, dtype=np.int16)
+    return _bits_to_int(pixels[:, 1:] > pixels[:, :-1])
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of bits in which `a` and `b` differ."""
+    return (a ^ b).bit_count()
+
+
+def _band_widths(bands: int) -> list[int]:
+    base, extra = divmod(HASH_BITS, bands)
+    return [base + 1 if index < extra else base for index in range(bands)]
+
+
+def band_keys(hash64: int, max_distance: int) -> list[tuple[int, int]]:
+    """(band index, band value) for the `max_distance + 1` bands of `hash64`, lowest bits first.
+
+    Band widths differ by at most one bit (the wider ones first). `max_distance` must lie in 0..63
+    so that every band has at least one bit.
+    """
+    if not 0 <= max_distance < HASH_BITS:
+        raise ValueError(f"max_distance must be in 0..{HASH_BITS - 1}, got {max_distance}")
+    if not 0 <= hash64 < 1 << HASH_BITS:
+        raise ValueError(f"not an unsigned 64-bit hash: {hash64}")
+    keys = []
+    shift = 0
+    for index, width in enumerate(_band_widths(max_distance + 1)):
+        keys.append((index, (hash64 >> shift) & ((1 << width) - 1)))
+        shift += width
+    return keys
+
+
+def near_duplicate_pairs(items: Sequence[tuple[str, int]], max_distance: int) -> list[tuple[str, str, int]]:
+    """(uid_a, uid_b, distance) with uid_a < uid_b for every pair of `items` within `max_distance` bits.
+
+    Sorted by (uid_a, uid_b). Items with the same uid are not paired. The pair matrix is computed
+    `_BLOCK_ROWS` rows at a time (XOR, then a byte popcount table), so a bucket of a few thousand
+    items needs a few megabytes.
+    """
+    ordered = sorted(items)
+    uids = [uid for uid, _ in ordered]
+    hashes = np.array([value for _, value in ordered], dtype=np.uint64)
+    pairs: list[tuple[str, str, int]] = []
+    for start in range(0, len(ordered), _BLOCK_ROWS):
+        block = hashes[start : start + _BLOCK_ROWS, None] ^ hashes[None, start:]
+        distances = _POPCOUNT[block.view(np.uint8)].reshape(*block.shape, 8).sum(axis=2)
+        rows, cols = np.nonzero(distances <= max_distance)
+        for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            a, b = start + row, start + col
+            if b > a and uids[a] != uids[b]:
+                pairs.append((uids[a], uids[b], int(distances[row, col])))
+    pairs.sort()
+    return pairs
+
+
+def pixel_digest(image: Image.Image) -> str:
+    """sha256 hex of the image's RGB pixels and size: the same for any lossless re-encoding."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,205 @@
+"""SemDeDup building blocks: spherical k-means, cluster assignment and duplicates inside a cluster.
+
+Semantic deduplication (Abbas et al., 2023) clusters the image embeddings, then compares samples
+only within a cluster: the work is the sum of the squared cluster sizes instead of n².
+
+- `train_centroids`: spherical k-means (FAISS) on a sample of L2-normalised embeddings; the same
+  sample, `k` and seed give the same centroids. FAISS runs on a GPU only when it sees one.
+- `assign`: the nearest centroid of each embedding and the cosine to it (exact inner product).
+- `cluster_duplicates`: inside one cluster, every pair with cosine >= 1 - epsilon is a duplicate
+  link; duplicate groups are the connected components of those links, and each group keeps one
+  sample by a policy (`KeepPolicy`). Returns (removed uid, kept uid, group id) rows, the group id
+  being the kept uid, and the number of pairwise comparisons made.
+
+Huge clusters (salting): `split_cluster(n, max_size)` cuts the upper triangle of a cluster's pair
+matrix into tiles of chunks of at most `max_size` rows, each unordered pair in exactly one tile.
+Each tile is an independent unit of work (`similar_pairs` on the two chunks' embeddings), so a
+cluster of millions can be fanned out on the tile key; the links of all tiles of a cluster, which
+are few, are then brought together for `resolve_duplicates` (union-find and the keep policy). The
+result is the same as one `cluster_duplicates` call, which runs the same tiles in a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import faiss
+import numpy as np
+
+KeepPolicy = Literal["clip_score", "farthest", "first_uid"]
+# Rows per chunk in `cluster_duplicates`: a tile of the pair matrix is at most 2048² float32 (16 MiB).
+DEFAULT_BLOCK = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterDedup:
+    """Duplicates found in one cluster: (removed uid, kept uid, group id) rows and the comparisons made."""
+
+    removed: list[tuple[str, str, str]]
+    comparisons: int
+
+
+def normalize(embeddings: np.ndarray) -> np.ndarray:
+    """A float32, C-contiguous, row-wise L2-normalised copy (all-zero rows stay zero)."""
+    rows = np.array(embeddings, dtype=np.float32, ndmin=2, copy=True, order="C")
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.divide(rows, norms, out=rows, where=norms > 0)
+    return rows
+
+
+def train_centroids(sample: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
+    """(k, d) float32 unit-norm centroids of spherical k-means on the normalised `sample` rows.
+
+    On CPU the result depends only on the inputs and `seed`, not on the number of threads (FAISS
+    sums each centroid's points in a fixed order); a GPU run may differ from a CPU one.
+    """
+    points = normalize(sample)
+    if points.shape[0] < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {points.shape[0]}")
+    kmeans = faiss.Kmeans(
+        points.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=faiss.get_num_gpus() > 0
+    )
+    kmeans.train(points)
+    assert kmeans.centroids is not None
+    return normalize(kmeans.centroids)
+
+
+def assign(embeddings: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each normalised embedding, the nearest centroid id (int64) and the cosine to it (float32)."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(normalize(centroids))
+    cosines, ids = index.search(normalize(embeddings), 1)
+    return ids[:, 0].astype(np.int64), cosines[:, 0]
+
+
+def split_cluster(n: int, max_size: int) -> list[tuple[range, range]]:
+    """Tiles (rows, cols) covering each unordered pair of `n` items exactly once.
+
+    Rows are cut into chunks of at most `max_size`; the tiles are every chunk against itself and
+    every chunk against each later chunk: ceil(n / max_size) * (ceil(n / max_size) + 1) / 2 tiles.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be positive, got {max_size}")
+    chunks = [range(start, min(start + max_size, n)) for start in range(0, n, max_size)]
+    return [(chunks[a], chunks[b]) for a in range(len(chunks)) for b in range(a, len(chunks))]
+
+
+def similar_pairs(
+    row_embeddings: np.ndarray, col_embeddings: np.ndarray, rows: range, cols: range, epsilon: float
+) -> tuple[list[tuple[int, int]], int]:
+    """Links (i, j), i < j (cluster positions), with cosine >= 1 - epsilon in one tile; and the comparisons.
+
+    The embeddings are the normalised rows of the tile's two chunks (the same array twice for a
+    diagonal tile, where `rows == cols` and only pairs above the diagonal count).
+    """
+    similarity = row_embeddings @ col_embeddings.T
+    linked = similarity >= np.float32(1.0 - epsilon)
+    if rows == cols:
+        linked &= np.triu(np.ones(linked.shape, dtype=bool), k=1)
+        comparisons = len(rows) * (len(rows) - 1) // 2
+    else:
+        comparisons = len(rows) * len(cols)
+    found_rows, found_cols = np.nonzero(linked)
+    links = [(rows[i], cols[j]) for i, j in zip(found_rows.tolist(), found_cols.tolist(), strict=True)]
+    return links, comparisons
+
+
+def _find(parent: list[int], item: int) -> int:
+    while parent[item] != item:
+        parent[item] = parent[parent[item]]
+        item = parent[item]
+    return item
+
+
+def _keep_ranks(
+    n: int, keep: KeepPolicy, clip_scores: Sequence[float | None] | None, centroid_cosines: np.ndarray | None
+) -> list[float]:
+    """Per position, the value the keep policy minimises (before the uid tie-break)."""
+    if keep == "first_uid":
+        return [0.0] * n
+    if keep == "clip_score":
+        if clip_scores is None or len(clip_scores) != n:
+            raise ValueError("keep='clip_score' needs one clip score per uid")
+        return [math.inf if score is None or math.isnan(score) else -float(score) for score in clip_scores]
+    if keep == "farthest":
+        if centroid_cosines is None or len(centroid_cosines) != n:
+            raise ValueError("keep='farthest' needs one centroid cosine per uid")
+        return [float(cosine) for cosine in centroid_cosines]
+    raise ValueError(f"unknown keep policy {keep!r}")
+
+
+def resolve_duplicates(
+    uids: Sequence[str],
+    links: Sequence[tuple[int, int]],
+    keep: KeepPolicy,
+    clip_scores: Sequence[float | None] | None = None,
+    centroid_cosines: np.ndarray | None = None,
+) -> list[tuple[str, str, str]]:
+    """Groups the linked positions (connected components) and keeps one sample per group.
+
+    `clip_score` keeps the highest score (a missing or NaN score counts as lowest), `farthest` the lowest
+    cosine to the centroid, `first_uid` the smallest uid; ties go to the smallest uid. Rows are
+    (removed uid, kept uid, group id = kept uid), sorted.
+    """
+    primary = _keep_ranks(len(uids), keep, clip_scores, centroid_cosines)
+    parent = list(range(len(uids)))
+    for a, b in links:
+        root_a, root_b = _find(parent, a), _find(parent, b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    groups: dict[int, list[int]] = {}
+    for item in range(len(uids)):
+        groups.setdefault(_find(parent, item), []).append(item)
+
+    def rank(item: int) -> tuple[float, str]:
+        return (primary[item], uids[item])
+
+    removed = []
+    for members in groups.values():
+        if len(members) > 1:
+            kept = uids[min(members, key=rank)]
+            removed += [(uids[item], kept, kept) for item in members if uids[item] != kept]
+    return sorted(removed, key=lambda row: (row[2], row[0]))
+
+
+def cluster_duplicates(
+    uids: Sequence[str],
+    embeddings: np.ndarray,
+    epsilon: float,
+    keep: KeepPolicy,
+    clip_scores: Sequence[float | None] | None = None,
+    centroid: np.ndarray | None = None,
+    block_size: int = DEFAULT_BLOCK,
+) -> ClusterDedup:
+    """The duplicates of one cluster: samples with cosine >= 1 - epsilon, chained, one kept per group.
+
+    `clip_scores` is needed for `keep="clip_score"`. For `keep="farthest"` the cosine to `centroid`
+    ranks the samples; without a centroid the normalised mean of the cluster's embeddings is used.
+    Comparisons are n(n - 1)/2, computed `block_size` rows at a time.
+    """
+    if len(set(uids)) != len(uids):
+        raise ValueError("uids must be distinct")
+    if len(embeddings) != len(uids):
+        raise ValueError(f"{len(uids)} uids but {len(embeddings)} embeddings")
+    if not uids:
+        return ClusterDedup(removed=[], comparisons=0)
+    if keep == "clip_score" and (clip_scores is None or len(clip_scores) != len(uids)):
+        raise ValueError("keep='clip_score' needs one clip score per uid")
+    points = normalize(embeddings)
+    links: list[tuple[int, int]] = []
+    comparisons = 0
+    for rows, cols in split_cluster(len(uids), block_size):
+        tile_links, tile_comparisons = similar_pairs(
+            points[rows.start : rows.stop], points[cols.start : cols.stop], rows, cols, epsilon
+        )
+        links += tile_links
+        comparisons += tile_comparisons
+    centroid_cosines = None
+    if keep == "farthest":
+        center = normalize(points.mean(axis=0) if centroid is None else centroid)[0]
+        centroid_cosines = points @ center
+    removed = resolve_duplicates(uids, links, keep, clip_scores, centroid_cosines)
+    return ClusterDedup(removed=removed, comparisons=comparisons)

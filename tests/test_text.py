@@ -17,7 +17,8 @@ from pipeline.jobs import run_job
 from schemas import Sample, Status, batch_from_samples, make_uid, samples_from_batch
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.langid import LanguageIdentifier
-from transforms.text import FilterText, TextConfig, vocab_threshold
+from transforms.text import FilterText, TextConfig
+from transforms.textcounts import vocab_threshold
 from transforms.textnorm import (
     canonical_url,
     count_tokens,

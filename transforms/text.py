@@ -35,8 +35,7 @@ side inputs — never a join on the rows:
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import apache_beam as beam
@@ -49,6 +48,15 @@ from xxhash import xxh3_64_intdigest
 from schemas.sample import BATCH_SCHEMA, Status
 from transforms.langid import LanguageIdentifier
 from transforms.progress import StageCounter
+from transforms.textcounts import (
+    CappedDistinctUrls,
+    UrlCounts,
+    Vocabulary,
+    caption_entries,
+    member,
+    uids_u64,
+    url_entries,
+)
 from transforms.textnorm import (
     SIMPLE_URL,
     UrlFacts,
@@ -193,18 +201,6 @@ def ngram_hashes(clean: str) -> tuple[list[int], list[int]]:
     return unigrams, bigrams
 
 
-def vocab_threshold(histogram: dict[int, int], size: int) -> int:
-    """The smallest count c such that at most `size` n-grams occur c times or more, from
-    {occurrences: number of n-grams}; n-grams tied at the boundary are all left out."""
-    kept, threshold = 0, None
-    for count in sorted(histogram, reverse=True):
-        if kept + histogram[count] > size:
-            break
-        kept += histogram[count]
-        threshold = count
-    return threshold if threshold is not None else max(histogram, default=0) + 1
-
-
 # Columns the prepare step adds to the row batch for the global counts (null where a row takes
 # no part: decided already, no caption, or the rule is off).
 _PREPARED_SCHEMA = pa.schema(
@@ -298,181 +294,6 @@ def _column(values: Any, type_: pa.DataType, n: int) -> pa.Array:
     return values if isinstance(values, pa.Array) else pa.array(values, type=type_)
 
 
-def _uids_u64(uids: list[str]) -> np.ndarray:
-    """128-bit hex uids as (hi, lo) uint64 rows, ordered like the hex strings."""
-    return np.frombuffer(bytes.fromhex("".join(uids)), dtype=">u8").astype("<u8").reshape(-1, 2)
-
-
-def _by_partition(partition: np.ndarray, partitions: int, *columns: np.ndarray) -> Iterator[tuple[int, Any]]:
-    """Splits aligned arrays by `partition % partitions`: (partition, (column chunks…))."""
-    part = partition % np.uint64(partitions)
-    order = np.argsort(part, kind="stable")
-    bounds = np.flatnonzero(np.diff(part[order])) + 1
-    for chunk in np.split(order, bounds):
-        yield int(part[chunk[0]]), tuple(column[chunk] for column in columns)
-
-
-def _url_entries(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, Any]]:
-    """(partition, (URL hashes, uids, counts)) for the pending rows of a prepared batch."""
-    mask = batch.column("url_hash").is_valid()
-    keys = batch.column("url_hash").filter(mask).to_numpy()
-    if len(keys):
-        uids = _uids_u64(batch.column("uid").filter(mask).to_pylist())
-        yield from _by_partition(keys, partitions, keys, uids, np.ones(len(keys), dtype=np.int64))
-
-
-def _caption_entries(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, Any]]:
-    """(partition, (caption hashes, URL hashes)) for the pending rows with a caption."""
-    mask = batch.column("caption_hash").is_valid()
-    captions = batch.column("caption_hash").filter(mask).to_numpy()
-    if len(captions):
-        urls = batch.column("url_hash").filter(mask).to_numpy()
-        yield from _by_partition(captions, partitions, captions, urls)
-
-
-def _ngram_entries(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, Any]]:
-    """(partition, (n-gram hashes, occurrences)) for every caption of the batch."""
-    flat = [pc.list_flatten(batch.column(name)).to_numpy() for name in ("unigrams", "bigrams")]
-    hashes, counts = np.unique(np.concatenate(flat), return_counts=True)
-    if len(hashes):
-        yield from _by_partition(hashes, partitions, hashes, counts.astype(np.int64))
-
-
-class _ChunkCombineFn(beam.CombineFn):
-    """A combine over tuples of aligned numpy arrays: chunks are concatenated and compacted by
-    `reduce` (vectorised), never one Python object per row."""
-
-    _COMPACT_EVERY = 32
-
-    def reduce(self, columns: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        raise NotImplementedError
-
-    def create_accumulator(self) -> list[tuple[np.ndarray, ...]]:
-        return []
-
-    def add_input(self, acc: list[tuple[np.ndarray, ...]], chunk: tuple[np.ndarray, ...]) -> list:
-        acc.append(chunk)
-        return [self._merged(acc)] if len(acc) >= self._COMPACT_EVERY else acc
-
-    def merge_accumulators(self, accs: Iterable[list[tuple[np.ndarray, ...]]]) -> list:
-        chunks = [chunk for acc in accs for chunk in acc]
-        return [self._merged(chunks)] if chunks else []
-
-    def compact(self, acc: list[tuple[np.ndarray, ...]]) -> list:
-        return [self._merged(acc)] if len(acc) > 1 else acc
-
-    def _merged(self, chunks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-        return self.reduce(tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True)))
-
-
-class _UrlCounts(_ChunkCombineFn):
-    """Per URL key: how many rows name it and the smallest uid. Outputs the keys named twice or
-    more, with the uid that stays."""
-
-    def reduce(self, columns: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        keys, uids, counts = columns
-        order = np.argsort(keys, kind="stable")
-        keys, uids, counts = keys[order], uids[order], counts[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        repeated = ~first
-        repeated[:-1] |= ~first[1:]
-        if repeated.any():
-            # Keys named more than once (few): order their rows by uid, so each group starts with
-            # its smallest uid.
-            rows = np.flatnonzero(repeated)
-            by_uid = rows[np.lexsort((uids[rows, 1], uids[rows, 0], keys[rows]))]
-            uids[rows], counts[rows] = uids[by_uid], counts[by_uid]
-        starts = np.flatnonzero(first)
-        return keys[starts], uids[starts], np.add.reduceat(counts, starts)
-
-    def extract_output(self, acc: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray]:
-        if not acc:
-            return np.empty(0, "<u8"), np.empty((0, 2), "<u8")
-        keys, uids, counts = self._merged(acc)
-        repeated = counts > 1
-        return keys[repeated], uids[repeated]
-
-
-class _CappedDistinctUrls(_ChunkCombineFn):
-    """Per caption hash: its distinct URL hashes, at most `cap` of them (enough to decide 'more
-    than cap - 1', in memory bounded by cap per caption). Outputs the captions that reach `cap`."""
-
-    def __init__(self, cap: int):
-        self._cap = cap
-
-    def reduce(self, columns: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        captions, urls = columns
-        order = np.lexsort((urls, captions))
-        captions, urls = captions[order], urls[order]
-        distinct = np.ones(len(captions), dtype=bool)
-        distinct[1:] = (captions[1:] != captions[:-1]) | (urls[1:] != urls[:-1])
-        captions, urls = captions[distinct], urls[distinct]
-        starts = np.ones(len(captions), dtype=bool)
-        starts[1:] = captions[1:] != captions[:-1]
-        group_start = np.maximum.accumulate(np.where(starts, np.arange(len(captions)), 0))
-        keep = np.arange(len(captions)) - group_start < self._cap
-        return captions[keep], urls[keep]
-
-    def extract_output(self, acc: list[tuple[np.ndarray, ...]]) -> np.ndarray:
-        if not acc:
-            return np.empty(0, "<u8")
-        captions, _ = self._merged(acc)
-        values, counts = np.unique(captions, return_counts=True)
-        return values[counts >= self._cap]
-
-
-class _NgramCounts(_ChunkCombineFn):
-    """Occurrences per n-gram hash."""
-
-    def reduce(self, columns: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        hashes, counts = columns
-        values, inverse = np.unique(hashes, return_inverse=True)
-        return values, np.bincount(inverse, weights=counts, minlength=len(values)).astype(np.int64)
-
-    def extract_output(self, acc: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-        return self._merged(acc) if acc else (np.empty(0, "<u8"), np.empty(0, np.int64))
-
-
-def _merge_histograms(histograms: Iterable[dict[int, int]]) -> dict[int, int]:
-    merged: Counter[int] = Counter()
-    for histogram in histograms:
-        merged.update(histogram)
-    return dict(merged)
-
-
-def _histogram(counts: np.ndarray) -> dict[int, int]:
-    values, frequency = np.unique(counts, return_counts=True)
-    return {int(v): int(f) for v, f in zip(values, frequency, strict=True)}
-
-
-class _Vocabulary(beam.PTransform):
-    """Hashes of the `size` most frequent unigrams and bigrams (one array per partition)."""
-
-    def __init__(self, size: int, partitions: int):
-        super().__init__()
-        self._size = size
-        self._partitions = partitions
-
-    def expand(self, prepared: beam.PCollection) -> beam.PCollection:
-        counts = (
-            prepared
-            | "Ngrams" >> beam.FlatMap(_ngram_entries, self._partitions)
-            | "Count" >> beam.CombinePerKey(_NgramCounts())
-            | "Drop partition" >> beam.Values()
-        )
-        threshold = (
-            counts
-            | "Histogram" >> beam.Map(lambda hc: _histogram(hc[1]))
-            | "MergeHistograms" >> beam.CombineGlobally(_merge_histograms)
-            | "Threshold" >> beam.Map(vocab_threshold, self._size)
-        )
-        return counts | "Frequent" >> beam.Map(
-            lambda hc, at_least: np.sort(hc[0][hc[1] >= at_least]),
-            at_least=beam.pvalue.AsSingleton(threshold),
-        )
-
-
 class _PrepareFn(beam.DoFn):
     def __init__(self, config: TextConfig):
         self._config = config
@@ -540,11 +361,11 @@ class _JudgeFn(beam.DoFn):
 
     def _duplicates(self, batch: pa.RecordBatch, url_hash: np.ndarray, pending: np.ndarray) -> np.ndarray:
         """Per row: another row with the same canonical URL has a smaller uid."""
-        found = _member(self._dup_keys, url_hash) & pending
+        found = member(self._dup_keys, url_hash) & pending
         rows = np.flatnonzero(found)
         if len(rows):
             winners = self._dup_winners[np.searchsorted(self._dup_keys, url_hash[rows])]
-            own = _uids_u64(batch.column("uid").take(rows).to_pylist())
+            own = uids_u64(batch.column("uid").take(rows).to_pylist())
             found[rows] = (own != winners).any(axis=1)
         return found
 
@@ -554,7 +375,7 @@ class _JudgeFn(beam.DoFn):
         lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
         flat = pc.list_flatten(column).to_numpy()
         rows = np.repeat(np.arange(batch.num_rows), lengths)
-        return np.bincount(rows, weights=~_member(self._vocab, flat), minlength=batch.num_rows) > 0
+        return np.bincount(rows, weights=~member(self._vocab, flat), minlength=batch.num_rows) > 0
 
     def reasons(self, batch: pa.RecordBatch) -> np.ndarray:
         """Per row, the index in `_JUDGED` of the first judged rule it breaks (0: none)."""
@@ -569,7 +390,7 @@ class _JudgeFn(beam.DoFn):
             ("empty_caption", empty if rules.min_words or rules.min_chars or rules.languages else None),
             (
                 "boilerplate_caption",
-                _member(self._frequent, pc.fill_null(batch.column("caption_hash"), 0).to_numpy()) & ~empty
+                member(self._frequent, pc.fill_null(batch.column("caption_hash"), 0).to_numpy()) & ~empty
                 if len(self._frequent)
                 else None,
             ),
@@ -635,14 +456,6 @@ class _JudgeFn(beam.DoFn):
         self._counter.flush()
 
 
-def _member(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """`values` found in the sorted array `sorted_values` (vectorised)."""
-    if not len(sorted_values) or not len(values):
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
-    return sorted_values[at] == values
-
-
 class FilterText(beam.PTransform):
     """Cleans captions, identifies their language and rejects pairs not worth fetching.
 
@@ -663,22 +476,22 @@ class FilterText(beam.PTransform):
         if rules.dedupe_urls:
             duplicates = (
                 prepared
-                | "UrlKeys" >> beam.FlatMap(_url_entries, partitions)
-                | "CountUrls" >> beam.CombinePerKey(_UrlCounts())
+                | "UrlKeys" >> beam.FlatMap(url_entries, partitions)
+                | "CountUrls" >> beam.CombinePerKey(UrlCounts())
                 | "RepeatedUrls" >> beam.Values()
             )
         if rules.boilerplate_max_urls:
             frequent = (
                 prepared
-                | "CaptionUrls" >> beam.FlatMap(_caption_entries, partitions)
+                | "CaptionUrls" >> beam.FlatMap(caption_entries, partitions)
                 | "DistinctUrls"
-                >> beam.CombinePerKey(
-                    _CappedDistinctUrls(rules.boilerplate_max_urls + 1)
-                ).with_hot_key_fanout(HOT_KEY_FANOUT)
+                >> beam.CombinePerKey(CappedDistinctUrls(rules.boilerplate_max_urls + 1)).with_hot_key_fanout(
+                    HOT_KEY_FANOUT
+                )
                 | "FrequentCaptions" >> beam.Values()
             )
         if rules.vocab_size:
-            vocab = prepared | "Vocabulary" >> _Vocabulary(rules.vocab_size, partitions)
+            vocab = prepared | "Vocabulary" >> Vocabulary(rules.vocab_size, partitions)
         return prepared | "Judge" >> beam.ParDo(
             _JudgeFn(self._config, self._progress_dir),
             duplicates=beam.pvalue.AsList(duplicates),

@@ -13,6 +13,7 @@ import apache_beam as beam
 from pipeline.config import RunConfig
 from schemas.sample import samples_from_batch
 from transforms.crawl import DownloadImages
+from transforms.dedup import DeduplicateImages
 from transforms.embed import EmbedImages
 from transforms.readers import ReadUrlBatches
 from transforms.text import FilterText
@@ -25,6 +26,9 @@ STAGES: dict[str, StageFactory] = {
     "text": lambda config, progress: FilterText(config.text, progress),
     "crawl": lambda config, progress: DownloadImages(config.crawl, progress),
     "embed": lambda config, progress: EmbedImages(config.embed, progress),
+    "dedup": lambda config, progress: DeduplicateImages(
+        config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
+    ),
 }
 #: Stages that take and give row batches (they come first).
 BATCH_STAGES = ("text",)

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import STAGE_NAMES
 from transforms.crawl import CrawlConfig
+from transforms.dedup import DedupConfig
 from transforms.embed import EmbedConfig
 from transforms.readers import InputConfig
 from transforms.text import TextConfig
@@ -54,8 +55,22 @@ class RunConfig:
     text: TextConfig = TextConfig()
     crawl: CrawlConfig = CrawlConfig()
     embed: EmbedConfig = EmbedConfig()
+    dedup: DedupConfig = DedupConfig()
     output: OutputConfig = OutputConfig()
     run: RunSection = RunSection()
+
+    def __post_init__(self) -> None:
+        stages = self.run.stages
+        if (
+            "dedup" in stages
+            and self.dedup.semantic
+            and "embed" in stages
+            and not self.embed.write_embeddings
+        ):
+            raise ConfigError(
+                "dedup.semantic needs the image embeddings: set embed.write_embeddings=true "
+                "or dedup.semantic=false"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from collections import Counter
 
@@ -32,7 +33,7 @@ def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: 
 def _truth_check(truth_path: str, output: str) -> str:
     """How the pipeline's outcomes compare with the sample web's ground truth."""
     truth = {row["url"]: row for row in pq.read_table(truth_path).to_pylist()}
-    columns = ["url", "status", "reason", "stage", "clip_score"]
+    columns = ["url", "status", "reason", "stage", "clip_score", "dup_group"]
     got = [row for path in sorted(glob.glob(os.path.join(output, "*.parquet")))
            for row in pq.read_table(path, columns=columns).to_pylist()]  # fmt: skip
     download: Counter[str] = Counter()
@@ -51,8 +52,8 @@ def _truth_check(truth_path: str, output: str) -> str:
                 row["reason"] == "boilerplate_caption" and want["noise"] == "boilerplate"
             )
             continue
-        # A pair rejected after the download (by its CLIP score) was fetched as expected.
-        status = "success" if row["stage"] == "embed" else row["status"]
+        # A pair rejected after the download (by its CLIP score, as a duplicate) was fetched as expected.
+        status = "success" if row["stage"] in ("embed", "dedup") else row["status"]
         reason_ok = want["expected_status"] == "success" or row["reason"] == want["expected_reason"]
         download["match" if status == want["expected_status"] and reason_ok else "differ"] += 1
     boilerplate = sum(1 for t in truth.values() if t["noise"] == "boilerplate")
@@ -72,4 +73,32 @@ def _truth_check(truth_path: str, output: str) -> str:
             f"  ground truth, embed: mean clip_score {sum(clean) / len(clean):.2f} for clean captions, "
             f"{sum(mismatched) / len(mismatched):.2f} for mismatched ones (ROC-AUC {auc:.3f})"
         )
+    if any(row["stage"] == "dedup" for row in got):
+        precision, recall = _pair_scores(got, truth)
+        lines.append(
+            f"  ground truth, dedup: duplicate pairs found with precision {precision:.3f}, "
+            f"recall {recall:.3f}"
+        )
     return "\n".join(lines)
+
+
+def _pair_scores(got: list[dict], truth: dict[str, dict]) -> tuple[float, float]:
+    """Pair precision and recall of the output's duplicate groups against the planted ones, over the
+    samples that reached the dedup stage."""
+    found: dict[str, list[str]] = {}
+    planted: dict[int, list[str]] = {}
+    for row in got:
+        want = truth.get(row["url"])
+        if want is None or not (row["status"] == "success" or row["stage"] == "dedup"):
+            continue
+        if row["dup_group"]:
+            found.setdefault(row["dup_group"], []).append(row["url"])
+        if want["dup_group"] != -1:
+            planted.setdefault(want["dup_group"], []).append(row["url"])
+
+    def pairs(groups: dict) -> set[frozenset[str]]:
+        return {frozenset(p) for urls in groups.values() for p in itertools.combinations(sorted(urls), 2)}
+
+    predicted, true = pairs(found), pairs(planted)
+    hits = len(predicted & true)
+    return hits / max(1, len(predicted)), hits / max(1, len(true))

@@ -27,6 +27,8 @@ Columns (all nullable unless noted):
 | image_bytes | crawl | size of the stored (re-encoded) image |
 | clip_score | embed | cosine of the image and text embeddings |
 | clip_model | embed | identity of the model that made the score (name/tag, or checkpoint @ digest) |
+| dup_group | dedup | uid of the sample a duplicate group keeps, on every member, the kept one included |
+| duplicate_of | dedup | on a removed sample: the uid it duplicates, or the evaluation image it copies |
 
 The embed stage also carries `image_embedding` / `text_embedding` (L2-normalised float16) to the
 writer, which stores them beside the shard as `.npy` files rather than in the Parquet.
@@ -91,6 +93,8 @@ class Sample:
     clip_model: str | None = None
     image_embedding: Any = dataclasses.field(default=None, repr=False)
     text_embedding: Any = dataclasses.field(default=None, repr=False)
+    dup_group: str | None = None
+    duplicate_of: str | None = None
 
     def evolve(self, **changes: Any) -> Sample:
         """A copy with `changes` applied: `dataclasses.replace` without re-running `__init__`
@@ -134,6 +138,8 @@ METADATA_SCHEMA = pa.schema(
         pa.field("image_bytes", pa.int64()),
         pa.field("clip_score", pa.float32()),
         pa.field("clip_model", pa.string()),
+        pa.field("dup_group", pa.string()),
+        pa.field("duplicate_of", pa.string()),
         pa.field("key", pa.string()),
     ]
 )

@@ -245,6 +245,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def content_box(
+    original_width: int, original_height: int, options: ImageOptions
+) -> tuple[int, int, int, int] | None:
+    """Where the picture sits in a stored image padded onto a `border` canvas (None: no padding)."""
+    plan = plan_resize(original_width, original_height, options)
+    if plan.canvas is None or plan.scaled is None or plan.scaled == (plan.canvas, plan.canvas):
+        return None
+    width, height = plan.scaled
+    left, top = (plan.canvas - width) // 2, (plan.canvas - height) // 2
+    return left, top, left + width, top + height
+
+
 def _apply_plan(image: Image.Image, plan: ResizePlan, options: ImageOptions) -> Image.Image:
     if plan.scaled is None:
         return image

@@ -12,8 +12,15 @@
   value) key puts each such pair into at least one common bucket.
 - `near_duplicate_pairs`: every pair of one bucket within `max_distance` bits, vectorised. A pair
   that shares several bands is found in each of those buckets; the caller deduplicates.
+- `cross_pairs`: the same for the pairs between two lists (one tile of a bucket too big for one
+  worker, cut as `semantic.split_cluster` cuts clusters).
 - `pixel_digest`: sha256 of the decoded RGB pixels and the size, so re-encoding the same pixels
   losslessly (another PNG compression level, other metadata) keeps the digest.
+- `thumbnail_signature` / `signature_similarity`: a 16x16 colour thumbnail with each channel's mean
+  removed, as 768 int8 values; the cosine of two signatures confirms a candidate pair. A 64-bit
+  hash is unstable on flat images (most of its bits compare near-equal values), so two distinct
+  plain-background images can share a hash; their thumbnails differ in colour and layout.
+  Removing the means makes the cosine indifferent to brightness changes.
 """
 
 from __future__ import annotations
@@ -86,11 +93,18 @@ def band_keys(hash64: int, max_distance: int) -> list[tuple[int, int]]:
     """
     if not 0 <= max_distance < HASH_BITS:
         raise ValueError(f"max_distance must be in 0..{HASH_BITS - 1}, got {max_distance}")
+    return hash_bands(hash64, max_distance + 1)
+
+
+def hash_bands(hash64: int, bands: int) -> list[tuple[int, int]]:
+    """(band index, band value) for `bands` (1..64) bands of `hash64`, as `band_keys` cuts them."""
+    if not 1 <= bands <= HASH_BITS:
+        raise ValueError(f"bands must be in 1..{HASH_BITS}, got {bands}")
     if not 0 <= hash64 < 1 << HASH_BITS:
         raise ValueError(f"not an unsigned 64-bit hash: {hash64}")
     keys = []
     shift = 0
-    for index, width in enumerate(_band_widths(max_distance + 1)):
+    for index, width in enumerate(_band_widths(bands)):
         keys.append((index, (hash64 >> shift) & ((1 << width) - 1)))
         shift += width
     return keys
@@ -119,9 +133,57 @@ def near_duplicate_pairs(items: Sequence[tuple[str, int]], max_distance: int) ->
     return pairs
 
 
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    block = a[:, None] ^ b[None, :]
+    return _POPCOUNT[block.view(np.uint8)].reshape(*block.shape, 8).sum(axis=2)
+
+
+def cross_pairs(
+    rows: Sequence[tuple[str, int]], cols: Sequence[tuple[str, int]], max_distance: int
+) -> list[tuple[str, str, int]]:
+    """(uid_a, uid_b, distance), uid_a < uid_b, for every (row, col) pair within `max_distance` bits."""
+    col_uids = [uid for uid, _ in cols]
+    col_hashes = np.array([value for _, value in cols], dtype=np.uint64)
+    pairs: list[tuple[str, str, int]] = []
+    for start in range(0, len(rows), _BLOCK_ROWS):
+        chunk = rows[start : start + _BLOCK_ROWS]
+        distances = _distances(np.array([value for _, value in chunk], dtype=np.uint64), col_hashes)
+        for row, col in zip(*np.nonzero(distances <= max_distance), strict=True):
+            a, b = chunk[int(row)][0], col_uids[int(col)]
+            if a != b:
+                pairs.append((min(a, b), max(a, b), int(distances[row, col])))
+    pairs.sort()
+    return pairs
+
+
 def pixel_digest(image: Image.Image) -> str:
     """sha256 hex of the image's RGB pixels and size: the same for any lossless re-encoding."""
     rgb = image.convert("RGB")
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
     digest.update(rgb.tobytes())
     return digest.hexdigest()
+
+
+SIGNATURE_SIDE = 16
+
+
+def thumbnail_signature(image: Image.Image) -> bytes:
+    """768 int8 values: the 16x16 box-filtered RGB thumbnail, each channel's mean removed, scaled
+    so that the largest magnitude is 127 (a flat image gives all zeros)."""
+    small = image.convert("RGB").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX)
+    pixels = np.asarray(small, dtype=np.float32).reshape(-1, 3)
+    centred = (pixels - pixels.mean(axis=0)).reshape(-1)
+    peak = float(np.abs(centred).max())
+    if peak == 0.0:
+        return bytes(centred.size)
+    return np.round(centred * (127.0 / peak)).astype(np.int8).tobytes()
+
+
+def signature_similarity(a: bytes, b: bytes) -> float:
+    """Cosine of two thumbnail signatures; 1.0 for two flat images, 0.0 for a flat and a textured one."""
+    va = np.frombuffer(a, dtype=np.int8).astype(np.float32)
+    vb = np.frombuffer(b, dtype=np.int8).astype(np.float32)
+    na, nb = float(np.linalg.norm(va)), float(np.linalg.norm(vb))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(va, vb) / (na * nb))

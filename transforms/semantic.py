@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -144,7 +144,13 @@ def resolve_duplicates(
     cosine to the centroid, `first_uid` the smallest uid; ties go to the smallest uid. Rows are
     (removed uid, kept uid, group id = kept uid), sorted.
     """
-    primary = _keep_ranks(len(uids), keep, clip_scores, centroid_cosines)
+    return resolve_ranked(uids, links, _keep_ranks(len(uids), keep, clip_scores, centroid_cosines))
+
+
+def resolve_ranked(
+    uids: Sequence[str], links: Sequence[tuple[int, int]], primary: Sequence[Any]
+) -> list[tuple[str, str, str]]:
+    """`resolve_duplicates` with the ranks given: each group keeps its lowest (rank, uid)."""
     parent = list(range(len(uids)))
     for a, b in links:
         root_a, root_b = _find(parent, a), _find(parent, b)
@@ -154,7 +160,7 @@ def resolve_duplicates(
     for item in range(len(uids)):
         groups.setdefault(_find(parent, item), []).append(item)
 
-    def rank(item: int) -> tuple[float, str]:
+    def rank(item: int) -> tuple[Any, str]:
         return (primary[item], uids[item])
 
     removed = []

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--dup-rate", type=float, default=0.2, help="share of rows that are planted copies")
     parser.add_argument("--delta", type=float, default=0.02, help="size of a copy's perturbation")
     parser.add_argument("--spread", type=float, default=0.06, help="scatter around a topic, per dimension")
-    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: in-process)")
+    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     synthetic = Synthetic(args.n, args.dim, args.topics, args.dup_rate, args.delta, args.spread, args.seed)
@@ -140,9 +140,12 @@ def main() -> None:
     print(f"n={args.n:,} dim={args.dim} planted copies={planted:,} workers={args.workers}")
     print(f"wall time: {elapsed:.1f} s ({args.n / elapsed:,.0f} embeddings/s)")
     print(f"peak RSS: launcher {own:,.0f} MB, largest worker {children:,.0f} MB")
-    print(f"removed: {len(removed_ids):,}; recall of planted removals {found / max(1, expected_removals):.4f}")
-    print(f"removals outside planted groups: {false_removals:,} (precision {1 - false_removals / max(1, len(removed_ids)):.4f})")
-    print(f"comparisons: {comparisons:,} = {comparisons / args.n**2:.2e} of n² (all pairs: {args.n**2 / 2:.2e})")
+    recall = found / max(1, expected_removals)
+    precision = 1 - false_removals / max(1, len(removed_ids))
+    print(f"removed: {len(removed_ids):,}; recall of planted removals {recall:.4f}")
+    print(f"removals outside planted groups: {false_removals:,} (precision {precision:.4f})")
+    share = comparisons / args.n**2
+    print(f"comparisons: {comparisons:,} = {share:.2e} of n² (all pairs: {args.n**2 / 2:.2e})")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 from collections import Counter
 
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 from pipeline.cli import format_summary
 from pipeline.config import RunConfig
 from pipeline.jobs import run_job
+from sampleweb.scoring import duplicate_pair_scores
 
 
 def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: int | None = None) -> str:
@@ -74,31 +74,9 @@ def _truth_check(truth_path: str, output: str) -> str:
             f"{sum(mismatched) / len(mismatched):.2f} for mismatched ones (ROC-AUC {auc:.3f})"
         )
     if any(row["stage"] == "dedup" for row in got):
-        precision, recall = _pair_scores(got, truth)
+        precision, recall = duplicate_pair_scores([r for r in got if r["url"] in truth], truth)
         lines.append(
             f"  ground truth, dedup: duplicate pairs found with precision {precision:.3f}, "
             f"recall {recall:.3f}"
         )
     return "\n".join(lines)
-
-
-def _pair_scores(got: list[dict], truth: dict[str, dict]) -> tuple[float, float]:
-    """Pair precision and recall of the output's duplicate groups against the planted ones, over the
-    samples that reached the dedup stage."""
-    found: dict[str, list[str]] = {}
-    planted: dict[int, list[str]] = {}
-    for row in got:
-        want = truth.get(row["url"])
-        if want is None or not (row["status"] == "success" or row["stage"] == "dedup"):
-            continue
-        if row["dup_group"]:
-            found.setdefault(row["dup_group"], []).append(row["url"])
-        if want["dup_group"] != -1:
-            planted.setdefault(want["dup_group"], []).append(row["url"])
-
-    def pairs(groups: dict) -> set[frozenset[str]]:
-        return {frozenset(p) for urls in groups.values() for p in itertools.combinations(sorted(urls), 2)}
-
-    predicted, true = pairs(found), pairs(planted)
-    hits = len(predicted & true)
-    return hits / max(1, len(predicted)), hits / max(1, len(true))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import shutil
 import tarfile
@@ -19,6 +18,7 @@ from apache_beam.testing import test_pipeline
 
 from pipeline.config import load_config
 from pipeline.jobs import run_job
+from sampleweb.scoring import duplicate_pair_scores, shared_object_false_positives
 from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.decontam import read_eval_images
@@ -36,41 +36,6 @@ def _run(sample_web, tmp_path_factory, name: str, *overrides: str) -> list[dict]
     return read_output_rows(output)
 
 
-def pair_scores(rows: list[dict], truth: dict[str, dict], exact_only: bool = False) -> tuple[float, float]:
-    """(precision, recall) of the predicted duplicate pairs (members of one `dup_group`) against the
-    planted groups, over the samples that reached the dedup stage."""
-    reached = [r for r in rows if r["status"] == Status.SUCCESS or r["reason"] in DEDUP_REASONS]
-    predicted: dict[str, list[str]] = {}
-    planted: dict[int, list[str]] = {}
-    for row in reached:
-        if row["dup_group"]:
-            predicted.setdefault(row["dup_group"], []).append(row["url"])
-        fact = truth[row["url"]]
-        if fact["dup_group"] != -1 and (not exact_only or fact["dup_variant"] in ("original", "exact")):
-            planted.setdefault(fact["dup_group"], []).append(row["url"])
-
-    def pairs(groups: dict) -> set[frozenset[str]]:
-        return {frozenset(p) for urls in groups.values() for p in itertools.combinations(sorted(urls), 2)}
-
-    found, true = pairs(predicted), pairs(planted)
-    return len(found & true) / max(1, len(found)), len(found & true) / max(1, len(true))
-
-
-def shared_object_false_positive_rate(rows: list[dict], truth: dict[str, dict]) -> tuple[float, int]:
-    """Share of pairs of distinct scenes sharing at least one object that were put in one group."""
-    reached = [r for r in rows if r["status"] == Status.SUCCESS or r["reason"] in DEDUP_REASONS]
-    pairs = merged = 0
-    for a, b in itertools.combinations(reached, 2):
-        fa, fb = truth[a["url"]], truth[b["url"]]
-        if fa["dup_group"] != -1 and fa["dup_group"] == fb["dup_group"]:
-            continue
-        objects_a = {c for c in fa["concepts"] if not c.endswith("background")}
-        if objects_a & set(fb["concepts"]):
-            pairs += 1
-            merged += bool(a["dup_group"]) and a["dup_group"] == b["dup_group"]
-    return merged / max(1, pairs), pairs
-
-
 @pytest.fixture(scope="module")
 def truth(sample_web) -> dict[str, dict]:
     return {row["url"]: row for row in sample_web.truth_rows()}
@@ -82,10 +47,10 @@ def all_levels(sample_web, tmp_path_factory):
 
 
 def test_all_levels_find_the_planted_duplicates(all_levels, truth):
-    precision, recall = pair_scores(all_levels, truth)
+    precision, recall = duplicate_pair_scores(all_levels, truth)
     print(f"all levels: pair precision {precision:.3f}, recall {recall:.3f}")
     assert precision >= 0.95 and recall >= 0.90
-    rate, pairs = shared_object_false_positive_rate(all_levels, truth)
+    rate, pairs = shared_object_false_positives(all_levels, truth)
     print(f"distinct scenes sharing an object: {pairs} pairs, {rate:.4f} merged")
     assert pairs > 1000 and rate <= 0.001
 
@@ -118,7 +83,7 @@ def test_exact_level_alone_needs_no_model(sample_web, tmp_path_factory, truth):
     )
     assert {row["reason"] for row in rows} & set(DEDUP_REASONS) == {EXACT}
     assert all(row["clip_score"] is None for row in rows)
-    precision, recall = pair_scores(rows, truth, exact_only=True)
+    precision, recall = duplicate_pair_scores(rows, truth, exact_only=True)
     print(f"exact level: pair precision {precision:.3f}, recall {recall:.3f}")
     assert precision == 1.0 and recall == 1.0
 
@@ -133,8 +98,8 @@ def test_perceptual_level_alone(sample_web, tmp_path_factory, truth):
         "dedup.semantic=false",
     )
     assert {row["reason"] for row in rows} & set(DEDUP_REASONS) == {NEAR}
-    precision, recall = pair_scores(rows, truth)
-    rate, _ = shared_object_false_positive_rate(rows, truth)
+    precision, recall = duplicate_pair_scores(rows, truth)
+    rate, _ = shared_object_false_positives(rows, truth)
     print(
         f"perceptual level: pair precision {precision:.3f}, recall {recall:.3f}, shared-object FP {rate:.4f}"
     )
@@ -144,8 +109,8 @@ def test_perceptual_level_alone(sample_web, tmp_path_factory, truth):
 def test_semantic_level_alone(sample_web, tmp_path_factory, truth):
     rows = _run(sample_web, tmp_path_factory, "semantic", "dedup.exact=false", "dedup.perceptual=false")
     assert {row["reason"] for row in rows} & set(DEDUP_REASONS) == {SEMANTIC}
-    precision, recall = pair_scores(rows, truth)
-    rate, _ = shared_object_false_positive_rate(rows, truth)
+    precision, recall = duplicate_pair_scores(rows, truth)
+    rate, _ = shared_object_false_positives(rows, truth)
     print(f"semantic level: pair precision {precision:.3f}, recall {recall:.3f}, shared-object FP {rate:.4f}")
     assert precision >= 0.95 and rate <= 0.001
     assert recall >= 0.55  # the shipped 8M-parameter model; see the README's dedup figures

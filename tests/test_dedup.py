@@ -242,3 +242,45 @@ def test_dedup_config_is_checked():
     with pytest.raises(ValueError, match="epsilon"):
         DedupConfig(epsilon=1.0)
     assert DedupConfig(max_hash_distance=10).bands == 11 and DedupConfig(hash_bands=4).bands == 4
+
+
+def test_decontamination_matches_by_embedding_when_hashes_differ():
+    from transforms.decontam import _DecontaminateFn
+    from transforms.dedup import Fingerprint
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def fp(uid: str, hash64: int, vector: np.ndarray) -> Fingerprint:
+        return Fingerprint(uid, None, uid, hash64, bytes(768), 1, None, vector.astype(np.float16))
+
+    evals = [fp("eval.tar:cat.jpg", 0, vectors[0]), fp("eval.tar:dog.jpg", 0, vectors[1])]
+    near = vectors[0] + 0.001 * rng.standard_normal(16).astype(np.float32)
+    batch = [
+        ("copy", fp("copy", (1 << 64) - 1, near)),  # all 64 hash bits differ: only the embedding matches
+        ("other", fp("other", (1 << 64) - 1, vectors[2])),
+    ]
+    decisions = list(_DecontaminateFn(DedupConfig()).process(batch, evals))
+    assert [(d.uid, d.reason, d.duplicate_of) for d in decisions] == [("copy", EVAL, "eval.tar:cat.jpg")]
+    assert "embedding cosine" in decisions[0].detail
+
+
+def test_decontamination_with_eval_embeddings_from_the_model(sample_web, tmp_path_factory, truth):
+    eval_dir = tmp_path_factory.mktemp("eval-embed")
+    heldout = [
+        t
+        for t in truth.values()
+        if t["split"] == "heldout"
+        and t["dup_variant"] in (None, "original")
+        and t["expected_status"] == "success"
+    ]
+    for fact in heldout:
+        name = fact["url"].rsplit("/", 1)[-1]
+        shutil.copy(os.path.join(sample_web.dir, "files", name), eval_dir / name)
+    # The eval images go through the embed stage's model too; hashes alone would catch these as well,
+    # so what this checks is that the eval branch with RunInference runs and agrees.
+    rows = _run(sample_web, tmp_path_factory, "decontam-embed", f"dedup.eval_images={eval_dir}")
+    flagged = [r for r in rows if r["reason"] == EVAL]
+    assert flagged and all(truth[r["url"]]["split"] == "heldout" for r in flagged)
+    assert not any(truth[r["url"]]["split"] == "heldout" and r["status"] == Status.SUCCESS for r in rows)

@@ -5,6 +5,7 @@ only within a cluster: the work is the sum of the squared cluster sizes instead 
 
 - `train_centroids`: spherical k-means (FAISS) on a sample of L2-normalised embeddings; the same
   sample, `k` and seed give the same centroids. FAISS runs on a GPU only when it sees one.
+- `similar_pairs`: the pairs of one tile above the threshold, by FAISS range search.
 - `assign`: the nearest centroid of each embedding and the cosine to it (exact inner product).
 - `cluster_duplicates`: inside one cluster, every pair with cosine >= 1 - epsilon is a duplicate
   link; duplicate groups are the connected components of those links, and each group keeps one
@@ -93,17 +94,28 @@ def similar_pairs(
     """Links (i, j), i < j (cluster positions), with cosine >= 1 - epsilon in one tile; and the comparisons.
 
     The embeddings are the normalised rows of the tile's two chunks (the same array twice for a
-    diagonal tile, where `rows == cols` and only pairs above the diagonal count).
+    diagonal tile, where `rows == cols` and only pairs above the diagonal count). The pairs come
+    from a FAISS range search over an exact inner-product index of the columns (blocked, so the
+    tile's full similarity matrix is never held), sorted.
     """
-    similarity = row_embeddings @ col_embeddings.T
-    linked = similarity >= np.float32(1.0 - epsilon)
+    threshold = np.float32(1.0 - epsilon)
+    index = faiss.IndexFlatIP(col_embeddings.shape[1])
+    index.add(np.ascontiguousarray(col_embeddings, dtype=np.float32))
+    # FAISS keeps inner products above the radius; the next float down keeps those equal to it.
+    radius = float(np.nextafter(threshold, np.float32(-np.inf)))
+    limits, similarities, ids = index.range_search(
+        np.ascontiguousarray(row_embeddings, dtype=np.float32), radius
+    )
+    found_rows = np.repeat(np.arange(len(row_embeddings)), np.diff(limits).astype(np.int64))
+    keep = similarities >= threshold
+    found_rows, found_cols = found_rows[keep], ids[keep]
     if rows == cols:
-        linked &= np.triu(np.ones(linked.shape, dtype=bool), k=1)
+        above = found_cols > found_rows
+        found_rows, found_cols = found_rows[above], found_cols[above]
         comparisons = len(rows) * (len(rows) - 1) // 2
     else:
         comparisons = len(rows) * len(cols)
-    found_rows, found_cols = np.nonzero(linked)
-    links = [(rows[i], cols[j]) for i, j in zip(found_rows.tolist(), found_cols.tolist(), strict=True)]
+    links = sorted((rows[i], cols[j]) for i, j in zip(found_rows.tolist(), found_cols.tolist(), strict=True))
     return links, comparisons
 
 

@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit model model-eval bench-setup bench clean
 
+# Chromium (Debian's package) opens the audit report in the tests.
 setup: $(STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,4 +1,4 @@
-"""The `winnow` command: run, demo, corpus, serve, config.
+"""The `winnow` command: run, demo, search, audit, corpus, serve, config.
 
 Errors in what the user gave (config, input, arguments) print one line and exit with code 2;
 a pipeline failure prints its cause and exits with 1.
@@ -7,6 +7,7 @@ a pipeline failure prints its cause and exits with 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from pipeline import STAGE_NAMES
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
+    from pipeline.index import Hit
 
 LOG = logging.getLogger("winnow")
 _USER_ERROR = re.compile(r"(InputError|ConfigError|EmbedError): ([^\n]+)")
@@ -41,15 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_import_noise)
-    if args.command != "run" and extra:
+    if args.command not in ("run", "search", "audit") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from pipeline.audit import AuditError
     from pipeline.config import ConfigError
+    from pipeline.index import SearchError
     from transforms.embed import EmbedError
     from transforms.readers import InputError
 
     try:
         return int(args.handler(args, extra) or 0)
-    except (ConfigError, InputError, EmbedError, UsageError) as err:
+    except (ConfigError, InputError, EmbedError, SearchError, AuditError, UsageError) as err:
         print(f"winnow: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -85,6 +89,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, help="local worker processes (0 = one per core)")
     demo.set_defaults(handler=_cmd_demo)
+
+    search = sub.add_parser(
+        "search", help="find the kept samples nearest to a text or an image in an output's index"
+    )
+    search.add_argument("output", help="output folder of a run (local, s3://, gs://); --flags go to Beam")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="text query, matched against the images (cross-modal)")
+    query.add_argument("--image", metavar="FILE", help="image query, matched against the images")
+    search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--model", help="embed queries with this model instead of the output's own")
+    search.add_argument("--pretrained", help="with --model: its open_clip pretrained tag or checkpoint")
+    search.add_argument("--json", action="store_true", help="one JSON object per result")
+    search.set_defaults(handler=_cmd_search)
+
+    audit = sub.add_parser("audit", help="write a self-contained HTML report of an output")
+    audit.add_argument("output", help="output folder of a run (local, s3://, gs://); --flags go to Beam")
+    audit.add_argument("--out", help="the HTML file to write (default OUTPUT/report.html)")
+    audit.add_argument("--compare", metavar="OTHER_OUTPUT", help="a second output, shown side by side")
+    audit.set_defaults(handler=_cmd_audit)
 
     corpus = sub.add_parser("corpus", help="generate the sample web into a folder")
     corpus.add_argument("--out", required=True)
@@ -146,6 +169,57 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.index import search_output
+
+    if args.k < 1:
+        raise UsageError("-k must be >= 1")
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
+    FileSystems.set_options(PipelineOptions(beam_args))  # S3 endpoint and keys, GCP project
+    hits = search_output(args.output, args.text, args.image, args.k, args.model, args.pretrained)
+    if args.json:
+        for hit in hits:
+            print(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
+    else:
+        print(format_hits(hits))
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.report import write_report
+
+    unknown = [a for a in beam_args if not a.startswith("--")]
+    if unknown:
+        raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
+    FileSystems.set_options(PipelineOptions(beam_args))  # S3 endpoint and keys, GCP project
+    print(f"report: {write_report(args.output, args.out, args.compare)}")
+    return 0
+
+
+def format_hits(hits: Sequence[Hit]) -> str:
+    """Search results as a table: rank, score, uid, url and caption (both cut to fit a line)."""
+    lines = [f"{'rank':>4}  {'score':>6}  {'uid':<32}  {'url':<48}  caption"]
+    for hit in hits:
+        url, caption = _cut(hit.url, 48), _cut(hit.caption, 60)
+        lines.append(f"{hit.rank:>4}  {hit.score:>6.3f}  {hit.uid:<32}  {url:<48}  {caption}")
+    return "\n".join(lines)
+
+
+def _cut(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import generate_corpus
 
@@ -196,10 +270,22 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
         embedded = stats.get("metrics", {}).get("embed/total")
         if embedded is not None:
             lines.append(f"  embed stage: {embedded:,} pairs embedded and scored")
+    dedup = stats["stages"].get("dedup")
+    if dedup:
+        removed = ", ".join(f"{n:,} {reason}" for reason, n in sorted(dedup["dropped"].items())) or "none"
+        lines.append(f"  dedup stage: {dedup['total']:,} downloaded pairs compared; removed: {removed}")
     shards = stats["shards"]
     lines.append(
         f"  shards: {shards['count']} Parquet, {shards['tar_files']} tar ({shards['tar_bytes'] / 1e6:.1f} MB)"
     )
+    index = stats.get("index")
+    if index:
+        lines.append(
+            f"  index: {index['type']} of {index['count']:,} kept samples' image embeddings "
+            f"({index['dim']}-d) in index/, for `winnow search`"
+        )
+    if stats.get("report"):
+        lines.append(f"  report: {stats['report']}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Runs one Winnow job end to end: check inputs, build, run, and complete the stats JSON."""
+"""Runs one Winnow job end to end: check inputs, build, run, index the kept samples, complete the stats,
+write the audit report."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.audit import AuditError
 from pipeline.build import build_pipeline
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
+from pipeline.index import IndexSummary, build_output_index, remove_output_index
 from pipeline.progress import ProgressPrinter
+from pipeline.report import write_report
 from pipeline.runner import is_local, make_pipeline
 from transforms.embed import resolve_device
 from transforms.progress import NAMESPACE
@@ -25,6 +29,7 @@ from transforms.writers import STATS_FILE, write_atomically
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
+_GIB = 1 << 30
 
 
 def run_job(
@@ -39,7 +44,9 @@ def run_job(
     """Runs the pipeline and returns the stats dict (also written to `<output>/stats.json`).
 
     Raises `InputError` / `ConfigError` / `EmbedError` before anything runs when the input or the
-    model settings are unusable.
+    model settings are unusable. With the embed stage and `output.index`, the kept samples' image
+    embeddings are then indexed into `<output>/index/` and `stats["index"]` says how. Last, the audit
+    report is written to `<output>/report.html`; the returned stats name it under `report`.
     """
     # Filesystem options (S3 endpoint and keys, GCP project) apply to the checks made here too.
     FileSystems.set_options(PipelineOptions(list(beam_args)))
@@ -78,8 +85,42 @@ def run_job(
     stats["duration_s"] = round(elapsed, 3)
     stats["samples_per_s"] = round(stats["samples"] / elapsed, 1) if elapsed else None
     stats["metrics"] = _counters(result)
+    stats["config"] = config.to_dict()
     write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
+    summary = _index_output(config, output_dir)
+    if summary is not None:
+        stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
+        write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
+    stats["report"] = _write_report(output_dir)
     return stats
+
+
+def _write_report(output_dir: str) -> str | None:
+    """The audit report of the finished output; a failure to write it leaves the run's results valid."""
+    try:
+        return write_report(output_dir)
+    except (AuditError, OSError) as err:
+        LOG.warning("audit report not written (`winnow audit %s` retries): %s", output_dir, err)
+        return None
+
+
+def _index_output(config: RunConfig, output_dir: str) -> IndexSummary | None:
+    """Writes `<output>/index/` when asked for and the run embedded; otherwise removes an older one."""
+    if not (config.output.index and "embed" in config.run.stages):
+        remove_output_index(output_dir)
+        return None
+    budget = int(config.output.index_memory_gb * _GIB)
+    started = time.monotonic()
+    try:
+        summary = build_output_index(output_dir, budget)
+    except ValueError as err:  # no index type fits the budget
+        raise ConfigError(
+            f"output.index_memory_gb={config.output.index_memory_gb}: {err} "
+            "(the shards and stats.json are written; only the index is missing)"
+        ) from err
+    if summary is not None:
+        LOG.info("index: %s of %d samples in %.1fs", summary.type, summary.count, time.monotonic() - started)
+    return summary
 
 
 def _counters(result: Any) -> dict[str, int]:

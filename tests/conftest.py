@@ -50,12 +50,14 @@ def read_output_rows(output: str) -> list[dict]:
 
 
 def shard_bytes(output: str) -> dict[str, bytes]:
-    """path → bytes of every shard file of an output folder: tar, Parquet and embedding files."""
+    """path → bytes of every shard file of an output folder: tar, Parquet, embedding and index files."""
     out = {}
-    for folder in ("", "img_emb", "text_emb", "metadata"):
+    for folder in ("", "img_emb", "text_emb", "metadata", "index"):
         directory = os.path.join(output, folder)
         for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-            if name.endswith((".tar", ".parquet", ".npy")):
+            if name.endswith((".tar", ".parquet", ".npy", ".index")) or (
+                folder == "index" and name.endswith(".json")
+            ):
                 with open(os.path.join(directory, name), "rb") as handle:
                     out[os.path.join(folder, name)] = handle.read()
     return out

@@ -287,6 +287,12 @@ def _route(sample: Sample, partitions: int) -> int:
     return 0 if sample.status == Status.SUCCESS and sample.image is not None else 1
 
 
+def model_pixels(stored: bytes, geometry: Any) -> np.ndarray:
+    """The model's input for a stored image as uint8 HWC: decoded, RGB, the model's resize and crop."""
+    with Image.open(io.BytesIO(stored)) as image:
+        return np.asarray(geometry(image.convert("RGB")), dtype=np.uint8)
+
+
 class _PreprocessFn(beam.DoFn):
     """Decodes, resizes and normalises the image and tokenizes the caption (CPU)."""
 
@@ -297,8 +303,7 @@ class _PreprocessFn(beam.DoFn):
         self._prep = preprocessing(self._config)
 
     def process(self, sample: Sample) -> Iterator[tuple[Sample, ClipExample]]:
-        with Image.open(io.BytesIO(sample.image or b"")) as image:
-            pixels = np.asarray(self._prep.geometry(image.convert("RGB")), dtype=np.uint8)
+        pixels = model_pixels(sample.image or b"", self._prep.geometry)
         caption = sample.caption_clean if sample.caption_clean is not None else sample.caption or ""
         tokens = self._prep.tokenizer([caption])[0].numpy()
         yield sample, ClipExample(pixels, tokens)

@@ -70,10 +70,16 @@ class OutputConfig:
     samples_per_shard: int = 10_000
     #: Parquet codec for the metadata files.
     parquet_compression: Literal["snappy", "zstd", "gzip", "none"] = "zstd"
+    #: Write a FAISS index of the kept samples' image embeddings to OUTPUT/index/ (with the embed stage).
+    index: bool = True
+    #: Memory budget of that index in GiB; it picks the index type (Flat, HNSW32 or IVF-PQ).
+    index_memory_gb: float = 4.0
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1:
             raise ValueError("output.samples_per_shard must be >= 1")
+        if not (self.index_memory_gb > 0 and math.isfinite(self.index_memory_gb)):
+            raise ValueError("output.index_memory_gb must be a number > 0")
 
 
 def shard_count(total: int, samples_per_shard: int) -> int:

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sampleweb.captions import describe
-from sampleweb.scenes import SHAPES, Scene, concepts, random_scene, render
+from sampleweb.captions import concept_phrase, describe
+from sampleweb.scenes import COLORS, SHAPES, Scene, concepts, random_scene, render
 from transforms.imaging import ImageOptions, process_image
 
 if TYPE_CHECKING:
@@ -105,6 +105,11 @@ CRAWL_OPTIONS = ImageOptions(image_size=256, resize_mode="center_crop", encode_q
 # Bump when the pair generation changes, so that cached pairs are not reused.
 DATA_VERSION = 1
 
+# Concept texts (see `concept_text`): the share of training captions replaced by one each step,
+# and the prompt templates the noise stage's zero-shot concepts use (pipeline/default.yaml).
+CONCEPT_RATE = 0.3
+CONCEPT_TEMPLATES = ("{}", "a photo of a {}.")
+
 TRAIN_SEED = 0
 EVAL_SEED = 1_000_003
 GROUP_SIZE = 100
@@ -148,6 +153,15 @@ def shape_twin(scene: Scene, rng: np.random.Generator) -> Scene:
     shapes = [shape for shape in SHAPES if shape != target.shape and (target.color, shape) not in used]
     changed = replace(target, shape=shapes[int(rng.integers(len(shapes)))])
     return replace(scene, objects=scene.objects[:k] + (changed,) + scene.objects[k + 1 :])
+
+
+def concept_text(scene_concepts: Sequence[str], lang: str, rng: np.random.Generator) -> str:
+    """A few of a scene's concepts as bare phrases in ``lang`` (``"cercle rouge, fond vert"``),
+    sometimes in a prompt template: what zero-shot concept scoring asks the model about."""
+    count = int(rng.integers(1, len(scene_concepts) + 1))
+    chosen = [scene_concepts[int(i)] for i in rng.permutation(len(scene_concepts))[:count]]
+    text = ", ".join(concept_phrase(concept, lang) for concept in chosen)
+    return CONCEPT_TEMPLATES[int(rng.integers(len(CONCEPT_TEMPLATES)))].format(text)
 
 
 def source_image(
@@ -425,6 +439,30 @@ class Metrics:
     cos_matched: float
     cos_mismatched: float
     recall_by_lang: dict[str, tuple[float, int]]
+    concept_recall: float
+
+
+def concept_recall(model: CLIP, tokenizer: Any, image_emb: np.ndarray, pairs: Pairs) -> float:
+    """Zero-shot visual concepts: the share of each scene's objects found among the top n of the
+    100 English colour-shape phrases (n = the scene's object count), prompts averaged over
+    ``CONCEPT_TEMPLATES``."""
+    phrases = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        vocab = sum(
+            F.normalize(model.encode_text(tokenizer([t.format(p) for p in phrases])).float(), dim=-1)
+            for t in CONCEPT_TEMPLATES
+        )
+    model.train(was_training)
+    scores = image_emb @ F.normalize(vocab, dim=-1).numpy().T
+    found = total = 0
+    for row, names in zip(scores, pairs.concepts, strict=True):
+        objects = {name for name in names if not name.endswith("background")}
+        top = {phrases[int(i)] for i in np.argsort(-row)[: len(objects)]}
+        found += len(objects & top)
+        total += len(objects)
+    return found / max(1, total)
 
 
 def evaluate(model: CLIP, tokenizer: Any, pairs: Pairs, mean: torch.Tensor, std: torch.Tensor) -> Metrics:
@@ -449,22 +487,23 @@ def evaluate(model: CLIP, tokenizer: Any, pairs: Pairs, mean: torch.Tensor, std:
         cos_matched=float(matched.mean()),
         cos_mismatched=float(mismatched.mean()),
         recall_by_lang=by_lang,
+        concept_recall=concept_recall(model, tokenizer, image_emb, pairs),
     )
 
 
 def print_table(results: dict[str, Metrics], title: str) -> None:
     print(title)
-    columns = ("set", "pairs", "R@1 i->t", "R@1 t->i", "ROC-AUC", "cos match", "cos mism")
+    columns = ("set", "pairs", "R@1 i->t", "R@1 t->i", "ROC-AUC", "cos match", "cos mism", "concepts")
     header = " ".join(
         f"{name:<8}" if k == 0 else f"{name:>{w}}"
-        for k, (name, w) in enumerate(zip(columns, (8, 5, 9, 9, 8, 10, 9), strict=True))
+        for k, (name, w) in enumerate(zip(columns, (8, 5, 9, 9, 8, 10, 9, 9), strict=True))
     )
     print(header)
     print("-" * len(header))
     for name, m in results.items():
         print(
             f"{name:<8} {m.pairs:>5} {m.recall_i2t:>9.3f} {m.recall_t2i:>9.3f} {m.auc:>8.4f}"
-            f" {m.cos_matched:>10.3f} {m.cos_mismatched:>9.3f}"
+            f" {m.cos_matched:>10.3f} {m.cos_mismatched:>9.3f} {m.concept_recall:>9.3f}"
         )
     for name, m in results.items():
         langs = "  ".join(f"{lang} {value:.2f} ({n})" for lang, (value, n) in m.recall_by_lang.items())
@@ -533,6 +572,17 @@ def train(args: argparse.Namespace) -> CLIP:
     print(f"generated {len(data)} training pairs in {time.perf_counter() - started:.0f} s", flush=True)
     tokens = tokenizer(data.captions)
     pixels = torch.from_numpy(data.pixels)
+    # Each epoch, a share of the captions is replaced by concept texts, so that the text tower also
+    # learns single concepts (the noise stage's zero-shot visual concepts), not only whole captions.
+    concept_tokens = [
+        tokenizer(
+            [
+                concept_text(names, lang, _rng(args.seed + 1 + epoch, index))
+                for index, (names, lang) in enumerate(zip(data.concepts, data.langs, strict=True))
+            ]
+        )
+        for epoch in range(args.epochs)
+    ]
 
     model = build_model()
     model.train()
@@ -561,8 +611,10 @@ def train(args: argparse.Namespace) -> CLIP:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, args.lr)
             images = normalise(pixels[index], mean, std)
+            swap = torch.rand(len(index), generator=generator) < args.concept_rate
+            texts = torch.where(swap[:, None], concept_tokens[epoch][index], tokens[index])
             image_features = F.normalize(model.encode_image(images), dim=-1)
-            text_features = F.normalize(model.encode_text(tokens[index]), dim=-1)
+            text_features = F.normalize(model.encode_text(texts), dim=-1)
             loss = clip_loss(image_features, text_features, model.logit_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -582,7 +634,8 @@ def train(args: argparse.Namespace) -> CLIP:
         print(
             f"epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.3f}, "
             f"{time.perf_counter() - epoch_start:.0f} s; "
-            f"held-out (500 square) R@1 {metrics.recall_i2t:.3f} AUC {metrics.auc:.4f}; "
+            f"held-out (500 square) R@1 {metrics.recall_i2t:.3f} AUC {metrics.auc:.4f} "
+            f"concept recall {metrics.concept_recall:.3f}; "
             f"total {time.perf_counter() - started:.0f} s",
             flush=True,
         )
@@ -601,6 +654,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--concept-rate", type=float, default=CONCEPT_RATE, help="captions swapped per step")
     parser.add_argument("--warmup", type=float, default=0.05, help="warmup, as a fraction of all steps")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED, help="training scenes and initialisation")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the saved model, do not train")

@@ -15,6 +15,7 @@ from schemas.sample import samples_from_batch
 from transforms.crawl import DownloadImages
 from transforms.dedup import DeduplicateImages
 from transforms.embed import EmbedImages
+from transforms.noise import RepairCaptions
 from transforms.readers import ReadUrlBatches
 from transforms.text import FilterText
 from transforms.writers import WriteShards, WriteStats
@@ -29,6 +30,7 @@ STAGES: dict[str, StageFactory] = {
     "dedup": lambda config, progress: DeduplicateImages(
         config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
     ),
+    "noise": lambda config, progress: RepairCaptions(config.noise, config.embed, progress),
 }
 #: Stages that take and give row batches (they come first).
 BATCH_STAGES = ("text",)
@@ -53,8 +55,17 @@ def build_pipeline(
         if name in config.run.stages:
             batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
     samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
+    summaries = []
     for name in STAGES:
         if name in config.run.stages and name not in BATCH_STAGES:
-            samples = samples | name.capitalize() >> STAGES[name](config, progress_dir)
+            stage = STAGES[name](config, progress_dir)
+            samples = samples | name.capitalize() >> stage
+            # A stage may leave a one-element summary for stats.json under its name.
+            summary = getattr(stage, "summary", None)
+            if summary is not None:
+                summaries.append(
+                    summary | f"{name.capitalize()}Summary" >> beam.Map(lambda s, n=name: (n, s))
+                )
     shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)
-    return shards | "WriteStats" >> WriteStats(output_dir, ["read", *config.run.stages])
+    extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
+    return shards | "WriteStats" >> WriteStats(output_dir, ["read", *config.run.stages], extra)

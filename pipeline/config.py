@@ -23,6 +23,7 @@ from pipeline import STAGE_NAMES
 from transforms.crawl import CrawlConfig
 from transforms.dedup import DedupConfig
 from transforms.embed import EmbedConfig
+from transforms.noise import NoiseConfig
 from transforms.readers import InputConfig
 from transforms.text import TextConfig
 from transforms.writers import OutputConfig
@@ -56,6 +57,7 @@ class RunConfig:
     crawl: CrawlConfig = CrawlConfig()
     embed: EmbedConfig = EmbedConfig()
     dedup: DedupConfig = DedupConfig()
+    noise: NoiseConfig = NoiseConfig()
     output: OutputConfig = OutputConfig()
     run: RunSection = RunSection()
 
@@ -70,6 +72,12 @@ class RunConfig:
             raise ConfigError(
                 "dedup.semantic needs the image embeddings: set embed.write_embeddings=true "
                 "or dedup.semantic=false"
+            )
+
+        if "noise" in stages and ("embed" not in stages or not self.embed.write_embeddings):
+            raise ConfigError(
+                "the noise stage needs the embed stage with embed.write_embeddings=true "
+                "(it works on the image and text embeddings)"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from pipeline.cli import format_summary
 from pipeline.config import RunConfig
 from pipeline.jobs import run_job
-from sampleweb.scoring import duplicate_pair_scores
+from sampleweb.scoring import duplicate_pair_scores, noise_scores
 
 
 def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: int | None = None) -> str:
@@ -33,9 +33,8 @@ def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: 
 def _truth_check(truth_path: str, output: str) -> str:
     """How the pipeline's outcomes compare with the sample web's ground truth."""
     truth = {row["url"]: row for row in pq.read_table(truth_path).to_pylist()}
-    columns = ["url", "status", "reason", "stage", "clip_score", "dup_group"]
     got = [row for path in sorted(glob.glob(os.path.join(output, "*.parquet")))
-           for row in pq.read_table(path, columns=columns).to_pylist()]  # fmt: skip
+           for row in pq.read_table(path).to_pylist()]  # fmt: skip
     download: Counter[str] = Counter()
     text: Counter[str] = Counter()
     scores: dict[str, list[float]] = {"none": [], "mismatched": []}
@@ -52,8 +51,9 @@ def _truth_check(truth_path: str, output: str) -> str:
                 row["reason"] == "boilerplate_caption" and want["noise"] == "boilerplate"
             )
             continue
-        # A pair rejected after the download (by its CLIP score, as a duplicate) was fetched as expected.
-        status = "success" if row["stage"] in ("embed", "dedup") else row["status"]
+        # A pair rejected after the download (by its CLIP score, as a duplicate, as too noisy to
+        # repair) was fetched as expected.
+        status = "success" if row["stage"] in ("embed", "dedup", "noise") else row["status"]
         reason_ok = want["expected_status"] == "success" or row["reason"] == want["expected_reason"]
         download["match" if status == want["expected_status"] and reason_ok else "differ"] += 1
     boilerplate = sum(1 for t in truth.values() if t["noise"] == "boilerplate")
@@ -78,5 +78,14 @@ def _truth_check(truth_path: str, output: str) -> str:
         lines.append(
             f"  ground truth, dedup: duplicate pairs found with precision {precision:.3f}, "
             f"recall {recall:.3f}"
+        )
+    if any(row.get("noise_prob") is not None for row in got):
+        found = noise_scores([r for r in got if r["url"] in truth], truth)
+        lines.append(
+            f"  ground truth, noise: ROC-AUC for mismatched captions {found.auc_noise_prob:.3f} by noise_prob, "
+            f"{found.auc_clip_score:.3f} by clip_score alone; partial captions name {found.partial_recall_original:.2f} "
+            f"of their scene's concepts, {found.partial_recall_chosen:.2f} after completion; "
+            f"{found.replaced_mismatched}/{found.mismatched} mismatched captions replaced (concept F1 "
+            f"{found.replacement_f1:.2f}); {found.clean_unchanged:.0%} of clean captions left unchanged"
         )
     return "\n".join(lines)

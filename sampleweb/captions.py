@@ -19,12 +19,14 @@ Contract:
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from sampleweb.scenes import Scene, SceneObject, concepts
+from sampleweb.scenes import COLORS, SHAPES, Scene, SceneObject, concepts
 
 __all__ = [
     "LANGUAGES",
@@ -619,6 +621,55 @@ def _keywords(obj: SceneObject, lang: str) -> str:
     if lang == "zh":
         return _zh_keywords(obj)
     return _ROMANCE[lang].keywords(obj)
+
+
+def concept_phrase(concept: str, lang: str) -> str:
+    """A canonical concept (``"red circle"``, ``"green background"``) as a bare phrase in ``lang``:
+    ``"cercle rouge"``, ``"grüner Hintergrund"``, ``"绿色背景"``."""
+    color, noun = concept.split(" ", 1)
+    if noun == "background":
+        if lang == "en":
+            return concept
+        if lang == "de":
+            return f"{_DE_COLORS[color]}er Hintergrund"
+        if lang == "zh":
+            return f"{_ZH_COLORS[color]}背景"
+        grammar = _ROMANCE[lang]
+        return f"{grammar.background.split(' ', 1)[1]} {grammar.colors[color][0]}"
+    return _keywords(SceneObject(noun, color, "medium", "center"), lang)
+
+
+@functools.cache
+def _concept_patterns() -> dict[str, re.Pattern[str]]:
+    """One regular expression per canonical concept matching its phrase in any caption language:
+    a colour word next to a shape (or background) word, in each language's order and inflection."""
+    patterns: dict[str, list[str]] = {}
+    nouns = [*SHAPES, "background"]
+    for color in COLORS:
+        for noun in nouns:
+            forms = patterns.setdefault(f"{color} {noun}", [])
+            forms.append(rf"\b{color}\s+{noun}\b")  # en
+            for grammar in _ROMANCE.values():
+                word = grammar.background.split(" ", 1)[1] if noun == "background" else grammar.nouns[noun][0]
+                colors = "|".join(sorted(set(grammar.colors[color])))
+                forms.append(rf"\b{word}\s+(?:{colors})\b")
+            word = "Hintergrund" if noun == "background" else _DE_NOUNS[noun][0]
+            forms.append(rf"\b{_DE_COLORS[color]}(?:e|er|es|en|em)?\s+{word}\b")
+            if noun == "background":
+                patterns_zh = "|".join(_ZH_PATTERNS.values())
+                forms.append(rf"{_ZH_COLORS[color]}(?:{patterns_zh})?背景")
+            else:
+                sizes = "|".join(_ZH_SIZES.values())
+                forms.append(rf"{_ZH_COLORS[color]}的?(?:{sizes})?{_ZH_SHAPES[noun]}")
+    return {concept: re.compile("|".join(forms), re.IGNORECASE) for concept, forms in patterns.items()}
+
+
+def mentioned_concepts(text: str | None) -> set[str]:
+    """The canonical concepts (``"red circle"``, ``"green background"``) a caption names, in any of
+    the sample web's languages; ground truth for scoring completed and replaced captions."""
+    if not text:
+        return set()
+    return {concept for concept, pattern in _concept_patterns().items() if pattern.search(text)}
 
 
 def keyword_stuffing(scene: Scene, lang: str, rng: np.random.Generator, min_chars: int = 1001) -> str:

@@ -29,6 +29,16 @@ Columns (all nullable unless noted):
 | clip_model | embed | identity of the model that made the score (name/tag, or checkpoint @ digest) |
 | dup_group | dedup | uid of the sample a duplicate group keeps, on every member, the kept one included |
 | duplicate_of | dedup | on a removed sample: the uid it duplicates, or the evaluation image it copies |
+| noise_prob | noise | probability that the caption does not describe the image, in [0, 1] |
+| caption_agreement | noise | mean cosine of the caption to the captions of its nearest images |
+| image_agreement | noise | mean cosine of the image to the images of its nearest captions |
+| concepts | noise | the image's top vocabulary terms by zero-shot similarity: list of {term, score} |
+| caption_original | noise | the caption the stage judged (`caption_clean`); the tar's `.json` keeps it |
+| caption_completed | noise | the original followed by the visual concepts it does not name |
+| caption_pseudo | noise | the caption of the nearest clean neighbour, or a generated one |
+| pseudo_source | noise | where `caption_pseudo` comes from: `neighbour:<uid>` or `model:<identity>` |
+| caption_bow | noise | bag-of-words caption of the visual concepts, frequent terms down-weighted |
+| caption_source | noise | the caption in the tar's `.txt`: original, completed, generated, neighbour or bow |
 
 The embed stage also carries `image_embedding` / `text_embedding` (L2-normalised float16) to the
 writer, which stores them beside the shard as `.npy` files rather than in the Parquet.
@@ -95,6 +105,29 @@ class Sample:
     text_embedding: Any = dataclasses.field(default=None, repr=False)
     dup_group: str | None = None
     duplicate_of: str | None = None
+    noise_prob: float | None = None
+    caption_agreement: float | None = None
+    image_agreement: float | None = None
+    concepts: list[tuple[str, float]] | None = None
+    caption_original: str | None = None
+    caption_completed: str | None = None
+    caption_pseudo: str | None = None
+    pseudo_source: str | None = None
+    caption_bow: str | None = None
+    caption_source: str | None = None
+
+    def chosen_caption(self) -> str | None:
+        """The caption a training set gets (the tar's `.txt`): the noise stage's choice, else the
+        cleaned caption, else the raw one."""
+        chosen = {
+            "completed": self.caption_completed,
+            "generated": self.caption_pseudo,
+            "neighbour": self.caption_pseudo,
+            "bow": self.caption_bow,
+        }.get(self.caption_source or "")
+        if chosen is not None:
+            return chosen
+        return self.caption_clean if self.caption_clean is not None else self.caption
 
     def evolve(self, **changes: Any) -> Sample:
         """A copy with `changes` applied: `dataclasses.replace` without re-running `__init__`
@@ -140,6 +173,16 @@ METADATA_SCHEMA = pa.schema(
         pa.field("clip_model", pa.string()),
         pa.field("dup_group", pa.string()),
         pa.field("duplicate_of", pa.string()),
+        pa.field("noise_prob", pa.float32()),
+        pa.field("caption_agreement", pa.float32()),
+        pa.field("image_agreement", pa.float32()),
+        pa.field("concepts", pa.list_(pa.struct([("term", pa.string()), ("score", pa.float32())]))),
+        pa.field("caption_original", pa.string()),
+        pa.field("caption_completed", pa.string()),
+        pa.field("caption_pseudo", pa.string()),
+        pa.field("pseudo_source", pa.string()),
+        pa.field("caption_bow", pa.string()),
+        pa.field("caption_source", pa.string()),
         pa.field("key", pa.string()),
     ]
 )
@@ -187,5 +230,7 @@ def sample_to_metadata_row(sample: Sample) -> dict[str, Any]:
     """The Parquet row of a sample (`METADATA_SCHEMA`); `key` is set only for samples in the tar."""
     row = {name: getattr(sample, name) for name in METADATA_SCHEMA.names if hasattr(sample, name)}
     row["extra"] = _extra_json(sample.extra)
+    if sample.concepts is not None:
+        row["concepts"] = [{"term": term, "score": score} for term, score in sample.concepts]
     row["key"] = sample.uid if sample.status == Status.SUCCESS and sample.image is not None else None
     return row

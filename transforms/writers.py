@@ -2,7 +2,8 @@
 
 In: `Sample`s after the last stage. Out, in the output folder (any Beam filesystem):
 
-- `NNNNN.tar`: WebDataset shard with `<uid>.<ext>` image, `<uid>.txt` caption and `<uid>.json`
+- `NNNNN.tar`: WebDataset shard with `<uid>.<ext>` image, `<uid>.txt` caption (the noise stage's
+  choice, `Sample.chosen_caption`) and `<uid>.json`
   metadata for each sample with status `success`;
 - `NNNNN.parquet`: one row per sample of the shard, kept or not (`schemas.METADATA_SCHEMA`);
 - `img_emb/img_emb_NNNNN.npy`, `text_emb/text_emb_NNNNN.npy`: the float16 CLIP embeddings of
@@ -104,7 +105,7 @@ def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:
         meta = {k: v for k, v in row.items() if k not in ("extra",)}
         meta.update({k: v for k, v in sample.extra.items() if k not in meta})
         yield f"{sample.uid}.{sample.image_ext or 'jpg'}", sample.image
-        caption = sample.caption_clean if sample.caption_clean is not None else sample.caption
+        caption = sample.chosen_caption()
         yield f"{sample.uid}.txt", (caption or "").encode("utf-8", "surrogatepass")
         yield f"{sample.uid}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
@@ -320,8 +321,14 @@ def summarize(shards: list[dict[str, Any]], stages: Iterable[str]) -> dict[str, 
     }
 
 
-def finalize_output(shards: list[dict[str, Any]], output_dir: str, stages: Iterable[str]) -> dict[str, Any]:
-    """Writes stats.json and removes temporary files and shards this run did not write."""
+def finalize_output(
+    shards: list[dict[str, Any]],
+    output_dir: str,
+    stages: Iterable[str],
+    summaries: Iterable[tuple[str, dict[str, Any]]] = (),
+) -> dict[str, Any]:
+    """Writes stats.json (with the stages' `summaries` under their names) and removes temporary
+    files and shards this run did not write."""
     output_dir = output_dir.rstrip("/")
     written = {name for shard in shards for name in shard["files"]}
     stale = []
@@ -335,6 +342,7 @@ def finalize_output(shards: list[dict[str, Any]], output_dir: str, stages: Itera
     if stale:
         FileSystems.delete(stale)
     stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)
+    stats.update(sorted(summaries))
     write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
     return stats
 
@@ -342,14 +350,19 @@ def finalize_output(shards: list[dict[str, Any]], output_dir: str, stages: Itera
 class WriteStats(beam.PTransform):
     """Gathers the shard summaries, writes `stats.json` and cleans the output folder."""
 
-    def __init__(self, output_dir: str, stages: Iterable[str]):
+    def __init__(self, output_dir: str, stages: Iterable[str], summaries: beam.PCollection | None = None):
         super().__init__()
         self._output_dir = output_dir
         self._stages = list(stages)
+        self._summaries = summaries
 
     def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        summaries = self._summaries
+        if summaries is None:
+            summaries = shards.pipeline | "NoSummaries" >> beam.Create([])
         return (
             shards
             | "AllShards" >> beam.combiners.ToList()
-            | "Finalize" >> beam.Map(finalize_output, self._output_dir, self._stages)
+            | "Finalize"
+            >> beam.Map(finalize_output, self._output_dir, self._stages, beam.pvalue.AsList(summaries))
         )

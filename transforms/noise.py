@@ -1,0 +1,546 @@
+"""Noise stage: estimate how noisy each pair is, and repair its caption rather than only drop it.
+
+In: `Sample`s after the embed stage (and dedup, when it runs). Candidates are the samples still
+`success` with both embeddings; the others pass through untouched. Out: the same samples, each
+candidate with `noise_prob`, `concepts` and the caption columns; a pair too noisy to repair is
+`rejected` with reason `noisy_pair`.
+
+1. **Noise probability** (NLIP's noise harmonisation, DivideMix's mixture on the per-sample loss).
+   Three signals, each calibrated by a two-component Gaussian mixture fitted to its distribution
+   (`transforms/mixture.py`; parameters written to stats.json under `noise`):
+   * `clip_score`;
+   * caption agreement: the mean cosine of the caption to the captions of its `k` nearest images;
+   * image agreement: the mean cosine of the image to the images of its `k` nearest captions
+     (`transforms/neighbours.py`).
+   `combine: bayes` adds the signals' log-odds against the prior (naive Bayes: independent
+   evidence, each weighted by `weights`); `combine: mean` averages the posteriors.
+2. **Visual concepts** (ViCHA): the top `concepts_k` terms of the caption language's vocabulary
+   by zero-shot similarity; the confident ones are its visual concepts (`transforms/concepts.py`).
+3. **BoW caption**: the visual concepts, frequent terms down-weighted (`caption_bow`).
+4. **Pseudo-caption**: the caption of the nearest clean image neighbour (`noise_prob` at most
+   `pseudo_max_noise`, image cosine at least `pseudo_min_similarity`; `pseudo_source` names it).
+   With a model that can write captions (open_clip CoCa) and `generate: auto`, a generated caption
+   takes its place (`pseudo_source` names the model).
+5. **Policy**: `noise_prob` <= `replace_above`: the caption describes the image; it is kept when it
+   names at least `min_coverage` of the visual concepts, else completed with those it misses.
+   Above: replaced by the pseudo-caption, else the BoW caption; with neither, or above
+   `drop_above`, the pair is rejected (`noisy_pair`). `caption_source` says which caption the
+   WebDataset `.txt` holds: `original`, `completed`, `generated`, `neighbour` or `bow`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import apache_beam as beam
+import numpy as np
+import xxhash
+
+from schemas.sample import Sample, Status
+from transforms.concepts import (
+    ConceptBank,
+    Concepts,
+    Vocabulary,
+    append_concepts,
+    bow_caption,
+    choose_vocabulary,
+    embed_vocabulary,
+    iter_terms,
+    log_bank,
+    missing_concepts,
+    read_word_list,
+    score_concepts,
+)
+from transforms.mixture import Mixture, fit_mixture
+from transforms.neighbours import NeighbourAgreement, Space
+from transforms.progress import StageCounter
+
+if TYPE_CHECKING:
+    from transforms.embed import EmbedConfig
+
+log = logging.getLogger(__name__)
+
+STAGE = "noise"
+NOISY_PAIR = "noisy_pair"
+SIGNALS = ("clip_score", "caption_agreement", "image_agreement")
+#: Caption sources, in `caption_source`.
+ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW = "original", "completed", "generated", "neighbour", "bow"
+_EPS = 1e-6
+#: The two neighbour searches: caption agreement searches images, image agreement searches captions.
+_SEARCHES: tuple[tuple[str, Space], ...] = (("caption", "image"), ("image", "text"))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """The `noise` section."""
+
+    #: Nearest neighbours per sample for the agreement signals and the caption transfer.
+    k: int = 10
+    #: How the signals' posteriors make `noise_prob`: `bayes` (log-odds sum) or `mean`.
+    combine: Literal["bayes", "mean"] = "bayes"
+    #: Weight of each signal: clip_score, caption_agreement, image_agreement (0 leaves one out).
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: Values each mixture is fitted on (a deterministic sample by uid hash).
+    mixture_sample: int = 200_000
+    #: Neighbours are searched within k-means clusters of about this many samples.
+    cluster_size: int = 1000
+    #: Clusters larger than this are searched in chunks of this many.
+    max_group_size: int = 5000
+    #: Embeddings the neighbour k-means is trained on.
+    kmeans_sample: int = 100_000
+    #: Seed of the samples and the k-means.
+    seed: int = 0
+    #: Word-list file of the concept vocabulary (`term` or `lang<TAB>term` per line; local,
+    #: s3://, gs://). None: built from the captions.
+    vocabulary: str | None = None
+    #: Terms per language when built from the captions.
+    vocabulary_size: int = 2000
+    #: Least number of captions a term must occur in to enter the built vocabulary.
+    vocabulary_min_count: int = 3
+    #: Prompt templates of the zero-shot concepts; each term's embedding is their average.
+    templates: tuple[str, ...] = ("{}", "a photo of a {}.")
+    #: Vocabulary used for captions whose language has none.
+    fallback_language: str = "en"
+    #: Terms stored per sample in `concepts`, with their cosines.
+    concepts_k: int = 10
+    #: Least cosine of a visual concept (depends on the model).
+    min_concept_score: float = 0.0
+    #: Visual concepts are within this cosine of the image's best term.
+    concept_margin: float = 0.1
+    #: Most terms in a BoW caption.
+    bow_terms: int = 8
+    #: word2vec's subsampling threshold t: a term in a share f > t of the captions is weighted sqrt(t / f).
+    bow_subsample: float = 0.05
+    #: Captions with `noise_prob` above this are replaced; at or below, kept or completed.
+    replace_above: float = 0.5
+    #: Least share of the visual concepts a caption must name to be kept as it is.
+    min_coverage: float = 1.0
+    #: Pairs with `noise_prob` above this are rejected (`noisy_pair`) even when repairable.
+    drop_above: float = 1.0
+    #: Greatest `noise_prob` of a neighbour whose caption may be transferred.
+    pseudo_max_noise: float = 0.1
+    #: Least image cosine between a sample and the neighbour whose caption it takes.
+    pseudo_min_similarity: float = 0.9
+    #: Generate pseudo-captions when the model can (open_clip CoCa): `auto` or `never`.
+    generate: Literal["auto", "never"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.concepts_k < 1 or self.bow_terms < 1:
+            raise ValueError("noise.k, noise.concepts_k and noise.bow_terms must be >= 1")
+        for name in ("mixture_sample", "cluster_size", "max_group_size", "kmeans_sample", "vocabulary_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"noise.{name} must be >= 1")
+        if (
+            len(self.weights) != 3
+            or any(w < 0 or not math.isfinite(w) for w in self.weights)
+            or not any(self.weights)
+        ):
+            raise ValueError("noise.weights must be three numbers >= 0, not all 0 (clip, caption, image)")
+        for name in ("replace_above", "min_coverage", "drop_above", "pseudo_max_noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"noise.{name} must be in [0, 1]")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ValueError("noise.templates must be prompt templates holding '{}'")
+        if self.bow_subsample <= 0:
+            raise ValueError("noise.bow_subsample must be > 0")
+
+
+# ---------------------------------------------------------------- combining the signals
+
+
+def combine(posteriors: Sequence[float | None], priors: Sequence[float], config: NoiseConfig) -> float:
+    """`noise_prob` from each signal's noise posterior (None: the signal is missing) and prior."""
+    used = [
+        (p, q, w)
+        for p, q, w in zip(posteriors, priors, config.weights, strict=True)
+        if p is not None and w > 0
+    ]
+    if not used:
+        return 0.5
+    if config.combine == "mean":
+        return float(sum(w * p for p, _, w in used) / sum(w for _, _, w in used))
+    prior = float(np.clip(np.mean([q for _, q, _ in used]), _EPS, 1 - _EPS))
+    logit_prior = math.log(prior / (1 - prior))
+    total = logit_prior
+    for p, _, w in used:
+        p = min(max(p, _EPS), 1 - _EPS)
+        total += w * (math.log(p / (1 - p)) - logit_prior)
+    return 1.0 / (1.0 + math.exp(-total)) if total > -700 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """The noise estimate of one sample and its image neighbours."""
+
+    uid: str
+    noise_prob: float
+    signals: tuple[float | None, float | None, float | None]
+    neighbours: tuple[tuple[str, float], ...]
+    caption: str | None
+    lang: str | None
+
+
+def _signal_value(kind: int) -> Any:
+    def value(element: Any) -> Iterator[tuple[str, float]]:
+        uid, score = element[0], element[1]
+        if score is not None and math.isfinite(score):
+            yield uid, float(score)
+
+    return value
+
+
+class FitMixture(beam.PTransform):
+    """(uid, value) → one `Mixture`, fitted on a deterministic sample of at most `sample` values."""
+
+    def __init__(self, sample: int, seed: int):
+        super().__init__()
+        self._sample = sample
+        self._seed = seed
+
+    def expand(self, values: beam.PCollection) -> beam.PCollection:
+        seed = self._seed
+        return (
+            values
+            | "Sample"
+            >> beam.combiners.Top.Of(
+                self._sample, key=lambda kv: xxhash.xxh3_64_intdigest(kv[0].encode(), seed=seed)
+            )
+            | "Fit" >> beam.Map(lambda sampled: fit_mixture([v for _, v in sorted(sampled)]))
+        )
+
+
+def _estimate(
+    element: tuple[str, dict[str, list[Any]]],
+    clip: Mixture,
+    caption: Mixture,
+    image: Mixture,
+    config: NoiseConfig,
+) -> Iterator[Estimate]:
+    uid, joined = element
+    if not joined["info"]:
+        return
+    clip_score, text, lang = joined["info"][0]
+    cap = joined["caption"][0] if joined["caption"] else (uid, None, ())
+    img = joined["image"][0] if joined["image"] else (uid, None, ())
+    values = (clip_score, cap[1], img[1])
+    mixtures = (clip, caption, image)
+    posteriors = [
+        None if v is None or not math.isfinite(v) else float(m.noise_probability([v])[0])
+        for v, m in zip(values, mixtures, strict=True)
+    ]
+    priors = [m.weights[0] for m in mixtures]
+    yield Estimate(uid, combine(posteriors, priors, config), values, cap[2], text, lang)
+
+
+# ---------------------------------------------------------------- the concept bank
+
+
+def _text_encoder(embed: EmbedConfig) -> Any:
+    """`encode(list[str]) -> (n, d)` normalised float32 with the run's CLIP text tower."""
+    import torch
+
+    from transforms.embed import load_clip, resolve_device
+
+    device = resolve_device(embed.device)
+    model, _, tokenizer = load_clip(embed)
+    model = model.to(device)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            out = model.encode_text(tokenizer(texts).to(device), normalize=True)
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    return encode
+
+
+def _make_bank(vocabulary: Vocabulary, embed: EmbedConfig, config: NoiseConfig) -> ConceptBank:
+    bank = embed_vocabulary(vocabulary, _text_encoder(embed), config.templates, config.bow_subsample)
+    log_bank(bank)
+    return bank
+
+
+def _best_source(
+    candidates: Iterable[tuple[float, str, str, str | None]],
+) -> tuple[float, str, str, str | None] | None:
+    """The most similar clean neighbour (ties: smallest uid)."""
+    ranked = sorted(candidates, key=lambda c: (-c[0], c[1]))
+    return ranked[0] if ranked else None
+
+
+class _BestSource(beam.CombineFn):
+    def create_accumulator(self) -> list[Any]:
+        return []
+
+    def add_input(self, acc: list[Any], item: Any) -> list[Any]:
+        best = _best_source([*acc, item])
+        return [best] if best else []
+
+    def merge_accumulators(self, accs: Iterable[list[Any]]) -> list[Any]:
+        best = _best_source([a for acc in accs for a in acc])
+        return [best] if best else []
+
+    def extract_output(self, acc: list[Any]) -> Any:
+        return acc[0] if acc else None
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def repair(
+    sample: Sample,
+    estimate: Estimate,
+    source: tuple[float, str, str, str | None] | None,
+    found: Concepts,
+    config: NoiseConfig,
+) -> Sample:
+    """The completion policy for one sample: its noise columns set, its caption kept, completed or
+    replaced, or the pair rejected as `noisy_pair`. `source` is the clean neighbour whose caption
+    it may take: (cosine, uid, caption, lang)."""
+    original = sample.caption_clean if sample.caption_clean is not None else sample.caption
+    bow = bow_caption(found, config.bow_terms)
+    missing, coverage = missing_concepts(original, found)
+    noise_prob = round(estimate.noise_prob, 6)
+    fields: dict[str, Any] = {
+        "noise_prob": noise_prob,
+        "caption_agreement": estimate.signals[1],
+        "image_agreement": estimate.signals[2],
+        "concepts": found.scored,
+        "caption_original": original,
+        "caption_bow": bow,
+    }
+    if source is not None:
+        fields["caption_pseudo"] = source[2]
+        fields["pseudo_source"] = f"neighbour:{source[1]}"
+    if noise_prob > config.drop_above:
+        detail = f"noise_prob {noise_prob:.3f} > noise.drop_above {config.drop_above}"
+    elif noise_prob <= config.replace_above:
+        if missing and coverage < config.min_coverage and original:
+            completed = append_concepts(original, missing, found.lang)
+            return sample.evolve(**fields, caption_completed=completed, caption_source=COMPLETED)
+        return sample.evolve(**fields, caption_source=ORIGINAL)
+    elif source is not None or bow:
+        return sample.evolve(**fields, caption_source=NEIGHBOUR if source is not None else BOW)
+    else:
+        detail = f"noise_prob {noise_prob:.3f} > noise.replace_above and nothing to replace the caption with"
+    return sample.decided(Status.REJECTED, NOISY_PAIR, STAGE, detail).evolve(**fields)
+
+
+class _DecideFn(beam.DoFn):
+    """Joins each candidate with its estimate and pseudo-caption source; applies the policy."""
+
+    def __init__(self, config: NoiseConfig, progress_dir: str | None):
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+        self._sources = {
+            name: beam.metrics.Metrics.counter("winnow", f"noise/caption_{name}")
+            for name in (ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW)
+        }
+
+    def process(self, element: tuple[str, dict[str, list[Any]]], bank: ConceptBank) -> Iterator[Sample]:
+        uid, joined = element
+        samples = sorted(joined["sample"], key=lambda s: (s.url or "", s.caption or ""))
+        if not samples:
+            return
+        first = samples[0]
+        estimate: Estimate | None = joined["estimate"][0] if joined["estimate"] else None
+        source = joined["pseudo"][0] if joined["pseudo"] else None
+        if estimate is None:  # no neighbours were searched for it (cannot happen for a candidate)
+            self._counter.add_passed()
+            yield from samples
+            return
+        yield self._decide(first, estimate, source, bank)
+        yield from samples[1:]  # the same url and caption again: the writer marks it `duplicate_uid`
+
+    def _decide(self, sample: Sample, estimate: Estimate, source: Any, bank: ConceptBank) -> Sample:
+        config = self._config
+        found = score_concepts(
+            np.asarray(sample.image_embedding, dtype=np.float32)[None, :],
+            [sample.lang],
+            bank,
+            config.concepts_k,
+            config.min_concept_score,
+            config.concept_margin,
+            config.fallback_language,
+        )[0]
+        repaired = repair(sample, estimate, source, found, config)
+        if repaired.status == Status.SUCCESS:
+            self._counter.add(kept=True)
+            self._sources[repaired.caption_source or ORIGINAL].inc()
+        else:
+            self._counter.add(kept=False, reason=NOISY_PAIR)
+        return repaired
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+def _route(sample: Sample, partitions: int) -> int:
+    ready = (
+        sample.status == Status.SUCCESS
+        and sample.image_embedding is not None
+        and sample.text_embedding is not None
+    )
+    return 0 if ready else 1
+
+
+def _member(sample: Sample) -> tuple[str, bytes, bytes]:
+    return (
+        sample.uid,
+        np.asarray(sample.image_embedding, dtype=np.float16).tobytes(),
+        np.asarray(sample.text_embedding, dtype=np.float16).tobytes(),
+    )
+
+
+def _info(sample: Sample) -> tuple[str, tuple[float | None, str | None, str | None]]:
+    caption = sample.caption_clean if sample.caption_clean is not None else sample.caption
+    return sample.uid, (sample.clip_score, caption, sample.lang)
+
+
+def _requests(estimate: Estimate, config: NoiseConfig) -> Iterator[tuple[str, tuple[str, float]]]:
+    """(neighbour uid, (uid, cosine)) for each close neighbour of a sample whose caption is replaced."""
+    if estimate.noise_prob <= config.replace_above:
+        return
+    for neighbour, cosine in estimate.neighbours:
+        if cosine >= config.pseudo_min_similarity:
+            yield neighbour, (estimate.uid, cosine)
+
+
+def _offers(element: tuple[str, dict[str, list[Any]]], config: NoiseConfig) -> Iterator[tuple[str, Any]]:
+    """Each request to a clean neighbour with a caption: (requester, (cosine, neighbour, caption, lang))."""
+    neighbour, joined = element
+    if not joined["estimate"]:
+        return
+    found: Estimate = joined["estimate"][0]
+    if found.noise_prob > config.pseudo_max_noise or not found.caption:
+        return
+    for requester, cosine in joined["request"]:
+        yield requester, (cosine, neighbour, found.caption, found.lang)
+
+
+def noise_summary(mixtures: Sequence[Mixture], bank: ConceptBank, config: NoiseConfig) -> dict[str, Any]:
+    """What stats.json records under `noise`: the fitted mixtures and the vocabulary sizes."""
+    return {
+        "mixtures": {name: m.as_dict() for name, m in zip(SIGNALS, mixtures, strict=True)},
+        "combine": config.combine,
+        "weights": dict(zip(SIGNALS, config.weights, strict=True)),
+        "vocabulary": {lang: len(terms) for lang, terms in sorted(bank.terms.items())},
+    }
+
+
+class RepairCaptions(beam.PTransform):
+    """The noise stage (see the module docstring). After `expand`, `self.summary` is a
+    one-element PCollection holding `noise_summary` for stats.json."""
+
+    def __init__(self, config: NoiseConfig, embed: EmbedConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._embed = embed
+        self._progress_dir = progress_dir
+        # Read here, so that a bad word list fails before the run starts, naming the file.
+        self._word_list = read_word_list(config.vocabulary) if config.vocabulary else None
+        self.summary: beam.PCollection | None = None
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        config = self._config
+        candidates, passing = samples | "Split" >> beam.Partition(_route, 2)  # type: ignore[arg-type]
+        members = candidates | "Members" >> beam.Map(_member)
+        infos = candidates | "Infos" >> beam.Map(_info)
+        searches = {
+            name: members
+            | f"{name.capitalize()}Neighbours"
+            >> NeighbourAgreement(
+                space,
+                config.k,
+                config.cluster_size,
+                config.max_group_size,
+                config.kmeans_sample,
+                config.seed,
+            )
+            for name, space in _SEARCHES
+        }
+        clip_values = infos | "ClipValues" >> beam.FlatMap(lambda kv: _signal_value(0)((kv[0], kv[1][0])))
+        mixtures = [
+            clip_values | "FitClipScore" >> FitMixture(config.mixture_sample, config.seed),
+            searches["caption"]
+            | "CaptionValues" >> beam.FlatMap(_signal_value(1))
+            | "FitCaptionAgreement" >> FitMixture(config.mixture_sample, config.seed),
+            searches["image"]
+            | "ImageValues" >> beam.FlatMap(_signal_value(2))
+            | "FitImageAgreement" >> FitMixture(config.mixture_sample, config.seed),
+        ]
+        keyed = {
+            "info": infos,
+            "caption": searches["caption"] | "KeyCaption" >> beam.Map(lambda a: (a[0], a)),
+            "image": searches["image"] | "KeyImage" >> beam.Map(lambda a: (a[0], a)),
+        }
+        estimates = (
+            keyed
+            | "JoinSignals" >> beam.CoGroupByKey()
+            | "Estimate"
+            >> beam.FlatMap(
+                _estimate,
+                clip=beam.pvalue.AsSingleton(mixtures[0]),
+                caption=beam.pvalue.AsSingleton(mixtures[1]),
+                image=beam.pvalue.AsSingleton(mixtures[2]),
+                config=config,
+            )
+        )
+        keyed_estimates = estimates | "KeyEstimates" >> beam.Map(lambda e: (e.uid, e))
+
+        # Pseudo-captions: the nearest clean neighbour of each sample whose caption is replaced.
+        requests = estimates | "Requests" >> beam.FlatMap(_requests, config=config)
+        sources = (
+            {"request": requests, "estimate": keyed_estimates}
+            | "JoinNeighbours" >> beam.CoGroupByKey()
+            | "Offers" >> beam.FlatMap(_offers, config=config)
+            | "BestSource" >> beam.CombinePerKey(_BestSource())
+        )
+
+        # The concept bank: the vocabulary and its prompt-ensembled text embeddings.
+        term_counts = (
+            infos
+            | "Terms" >> beam.FlatMap(lambda kv: iter_terms([(kv[1][1], kv[1][2])]))
+            | "CountTerms" >> beam.CombinePerKey(sum)
+        )
+        caption_counts = (
+            infos
+            | "Langs" >> beam.Map(lambda kv: (kv[1][2] or "und", 1))
+            | "CountLangs" >> beam.CombinePerKey(sum)
+        )
+        vocabulary = (
+            term_counts
+            | "AllTerms" >> beam.combiners.ToList()
+            | "Vocabulary"
+            >> beam.Map(
+                lambda counts, langs: choose_vocabulary(
+                    counts, langs, config.vocabulary_size, config.vocabulary_min_count, self._word_list
+                ),
+                langs=beam.pvalue.AsList(caption_counts),
+            )
+        )
+        bank = vocabulary | "EmbedVocabulary" >> beam.Map(_make_bank, embed=self._embed, config=config)
+
+        decided = (
+            {
+                "sample": candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s)),
+                "estimate": keyed_estimates,
+                "pseudo": sources,
+            }
+            | "JoinEstimates" >> beam.CoGroupByKey()
+            | "Decide"
+            >> beam.ParDo(_DecideFn(config, self._progress_dir), bank=beam.pvalue.AsSingleton(bank))
+        )
+        self.summary = mixtures[0] | "Summary" >> beam.Map(
+            lambda clip, caption, image, bank_: noise_summary((clip, caption, image), bank_, config),
+            caption=beam.pvalue.AsSingleton(mixtures[1]),
+            image=beam.pvalue.AsSingleton(mixtures[2]),
+            bank_=beam.pvalue.AsSingleton(bank),
+        )
+        return (decided, passing) | "Merge" >> beam.Flatten()

@@ -59,7 +59,7 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 CONTEXT_LENGTH = 64
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
+    "vision_cfg": {"image_size": 128, "patch_size": 16, "width": 128, "layers": 4, "head_width": 32},
     "text_cfg": {
         "context_length": CONTEXT_LENGTH,
         "vocab_size": 49408,
@@ -69,7 +69,7 @@ MODEL_CFG: dict[str, Any] = {
     },
 }
 PREPROCESS_CFG: dict[str, Any] = {
-    "size": 64,
+    "size": 128,
     "mode": "RGB",
     "mean": [0.48145466, 0.4578275, 0.40821073],
     "std": [0.26862954, 0.26130258, 0.27577711],
@@ -155,11 +155,18 @@ def shape_twin(scene: Scene, rng: np.random.Generator) -> Scene:
     return replace(scene, objects=scene.objects[:k] + (changed,) + scene.objects[k + 1 :])
 
 
-def concept_text(scene_concepts: Sequence[str], lang: str, rng: np.random.Generator) -> str:
+def concept_text(
+    scene_concepts: Sequence[str], lang: str, rng: np.random.Generator, focus: str | None = None
+) -> str:
     """A few of a scene's concepts as bare phrases in ``lang`` (``"cercle rouge, fond vert"``),
-    sometimes in a prompt template: what zero-shot concept scoring asks the model about."""
+    sometimes in a prompt template: what zero-shot concept scoring asks the model about.
+
+    ``focus`` (the object a shape twin changed) is, half the time, the only concept named: the twin
+    in the same batch then differs from it by that shape alone, a hard negative for shapes."""
     count = int(rng.integers(1, len(scene_concepts) + 1))
     chosen = [scene_concepts[int(i)] for i in rng.permutation(len(scene_concepts))[:count]]
+    if focus is not None and rng.random() < 0.5:
+        chosen = [focus]
     text = ", ".join(concept_phrase(concept, lang) for concept in chosen)
     return CONCEPT_TEMPLATES[int(rng.integers(len(CONCEPT_TEMPLATES)))].format(text)
 
@@ -555,6 +562,15 @@ def param_groups(model: CLIP, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _changed(scene_concepts: Sequence[tuple[str, ...]], index: int) -> str | None:
+    """The concept of pair ``index`` that its shape twin lacks (pairs come as twins 2i, 2i + 1)."""
+    twin = index + 1 if index % 2 == 0 else index - 1
+    if twin >= len(scene_concepts):
+        return None
+    own = [name for name in scene_concepts[index] if name not in scene_concepts[twin]]
+    return own[0] if len(own) == 1 else None
+
+
 def train(args: argparse.Namespace) -> CLIP:
     started = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -574,10 +590,11 @@ def train(args: argparse.Namespace) -> CLIP:
     pixels = torch.from_numpy(data.pixels)
     # Each epoch, a share of the captions is replaced by concept texts, so that the text tower also
     # learns single concepts (the noise stage's zero-shot visual concepts), not only whole captions.
+    focus = [_changed(data.concepts, index) for index in range(len(data))]
     concept_tokens = [
         tokenizer(
             [
-                concept_text(names, lang, _rng(args.seed + 1 + epoch, index))
+                concept_text(names, lang, _rng(args.seed + 1 + epoch, index), focus[index])
                 for index, (names, lang) in enumerate(zip(data.concepts, data.langs, strict=True))
             ]
         )

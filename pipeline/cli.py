@@ -274,6 +274,15 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
     if dedup:
         removed = ", ".join(f"{n:,} {reason}" for reason, n in sorted(dedup["dropped"].items())) or "none"
         lines.append(f"  dedup stage: {dedup['total']:,} downloaded pairs compared; removed: {removed}")
+    noise = stats["stages"].get("noise")
+    if noise:
+        metrics = stats.get("metrics", {})
+        sources = ("original", "completed", "generated", "neighbour", "bow")
+        chosen = ", ".join(f"{metrics.get(f'noise/caption_{s}', 0):,} {s}" for s in sources)
+        lines.append(
+            f"  noise stage: {noise['total']:,} pairs judged; caption kept as: {chosen}; "
+            f"{noise['dropped'].get('noisy_pair', 0):,} too noisy to repair"
+        )
     shards = stats["shards"]
     lines.append(
         f"  shards: {shards['count']} Parquet, {shards['tar_files']} tar ({shards['tar_bytes'] / 1e6:.1f} MB)"

@@ -109,7 +109,8 @@ def test_word_list_file(tmp_path):
 
 
 def test_vocabulary_from_counts_keeps_frequent_terms():
-    counts = [(("en", "red circle"), 5), (("en", "blue square"), 2), (("en", "circle"), 9), (("de", "roter kreis"), 3)]
+    counts = [(("en", "red circle"), 5), (("en", "blue square"), 2), (("en", "circle"), 9)]
+    counts.append((("de", "roter kreis"), 3))
     vocabulary = choose_vocabulary(counts, [("en", 10), ("de", 4)], size=1, min_count=3)
     assert vocabulary.terms == {"en": ("circle",), "de": ("roter kreis",)}
 
@@ -141,7 +142,7 @@ def test_zero_shot_concepts_drop_words_inside_a_chosen_phrase():
 
 
 def _sample(caption: str) -> Sample:
-    return Sample(uid="u1", url="http://x/1.jpg", caption=caption, caption_clean=caption, status=Status.SUCCESS)
+    return Sample("u1", "http://x/1.jpg", caption, caption_clean=caption, status=Status.SUCCESS)
 
 
 def _estimate(noise_prob: float) -> Estimate:
@@ -160,7 +161,10 @@ def test_a_clean_caption_naming_every_concept_is_left_unchanged():
 def test_policy_completes_replaces_or_drops():
     config = NoiseConfig()
     found = Concepts(
-        "en", [("red circle", 0.5)], ["red circle", "blue square"], [("blue square", 0.4), ("red circle", 0.3)]
+        "en",
+        [("red circle", 0.5)],
+        ["red circle", "blue square"],
+        [("blue square", 0.4), ("red circle", 0.3)],
     )
     completed = repair(_sample("A red circle."), _estimate(0.1), None, found, config)
     assert completed.caption_source == "completed"

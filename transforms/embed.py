@@ -309,6 +309,21 @@ class _PreprocessFn(beam.DoFn):
         yield sample, ClipExample(pixels, tokens)
 
 
+def model_config(config: EmbedConfig) -> dict[str, Any]:
+    """The configured model's open_clip `model_cfg` (from the folder's config file or open_clip's
+    registry), without loading weights."""
+    import open_clip
+
+    if _is_folder(config.model):
+        folder = _local_folder(_model_folder(config.model))
+        with open(os.path.join(folder, _CONFIG_FILE), encoding="utf-8") as handle:
+            return dict(json.load(handle)["model_cfg"])
+    found = open_clip.get_model_config(config.model)
+    if found is None:
+        raise EmbedError(f"embed.model {config.model!r} is not an open_clip model nor a folder")
+    return dict(found)
+
+
 def preprocessing(config: EmbedConfig) -> Preprocessing:
     """The configured model's preprocessing as open_clip defines it, without loading weights."""
     import open_clip

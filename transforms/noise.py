@@ -57,7 +57,7 @@ from transforms.concepts import (
 )
 from transforms.mixture import Mixture, fit_mixture
 from transforms.neighbours import NeighbourAgreement, Space
-from transforms.progress import StageCounter
+from transforms.progress import NAMESPACE, StageCounter
 
 if TYPE_CHECKING:
     from transforms.embed import EmbedConfig
@@ -296,10 +296,12 @@ def repair(
     source: tuple[float, str, str, str | None] | None,
     found: Concepts,
     config: NoiseConfig,
+    generates: bool = False,
 ) -> Sample:
     """The completion policy for one sample: its noise columns set, its caption kept, completed or
     replaced, or the pair rejected as `noisy_pair`. `source` is the clean neighbour whose caption
-    it may take: (cosine, uid, caption, lang)."""
+    it may take: (cosine, uid, caption, lang). With `generates` (the model writes captions), a
+    replaced caption is marked `generated`; `GenerateCaptions` then writes it."""
     original = sample.caption_clean if sample.caption_clean is not None else sample.caption
     bow = bow_caption(found, config.bow_terms)
     missing, coverage = missing_concepts(original, found)
@@ -322,6 +324,8 @@ def repair(
             completed = append_concepts(original, missing, found.lang)
             return sample.evolve(**fields, caption_completed=completed, caption_source=COMPLETED)
         return sample.evolve(**fields, caption_source=ORIGINAL)
+    elif generates:
+        return sample.evolve(**fields, caption_source=GENERATED)
     elif source is not None or bow:
         return sample.evolve(**fields, caption_source=NEIGHBOUR if source is not None else BOW)
     else:
@@ -332,14 +336,15 @@ def repair(
 class _DecideFn(beam.DoFn):
     """Joins each candidate with its estimate and pseudo-caption source; applies the policy."""
 
-    def __init__(self, config: NoiseConfig, progress_dir: str | None):
+    def __init__(self, config: NoiseConfig, progress_dir: str | None, generates: bool):
         self._config = config
         self._progress_dir = progress_dir
+        self._generates = generates
 
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
         self._sources = {
-            name: beam.metrics.Metrics.counter("winnow", f"noise/caption_{name}")
+            name: beam.metrics.Metrics.counter(NAMESPACE, f"noise/caption_{name}")
             for name in (ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW)
         }
 
@@ -369,7 +374,7 @@ class _DecideFn(beam.DoFn):
             config.concept_margin,
             config.fallback_language,
         )[0]
-        repaired = repair(sample, estimate, source, found, config)
+        repaired = repair(sample, estimate, source, found, config, self._generates)
         if repaired.status == Status.SUCCESS:
             self._counter.add(kept=True)
             self._sources[repaired.caption_source or ORIGINAL].inc()
@@ -434,6 +439,81 @@ def noise_summary(mixtures: Sequence[Mixture], bank: ConceptBank, config: NoiseC
     }
 
 
+def model_generates(embed: EmbedConfig) -> bool:
+    """Whether the run's model writes captions: an open_clip CoCa (it has a `multimodal_cfg` decoder)."""
+    from transforms.embed import model_config
+
+    return "multimodal_cfg" in model_config(embed)
+
+
+def _decode(tokens: Any) -> str:
+    import open_clip
+
+    text = open_clip.decode(tokens).split("<end_of_text>")[0].replace("<start_of_text>", "")
+    return " ".join(text.split())
+
+
+class _GenerateFn(beam.DoFn):
+    """Writes a caption for each sample marked `generated` with the model's own text decoder (beam
+    search, open_clip's default for CoCa; deterministic on a given device)."""
+
+    def __init__(self, embed: EmbedConfig):
+        self._embed = embed
+
+    def setup(self) -> None:
+        import torch
+
+        from transforms.embed import load_clip, model_identity, preprocessing, resolve_device
+
+        self._device = resolve_device(self._embed.device)
+        model, _, _ = load_clip(self._embed)
+        self._model = model.to(self._device).eval()
+        self._prep = preprocessing(self._embed)
+        self._mean = torch.tensor(self._prep.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(self._prep.std).view(1, -1, 1, 1)
+        self._identity = f"model:{model_identity(self._embed)}"
+
+    def process(self, batch: list[Sample]) -> Iterator[Sample]:
+        import torch
+
+        from transforms.embed import model_pixels
+
+        wanted = [
+            s for s in batch if s.status == Status.SUCCESS and s.caption_source == GENERATED and s.image
+        ]
+        texts: dict[str, str] = {}
+        if wanted:
+            pixels = np.stack([model_pixels(s.image or b"", self._prep.geometry) for s in wanted])
+            images = (
+                torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).sub(self._mean).div(self._std)
+            )
+            with torch.inference_mode():
+                tokens = self._model.generate(images.to(self._device), seq_len=30)
+            texts = {s.uid: _decode(t) for s, t in zip(wanted, tokens, strict=True)}
+        for sample in batch:
+            if sample.caption_source != GENERATED:
+                yield sample
+            elif texts.get(sample.uid):
+                yield sample.evolve(caption_pseudo=texts[sample.uid], pseudo_source=self._identity)
+            else:  # the decoder wrote nothing: the BoW caption stands in
+                yield sample.evolve(caption_source=BOW if sample.caption_bow else ORIGINAL)
+
+
+class GenerateCaptions(beam.PTransform):
+    """Generated pseudo-captions for the samples the policy marked `generated`."""
+
+    def __init__(self, embed: EmbedConfig):
+        super().__init__()
+        self._embed = embed
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        return (
+            samples
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._embed.batch_size)
+            | "Write" >> beam.ParDo(_GenerateFn(self._embed))
+        )
+
+
 class RepairCaptions(beam.PTransform):
     """The noise stage (see the module docstring). After `expand`, `self.summary` is a
     one-element PCollection holding `noise_summary` for stats.json."""
@@ -445,6 +525,7 @@ class RepairCaptions(beam.PTransform):
         self._progress_dir = progress_dir
         # Read here, so that a bad word list fails before the run starts, naming the file.
         self._word_list = read_word_list(config.vocabulary) if config.vocabulary else None
+        self._generates = config.generate == "auto" and model_generates(embed)
         self.summary: beam.PCollection | None = None
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
@@ -535,8 +616,12 @@ class RepairCaptions(beam.PTransform):
             }
             | "JoinEstimates" >> beam.CoGroupByKey()
             | "Decide"
-            >> beam.ParDo(_DecideFn(config, self._progress_dir), bank=beam.pvalue.AsSingleton(bank))
+            >> beam.ParDo(
+                _DecideFn(config, self._progress_dir, self._generates), bank=beam.pvalue.AsSingleton(bank)
+            )
         )
+        if self._generates:
+            decided = decided | "Generate" >> GenerateCaptions(self._embed)
         self.summary = mixtures[0] | "Summary" >> beam.Map(
             lambda clip, caption, image, bank_: noise_summary((clip, caption, image), bank_, config),
             caption=beam.pvalue.AsSingleton(mixtures[1]),

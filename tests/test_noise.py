@@ -1,0 +1,175 @@
+"""The noise stage end to end on the sample web: noise estimates, concepts, repaired captions."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.jobs import run_job
+from sampleweb.captions import mentioned_concepts
+from sampleweb.scoring import chosen_caption, noise_scores
+from tests.conftest import TEST_OVERRIDES, read_output_rows
+
+
+@pytest.fixture(scope="module")
+def truth(sample_web):
+    return {row["url"]: row for row in sample_web.truth_rows()}
+
+
+@pytest.fixture(scope="module")
+def run(sample_web, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("noise"))
+    stats = run_job(load_config(overrides=TEST_OVERRIDES), [sample_web.urls], output)
+    return output, stats, read_output_rows(output)
+
+
+def test_noise_prob_finds_mismatched_captions_better_than_clip_score(run, truth):
+    _, _, rows = run
+    scores = noise_scores(rows, truth)
+    print(
+        f"ROC-AUC for mismatched captions: noise_prob {scores.auc_noise_prob:.4f}, "
+        f"clip_score {scores.auc_clip_score:.4f}"
+    )
+    assert scores.mismatched >= 15 and scores.clean >= 150
+    assert scores.auc_noise_prob >= 0.97
+    assert scores.auc_noise_prob > scores.auc_clip_score
+
+
+def test_partial_captions_are_completed_and_mismatched_ones_replaced(run, truth):
+    _, _, rows = run
+    scores = noise_scores(rows, truth)
+    print(scores)
+    assert scores.partial >= 10
+    assert scores.partial_recall_chosen >= 0.9 > scores.partial_recall_original
+    assert scores.replaced_mismatched >= 0.8 * scores.mismatched
+    assert scores.replacement_f1 >= 0.7
+
+
+def test_clean_captions_are_left_unchanged(run, truth):
+    _, _, rows = run
+    clean = [r for r in rows if r["noise_prob"] is not None and truth[r["url"]]["noise"] == "none"]
+    unchanged = [r for r in clean if r["caption_source"] == "original"]
+    assert len(unchanged) >= 0.9 * len(clean)
+    for row in unchanged:
+        assert row["caption_completed"] is None and chosen_caption(row) == row["caption_clean"]
+        assert mentioned_concepts(row["caption_original"]) == set(truth[row["url"]]["concepts"])
+
+
+def test_every_judged_row_has_its_columns_and_the_tar_holds_the_chosen_caption(run):
+    output, stats, rows = run
+    judged = [r for r in rows if r["noise_prob"] is not None]
+    assert judged and all(0.0 <= r["noise_prob"] <= 1.0 for r in judged)
+    for row in judged:
+        assert row["caption_original"] == row["caption_clean"]
+        assert row["caption_source"] in ("original", "completed", "generated", "neighbour", "bow") or (
+            row["reason"] == "noisy_pair" and row["status"] == "rejected"
+        )
+        assert len(row["concepts"]) == 10 and row["concepts"][0]["score"] >= row["concepts"][-1]["score"]
+        assert row["caption_agreement"] is not None and row["image_agreement"] is not None
+    not_judged = [r for r in rows if r["stage"] in ("text", "crawl", "dedup")]
+    assert not_judged and all(r["noise_prob"] is None for r in not_judged)
+    members = {}
+    for name in sorted(os.listdir(output)):
+        if name.endswith(".tar"):
+            with tarfile.open(os.path.join(output, name)) as tar:
+                members.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
+    kept = [r for r in judged if r["status"] == "success"]
+    assert kept
+    for row in kept:
+        assert members[f"{row['uid']}.txt"].decode() == chosen_caption(row)
+        meta = json.loads(members[f"{row['uid']}.json"])
+        assert (
+            meta["caption_original"] == row["caption_original"]
+            and meta["caption_source"] == row["caption_source"]
+        )
+    # The fitted mixtures are in the stats, for the audit.
+    mixtures = stats["noise"]["mixtures"]
+    assert set(mixtures) == {"clip_score", "caption_agreement", "image_agreement"}
+    for fitted in mixtures.values():
+        assert fitted["noise"]["mean"] < fitted["clean"]["mean"] and fitted["samples"] == len(judged)
+    assert stats["noise"]["vocabulary"]["en"] > 50
+    with open(os.path.join(output, "stats.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["noise"] == stats["noise"]
+    parquet = pq.read_schema(os.path.join(output, "00000.parquet"))
+    assert parquet.field("concepts").type.value_type.names == ["term", "score"]
+
+
+def test_rejected_noisy_pairs_keep_their_row(run):
+    _, stats, rows = run
+    noisy = [r for r in rows if r["reason"] == "noisy_pair"]
+    assert stats["stages"]["noise"]["dropped"].get("noisy_pair", 0) == len(noisy)
+    for row in noisy:
+        assert row["stage"] == "noise" and row["key"] is None and row["error"]
+
+
+def test_noise_stage_needs_the_embeddings():
+    with pytest.raises(ConfigError, match="noise stage needs the embed stage"):
+        load_config(overrides=["run.stages=text,crawl,noise"])
+
+
+def test_bad_word_list_names_the_file(tmp_path, sample_web):
+    path = tmp_path / "words.txt"
+    path.write_text("\n# only a comment\n", encoding="utf-8")
+    config = load_config(overrides=[*TEST_OVERRIDES, f"noise.vocabulary={path}"])
+    with pytest.raises(ValueError, match="words.txt"):
+        run_job(config, [sample_web.urls], str(tmp_path / "out"))
+
+
+def _tiny_coca(folder) -> None:
+    """A randomly initialised open_clip CoCa small enough for a test: it writes (meaningless)
+    captions through the same `generate` a real CoCa checkpoint uses."""
+    import torch
+    from open_clip.coca_model import CoCa
+    from safetensors.torch import save_file
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16,
+                       "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+        "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                     "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                           "attn_pooler_heads": 2},
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = CoCa(**cfg)
+    folder.mkdir()
+    preprocess = {
+        "size": 32,
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": {**cfg, "custom_text": True}, "preprocess_cfg": preprocess})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+
+
+def test_a_coca_model_writes_the_pseudo_captions(sample_web, tmp_path):
+    folder = tmp_path / "tiny-coca"
+    _tiny_coca(folder)
+    # 40 pairs are enough: the decoder's beam search runs on CPU here.
+    urls = str(tmp_path / "urls.parquet")
+    pq.write_table(pq.read_table(sample_web.urls).slice(0, 40), urls)
+    overrides = [
+        *TEST_OVERRIDES,
+        f"embed.model={folder}",
+        "run.stages=[text,crawl,embed,noise]",
+        "noise.replace_above=0.0",  # every caption is replaced: each kept pair gets a generated one
+    ]
+    output = str(tmp_path / "out")
+    run_job(load_config(overrides=overrides), [urls], output)
+    rows = [r for r in read_output_rows(output) if r["noise_prob"] is not None and r["status"] == "success"]
+    assert len(rows) >= 20
+    for row in rows:
+        assert row["caption_source"] == "generated" and row["pseudo_source"] == f"model:{folder}"
+        assert isinstance(row["caption_pseudo"], str) and row["caption_pseudo"].strip()
+        assert chosen_caption(row) == row["caption_pseudo"]

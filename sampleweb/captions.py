@@ -623,22 +623,6 @@ def _keywords(obj: SceneObject, lang: str) -> str:
     return _ROMANCE[lang].keywords(obj)
 
 
-def concept_phrase(concept: str, lang: str) -> str:
-    """A canonical concept (``"red circle"``, ``"green background"``) as a bare phrase in ``lang``:
-    ``"cercle rouge"``, ``"grüner Hintergrund"``, ``"绿色背景"``."""
-    color, noun = concept.split(" ", 1)
-    if noun == "background":
-        if lang == "en":
-            return concept
-        if lang == "de":
-            return f"{_DE_COLORS[color]}er Hintergrund"
-        if lang == "zh":
-            return f"{_ZH_COLORS[color]}背景"
-        grammar = _ROMANCE[lang]
-        return f"{grammar.background.split(' ', 1)[1]} {grammar.colors[color][0]}"
-    return _keywords(SceneObject(noun, color, "medium", "center"), lang)
-
-
 @functools.cache
 def _concept_patterns() -> dict[str, re.Pattern[str]]:
     """One regular expression per canonical concept matching its phrase in any caption language:

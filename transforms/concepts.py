@@ -269,8 +269,8 @@ def score_concepts(
     """Zero-shot concepts of a batch of images (rows of `image_embeddings`).
 
     `scored`: the `top_k` terms by cosine. `visual`: those with cosine >= `min_score` and within
-    `relative` of the best one, dropping a word that a higher visual phrase contains ("circle"
-    after "red circle"). `balanced`: the visual concepts by cosine times balancing weight.
+    `relative` of the best one, less any word another of them contains ("circle" beside "red
+    circle"). `balanced`: the visual concepts by cosine times balancing weight.
     """
     out: list[Concepts] = []
     images = np.asarray(image_embeddings, dtype=np.float32)
@@ -285,15 +285,11 @@ def score_concepts(
         top = sorted(best_k.tolist(), key=lambda i: (-cosines[i], bank.terms[lang][i]))
         scored = [(bank.terms[lang][i], round(float(cosines[i]), 4)) for i in top]
         best = float(cosines[top[0]]) if top else 0.0
-        chosen: list[int] = []
-        for i in top:
-            score = float(cosines[i])
-            if score < min_score or score < best - relative:
-                break
-            words_i = bank.words[lang][i]
-            if any(_contains(bank.words[lang][j], words_i) for j in chosen):
-                continue
-            chosen.append(i)
+        close = [i for i in top if cosines[i] >= min_score and cosines[i] >= best - relative]
+        term_words_ = bank.words[lang]
+        chosen = [
+            i for i in close if not any(j != i and _contains(term_words_[j], term_words_[i]) for j in close)
+        ]
         visual = [bank.terms[lang][i] for i in chosen]
         balanced = sorted(
             ((bank.terms[lang][i], float(cosines[i] * bank.weights[lang][i])) for i in chosen),

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default="build/bench-noise")
+    parser.add_argument("--output", default=None, help="output folder (default: a new temporary one)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. noise.k=20")
     args = parser.parse_args()
     web = os.path.join(args.workdir, f"web-{args.samples}-{args.seed}")
@@ -47,7 +48,7 @@ def main() -> None:
     with SampleWebServer(web, host="127.0.0.1", port=0) as server:
         urls, truth_path = write_url_lists(web, server.base_url)
         truth = {row["url"]: row for row in pq.read_table(truth_path).to_pylist()}
-        output = tempfile.mkdtemp(prefix="winnow-noise-")
+        output = args.output or tempfile.mkdtemp(prefix="winnow-noise-")
         started = time.monotonic()
         stats = run_job(load_config(overrides=[*CRAWL, *args.overrides]), [urls], output)
         elapsed = time.monotonic() - started

@@ -250,9 +250,10 @@ class Concepts:
     balanced: list[tuple[str, float]]
 
 
-def bank_language(bank: ConceptBank, lang: str | None, fallback: str) -> str | None:
-    """The bank language for a caption language: itself, else `fallback`, else none."""
-    if lang in bank.terms:
+def bank_language(bank: ConceptBank, lang: str | None, fallback: str, min_terms: int = 1) -> str | None:
+    """The bank language for a caption language: itself when its vocabulary has at least
+    `min_terms` terms, else `fallback`, else none."""
+    if lang in bank.terms and len(bank.terms[lang]) >= min_terms:
         return lang
     return fallback if fallback in bank.terms else None
 
@@ -266,7 +267,8 @@ def score_concepts(
     relative: float,
     fallback: str,
 ) -> list[Concepts]:
-    """Zero-shot concepts of a batch of images (rows of `image_embeddings`).
+    """Zero-shot concepts of a batch of images (rows of `image_embeddings`), from the vocabulary of
+    each caption's language, or of `fallback` when that one has fewer than `top_k` terms.
 
     `scored`: the `top_k` terms by cosine. `visual`: those with cosine >= `min_score` and within
     `relative` of the best one, less any word another of them contains ("circle" beside "red
@@ -275,7 +277,7 @@ def score_concepts(
     out: list[Concepts] = []
     images = np.asarray(image_embeddings, dtype=np.float32)
     for row, caption_lang in zip(images, langs, strict=True):
-        lang = bank_language(bank, caption_lang, fallback)
+        lang = bank_language(bank, caption_lang, fallback, min_terms=top_k)
         if lang is None:
             out.append(Concepts(None, [], [], []))
             continue

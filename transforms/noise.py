@@ -83,7 +83,9 @@ class NoiseConfig:
     #: How the signals' posteriors make `noise_prob`: `bayes` (log-odds sum) or `mean`.
     combine: Literal["bayes", "mean"] = "bayes"
     #: Weight of each signal: clip_score, caption_agreement, image_agreement (0 leaves one out).
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: The two agreements are both cross-modal neighbour measures, correlated with each other, so
+    #: each counts half (naive Bayes would otherwise count their shared evidence twice).
+    weights: tuple[float, float, float] = (1.0, 0.5, 0.5)
     #: Values each mixture is fitted on (a deterministic sample by uid hash).
     mixture_sample: int = 200_000
     #: Neighbours are searched within k-means clusters of about this many samples.

@@ -60,8 +60,14 @@ def main() -> None:
     ]
     judged = [r for r in rows if r["noise_prob"] is not None]
     scores = noise_scores(judged, truth)
-    print(f"{args.samples:,} samples, seed {args.seed}: {len(judged):,} judged by the noise stage; run {elapsed:.0f} s")
-    print(f"{'ROC-AUC, mismatched vs clean captions':<44} ({scores.mismatched} mismatched, {scores.clean} clean)")
+    print(
+        f"{args.samples:,} samples, seed {args.seed}: {len(judged):,} judged by the noise stage; "
+        f"run {elapsed:.0f} s"
+    )
+    print(
+        f"{'ROC-AUC, mismatched vs clean captions':<44} "
+        f"({scores.mismatched} mismatched, {scores.clean} clean)"
+    )
     by_noise = {"mismatched": [], "none": []}
     for row in judged:
         kind = truth[row["url"]]["noise"]

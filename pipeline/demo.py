@@ -82,10 +82,10 @@ def _truth_check(truth_path: str, output: str) -> str:
     if any(row.get("noise_prob") is not None for row in got):
         found = noise_scores([r for r in got if r["url"] in truth], truth)
         lines.append(
-            f"  ground truth, noise: ROC-AUC for mismatched captions {found.auc_noise_prob:.3f} by noise_prob, "
-            f"{found.auc_clip_score:.3f} by clip_score alone; partial captions name {found.partial_recall_original:.2f} "
-            f"of their scene's concepts, {found.partial_recall_chosen:.2f} after completion; "
-            f"{found.replaced_mismatched}/{found.mismatched} mismatched captions replaced (concept F1 "
-            f"{found.replacement_f1:.2f}); {found.clean_unchanged:.0%} of clean captions left unchanged"
+            f"  ground truth, noise: ROC-AUC for mismatched captions {found.auc_noise_prob:.3f} by "
+            f"noise_prob, {found.auc_clip_score:.3f} by clip_score alone; "
+            f"{found.dropped_mismatched}/{found.mismatched} mismatched pairs dropped, "
+            f"{found.replaced_mismatched} repaired; "
+            f"{found.clean_unchanged:.1%} of clean captions kept as they are"
         )
     return "\n".join(lines)

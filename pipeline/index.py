@@ -201,6 +201,8 @@ def _model_of(output_dir: str) -> str | None:
 
 # ---------------------------------------------------------------- search
 
+_TIE_MARGIN = 16
+
 
 def search_output(
     output_dir: str,
@@ -235,11 +237,17 @@ def search_output(
             f"model {model_identity(config)} gives {query.shape[0]}-dimensional embeddings, "
             f"the index holds {index.d}-dimensional ones (made with {info.get('model')})"
         )
-    scores, found = faissindex.search(index, query[None, :], min(k, index.ntotal))
+    # A few more than k, so that samples with equal scores (the same image) are ranked by uid, not
+    # by the order FAISS's heap happened to keep them in, which depends on k. Scores are given to
+    # five decimals: copies of one image differ below that by float noise alone.
+    scores, found = faissindex.search(index, query[None, :], min(k + _TIE_MARGIN, index.ntotal))
+    ranked = sorted(
+        ((round(float(score), 5), int(i)) for score, i in zip(scores[0], found[0], strict=True) if i >= 0),
+        key=lambda hit: (-hit[0], rows[hit[1]]["uid"]),
+    )
     return [
-        Hit(rank, rows[i]["uid"], rows[i]["url"], rows[i]["caption"], float(score))
-        for rank, (score, i) in enumerate(zip(scores[0], found[0], strict=True), start=1)
-        if i >= 0
+        Hit(rank, rows[i]["uid"], rows[i]["url"], rows[i]["caption"], score)
+        for rank, (score, i) in enumerate(ranked[:k], start=1)
     ]
 
 

@@ -118,6 +118,7 @@ class NoiseScores:
     partial_recall_original: float
     partial_recall_chosen: float
     replaced_mismatched: int
+    dropped_mismatched: int
     replacement_f1: float
     clean_unchanged: float
 
@@ -157,6 +158,7 @@ def noise_scores(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Mapping[
         partial_recall_original=_mean(partial_original),
         partial_recall_chosen=_mean(partial_chosen),
         replaced_mismatched=len(replaced),
+        dropped_mismatched=sum(r["reason"] == "noisy_pair" for r in mismatched),
         replacement_f1=_mean(f1),
         clean_unchanged=_mean(unchanged),
     )

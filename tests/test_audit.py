@@ -29,7 +29,8 @@ from pipeline.jobs import run_job
 from pipeline.report import CSP, render_report, write_report
 from tests.conftest import TEST_OVERRIDES
 
-CONFIG = load_config(None, TEST_OVERRIDES, base_text=default_config_text())
+# A CLIP-score threshold, so that the report draws it on the CLIP-score chart.
+CONFIG = load_config(None, [*TEST_OVERRIDES, "embed.min_clip_score=0.3"], base_text=default_config_text())
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -144,8 +144,10 @@ def test_embeddings_stored_aligned_with_uids_and_scores_agree(sample_web, tmp_pa
             assert rows[row["uid"]]["clip_score"] == pytest.approx(row["clip_score"])
             assert rows[row["uid"]]["clip_model"] == identity
         embedded += len(meta)
-    # Kept samples and the duplicates the dedup stage removed after embedding them.
-    downloaded = [r for r in rows.values() if r["status"] == Status.SUCCESS or r["stage"] == "dedup"]
+    # Kept samples, and the ones the dedup and noise stages removed after embedding them.
+    downloaded = [
+        r for r in rows.values() if r["status"] == Status.SUCCESS or r["stage"] in ("dedup", "noise")
+    ]
     assert embedded == len(downloaded) > 100
     assert all(r["clip_score"] is not None for r in downloaded)
     assert all(r["clip_score"] is None for r in rows.values() if r not in downloaded)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.jobs import run_job
+from sampleweb.scoring import chosen_caption
 from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows, shard_bytes
 from transforms.crawl import DownloadImages
@@ -61,6 +62,9 @@ def test_every_input_row_has_one_metadata_row(sample_web, full_run):
         if row["stage"] == "dedup":  # downloaded as expected, then removed as a duplicate
             assert t["dup_group"] != -1 and expected_outcome(t) == ("success", None)
             continue
+        if row["stage"] == "noise":  # downloaded as expected, then judged too noisy to repair
+            assert row["reason"] == "noisy_pair" and expected_outcome(t) == ("success", None)
+            continue
         assert (row["status"], row["reason"] if row["status"] != "success" else None) == expected_outcome(t)
         if row["status"] == Status.FAILED:
             assert row["stage"] == "crawl" and row["error"]
@@ -75,7 +79,9 @@ def test_shards_read_back_with_webdataset(full_run):
         row = rows[sample["__key__"]]
         meta = json.loads(sample["json"])
         assert meta["uid"] == row["uid"] == sample["__key__"]
-        assert sample["txt"].decode() == row["caption_clean"]  # raw caption stays in Parquet
+        # The noise stage's chosen caption; the raw caption stays in Parquet and the .json.
+        assert sample["txt"].decode() == chosen_caption(row)
+        assert meta["caption"] == row["caption"] and meta["caption_original"] == row["caption_clean"]
         image = Image.open(io.BytesIO(sample["jpg"]))
         assert image.size == (256, 256) == (row["width"], row["height"])  # default border mode
         assert row["sha256"] and row["original_width"] > 0

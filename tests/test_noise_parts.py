@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,9 @@ def test_mixture_recovers_two_components_and_is_monotone():
     posterior = fitted.noise_probability(grid)
     assert np.all(np.diff(posterior) <= 1e-12)  # never rises with the score
     assert posterior[0] > 0.99 and posterior[-1] < 0.01
+    # The log-odds fall strictly, beyond both means too: very clean pairs are not tied.
+    assert np.all(np.diff(fitted.noise_log_odds(grid)) < 0)
+    assert fitted.noise_log_odds([0.9])[0] > fitted.noise_log_odds([1.4])[0]
     assert fit_mixture(values[::-1]) == fitted  # the order of the values does not matter
     assert fitted.as_dict()["noise"]["mean"] == pytest.approx(fitted.means[0], abs=1e-6)
 
@@ -46,17 +51,31 @@ def test_mixture_of_constant_or_empty_values_is_uninformative():
     assert fit_mixture([0.4] * 10).samples == 10
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
 def test_combine_bayes_and_mean():
     config = NoiseConfig()
-    # Agreeing evidence sharpens the posterior beyond any single signal; a missing signal is skipped.
-    assert combine([0.8, 0.8, 0.8], [0.1, 0.1, 0.1], config) > 0.99
-    assert combine([0.8, None, None], [0.1, 0.1, 0.1], config) == pytest.approx(0.8)
-    assert combine([None, None, None], [0.1, 0.1, 0.1], config) == 0.5
+    prior = [0.1, 0.1, 0.1]
+    one = combine([_logit(0.8), None, None], prior, config)  # a missing signal is skipped
+    assert 0.1 < one < 0.8  # evidence for noise raises the estimate above the prior, tempered
+    # Agreeing evidence sharpens the estimate beyond any single signal; disagreeing evidence softens it.
+    assert combine([_logit(0.8)] * 3, prior, config) > one
+    assert combine([_logit(0.8), _logit(0.01), _logit(0.01)], prior, config) < one
+    assert combine([None, None, None], prior, config) == 0.5
+    # At the prior, a signal adds nothing.
+    assert combine([_logit(0.1), None, None], prior, config) == pytest.approx(0.1)
     mean = NoiseConfig(combine="mean", weights=(2.0, 1.0, 1.0))
-    assert combine([1.0, 0.0, 0.0], [0.1] * 3, mean) == pytest.approx(0.5)
+    assert combine([60.0, -60.0, -60.0], [0.1] * 3, mean) == pytest.approx(0.5)
     # A zero weight leaves a signal out.
     only_clip = NoiseConfig(weights=(1.0, 0.0, 0.0))
-    assert combine([0.3, 0.99, 0.99], [0.1] * 3, only_clip) == pytest.approx(0.3)
+    assert combine([_logit(0.3), 5.0, 5.0], prior, only_clip) == combine(
+        [_logit(0.3), None, None], prior, config
+    )
+    # Far-out evidence neither saturates nor ties: the order of very noisy pairs is kept.
+    assert combine([900.0, 400.0, 400.0], prior, config) > combine([800.0, 400.0, 400.0], prior, config)
+    assert combine([900.0, 400.0, 400.0], prior, config) < 1.0
 
 
 def test_noise_config_is_checked():

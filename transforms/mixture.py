@@ -6,9 +6,10 @@ is noisy. Winnow does the same on scores where higher means cleaner (`clip_score
 agreement): the component with the lower mean is the noise component.
 
 `fit_mixture(values)` runs EM from a deterministic start (the 10th and 90th percentiles), so the
-same values give the same parameters. `Mixture.noise_probability(x)` is the noise component's
-posterior, made monotone (never rising with the score): beyond the clean mean it stays at its value
-there, below the noisy mean likewise, so a wider noise component cannot flag very high scores.
+same values give the same parameters. `Mixture.noise_log_odds(x)` is the log-odds of the noise
+component's posterior, made strictly decreasing in the score (beyond either mean it goes on in a
+straight line), so a wider noise component cannot flag very high scores and the estimates never
+saturate into ties; `noise_probability(x)` is its logistic.
 """
 
 from __future__ import annotations
@@ -35,15 +36,37 @@ class Mixture:
     iterations: int
     log_likelihood: float
 
+    def noise_log_odds(self, values: Any) -> np.ndarray:
+        """log(P(noise | x) / P(clean | x)) at each value (array in, array out), strictly decreasing.
+
+        Between the two means this is the mixture's own log-odds, a quadratic whose slope is negative
+        at both means and so everywhere between them; beyond either mean it continues as a straight
+        line with the slope it has there. So a higher score always means a lower noise estimate (a
+        wide noise component cannot flag very high scores), and the estimate never saturates into
+        ties: two very clean or very noisy pairs are still ranked against each other.
+        """
+        x = np.asarray(values, dtype=np.float64)
+        if self.samples == 0 or self.means[0] == self.means[1]:
+            return np.zeros(x.shape)
+        (w0, w1), (m0, m1), (s0, s1) = self.weights, self.means, self.stds
+        bias = math.log(max(w0, 1e-300) / s0) - math.log(max(w1, 1e-300) / s1)
+
+        def inside(t: np.ndarray | float) -> np.ndarray:
+            return np.asarray(bias - 0.5 * ((t - m0) / s0) ** 2 + 0.5 * ((t - m1) / s1) ** 2)
+
+        def slope(t: float) -> float:
+            return -(t - m0) / s0**2 + (t - m1) / s1**2
+
+        clipped = np.clip(x, m0, m1)
+        out = inside(clipped)
+        out = np.where(x > m1, inside(m1) + slope(m1) * (x - m1), out)
+        out = np.where(x < m0, inside(m0) + slope(m0) * (x - m0), out)
+        return np.asarray(out, dtype=np.float64)
+
     def noise_probability(self, values: Any) -> np.ndarray:
-        """Posterior of the noise component at each value (array in, array out), monotone."""
-        x = np.clip(np.asarray(values, dtype=np.float64), self.means[0], self.means[1])
-        if self.samples == 0:
-            return np.full(x.shape, 0.5)
-        log_p = np.stack([_log_normal(x, m, s) + math.log(max(w, 1e-300)) for w, m, s in self._components()])
-        log_p -= log_p.max(axis=0)
-        p = np.exp(log_p)
-        return np.asarray(p[0] / p.sum(axis=0))
+        """Posterior of the noise component at each value: the logistic of `noise_log_odds`."""
+        log_odds = self.noise_log_odds(values)
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * log_odds)))
 
     def _components(self) -> list[tuple[float, float, float]]:
         return list(zip(self.weights, self.means, self.stds, strict=True))

@@ -154,24 +154,31 @@ class NoiseConfig:
 # ---------------------------------------------------------------- combining the signals
 
 
-def combine(posteriors: Sequence[float | None], priors: Sequence[float], config: NoiseConfig) -> float:
-    """`noise_prob` from each signal's noise posterior (None: the signal is missing) and prior."""
+def combine(log_odds: Sequence[float | None], priors: Sequence[float], config: NoiseConfig) -> float:
+    """`noise_prob` from each signal's noise log-odds (None: the signal is missing) and prior.
+
+    `bayes`: the signals as independent evidence: the prior's log-odds plus each signal's weighted
+    log-likelihood ratio, compressed by asinh (linear near zero, logarithmic far out). Uncompressed,
+    a Gaussian tail gives hundreds of nats: one signal would decide alone and `noise_prob` would
+    round to 1.0 for clean and noisy pairs alike, losing their order. `mean`: the weighted mean of
+    the signals' posteriors.
+    """
     used = [
-        (p, q, w)
-        for p, q, w in zip(posteriors, priors, config.weights, strict=True)
-        if p is not None and w > 0
+        (lo, q, w)
+        for lo, q, w in zip(log_odds, priors, config.weights, strict=True)
+        if lo is not None and w > 0
     ]
     if not used:
         return 0.5
     if config.combine == "mean":
-        return float(sum(w * p for p, _, w in used) / sum(w for _, _, w in used))
+        return float(sum(w * _logistic(lo) for lo, _, w in used) / sum(w for _, _, w in used))
     prior = float(np.clip(np.mean([q for _, q, _ in used]), _EPS, 1 - _EPS))
     logit_prior = math.log(prior / (1 - prior))
-    total = logit_prior
-    for p, _, w in used:
-        p = min(max(p, _EPS), 1 - _EPS)
-        total += w * (math.log(p / (1 - p)) - logit_prior)
-    return 1.0 / (1.0 + math.exp(-total)) if total > -700 else 0.0
+    return _logistic(logit_prior + sum(w * math.asinh(lo - logit_prior) for lo, _, w in used))
+
+
+def _logistic(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,12 +237,12 @@ def _estimate(
     img = joined["image"][0] if joined["image"] else (uid, None, ())
     values = (clip_score, cap[1], img[1])
     mixtures = (clip, caption, image)
-    posteriors = [
-        None if v is None or not math.isfinite(v) else float(m.noise_probability([v])[0])
+    log_odds = [
+        None if v is None or not math.isfinite(v) else float(m.noise_log_odds([v])[0])
         for v, m in zip(values, mixtures, strict=True)
     ]
     priors = [m.weights[0] for m in mixtures]
-    yield Estimate(uid, combine(posteriors, priors, config), values, cap[2], text, lang)
+    yield Estimate(uid, combine(log_odds, priors, config), values, cap[2], text, lang)
 
 
 # ---------------------------------------------------------------- the concept bank

@@ -82,8 +82,8 @@ def test_the_demo_policy_keeps_clean_captions_and_drops_noisy_pairs(sample_web, 
     clean = [r for r in rows if truth[r["url"]]["noise"] == "none"]
     mismatched = [r for r in rows if truth[r["url"]]["noise"] == "mismatched"]
     kept_clean = [r for r in clean if r["status"] == "success"]
-    # 0.91 on this 300-pair web, 0.985 on the 2,000-pair one (benchmarks/README.md): the mixtures
-    # are fitted on the run's own scores, and 250 of them make a coarser fit.
+    # 95 % on the demo's 2,000-pair web (benchmarks/README.md); here the mixtures are fitted on the
+    # run's own 250 scores, a coarser fit.
     assert len(kept_clean) >= 0.88 * len(clean)
     for row in kept_clean:
         assert row["caption_source"] == "original" and chosen_caption(row) == row["caption_clean"]

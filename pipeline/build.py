@@ -36,6 +36,14 @@ STAGES: dict[str, StageFactory] = {
 BATCH_STAGES = ("text",)
 
 
+def resource_hints(name: str, config: RunConfig) -> dict[str, str]:
+    """Beam resource hints of a stage: the accelerator sits on the embedding step alone, so that a
+    runner that fits resources per step (Dataflow) keeps the crawl and text steps on CPU workers."""
+    if name == "embed" and config.embed.accelerator:
+        return {"accelerator": config.embed.accelerator}
+    return {}
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     config: RunConfig,
@@ -59,7 +67,8 @@ def build_pipeline(
     for name in STAGES:
         if name in config.run.stages and name not in BATCH_STAGES:
             stage = STAGES[name](config, progress_dir)
-            samples = samples | name.capitalize() >> stage
+            hints = resource_hints(name, config)
+            samples = samples | name.capitalize() >> (stage.with_resource_hints(**hints) if hints else stage)
             # A stage may leave a one-element summary for stats.json under its name.
             summary = getattr(stage, "summary", None)
             if summary is not None:

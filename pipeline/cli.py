@@ -154,8 +154,23 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
     config = _config(args)
     stats = run_job(config, args.input, args.output, args.runner, beam_args, args.workers, show_progress=True)
-    print(format_summary(stats, args.output))
+    print(format_dry_run(stats) if stats.get("dry_run") else format_summary(stats, args.output))
     return 0
+
+
+def format_dry_run(stats: dict[str, Any]) -> str:
+    """What `--dry_run` translated: the job graph's size and where resource hints sit."""
+    steps = stats["steps"]
+    hinted = {name: hints for name, hints in steps.items() if hints}
+    # Name only the outermost hinted steps: a composite's parts carry its hints too.
+    tops = sorted(n for n in hinted if not any(n.startswith(other + "/") for other in hinted))
+    lines = [f"dry run: {stats['runner']} translated {len(steps):,} steps; nothing ran"]
+    lines.append(f"  stages: {', '.join(stats['stages'])}")
+    for name in tops:
+        lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(hinted[name].items())))
+    if not tops:
+        lines.append("  no resource hints (set embed.accelerator to put the embedding step on GPU workers)")
+    return "\n".join(lines)
 
 
 def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:

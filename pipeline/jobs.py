@@ -13,7 +13,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.audit import AuditError
 from pipeline.build import build_pipeline
@@ -21,7 +21,8 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.index import IndexSummary, build_output_index, remove_output_index
 from pipeline.progress import ProgressPrinter
 from pipeline.report import write_report
-from pipeline.runner import is_local, make_pipeline
+from pipeline.runner import is_local, make_pipeline, translated_steps
+from pipeline.stores import check_bucket, check_writable
 from transforms.embed import resolve_device
 from transforms.progress import NAMESPACE
 from transforms.readers import check_input, expand_inputs
@@ -49,13 +50,22 @@ def run_job(
     report is written to `<output>/report.html`; the returned stats name it under `report`.
     """
     # Filesystem options (S3 endpoint and keys, GCP project) apply to the checks made here too.
-    FileSystems.set_options(PipelineOptions(list(beam_args)))
+    options = PipelineOptions(list(beam_args))
+    FileSystems.set_options(options)
+    # Beam's --dry_run (DataflowRunner): translate the job, run nothing, touch no remote store.
+    dry_run = bool(options.view_as(TestOptions).dry_run) and not is_local(runner)
+    if not dry_run:
+        for path in [*inputs, output_dir]:
+            check_bucket(path, options)
     files = expand_inputs(inputs)
     for path in files[:_CHECKED_FILES]:
         check_input(path, config.input)
     output_dir = output_dir.rstrip("/")
-    if FileSystems.get_scheme(output_dir) in (None, "file") and not FileSystems.exists(output_dir):
-        FileSystems.mkdirs(output_dir)
+    if FileSystems.get_scheme(output_dir) in (None, "file"):
+        if not FileSystems.exists(output_dir):
+            FileSystems.mkdirs(output_dir)
+    elif not dry_run:
+        check_writable(output_dir)
 
     local = is_local(runner)
     if local and "embed" in config.run.stages:
@@ -64,6 +74,9 @@ def run_job(
     stages = ["read", *config.run.stages, "write"]
     pipeline = make_pipeline(runner, beam_args, workers)
     build_pipeline(pipeline, config, files, output_dir, progress_dir)
+    if dry_run:
+        steps = translated_steps(pipeline.run())
+        return {"dry_run": True, "runner": runner, "stages": stages, "steps": steps}
     started = time.monotonic()
     try:
         if progress_dir and show_progress:

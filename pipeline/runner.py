@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -20,6 +21,27 @@ LOCAL_RUNNERS = {"local", "direct", "directrunner", "fnapirunner", "bundlebasedd
 
 def is_local(runner: str) -> bool:
     return runner.lower() in LOCAL_RUNNERS
+
+
+def translated_steps(result: Any) -> dict[str, dict[str, str]]:
+    """The job graph a runner built without running it (DataflowRunner's `--dry_run`): each
+    transform's name and its resource hints (`accelerator`, `min_ram`, ...)."""
+    job = getattr(result, "job", None)
+    proto = getattr(job, "proto_pipeline", None)
+    if proto is None:
+        return {}
+    components = proto.components
+    steps: dict[str, dict[str, str]] = {}
+    for transform in components.transforms.values():
+        if not transform.unique_name or transform.unique_name.startswith("ref_"):
+            continue
+        hints = {}
+        if transform.environment_id:
+            for urn, value in components.environments[transform.environment_id].resource_hints.items():
+                # beam:resources:accelerator:v1 → accelerator
+                hints[urn.split(":")[2] if urn.count(":") >= 3 else urn] = value.decode()
+        steps[transform.unique_name] = hints
+    return dict(sorted(steps.items()))
 
 
 def make_pipeline(

@@ -61,3 +61,22 @@ def shard_bytes(output: str) -> dict[str, bytes]:
                 with open(os.path.join(directory, name), "rb") as handle:
                     out[os.path.join(folder, name)] = handle.read()
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceRun:
+    """The default pipeline (`TEST_OVERRIDES`) on the sample web with the local runner, run once."""
+
+    dir: str
+    stats: dict
+
+
+@pytest.fixture(scope="session")
+def reference_run(sample_web: SampleWeb, tmp_path_factory: pytest.TempPathFactory) -> ReferenceRun:
+    # Imported here: the fixture module stays importable without the pipeline's heavy imports.
+    from pipeline.config import load_config
+    from pipeline.jobs import run_job
+
+    output = str(tmp_path_factory.mktemp("reference"))
+    stats = run_job(load_config(overrides=TEST_OVERRIDES), [sample_web.urls], output)
+    return ReferenceRun(output, stats)

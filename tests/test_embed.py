@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -126,8 +127,8 @@ def test_handler_on_cpu_with_the_shipped_model(sample_web):
     assert (similarity.argmax(axis=1) == np.arange(len(first))).mean() >= 0.75
 
 
-def test_embeddings_stored_aligned_with_uids_and_scores_agree(sample_web, tmp_path):
-    run_job(load_config(overrides=TEST_OVERRIDES), [sample_web.urls], str(tmp_path))
+def test_embeddings_stored_aligned_with_uids_and_scores_agree(reference_run):
+    tmp_path = Path(reference_run.dir)
     rows = {r["uid"]: r for r in read_output_rows(str(tmp_path))}
     identity = model_identity(EmbedConfig())
     embedded = 0

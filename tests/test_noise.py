@@ -25,10 +25,8 @@ def truth(sample_web):
 
 
 @pytest.fixture(scope="module")
-def run(sample_web, tmp_path_factory):
-    output = str(tmp_path_factory.mktemp("noise"))
-    stats = run_job(load_config(overrides=TEST_OVERRIDES), [sample_web.urls], output)
-    return output, stats, read_output_rows(output)
+def run(reference_run):
+    return reference_run.dir, reference_run.stats, read_output_rows(reference_run.dir)
 
 
 def test_noise_prob_finds_mismatched_captions_better_than_clip_score(run, truth):

@@ -6,13 +6,16 @@ import io
 import tarfile
 
 import boto3
+import moto.settings
 import pyarrow.parquet as pq
 import pytest
 from moto.server import ThreadedMotoServer
 
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, shard_bytes
+from transforms.readers import InputError
 
 BUCKET = "winnow-test"
 
@@ -41,7 +44,7 @@ def monkeypatch_module():
         yield patch
 
 
-def test_run_reads_and_writes_s3(sample_web, s3, tmp_path):
+def test_run_reads_and_writes_s3(sample_web, s3, reference_run):
     endpoint, client = s3
     with open(sample_web.urls, "rb") as handle:
         client.put_object(Bucket=BUCKET, Key="lists/urls.parquet", Body=handle.read())
@@ -54,9 +57,7 @@ def test_run_reads_and_writes_s3(sample_web, s3, tmp_path):
     config = load_config(overrides=TEST_OVERRIDES)
     stats = run_job(config, [f"s3://{BUCKET}/lists/*.parquet"], f"s3://{BUCKET}/out", beam_args=beam_args)
 
-    local = tmp_path / "local"
-    run_job(config, [sample_web.urls], str(local))
-    expected = shard_bytes(str(local))
+    expected = shard_bytes(reference_run.dir)
 
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"]
     names = sorted(obj["Key"].removeprefix("out/") for obj in listed)
@@ -77,3 +78,47 @@ def test_run_reads_and_writes_s3(sample_web, s3, tmp_path):
         for n in names
         if n.endswith(".parquet") and "/" not in n  # shard metadata, not the embedding metadata
     )
+
+
+def _s3_args(endpoint: str, key: str = "testing", secret: str = "testing") -> list[str]:
+    return [
+        f"--s3_endpoint_url={endpoint}",
+        f"--s3_access_key_id={key}",
+        f"--s3_secret_access_key={secret}",
+        "--s3_region_name=us-east-1",
+    ]
+
+
+def test_a_missing_bucket_is_named_before_anything_runs(sample_web, s3, capsys):
+    endpoint, _ = s3
+    config = load_config(overrides=TEST_OVERRIDES)
+    with pytest.raises(InputError, match="S3 bucket 'no-such-bucket' does not exist"):
+        run_job(config, [sample_web.urls], "s3://no-such-bucket/out", beam_args=_s3_args(endpoint))
+    with pytest.raises(
+        InputError, match="S3 bucket 'missing-input' does not exist .*s3://missing-input/a.parquet"
+    ):
+        run_job(config, ["s3://missing-input/a.parquet"], "s3://winnow-test/x", beam_args=_s3_args(endpoint))
+    # The CLI says it in one line, with the usage-error exit code.
+    code = main(
+        ["run", "--input", sample_web.urls, "--output", "s3://no-such-bucket/out", *_s3_args(endpoint)]
+    )
+    assert code == 2
+    assert "S3 bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+
+
+def test_denied_credentials_are_named(sample_web, s3, monkeypatch):
+    endpoint, _ = s3
+    # A real IAM user with no permissions, then the server enforces IAM (moto's switch for it).
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+    iam.create_user(UserName="reader-without-rights")
+    key = iam.create_access_key(UserName="reader-without-rights")["AccessKey"]
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    config = load_config(overrides=TEST_OVERRIDES)
+    args = _s3_args(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    with pytest.raises(InputError, match=f"access to S3 bucket '{BUCKET}' denied"):
+        run_job(config, [sample_web.urls], f"s3://{BUCKET}/denied", beam_args=args)
+    # Unknown keys are refused the same way.
+    with pytest.raises(InputError, match=f"access to S3 bucket '{BUCKET}' denied"):
+        run_job(
+            config, [sample_web.urls], f"s3://{BUCKET}/denied", beam_args=_s3_args(endpoint, "AKIAUNKNOWN")
+        )

@@ -83,10 +83,19 @@ class EmbedConfig:
     keep_fraction: float | None = None
     #: Carry the embeddings to the writer (img_emb/, text_emb/); false keeps only the score.
     write_embeddings: bool = True
+    #: Accelerator resource hint of the embedding step alone, in Dataflow's form
+    #: (`type:nvidia-l4;count:1;install-nvidia-driver`): with right fitting only this step runs on
+    #: GPU workers, the crawl and text steps on CPU ones. null = no hint.
+    accelerator: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_copies < 0:
             raise ValueError("embed.batch_size must be >= 1 and embed.model_copies >= 0")
+        if self.accelerator is not None and not self.accelerator.startswith("type:"):
+            raise ValueError(
+                "embed.accelerator must be a resource hint such as "
+                f"'type:nvidia-l4;count:1;install-nvidia-driver', not {self.accelerator!r}"
+            )
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
             raise ValueError("embed.keep_fraction must be in (0, 1]")
 

@@ -1,0 +1,89 @@
+"""The demo pipeline translated by Beam's DataflowRunner with `--dry_run`: the job graph Dataflow
+would receive, built offline (nothing is submitted, no Google Cloud call is made)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, default_config_text, load_config
+from pipeline.jobs import run_job
+
+ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
+DATAFLOW_ARGS = [
+    "--dry_run=True",  # untyped in Beam: any non-empty string is true
+    "--project=winnow-dry-run",
+    "--region=us-central1",
+    "--temp_location=gs://winnow-dry-run/tmp",
+    "--staging_location=gs://winnow-dry-run/staging",
+    "--no_auth",
+]
+
+
+def test_dataflow_job_graph_has_every_stage_and_the_gpu_on_embedding_alone(sample_web):
+    config = load_config(base_text=default_config_text(), overrides=[f"embed.accelerator={ACCELERATOR}"])
+    stats = run_job(
+        config,
+        [sample_web.urls],
+        "gs://winnow-dry-run/out",
+        runner="DataflowRunner",
+        beam_args=DATAFLOW_ARGS,
+    )
+    assert stats["dry_run"] is True
+    steps = stats["steps"]
+    tops = {name.split("/")[0] for name in steps}
+    for stage in ("Read", "Text", "Samples", "Crawl", "Embed", "Dedup", "Noise", "WriteShards", "WriteStats"):
+        assert stage in tops, f"{stage} missing from the job graph"
+    # The model call itself and the steps around it are inside the hinted step.
+    assert "Embed/RunInference" in {"/".join(n.split("/")[:2]) for n in steps}
+    hinted = {name for name, hints in steps.items() if hints.get("accelerator")}
+    assert hinted and all(name == "Embed" or name.startswith("Embed/") for name in hinted)
+    assert all(steps[name]["accelerator"] == ACCELERATOR for name in hinted)
+    # Every other step stays on CPU workers: the crawl, the text filter, dedup, the writers.
+    unhinted_tops = {name.split("/")[0] for name, hints in steps.items() if not hints}
+    assert {"Crawl", "Text", "Dedup", "Noise", "WriteShards"} <= unhinted_tops
+    assert not any(hints for name, hints in steps.items() if name.startswith(("Crawl", "Text", "Noise")))
+
+
+def test_without_an_accelerator_no_step_is_hinted(sample_web, capsys):
+    code = main(
+        [
+            "run",
+            "--input",
+            sample_web.urls,
+            "--output",
+            "gs://winnow-dry-run/out",
+            "--runner",
+            "DataflowRunner",
+            *DATAFLOW_ARGS,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("dry run: DataflowRunner translated ")
+    assert "no resource hints" in out
+
+
+def test_cli_dry_run_names_the_hinted_step(sample_web, capsys):
+    code = main(
+        [
+            "run",
+            "--input",
+            sample_web.urls,
+            "--output",
+            "gs://winnow-dry-run/out",
+            "--runner",
+            "DataflowRunner",
+            "--set",
+            f"embed.accelerator={ACCELERATOR}",
+            *DATAFLOW_ARGS,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"  Embed: accelerator={ACCELERATOR}" in out.splitlines()
+
+
+def test_a_malformed_accelerator_is_refused():
+    with pytest.raises(ConfigError, match="embed.accelerator"):
+        load_config(overrides=["embed.accelerator=nvidia-l4"])

@@ -20,8 +20,8 @@ demo: setup
 	$(BIN)/winnow demo --workdir build/demo
 
 lint: setup
-	$(BIN)/ruff check pipeline transforms schemas sampleweb tests benchmarks models
-	$(BIN)/ruff format --check pipeline transforms schemas sampleweb tests benchmarks models
+	$(BIN)/ruff check pipeline transforms schemas sampleweb tests benchmarks models deploy
+	$(BIN)/ruff format --check pipeline transforms schemas sampleweb tests benchmarks models deploy
 	$(BIN)/mypy
 
 unit: setup

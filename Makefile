@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit model model-eval bench-setup bench clean
 
-# Chromium (Debian's package) opens the audit report in the tests.
+# Chromium (Debian's package) opens the audit report in the tests; shellcheck lints deploy/'s scripts.
 setup: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@command -v shellcheck >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

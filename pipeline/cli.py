@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--runner", default="local", help="local (default), DataflowRunner, SparkRunner, …")
     run.add_argument("--workers", type=int, help="local runner: worker processes (0 = one per core)")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="another runner: return once the job is submitted (no index, report or counters)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     demo = sub.add_parser("demo", help="generate and serve the sample web, then run the full pipeline on it")
@@ -153,8 +158,26 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     if unknown:
         raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
     config = _config(args)
-    stats = run_job(config, args.input, args.output, args.runner, beam_args, args.workers, show_progress=True)
-    print(format_dry_run(stats) if stats.get("dry_run") else format_summary(stats, args.output))
+    stats = run_job(
+        config,
+        args.input,
+        args.output,
+        args.runner,
+        beam_args,
+        args.workers,
+        show_progress=True,
+        wait=not args.no_wait,
+    )
+    if stats.get("dry_run"):
+        print(format_dry_run(stats))
+    elif stats.get("submitted"):
+        job = f" job {stats['job_id']}" if stats.get("job_id") else ""
+        print(
+            f"submitted to {stats['runner']}{job}; it writes the shards and stats.json to {args.output} "
+            f"(`winnow audit {args.output}` writes the report once it is done)"
+        )
+    else:
+        print(format_summary(stats, args.output))
     return 0
 
 

@@ -41,6 +41,7 @@ def run_job(
     beam_args: Sequence[str] = (),
     workers: int | None = None,
     show_progress: bool = False,
+    wait: bool = True,
 ) -> dict[str, Any]:
     """Runs the pipeline and returns the stats dict (also written to `<output>/stats.json`).
 
@@ -77,6 +78,14 @@ def run_job(
     if dry_run:
         steps = translated_steps(pipeline.run())
         return {"dry_run": True, "runner": runner, "stages": stages, "steps": steps}
+    if not (wait or local):
+        # Submitted, not waited for (a Flex Template launcher must return): the shards and
+        # stats.json are the job's; the index, the report and the counters need `winnow run`.
+        submitted = pipeline.run()
+        job_id = (
+            getattr(submitted, "job_id", lambda: None)() if getattr(submitted, "has_job", False) else None
+        )
+        return {"submitted": True, "runner": runner, "stages": stages, "job_id": job_id}
     started = time.monotonic()
     try:
         if progress_dir and show_progress:

@@ -3,6 +3,8 @@ would receive, built offline (nothing is submitted, no Google Cloud call is made
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from pipeline.cli import main
@@ -87,3 +89,24 @@ def test_cli_dry_run_names_the_hinted_step(sample_web, capsys):
 def test_a_malformed_accelerator_is_refused():
     with pytest.raises(ConfigError, match="embed.accelerator"):
         load_config(overrides=["embed.accelerator=nvidia-l4"])
+
+
+def test_the_flex_template_entry_point_builds_the_same_job(sample_web, capsys):
+    # What Dataflow's launcher runs: template parameters plus Dataflow's options, here in dry-run.
+    spec = importlib.util.spec_from_file_location("flex_template_main", "deploy/dataflow/main.py")
+    assert spec and spec.loader
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    code = launcher.main(
+        [
+            f"--input={sample_web.urls}",
+            "--output=gs://winnow-dry-run/out",
+            f"--embed_accelerator={ACCELERATOR}",
+            "--overrides=crawl.timeout=3|output.samples_per_shard=500",
+            *DATAFLOW_ARGS,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("dry run: DataflowRunner translated ")
+    assert f"  Embed: accelerator={ACCELERATOR}" in out.splitlines()

@@ -6,10 +6,12 @@ protocol, so everything the stages ship must pickle: the same proof a Spark or F
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +64,36 @@ def test_portable_runner_matches_local_run(sample_web, job_endpoint, tmp_path, r
     expected = shard_bytes(reference_run.dir)
     assert expected and shard_bytes(str(portable)) == expected
     assert stats["samples"] == 300 and stats["report"]
+
+
+@pytest.mark.parametrize("engine", ["spark", "flink"])
+def test_submit_script_runs_the_pipeline_on_a_job_server(
+    engine, sample_web, job_endpoint, tmp_path, reference_run
+):
+    # deploy/<engine>/submit.sh as a cluster user runs it, pointed at a job server; LOOPBACK
+    # stands in for the workers' PROCESS or DOCKER environment, which needs a cluster.
+    output = tmp_path / engine
+    overrides = [arg for item in TEST_OVERRIDES for arg in ("--set", item)]
+    done = subprocess.run(
+        [
+            "bash",
+            f"deploy/{engine}/submit.sh",
+            "--input",
+            sample_web.urls,
+            "--output",
+            str(output),
+            *overrides,
+        ],
+        env={
+            **os.environ,
+            "JOB_ENDPOINT": job_endpoint,
+            "ENVIRONMENT_TYPE": "LOOPBACK",
+            "WINNOW": str(Path(sys.executable).parent / "winnow"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"→ {output}" in done.stdout
+    assert shard_bytes(str(output)) == shard_bytes(reference_run.dir)

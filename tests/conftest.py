@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
@@ -80,3 +81,10 @@ def reference_run(sample_web: SampleWeb, tmp_path_factory: pytest.TempPathFactor
     output = str(tmp_path_factory.mktemp("reference"))
     stats = run_job(load_config(overrides=TEST_OVERRIDES), [sample_web.urls], output)
     return ReferenceRun(output, stats)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -47,43 +47,21 @@ def test_dataflow_job_graph_has_every_stage_and_the_gpu_on_embedding_alone(sampl
     assert not any(hints for name, hints in steps.items() if name.startswith(("Crawl", "Text", "Noise")))
 
 
+def _dry_run_cli(urls: str, *extra: str) -> int:
+    run = ["run", "--input", urls, "--output", "gs://winnow-dry-run/out", "--runner", "DataflowRunner"]
+    return main([*run, *extra, *DATAFLOW_ARGS])
+
+
 def test_without_an_accelerator_no_step_is_hinted(sample_web, capsys):
-    code = main(
-        [
-            "run",
-            "--input",
-            sample_web.urls,
-            "--output",
-            "gs://winnow-dry-run/out",
-            "--runner",
-            "DataflowRunner",
-            *DATAFLOW_ARGS,
-        ]
-    )
+    assert _dry_run_cli(sample_web.urls) == 0
     out = capsys.readouterr().out
-    assert code == 0
     assert out.startswith("dry run: DataflowRunner translated ")
     assert "no resource hints" in out
 
 
 def test_cli_dry_run_names_the_hinted_step(sample_web, capsys):
-    code = main(
-        [
-            "run",
-            "--input",
-            sample_web.urls,
-            "--output",
-            "gs://winnow-dry-run/out",
-            "--runner",
-            "DataflowRunner",
-            "--set",
-            f"embed.accelerator={ACCELERATOR}",
-            *DATAFLOW_ARGS,
-        ]
-    )
-    out = capsys.readouterr().out
-    assert code == 0
-    assert f"  Embed: accelerator={ACCELERATOR}" in out.splitlines()
+    assert _dry_run_cli(sample_web.urls, "--set", f"embed.accelerator={ACCELERATOR}") == 0
+    assert f"  Embed: accelerator={ACCELERATOR}" in capsys.readouterr().out.splitlines()
 
 
 def test_a_malformed_accelerator_is_refused():

@@ -4,8 +4,6 @@ library documents). Only Google's credential lookup is replaced: there is no Goo
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from apache_beam.internal.gcp import auth
 from apache_beam.io.filesystems import FileSystems
@@ -14,22 +12,16 @@ from gcp_storage_emulator.server import create_server
 
 from pipeline.config import load_config
 from pipeline.jobs import run_job
-from tests.conftest import TEST_OVERRIDES, shard_bytes
+from tests.conftest import TEST_OVERRIDES, free_port, shard_bytes
 from transforms.readers import InputError
 
 BUCKET = "winnow-gcs-test"
 GCP_ARGS = ["--project=winnow-test"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def gcs():
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     with pytest.MonkeyPatch.context() as patch:

@@ -17,18 +17,12 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.jobs import run_job
-from tests.conftest import TEST_OVERRIDES, shard_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import TEST_OVERRIDES, free_port, shard_bytes
 
 
 @pytest.fixture(scope="module")
 def job_endpoint():
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",

@@ -35,6 +35,7 @@ SCRIPTS = [
     ROOT / "deploy" / "spark" / "submit.sh",
     ROOT / "deploy" / "spark" / "install-winnow.sh",
     ROOT / "deploy" / "flink" / "submit.sh",
+    ROOT / "deploy" / "portable.sh",
 ]
 BOOT = "/opt/apache/beam/boot"
 IMAGE = "us-central1-docker.pkg.dev/my-project/winnow/winnow:1.2.3"

@@ -26,17 +26,10 @@ Authenticate Docker to Artifact Registry once: gcloud auth configure-docker REGI
 USAGE
 }
 
-while (($#)); do
-  case $1 in
-    --print) DRY_RUN=1 ;;
-    -h | --help)
-      usage
-      exit 0
-      ;;
-    *) die "unknown argument '$1'" ;;
-  esac
-  shift
-done
+option() {
+  die "unknown argument '$1'"
+}
+parse_args "$@"
 
 image=$(image_name)
 template=$(template_path)

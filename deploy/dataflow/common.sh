@@ -1,35 +1,9 @@
 # shellcheck shell=bash
-# Sourced by deploy/dataflow/build.sh and launch.sh: the image name, errors, --print.
+# Sourced by deploy/dataflow/build.sh and launch.sh: deploy/lib.sh, then what is Dataflow's own
+# (required settings, the image's and the template's names).
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-
-die() {
-  echo "${PROG}: $*" >&2
-  echo "run ${PROG} --help for usage" >&2
-  exit 2
-}
-
-# Prints a command so that a shell reads it back as the same words.
-print_command() {
-  local word out=() safe='^[A-Za-z0-9_./:=@%+,-]+$'
-  for word in "$@"; do
-    if [[ $word =~ $safe ]]; then
-      out+=("$word")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
-
-# Runs a command, or prints it with --print / DRY_RUN=1.
-run_command() {
-  if [[ ${DRY_RUN:-0} == 1 ]]; then
-    print_command "$@"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 require() {
   local name

@@ -36,24 +36,11 @@ USAGE
 }
 
 direct=0
-extra=()
-while (($#)); do
-  case $1 in
-    --print) DRY_RUN=1 ;;
-    --direct) direct=1 ;;
-    -h | --help)
-      usage
-      exit 0
-      ;;
-    --)
-      shift
-      extra+=("$@")
-      break
-      ;;
-    *) extra+=("$1") ;;
-  esac
-  shift
-done
+option() {
+  [[ $1 == --direct ]] && direct=1
+}
+parse_args "$@"
+extra=("${ARGS[@]}")
 
 require PROJECT REGION INPUT OUTPUT
 image=$(image_name)

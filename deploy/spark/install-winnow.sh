@@ -22,6 +22,8 @@ prints the commands instead of running them.
 EOF
 }
 
+# Dataproc and EMR fetch this file alone and run it on every node, so it sources nothing: these
+# helpers are its own copies of deploy/lib.sh's.
 die() {
   echo "install-winnow.sh: $*" >&2
   exit 2

@@ -87,6 +87,7 @@ def winnow_command(exe: str, urls: str, output: str, args: argparse.Namespace) -
         f"--input={urls}",
         f"--output={output}",
         "--stages=crawl",
+        "--set=crawl.allow_private_networks=true",  # the sample web is on loopback
         f"--set=crawl.thread_count={args.threads}",
         f"--set=crawl.image_size={args.image_size}",
         "--set=crawl.resize_mode=center_crop",

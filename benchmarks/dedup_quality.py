@@ -26,7 +26,13 @@ from pipeline.jobs import run_job  # noqa: E402
 from sampleweb import SampleWebServer, generate_corpus, write_url_lists  # noqa: E402
 from sampleweb.scoring import duplicate_pair_scores, shared_object_false_positives  # noqa: E402
 
-CRAWL = ["crawl.timeout=1", "crawl.deadline=2", "crawl.thread_count=16", "run.progress=false"]
+CRAWL = [
+    "crawl.allow_private_networks=true",
+    "crawl.timeout=1",
+    "crawl.deadline=2",
+    "crawl.thread_count=16",
+    "run.progress=false",
+]
 LEVELS = {
     "exact alone": (["run.stages=[crawl,dedup]", "dedup.perceptual=false", "dedup.semantic=false"], True),
     "perceptual alone": (["run.stages=[crawl,dedup]", "dedup.exact=false", "dedup.semantic=false"], False),

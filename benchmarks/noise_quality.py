@@ -31,7 +31,13 @@ from pipeline.jobs import run_job  # noqa: E402
 from sampleweb import SampleWebServer, generate_corpus, write_url_lists  # noqa: E402
 from sampleweb.scoring import noise_scores, roc_auc  # noqa: E402
 
-CRAWL = ["crawl.timeout=1", "crawl.deadline=2", "crawl.thread_count=16", "run.progress=false"]
+CRAWL = [
+    "crawl.allow_private_networks=true",
+    "crawl.timeout=1",
+    "crawl.deadline=2",
+    "crawl.thread_count=16",
+    "run.progress=false",
+]
 
 
 def main() -> None:

@@ -202,7 +202,8 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
 
     if args.samples < 1:
         raise UsageError("--samples must be >= 1")
-    config = load_config(None, base_text=default_config_text())
+    # The demo crawls its own sample web on loopback, which the SSRF guard otherwise refuses.
+    config = load_config(None, ["crawl.allow_private_networks=true"], base_text=default_config_text())
     print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers))
     return 0
 

@@ -12,8 +12,9 @@ import pytest
 
 from sampleweb import SampleWebServer, generate_corpus, write_url_lists
 
-# Fast-failing crawl settings for tests: the sample web's slow route trickles for ~30 s.
+# Crawl settings for tests: the sample web is on loopback, and its slow route trickles for ~30 s.
 TEST_OVERRIDES = [
+    "crawl.allow_private_networks=true",  # the sample web is on loopback
     "crawl.timeout=1",
     "crawl.deadline=2",
     "crawl.thread_count=16",

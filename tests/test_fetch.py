@@ -99,40 +99,50 @@ def test_x_robots_tag(values, token, opted_out):
 
 
 def test_body_and_headers(server):
-    result = Fetcher(FetchOptions()).fetch(f"{server}/image.jpg")
+    result = Fetcher(FetchOptions(allow_private_networks=True)).fetch(f"{server}/image.jpg")
     assert result.data == BODY and result.http_status == 200 and result.content_type == "image/jpeg"
 
 
 def test_opt_out_through_the_server(server):
-    fetcher = Fetcher(FetchOptions())
+    fetcher = Fetcher(FetchOptions(allow_private_networks=True))
     assert reason(fetcher, f"{server}/robots/noai") == "opted_out"
     assert reason(fetcher, f"{server}/robots/winnow:%20noimageai") == "opted_out"
     assert fetcher.fetch(f"{server}/robots/googlebot:%20noindex").data == BODY
-    assert Fetcher(FetchOptions(disallowed_header_directives=())).fetch(f"{server}/robots/noai").data == BODY
+    assert (
+        Fetcher(FetchOptions(disallowed_header_directives=(), allow_private_networks=True))
+        .fetch(f"{server}/robots/noai")
+        .data
+        == BODY
+    )
 
 
 def test_redirects(server):
-    fetcher = Fetcher(FetchOptions())
+    fetcher = Fetcher(FetchOptions(allow_private_networks=True))
     assert fetcher.fetch(f"{server}/redirect/3").data == BODY
     assert reason(fetcher, f"{server}/loop") == "too_many_redirects"
 
 
 def test_size_cap(server):
-    fetcher = Fetcher(FetchOptions(max_image_bytes=100_000))
+    fetcher = Fetcher(FetchOptions(max_image_bytes=100_000, allow_private_networks=True))
     assert reason(fetcher, f"{server}/big-declared") == "too_large"
     assert reason(fetcher, f"{server}/big-streamed") == "too_large"
 
 
 def test_retries_recover_from_a_5xx(server):
-    assert reason(Fetcher(FetchOptions(retries=0)), f"{server}/flaky/a") == "http_503"
-    assert Fetcher(FetchOptions(retries=1)).fetch(f"{server}/flaky/b").data == BODY
+    assert (
+        reason(Fetcher(FetchOptions(retries=0, allow_private_networks=True)), f"{server}/flaky/a")
+        == "http_503"
+    )
+    assert (
+        Fetcher(FetchOptions(retries=1, allow_private_networks=True)).fetch(f"{server}/flaky/b").data == BODY
+    )
 
 
 def test_transport_failures():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    fetcher = Fetcher(FetchOptions(timeout=2))
+    fetcher = Fetcher(FetchOptions(timeout=2, allow_private_networks=True))
     assert reason(fetcher, f"http://127.0.0.1:{port}/x.jpg") == "connection_error"
     assert reason(fetcher, "ftp://example.org/x.jpg") == "invalid_url"
     assert reason(fetcher, "not a url") == "invalid_url"

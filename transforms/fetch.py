@@ -11,11 +11,12 @@ reason code recorded for the sample:
 | `timeout` | connect or read timeout (`timeout`), or the whole fetch outlived `deadline` |
 | `too_large` | Content-Length or the streamed body exceeds `max_image_bytes` |
 | `opted_out` | an `X-Robots-Tag` directive in `disallowed_header_directives`, for all agents or ours |
+| `forbidden_address` | the host, or a redirect's, resolves only to non-public addresses |
 | `connection_error`, `dns_error`, `ssl_error` | the transport failed |
 
 The fetcher keeps one keep-alive connection pool per host, shared by all threads of a worker.
-Crawl hardening (robots.txt, politeness, address checks) wraps this class; it decides nothing
-about policy itself beyond the X-Robots-Tag opt-out.
+Unless `allow_private_networks`, every connection it opens, on every redirect hop, goes through
+the SSRF guard (`transforms/netguard.py`), which checks the address it connects to.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
+from transforms.netguard import ForbiddenAddress, guard_pool_manager
+
 LOG = logging.getLogger(__name__)
 _MAX_REDIRECTS = 5
 _CHUNK = 1 << 20
@@ -63,6 +66,9 @@ class FetchOptions:
     user_agent_token: str = "winnow"
     #: X-Robots-Tag directives that opt an image out (img2dataset's defaults).
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    #: Let the crawl connect to loopback, private, link-local and other non-public addresses
+    #: (`transforms/netguard.py`); only for crawling one's own network or the loopback sample web.
+    allow_private_networks: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.deadline <= 0:
@@ -109,6 +115,8 @@ class Fetcher:
     def __init__(self, options: FetchOptions, pool_size: int = 64):
         self._options = options
         self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
+        if not options.allow_private_networks:
+            guard_pool_manager(self._pool)  # every connection, redirects included, to public addresses only
         self._headers = {
             "User-Agent": f"Mozilla/5.0 (compatible; {options.user_agent_token}; image-text dataset crawler)",
             "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
@@ -191,6 +199,8 @@ class Fetcher:
 
 def _transport_error(err: BaseException) -> FetchError:
     message = f"{type(err).__name__}: {err}"[:500]
+    if isinstance(err, ForbiddenAddress):
+        return FetchError("forbidden_address", str(err)[:500])
     # Order matters: urllib3's NewConnectionError subclasses ConnectTimeoutError.
     if isinstance(err, NameResolutionError):
         return FetchError("dns_error", message)

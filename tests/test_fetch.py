@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -41,6 +42,23 @@ class _Handler(BaseHTTPRequestHandler):
             for _ in range(40):
                 self.wfile.write(b"1000\r\n" + b"y" * 4096 + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif path.startswith("/retry-after/"):  # 429 with Retry-After the first time, then the image
+            times = self.server.times.setdefault(path, [])  # type: ignore[attr-defined]
+            times.append(time.monotonic())
+            if len(times) == 1:
+                self._reply(429, b"slow down", [("Retry-After", path.split("/")[2])])
+            else:
+                self._reply(200, BODY, [])
+        elif path.startswith("/not-found/"):
+            self.server.times.setdefault(path, []).append(time.monotonic())  # type: ignore[attr-defined]
+            self._reply(404, b"gone", [])
+        elif path.startswith("/to-scheme/"):
+            target = {
+                "file": "file:///etc/passwd",
+                "ftp": "ftp://127.0.0.1/x.jpg",
+                "data": "data:image/png;base64,AA==",
+            }
+            self._reply(302, b"", [("Location", target[path.split("/")[2]])])
         elif path.startswith("/flaky/"):  # the first request for each path fails with 503
             seen = self.server.seen  # type: ignore[attr-defined]
             status = 200 if path in seen else 503
@@ -62,15 +80,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def httpd() -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     httpd.seen = set()  # type: ignore[attr-defined]
+    httpd.times = {}  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(httpd: ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
 def reason(fetcher: Fetcher, url: str) -> str:
@@ -146,3 +170,37 @@ def test_transport_failures():
     assert reason(fetcher, f"http://127.0.0.1:{port}/x.jpg") == "connection_error"
     assert reason(fetcher, "ftp://example.org/x.jpg") == "invalid_url"
     assert reason(fetcher, "not a url") == "invalid_url"
+
+
+def test_retry_after_is_honoured_and_capped(server, httpd):
+    fetcher = Fetcher(FetchOptions(retries=1, retry_backoff=0, allow_private_networks=True))
+    assert fetcher.fetch(f"{server}/retry-after/2").data == BODY
+    first, second = httpd.times["/retry-after/2"]
+    assert second - first >= 2.0  # the server saw the retry no sooner than it asked
+    # A day's Retry-After is beyond crawl.max_retry_after: the sample fails at once, no retry.
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="exceeds crawl.max_retry_after") as caught:
+        fetcher.fetch(f"{server}/retry-after/86400")
+    assert caught.value.reason == "http_429" and caught.value.retry_after == 86400
+    assert len(httpd.times["/retry-after/86400"]) == 1 and time.monotonic() - started < 5
+
+
+def test_404_is_never_retried(server, httpd):
+    fetcher = Fetcher(FetchOptions(retries=3, retry_backoff=0, allow_private_networks=True))
+    assert reason(fetcher, f"{server}/not-found/a") == "http_404"
+    assert len(httpd.times["/not-found/a"]) == 1
+
+
+@pytest.mark.parametrize("scheme", ["file", "ftp", "data"])
+def test_redirects_to_other_schemes_are_refused(server, scheme):
+    fetcher = Fetcher(FetchOptions(allow_private_networks=True))
+    with pytest.raises(FetchError, match="non-http") as caught:
+        fetcher.fetch(f"{server}/to-scheme/{scheme}")
+    assert caught.value.reason == "invalid_url"
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.org/a.jpg", "data:image/png;base64,AA=="]
+)
+def test_other_schemes_are_refused_before_any_connection(url):
+    assert reason(Fetcher(FetchOptions()), url) == "invalid_url"

@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import tarfile
 
 import pyarrow.parquet as pq
@@ -133,3 +134,25 @@ def test_tar_bytes_equal_what_tarfile_writes():
     assert tar_bytes([]) == _reference_tar([])
     with pytest.raises(ValueError, match="too long"):
         tar_bytes([("e" * 101, b"")])
+
+
+def test_tar_member_names_are_generated_keys_never_urls_or_captions():
+    hostile = [
+        ("http://x/../../etc/passwd.jpg", "../../../root/.ssh/authorized_keys"),
+        ("http://x/a.jpg?name=/tmp/evil.sh", "/absolute/path.txt"),
+        ("http://x/%2e%2e%2fshadow", "caption\x00with nul\nand newline"),
+        ("http://x/" + "a" * 300 + ".png", "long " * 100),
+    ]
+    samples = []
+    for url, caption in hostile:
+        base = Sample(uid=make_uid(url, caption), url=url, caption=caption)
+        samples.append(
+            dataclasses.replace(base, status=Status.SUCCESS, image=b"\xff\xd8 img", image_ext="jpg")
+        )
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(tar_members(samples)))) as archive:
+        names = archive.getnames()
+        assert len(names) == 3 * len(hostile)
+        assert all(re.fullmatch(r"[0-9a-f]{32}\.(jpg|txt|json)", name) for name in names), names
+        # The caption travels inside the member, not in its name.
+        texts = {archive.extractfile(n).read().decode() for n in names if n.endswith(".txt")}
+    assert texts == {caption for _, caption in hostile}

@@ -22,6 +22,8 @@ the SSRF guard (`transforms/netguard.py`), which checks the address it connects 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import email.utils
 import logging
 import time
 from collections.abc import Iterable
@@ -58,8 +60,14 @@ class FetchOptions:
     timeout: float = 10.0
     #: Total seconds one image may take, redirects and body included.
     deadline: float = 30.0
-    #: Extra attempts after a timeout, connection error, 429 or 5xx.
+    #: Extra attempts after a timeout, connection error, 429 or 5xx (never after a 404 or other 4xx).
     retries: int = 0
+    #: Wait before retry n (from 0): `retry_backoff * 2**n` seconds, or the server's Retry-After
+    #: when that is longer.
+    retry_backoff: float = 1.0
+    #: Longest Retry-After honoured, in seconds; a server asking for longer fails the sample
+    #: (its reason stays `http_429` / `http_503`) instead of holding a download thread.
+    max_retry_after: float = 60.0
     #: Largest body accepted, in bytes.
     max_image_bytes: int = 10_000_000
     #: Our token in the User-Agent and in `X-Robots-Tag: <token>: <directives>` matching.
@@ -75,15 +83,21 @@ class FetchOptions:
             raise ValueError("crawl.timeout and crawl.deadline must be positive")
         if self.retries < 0 or self.max_image_bytes <= 0:
             raise ValueError("crawl.retries must be >= 0 and crawl.max_image_bytes > 0")
+        if self.retry_backoff < 0 or self.max_retry_after < 0:
+            raise ValueError("crawl.retry_backoff and crawl.max_retry_after must be >= 0")
 
 
 class FetchError(Exception):
     """A fetch that failed; `reason` is the status reason code."""
 
-    def __init__(self, reason: str, message: str, http_status: int | None = None):
+    def __init__(
+        self, reason: str, message: str, http_status: int | None = None, retry_after: float | None = None
+    ):
         super().__init__(message)
         self.reason = reason
         self.http_status = http_status
+        #: Seconds the server asked us to wait (Retry-After of a 429 or 503), if it said.
+        self.retry_after = retry_after
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +144,26 @@ class Fetcher:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FetchError("invalid_url", f"not an absolute http(s) URL: {url[:200]!r}")
+        options = self._options
         attempt = 0
         while True:
             try:
                 return self._fetch_once(url)
             except FetchError as err:
-                if attempt >= self._options.retries or err.reason not in _RETRYABLE:
+                if attempt >= options.retries or err.reason not in _RETRYABLE:
                     raise
+                wait = options.retry_backoff * 2**attempt
+                if err.retry_after is not None:
+                    if err.retry_after > options.max_retry_after:
+                        raise FetchError(
+                            err.reason,
+                            f"{err}; Retry-After {err.retry_after:g} s exceeds crawl.max_retry_after "
+                            f"{options.max_retry_after:g} s",
+                            err.http_status,
+                            err.retry_after,
+                        ) from err
+                    wait = max(wait, err.retry_after)
+                time.sleep(wait)  # exponential backoff: a struggling server is not hammered
                 attempt += 1
 
     def _fetch_once(self, url: str) -> FetchResult:
@@ -160,8 +187,9 @@ class Fetcher:
         options = self._options
         status = response.status
         if not 200 <= status < 300:
+            retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
             response.close()
-            raise FetchError(f"http_{status}", f"HTTP {status}", status)
+            raise FetchError(f"http_{status}", f"HTTP {status}", status, retry_after)
         headers = response.headers
         if options.disallowed_header_directives and is_opted_out(
             headers.getlist("X-Robots-Tag"), options.user_agent_token, options.disallowed_header_directives
@@ -197,10 +225,32 @@ class Fetcher:
         return FetchResult(b"".join(chunks), status, headers.get("Content-Type"))
 
 
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
 def _transport_error(err: BaseException) -> FetchError:
     message = f"{type(err).__name__}: {err}"[:500]
     if isinstance(err, ForbiddenAddress):
         return FetchError("forbidden_address", str(err)[:500])
+    # The first URL is checked before any request; these come from a redirect's Location.
+    exceptions = urllib3.exceptions
+    if isinstance(err, exceptions.URLSchemeUnknown) or (
+        isinstance(err, exceptions.LocationValueError) and not isinstance(err, exceptions.LocationParseError)
+    ):
+        return FetchError("invalid_url", f"redirect to a non-http(s) URL or one without a host: {message}")
     # Order matters: urllib3's NewConnectionError subclasses ConnectTimeoutError.
     if isinstance(err, NameResolutionError):
         return FetchError("dns_error", message)

@@ -15,29 +15,15 @@ pipeline once and scores the noise stage against the planted caption noise:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from groundtruth import run_on, served_sample_web  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.jobs import run_job  # noqa: E402
-from sampleweb import SampleWebServer, generate_corpus, write_url_lists  # noqa: E402
 from sampleweb.scoring import noise_scores, roc_auc  # noqa: E402
-
-CRAWL = [
-    "crawl.allow_private_networks=true",
-    "crawl.timeout=1",
-    "crawl.deadline=2",
-    "crawl.thread_count=16",
-    "run.progress=false",
-]
 
 
 def main() -> None:
@@ -48,22 +34,9 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="output folder (default: a new temporary one)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. noise.k=20")
     args = parser.parse_args()
-    web = os.path.join(args.workdir, f"web-{args.samples}-{args.seed}")
-    if not os.path.exists(os.path.join(web, "manifest.parquet")):
-        generate_corpus(web, samples=args.samples, seed=args.seed)
-    with SampleWebServer(web, host="127.0.0.1", port=0) as server:
-        urls, truth_path = write_url_lists(web, server.base_url)
-        truth = {row["url"]: row for row in pq.read_table(truth_path).to_pylist()}
-        output = args.output or tempfile.mkdtemp(prefix="winnow-noise-")
-        started = time.monotonic()
-        stats = run_job(load_config(overrides=[*CRAWL, *args.overrides]), [urls], output)
-        elapsed = time.monotonic() - started
-    rows = [
-        row
-        for name in sorted(os.listdir(output))
-        if name.endswith(".parquet")
-        for row in pq.read_table(os.path.join(output, name)).to_pylist()
-    ]
+    with served_sample_web(args.workdir, args.samples, args.seed) as (urls, truth):
+        run = run_on(urls, args.overrides, output=args.output, prefix="winnow-noise-")
+    rows, stats, elapsed = run.rows, run.stats, run.seconds
     judged = [r for r in rows if r["noise_prob"] is not None]
     scores = noise_scores(judged, truth)
     print(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -13,6 +16,13 @@ import pytest
 from transforms.fetch import Fetcher, FetchError, FetchOptions, is_opted_out
 
 BODY = b"\xff\xd8" + b"x" * 5000
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    zeros = bytes(1 << 20)
+    return b"".join([*(packer.compress(zeros) for _ in range(1024)), packer.flush()])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,6 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "data": "data:image/png;base64,AA==",
             }
             self._reply(302, b"", [("Location", target[path.split("/")[2]])])
+        elif path == "/gzip-bomb":  # 1 MB on the wire, 1 GiB once decoded
+            self._reply(200, _gzip_bomb(), [("Content-Encoding", "gzip"), ("Content-Type", "image/jpeg")])
         elif path.startswith("/flaky/"):  # the first request for each path fails with 503
             seen = self.server.seen  # type: ignore[attr-defined]
             status = 200 if path in seen else 503
@@ -79,9 +91,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that stops reading (a cut body) is what several tests want
+
+
 @pytest.fixture(scope="module")
 def httpd() -> Iterator[ThreadingHTTPServer]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     httpd.seen = set()  # type: ignore[attr-defined]
     httpd.times = {}  # type: ignore[attr-defined]
@@ -204,3 +221,18 @@ def test_redirects_to_other_schemes_are_refused(server, scheme):
 )
 def test_other_schemes_are_refused_before_any_connection(url):
     assert reason(Fetcher(FetchOptions()), url) == "invalid_url"
+
+
+def test_a_gzip_bomb_is_cut_at_the_byte_cap_in_bounded_memory(server):
+    fetcher = Fetcher(FetchOptions(max_image_bytes=10_000_000, allow_private_networks=True))
+    _gzip_bomb()  # built before measuring
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError, match="body exceeds 10000000 bytes") as caught:
+            fetcher.fetch(f"{server}/gzip-bomb")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == "too_large"
+    # Decoded as it streams, a chunk at a time: far below the 1 GiB the body would inflate to.
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB"

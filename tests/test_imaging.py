@@ -1,6 +1,9 @@
 """Decode/resize/encode: img2dataset's resize geometry, orientation, alpha, failures."""
 
 import io
+import random
+import struct
+import zlib
 
 import pytest
 from PIL import Image, ImageDraw
@@ -193,3 +196,69 @@ def test_rotated_webp_is_oriented():
     out = process_image(encode(thirds(400, 200), "WEBP", exif=exif), ImageOptions(resize_mode="no"))
     assert (out.width, out.height) == (200, 400)
     assert _close(_decode(out.data).getpixel((100, 380)), (255, 0, 0))  # red left third ends at the bottom
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width`×`height` (a decompression bomb's first bytes)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    data = zlib.compress(b"\x00" * 64)
+    idat = struct.pack(">I", len(data)) + b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + idat
+
+
+def _palette_with_transparency() -> Image.Image:
+    image = Image.new("P", (40, 30), 1)
+    image.info["transparency"] = 0
+    return image
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_png_claiming(50_000, 50_000), "image_area_too_large"),
+        (SVG, "not_an_image"),  # never rendered
+        (bytes(random.Random(7).randrange(256) for _ in range(20_000)), "not_an_image"),
+    ],
+    ids=["png-50000x50000", "svg", "random-bytes"],
+)
+def test_hostile_bytes_fail_with_their_reason(data, reason):
+    with pytest.raises(ImageError) as err:
+        process_image(data, ImageOptions())
+    assert err.value.reason == reason
+
+
+def test_a_thin_strip_is_not_blown_up_by_keep_ratio():
+    strip = encode(Image.new("L", (1, 100_000), 128), "PNG")
+    with pytest.raises(ImageError) as err:  # 256 × 25,600,000 pixels if scaled as asked
+        process_image(strip, ImageOptions(image_size=256, resize_mode="keep_ratio"))
+    assert err.value.reason == "image_area_too_large"
+
+
+def test_a_gif_of_many_frames_uses_the_first_without_decoding_the_rest():
+    frames = [Image.new("P", (2, 2), i % 256) for i in range(20_000)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10)
+    out = process_image(data, ImageOptions(image_size=16))
+    assert out.source_format == "GIF" and (out.width, out.height) == (16, 16)
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt"),
+    [
+        (Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"),
+        (Image.new("I;16", (40, 30), 40_000), "PNG"),
+        (_palette_with_transparency(), "PNG"),
+        (Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"),
+        (Image.new("L", (1, 100_000), 128), "PNG"),
+    ],
+    ids=["cmyk-jpeg", "16-bit-png", "palette-alpha-png", "1x1", "1x100000"],
+)
+def test_unusual_modes_and_shapes_decode_to_rgb(image, fmt):
+    out = process_image(encode(image, fmt), ImageOptions(image_size=32, resize_mode="border"))
+    assert (out.width, out.height) == (32, 32)
+    decoded = Image.open(io.BytesIO(out.data))
+    assert decoded.mode == "RGB" and (out.original_width, out.original_height) == image.size

@@ -129,7 +129,8 @@ def plan_resize(width: int, height: int, options: ImageOptions) -> ResizePlan:
         if mode == "fixed":
             return ResizePlan((size, size), None, None, downscale)
         scale = size / max(width, height)
-        scaled = (round(width * scale), round(height * scale))
+        # At least one pixel: a 1×100000 strip scaled to 256 would otherwise be 0 pixels wide.
+        scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
         return ResizePlan(scaled, None, size if mode == "border" else None, downscale)
     return ResizePlan(None, None, None, False)
 
@@ -155,6 +156,14 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
         )
     _check_shape(width, height, options)
     plan = plan_resize(width, height, options)
+    # keep_ratio scales the short side to image_size: a thin strip would become enormous.
+    target = plan.scaled if plan.crop is None else None
+    if target is not None and Image.MAX_IMAGE_PIXELS and target[0] * target[1] > Image.MAX_IMAGE_PIXELS:
+        raise ImageError(
+            "image_area_too_large",
+            f"{width}x{height} resized to {target[0]}x{target[1]} exceeds Pillow's "
+            "decompression-bomb limit (set crawl.max_aspect_ratio to reject such strips earlier)",
+        )
     if opened.format == "WEBP" and not getattr(opened, "is_animated", False):
         image = _decode_webp(data, has_alpha=opened.mode == "RGBA")
     else:

@@ -39,7 +39,7 @@ FAULT_REASONS: dict[str, str] = {
     "slow": "timeout",
     "truncated": "decode_error",
     "html": "not_an_image",
-    "noai": "opted_out",
+    "noai": "opted_out_x_robots_tag",
     "oversize": "too_large",
 }
 FAULT_SEGMENTS: dict[str, str] = {

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from transforms.fetch import Fetcher, FetchError, FetchOptions, is_opted_out
+from transforms.fetch import Fetcher, FetchError, FetchOptions
+from transforms.optouts import x_robots_tag_disallows
 
 BODY = b"\xff\xd8" + b"x" * 5000
 
@@ -76,6 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 200 if path in seen else 503
             seen.add(path)
             self._reply(status, BODY if status == 200 else b"busy", [])
+        elif path in ("/robots.txt", "/.well-known/tdmrep.json"):
+            self._reply(404, b"no such file", [])
         else:
             self._reply(200, BODY, [("Content-Type", "image/jpeg")])
 
@@ -136,7 +139,7 @@ def reason(fetcher: Fetcher, url: str) -> str:
 )
 def test_x_robots_tag(values, token, opted_out):
     directives = FetchOptions().disallowed_header_directives
-    assert is_opted_out(values, token, directives) is opted_out
+    assert x_robots_tag_disallows(values, token, directives) is opted_out
 
 
 def test_body_and_headers(server):
@@ -146,8 +149,8 @@ def test_body_and_headers(server):
 
 def test_opt_out_through_the_server(server):
     fetcher = Fetcher(FetchOptions(allow_private_networks=True))
-    assert reason(fetcher, f"{server}/robots/noai") == "opted_out"
-    assert reason(fetcher, f"{server}/robots/winnow:%20noimageai") == "opted_out"
+    assert reason(fetcher, f"{server}/robots/noai") == "opted_out_x_robots_tag"
+    assert reason(fetcher, f"{server}/robots/winnow:%20noimageai") == "opted_out_x_robots_tag"
     assert fetcher.fetch(f"{server}/robots/googlebot:%20noindex").data == BODY
     assert (
         Fetcher(FetchOptions(disallowed_header_directives=(), allow_private_networks=True))
@@ -160,7 +163,11 @@ def test_opt_out_through_the_server(server):
 def test_redirects(server):
     fetcher = Fetcher(FetchOptions(allow_private_networks=True))
     assert fetcher.fetch(f"{server}/redirect/3").data == BODY
-    assert reason(fetcher, f"{server}/loop") == "too_many_redirects"
+    assert reason(fetcher, f"{server}/loop") == "redirect_loop"
+    assert reason(fetcher, f"{server}/redirect/6") == "too_many_redirects"  # max_redirects 5
+    assert Fetcher(FetchOptions(max_redirects=6, allow_private_networks=True)).fetch(f"{server}/redirect/6")
+    with pytest.raises(ValueError, match="max_redirects"):
+        FetchOptions(max_redirects=11)
 
 
 def test_size_cap(server):

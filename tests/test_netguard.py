@@ -99,6 +99,11 @@ class _Redirecting(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         _Redirecting.seen.append(self.path)
         target = {"/to-loopback": "http://127.0.0.1:{port}/inner", "/to-metadata": "http://169.254.169.254/"}
+        if self.path not in target:  # robots.txt, tdmrep.json
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(302)
         self.send_header("Location", target[self.path].format(port=self.server.inner_port))
         self.send_header("Content-Length", "0")

@@ -233,7 +233,7 @@ def test_server_sends_the_opt_out_header(server: SampleWebServer, rows, corpus) 
         status, headers, body = _get(server.base_url + row["path"])
         assert status == 200 and body == _file(corpus, row).read_bytes()
         assert headers["X-Robots-Tag"] in ROBOTS_FORMS.values()
-        assert row["expected_reason"] == "opted_out"
+        assert row["expected_reason"] == "opted_out_x_robots_tag"
 
 
 def test_server_serves_html_as_jpeg(server: SampleWebServer, rows) -> None:

@@ -1,22 +1,30 @@
-"""Fetch one image over HTTP(S): pure helpers, no Beam.
+"""Fetch one image over HTTP(S), politely and safely: pure helpers, no Beam.
 
 `Fetcher.fetch(url)` returns the body bytes or raises `FetchError` whose `reason` is the status
 reason code recorded for the sample:
 
 | reason | when |
 |---|---|
-| `invalid_url` | not an absolute http(s) URL |
-| `http_<code>` | the final response is not 2xx (after at most 5 redirects) |
-| `too_many_redirects` | more than 5 redirects |
+| `invalid_url` | not an absolute http(s) URL, or a redirect to another scheme (`file:`, `ftp:`, `data:`) |
+| `http_<code>` | the final response is not 2xx; 429 and 5xx are retried with backoff, never a 404 |
+| `too_many_redirects` | more than `max_redirects` hops |
+| `redirect_loop` | a redirect back to a URL already visited |
 | `timeout` | connect or read timeout (`timeout`), or the whole fetch outlived `deadline` |
-| `too_large` | Content-Length or the streamed body exceeds `max_image_bytes` |
-| `opted_out` | an `X-Robots-Tag` directive in `disallowed_header_directives`, for all agents or ours |
+| `too_large` | Content-Length or the streamed (decompressed) body exceeds `max_image_bytes` |
 | `forbidden_address` | the host, or a redirect's, resolves only to non-public addresses |
 | `connection_error`, `dns_error`, `ssl_error` | the transport failed |
+| `opted_out_robots_txt` | the origin's robots.txt disallows the path for `user_agent_token` |
+| `robots_unreachable` | the robots.txt answered 5xx or 429: RFC 9309 disallows the whole origin |
+| `opted_out_x_robots_tag` | an `X-Robots-Tag` directive of `disallowed_header_directives` for us |
+| `opted_out_tdmrep` | a `tdm-reservation: 1` header, or the origin's `tdmrep.json` reserves the path |
+| `opted_out_content_usage` | a `Content-Usage` header sets a category of `content_usage_categories` to `n` |
 
-The fetcher keeps one keep-alive connection pool per host, shared by all threads of a worker.
-Unless `allow_private_networks`, every connection it opens, on every redirect hop, goes through
-the SSRF guard (`transforms/netguard.py`), which checks the address it connects to.
+robots.txt and tdmrep.json are checked before the image is requested, on every redirect hop, so a
+disallowed path is never fetched; the response headers are checked before the body is read.
+Requests to one host go through `transforms/politeness.py` (concurrency cap, minimum delay, the
+robots.txt Crawl-delay). The fetcher keeps one keep-alive connection pool per host, shared by all
+threads of a worker. Unless `allow_private_networks`, every connection it opens goes through the
+SSRF guard (`transforms/netguard.py`), which checks the address it connects to.
 """
 
 from __future__ import annotations
@@ -26,8 +34,7 @@ import datetime
 import email.utils
 import logging
 import time
-from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -45,11 +52,37 @@ from urllib3.exceptions import (
 )
 
 from transforms.netguard import ForbiddenAddress, guard_pool_manager
+from transforms.optouts import content_usage_disallows, tdm_header_reserves, x_robots_tag_disallows
+from transforms.politeness import HostThrottle
+from transforms.robots import (
+    ALLOW_ALL,
+    MAX_TTL_S,
+    ROBOTS_PATH,
+    SITE_FILE_MAX_BYTES,
+    SITE_FILE_MAX_REDIRECTS,
+    TDMREP_PATH,
+    SiteFile,
+    SiteRules,
+    SiteRulesCache,
+    robots_rules,
+    tdm_rules,
+)
 
 LOG = logging.getLogger(__name__)
-_MAX_REDIRECTS = 5
 _CHUNK = 1 << 20
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Failures retried within a run (`crawl.retries`): the server or the network may recover soon.
 _RETRYABLE = {"timeout", "connection_error", "http_500", "http_502", "http_503", "http_504", "http_429"}
+#: Failures worth another attempt in a later run (`winnow run --retry-failed`): transient ones,
+#: including DNS outages and robots.txt files that were unreachable.
+_RETRYABLE_LATER = _RETRYABLE | {"dns_error", "ssl_error", "robots_unreachable"}
+
+
+def is_retryable_failure(reason: str | None) -> bool:
+    """True for a crawl failure that a later run may fix (timeouts, DNS, 5xx, 429, unreachable robots.txt)."""
+    return reason is not None and (
+        reason in _RETRYABLE_LATER or (reason.startswith("http_5") and len(reason) == 8)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +91,8 @@ class FetchOptions:
 
     #: Connect and per-read timeout in seconds.
     timeout: float = 10.0
-    #: Total seconds one image may take, redirects and body included.
+    #: Total seconds one image may take, redirects and body included; waiting for a host's turn
+    #: is not counted.
     deadline: float = 30.0
     #: Extra attempts after a timeout, connection error, 429 or 5xx (never after a 404 or other 4xx).
     retries: int = 0
@@ -68,12 +102,34 @@ class FetchOptions:
     #: Longest Retry-After honoured, in seconds; a server asking for longer fails the sample
     #: (its reason stays `http_429` / `http_503`) instead of holding a download thread.
     max_retry_after: float = 60.0
-    #: Largest body accepted, in bytes.
+    #: Redirects followed per image (at most 10).
+    max_redirects: int = 5
+    #: Largest body accepted, in bytes (after Content-Encoding is undone).
     max_image_bytes: int = 10_000_000
-    #: Our token in the User-Agent and in `X-Robots-Tag: <token>: <directives>` matching.
+    #: Our token: matched against robots.txt user-agent groups and `X-Robots-Tag: <token>: ...`.
     user_agent_token: str = "winnow"
+    #: The User-Agent header; empty: `Mozilla/5.0 (compatible; <token>; image-text dataset crawler)`.
+    user_agent: str = ""
+    #: Requests at once to one host, per worker process (0: no cap).
+    max_per_host: int = 8
+    #: Least seconds between the starts of two requests to one host.
+    min_host_delay: float = 0.0
+    #: Longest robots.txt Crawl-delay honoured, in seconds; a longer one is cut to this.
+    max_crawl_delay: float = 10.0
+    #: Obey robots.txt (`opted_out_robots_txt`, `robots_unreachable`).
+    respect_robots_txt: bool = True
+    #: Seconds an origin's robots.txt and tdmrep.json are kept (at most 86400, RFC 9309).
+    robots_cache_ttl: float = 86400.0
+    #: Obey `X-Robots-Tag` (`opted_out_x_robots_tag`).
+    respect_x_robots_tag: bool = True
     #: X-Robots-Tag directives that opt an image out (img2dataset's defaults).
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    #: Obey TDMRep: the `tdm-reservation` header and `/.well-known/tdmrep.json` (`opted_out_tdmrep`).
+    respect_tdmrep: bool = True
+    #: Obey the `Content-Usage` header of IETF AI Preferences (`opted_out_content_usage`).
+    respect_content_usage: bool = True
+    #: Content-Usage categories whose `n` opts an image out.
+    content_usage_categories: tuple[str, ...] = ("train-ai",)
     #: Let the crawl connect to loopback, private, link-local and other non-public addresses
     #: (`transforms/netguard.py`); only for crawling one's own network or the loopback sample web.
     allow_private_networks: bool = False
@@ -85,6 +141,23 @@ class FetchOptions:
             raise ValueError("crawl.retries must be >= 0 and crawl.max_image_bytes > 0")
         if self.retry_backoff < 0 or self.max_retry_after < 0:
             raise ValueError("crawl.retry_backoff and crawl.max_retry_after must be >= 0")
+        if not 0 <= self.max_redirects <= 10:
+            raise ValueError(f"crawl.max_redirects must be between 0 and 10, got {self.max_redirects}")
+        if self.max_per_host < 0 or self.min_host_delay < 0 or self.max_crawl_delay < 0:
+            raise ValueError(
+                "crawl.max_per_host, crawl.min_host_delay and crawl.max_crawl_delay must be >= 0"
+            )
+        if not 0 < self.robots_cache_ttl <= MAX_TTL_S:
+            raise ValueError(f"crawl.robots_cache_ttl must be in (0, {MAX_TTL_S:g}] seconds (RFC 9309)")
+        if not self.user_agent_token.strip():
+            raise ValueError("crawl.user_agent_token must not be empty")
+
+    @property
+    def user_agent_header(self) -> str:
+        return (
+            self.user_agent
+            or f"Mozilla/5.0 (compatible; {self.user_agent_token}; image-text dataset crawler)"
+        )
 
 
 class FetchError(Exception):
@@ -107,24 +180,26 @@ class FetchResult:
     content_type: str | None
 
 
-def is_opted_out(header_values: Iterable[str], agent_token: str | None, directives: Iterable[str]) -> bool:
-    """True if an X-Robots-Tag value disallows use, for every agent or for `agent_token`.
+class _Deadline:
+    """Seconds left of a fetch's wall-clock budget; time spent waiting for a host's turn is given back."""
 
-    Accepts both `noai, noimageai` and the `agent: noai` form, as img2dataset does.
-    """
-    disallowed = {d.strip().lower() for d in directives}
-    token = agent_token.strip().lower() if agent_token else None
-    for value in header_values:
-        agent, sep, rest = value.partition(":")
-        named = agent.strip().lower() if sep else None
-        listed = {d.strip().lower() for d in (rest if sep else value).split(",")}
-        if (named is None or named == token) and listed & disallowed:
-            return True
-    return False
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def extend(self, seconds: float) -> None:
+        self._end += seconds
+
+    def left(self) -> float:
+        return self._end - time.monotonic()
+
+    def check(self, status: int | None = None) -> None:
+        if self.left() <= 0:
+            raise FetchError("timeout", f"deadline of {self.seconds:g}s exceeded", status)
 
 
 class Fetcher:
-    """Thread-safe image fetcher over a shared urllib3 pool."""
+    """Thread-safe image fetcher over a shared urllib3 pool, with per-origin rules and per-host turns."""
 
     def __init__(self, options: FetchOptions, pool_size: int = 64):
         self._options = options
@@ -132,12 +207,11 @@ class Fetcher:
         if not options.allow_private_networks:
             guard_pool_manager(self._pool)  # every connection, redirects included, to public addresses only
         self._headers = {
-            "User-Agent": f"Mozilla/5.0 (compatible; {options.user_agent_token}; image-text dataset crawler)",
+            "User-Agent": options.user_agent_header,
             "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
         }
-        self._retry = urllib3.Retry(
-            total=None, connect=0, read=0, status=0, other=0, redirect=_MAX_REDIRECTS, raise_on_redirect=True
-        )
+        self._throttle = HostThrottle(options.max_per_host)
+        self._sites = SiteRulesCache(self._load_site_rules, options.robots_cache_ttl)
 
     def fetch(self, url: str) -> FetchResult:
         """Fetches `url`, retrying transient failures `retries` times."""
@@ -167,23 +241,99 @@ class Fetcher:
                 attempt += 1
 
     def _fetch_once(self, url: str) -> FetchResult:
-        options = self._options
-        deadline = time.monotonic() + options.deadline
-        timeout = urllib3.Timeout(connect=options.timeout, read=options.timeout)
+        """One attempt: every hop checked against its origin's rules, then fetched in the host's turn."""
+        deadline = _Deadline(self._options.deadline)
+        visited = {url}
+        for _ in range(self._options.max_redirects + 1):
+            parts = _split(url)
+            rules = self._check_site_rules(url, parts)
+            with self._throttle.slot(parts.hostname or "", self._delay(rules)) as waited:
+                deadline.extend(waited)
+                response = self._request(url, deadline)
+                try:
+                    location = response.headers.get("Location") if response.status in _REDIRECTS else None
+                    if location is None:
+                        return self._read(response, deadline)
+                    response.close()  # a redirect's body is never read: it could be endless
+                finally:
+                    response.release_conn()
+            url = _follow(url, location, visited)
+        raise FetchError("too_many_redirects", f"more than {self._options.max_redirects} redirects")
+
+    def _request(self, url: str, deadline: _Deadline) -> urllib3.BaseHTTPResponse:
+        deadline.check()
+        wait = min(self._options.timeout, deadline.left())
         try:
-            response = self._pool.request(
-                "GET", url, headers=self._headers, timeout=timeout, retries=self._retry, preload_content=False
+            return self._pool.request(
+                "GET",
+                url,
+                headers=self._headers,
+                timeout=urllib3.Timeout(connect=wait, read=wait),
+                retries=False,
+                redirect=False,
+                preload_content=False,
             )
         except MaxRetryError as err:
             raise _transport_error(err.reason or err) from err
         except (HTTPError, ValueError) as err:
             raise _transport_error(err) from err
-        try:
-            return self._read(response, deadline)
-        finally:
-            response.release_conn()
 
-    def _read(self, response: urllib3.BaseHTTPResponse, deadline: float) -> FetchResult:
+    def _check_site_rules(self, url: str, parts: SplitResult) -> SiteRules:
+        """Raises the opt-out (or `robots_unreachable`) failure of `url`'s origin rules, if any."""
+        options = self._options
+        if not (options.respect_robots_txt or options.respect_tdmrep):
+            return ALLOW_ALL
+        rules = self._sites.get(_origin(parts))
+        if options.respect_robots_txt and not rules.robots_allows(url, options.user_agent_token):
+            if rules.robots == "parsed":
+                raise FetchError("opted_out_robots_txt", rules.robots_detail)
+            raise FetchError(rules.transport_failure or "robots_unreachable", rules.robots_detail)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if options.respect_tdmrep and rules.tdm_reserved(path):
+            raise FetchError(
+                "opted_out_tdmrep", f"{TDMREP_PATH} reserves text and data mining rights for {path}"
+            )
+        return rules
+
+    def _delay(self, rules: SiteRules) -> float:
+        crawl_delay = rules.crawl_delay(self._options.user_agent_token) or 0.0
+        return max(self._options.min_host_delay, min(crawl_delay, self._options.max_crawl_delay))
+
+    def _load_site_rules(self, origin: str) -> SiteRules:
+        options = self._options
+        rules = (
+            robots_rules(self._site_file(origin + ROBOTS_PATH)) if options.respect_robots_txt else ALLOW_ALL
+        )
+        if options.respect_tdmrep:
+            rules = dataclasses.replace(
+                rules, tdm_rules=tdm_rules(origin, self._site_file(origin + TDMREP_PATH))
+            )
+        return rules
+
+    def _site_file(self, url: str) -> SiteFile:
+        """GETs a robots.txt or tdmrep.json: at most 5 redirects and the first 500 KiB of the body."""
+        visited = {url}
+        try:
+            for _ in range(SITE_FILE_MAX_REDIRECTS + 1):
+                deadline = _Deadline(self._options.deadline)
+                with self._throttle.slot(_split(url).hostname or "", self._options.min_host_delay):
+                    response = self._request(url, deadline)
+                    try:
+                        location = response.headers.get("Location") if response.status in _REDIRECTS else None
+                        if location is None:
+                            body = self._read_body(response, deadline, SITE_FILE_MAX_BYTES, truncate=True)
+                            return SiteFile(response.status, body)
+                        response.close()
+                    finally:
+                        response.release_conn()
+                url = _follow(url, location, visited)
+            return SiteFile(310, error="more than 5 redirects")  # RFC 9309: may be taken as unavailable
+        except FetchError as err:
+            if err.reason in ("redirect_loop", "invalid_url"):
+                return SiteFile(310, error=str(err))
+            return SiteFile(None, error=f"{err.reason}: {err}", reason=err.reason)
+
+    def _read(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline) -> FetchResult:
         options = self._options
         status = response.status
         if not 200 <= status < 300:
@@ -191,38 +341,109 @@ class Fetcher:
             response.close()
             raise FetchError(f"http_{status}", f"HTTP {status}", status, retry_after)
         headers = response.headers
-        if options.disallowed_header_directives and is_opted_out(
-            headers.getlist("X-Robots-Tag"), options.user_agent_token, options.disallowed_header_directives
-        ):
+        opt_out = self._header_opt_out(headers)
+        if opt_out is not None:
             response.close()
-            raise FetchError("opted_out", "X-Robots-Tag disallows use of this image", status)
+            raise FetchError(opt_out[0], opt_out[1], status)
         length = headers.get("Content-Length")
         if length and length.isdigit() and int(length) > options.max_image_bytes:
             response.close()
             raise FetchError(
                 "too_large", f"Content-Length {length} exceeds {options.max_image_bytes}", status
             )
+        data = self._read_body(response, deadline, options.max_image_bytes, truncate=False)
+        return FetchResult(data, status, headers.get("Content-Type"))
+
+    def _header_opt_out(self, headers: urllib3.HTTPHeaderDict) -> tuple[str, str] | None:
+        """The reason and message of the first opt-out header among the signals obeyed, if any."""
+        options = self._options
+        if (
+            options.respect_x_robots_tag
+            and options.disallowed_header_directives
+            and x_robots_tag_disallows(
+                headers.getlist("X-Robots-Tag"),
+                options.user_agent_token,
+                options.disallowed_header_directives,
+            )
+        ):
+            return "opted_out_x_robots_tag", "X-Robots-Tag disallows use of this image"
+        if options.respect_tdmrep and tdm_header_reserves(headers.getlist("tdm-reservation")):
+            return "opted_out_tdmrep", "tdm-reservation: 1 reserves text and data mining rights"
+        if options.respect_content_usage and content_usage_disallows(
+            headers.getlist("Content-Usage"), options.content_usage_categories
+        ):
+            return (
+                "opted_out_content_usage",
+                f"Content-Usage disallows {', '.join(options.content_usage_categories)}",
+            )
+        return None
+
+    @staticmethod
+    def _read_body(
+        response: urllib3.BaseHTTPResponse, deadline: _Deadline, max_bytes: int, truncate: bool
+    ) -> bytes:
+        """Streams the (decoded) body: never more than `max_bytes` kept, never past the deadline.
+
+        Past `max_bytes` the body is cut there if `truncate`, else the fetch fails as `too_large`.
+        """
+        status = response.status
         chunks: list[bytes] = []
         size = 0
         try:
             while True:
-                if time.monotonic() > deadline:
+                if deadline.left() <= 0:
                     response.close()
-                    raise FetchError("timeout", f"deadline of {options.deadline}s exceeded", status)
+                    deadline.check(status)
                 chunk = response.read1(_CHUNK)
                 if not chunk:
                     break
                 size += len(chunk)
-                if size > options.max_image_bytes:
+                if size > max_bytes:
                     response.close()
-                    raise FetchError("too_large", f"body exceeds {options.max_image_bytes} bytes", status)
+                    if truncate:
+                        chunks.append(chunk[: len(chunk) - (size - max_bytes)])
+                        break
+                    raise FetchError("too_large", f"body exceeds {max_bytes} bytes", status)
                 chunks.append(chunk)
         except HTTPError as err:
             response.close()
             failure = _transport_error(err)
             failure.http_status = status
             raise failure from err
-        return FetchResult(b"".join(chunks), status, headers.get("Content-Type"))
+        return b"".join(chunks)
+
+
+def _split(url: str) -> SplitResult:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as err:
+        raise FetchError("invalid_url", f"bad port in {url[:200]!r}: {err}") from err
+    if not parts.hostname:
+        raise FetchError("invalid_url", f"no host in {url[:200]!r}")
+    return parts
+
+
+def _origin(parts: SplitResult) -> str:
+    """`scheme://host[:port]`, the unit robots.txt and tdmrep.json apply to (RFC 9309 section 2.3)."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port is not None else "")
+
+
+def _follow(url: str, location: str, visited: set[str]) -> str:
+    """The next hop of a redirect; refuses other schemes and loops."""
+    target = urlunsplit(urlsplit(urljoin(url, location.strip()))._replace(fragment=""))
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FetchError(
+            "invalid_url", f"redirect to a non-http(s) URL or one without a host: {target[:200]!r}"
+        )
+    if target in visited:
+        raise FetchError("redirect_loop", f"redirect loop back to {target[:200]!r}")
+    visited.add(target)
+    return target
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -245,12 +466,11 @@ def _transport_error(err: BaseException) -> FetchError:
     message = f"{type(err).__name__}: {err}"[:500]
     if isinstance(err, ForbiddenAddress):
         return FetchError("forbidden_address", str(err)[:500])
-    # The first URL is checked before any request; these come from a redirect's Location.
     exceptions = urllib3.exceptions
     if isinstance(err, exceptions.URLSchemeUnknown) or (
         isinstance(err, exceptions.LocationValueError) and not isinstance(err, exceptions.LocationParseError)
     ):
-        return FetchError("invalid_url", f"redirect to a non-http(s) URL or one without a host: {message}")
+        return FetchError("invalid_url", message)
     # Order matters: urllib3's NewConnectionError subclasses ConnectTimeoutError.
     if isinstance(err, NameResolutionError):
         return FetchError("dns_error", message)
@@ -262,8 +482,6 @@ def _transport_error(err: BaseException) -> FetchError:
         return FetchError("ssl_error", message)
     if isinstance(err, ProtocolError | ConnectionError):
         return FetchError("connection_error", message)
-    if isinstance(err, urllib3.exceptions.ResponseError) and "redirect" in str(err):
-        return FetchError("too_many_redirects", message)
     if isinstance(err, urllib3.exceptions.LocationParseError | ValueError):
         return FetchError("invalid_url", message)
     return FetchError("connection_error", message)

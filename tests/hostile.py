@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -153,8 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.reply(200, images()["ok.jpg"], [("Content-Type", "image/jpeg")])
 
     def reply(
-        self, status: int, body: bytes, headers: list[tuple[str, str]] = (), length: int | None = None
-    ) -> None:  # type: ignore[assignment]
+        self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = (), length: int | None = None
+    ) -> None:
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -172,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
 
-def _endless(handler: _Handler, _: HostileSite) -> None:
+def _endless(handler: _Handler, site: HostileSite) -> None:
     handler.send_response(200)
     handler.send_header("Transfer-Encoding", "chunked")
     handler.end_headers()
@@ -181,7 +181,7 @@ def _endless(handler: _Handler, _: HostileSite) -> None:
         handler.wfile.write(block)
 
 
-def _drip(handler: _Handler, _: HostileSite) -> None:
+def _drip(handler: _Handler, site: HostileSite) -> None:
     handler.send_response(200)
     handler.send_header("Content-Length", "100000")
     handler.end_headers()
@@ -193,7 +193,7 @@ def _drip(handler: _Handler, _: HostileSite) -> None:
         time.sleep(2)
 
 
-def _silent(handler: _Handler, _: HostileSite) -> None:
+def _silent(handler: _Handler, site: HostileSite) -> None:
     for _ in range(600):  # reads the request, never answers
         if handler.client_gone():
             return

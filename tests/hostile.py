@@ -200,6 +200,12 @@ def _silent(handler: _Handler, site: HostileSite) -> None:
         time.sleep(0.1)
 
 
+def _short(handler: _Handler, site: HostileSite) -> None:
+    """Promises the whole image, sends 100 bytes and hangs up."""
+    handler.close_connection = True
+    handler.reply(200, images()["ok.jpg"][:100], length=len(images()["ok.jpg"]))
+
+
 def _flaky(handler: _Handler, site: HostileSite) -> None:
     first = len(site.times[handler.path]) == 1
     handler.reply(503 if first else 200, b"busy" if first else images()["ok.jpg"])
@@ -222,6 +228,8 @@ CASES: dict[str, Callable[[_Handler, HostileSite], None]] = {
     "loop-a": _redirect(lambda h: "/hostile/loop-b"),
     "loop-b": _redirect(lambda h: "/hostile/loop-a"),
     "to-private": _redirect(lambda h: "/private/a.jpg"),
+    "to-canary": _redirect(lambda h: h.server.site.canary),  # a URL the test sets: an inner address
+    "to-metadata": _redirect(lambda h: "http://169.254.169.254/latest/meta-data/"),
     "to-file": _redirect(lambda h: "file:///etc/passwd"),
     "to-ftp": _redirect(lambda h: "ftp://127.0.0.1/a.jpg"),
     "to-data": _redirect(lambda h: "data:image/png;base64,AA=="),
@@ -229,7 +237,7 @@ CASES: dict[str, Callable[[_Handler, HostileSite], None]] = {
     "endless": _endless,
     "drip": _drip,
     "silent": _silent,
-    "short": lambda h, s: h.reply(200, images()["ok.jpg"][:100], length=len(images()["ok.jpg"])),
+    "short": _short,
     "gzip-bomb": lambda h, s: h.reply(200, gzip_bomb(), [("Content-Encoding", "gzip")]),
     "retry-after-2": lambda h, s: _retry_after(h, s, "2"),
     "retry-after-86400": lambda h, s: _retry_after(h, s, "86400"),
@@ -276,7 +284,13 @@ class _Server(ThreadingHTTPServer):
 class HostileSite:
     """One loopback origin; `robots` picks how its robots.txt answers (the module docstring)."""
 
-    def __init__(self, robots: str = "rules", crawl_delay: float | None = None, tdmrep: list | None = None):
+    def __init__(
+        self,
+        robots: str = "rules",
+        crawl_delay: float | None = None,
+        tdmrep: list | None = None,
+        host: str = "127.0.0.1",
+    ):
         self.robots = robots
         self.crawl_delay = crawl_delay
         self.tdmrep = tdmrep
@@ -285,10 +299,12 @@ class HostileSite:
         self.times: dict[str, list[float]] = {}
         self.active = 0
         self.max_active = 0
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        #: Where `/hostile/to-canary` redirects.
+        self.canary = "http://127.0.0.1:9/"
+        self._server = _Server((host, 0), _Handler)
         self._server.site = self
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.base = f"http://{host}:{self._server.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base + path

@@ -304,7 +304,7 @@ class Fetcher:
         rules = (
             robots_rules(self._site_file(origin + ROBOTS_PATH)) if options.respect_robots_txt else ALLOW_ALL
         )
-        if options.respect_tdmrep:
+        if options.respect_tdmrep and rules.robots != "disallow_all":  # nothing will be fetched anyway
             rules = dataclasses.replace(
                 rules, tdm_rules=tdm_rules(origin, self._site_file(origin + TDMREP_PATH))
             )

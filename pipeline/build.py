@@ -16,6 +16,7 @@ from transforms.crawl import DownloadImages
 from transforms.dedup import DeduplicateImages
 from transforms.embed import EmbedImages
 from transforms.noise import RepairCaptions
+from transforms.previous import ReadPreviousOutput
 from transforms.readers import ReadUrlBatches
 from transforms.text import FilterText
 from transforms.writers import WriteShards, WriteStats
@@ -50,19 +51,28 @@ def build_pipeline(
     input_files: Sequence[str],
     output_dir: str,
     progress_dir: str | None = None,
+    retry_from: str | None = None,
 ) -> beam.PCollection:
-    """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict."""
-    batches = pipeline | "Read" >> ReadUrlBatches(input_files, config.input, progress_dir)
-    # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
-    total = (
-        batches
-        | "RowsPerBatch" >> beam.Map(lambda batch: batch.num_rows)
-        | "CountSamples" >> beam.CombineGlobally(sum)
-    )
-    for name in BATCH_STAGES:
-        if name in config.run.stages:
-            batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
-    samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
+    """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict.
+
+    With `retry_from` (a previous output folder) its rows are the input instead of `input_files`,
+    and the row-batch stages, which those rows already passed, do not run again.
+    """
+    if retry_from is not None:
+        samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
+        total = samples | "CountSamples" >> beam.combiners.Count.Globally()
+    else:
+        batches = pipeline | "Read" >> ReadUrlBatches(input_files, config.input, progress_dir)
+        # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
+        total = (
+            batches
+            | "RowsPerBatch" >> beam.Map(lambda batch: batch.num_rows)
+            | "CountSamples" >> beam.CombineGlobally(sum)
+        )
+        for name in BATCH_STAGES:
+            if name in config.run.stages:
+                batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
+        samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
     summaries = []
     for name in STAGES:
         if name in config.run.stages and name not in BATCH_STAGES:
@@ -77,4 +87,5 @@ def build_pipeline(
                 )
     shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
-    return shards | "WriteStats" >> WriteStats(output_dir, ["read", *config.run.stages], extra)
+    stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
+    return shards | "WriteStats" >> WriteStats(output_dir, ["read", *stages], extra)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from pipeline.index import Hit
 
 LOG = logging.getLogger("winnow")
+#: Exit status of a run that finished but raised an alarm (its crawl failed too often to trust).
+EXIT_ALARM = 3
 _USER_ERROR = re.compile(r"(InputError|ConfigError|EmbedError): ([^\n]+)")
 
 
@@ -76,7 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline on URL lists (other --flags go to Beam)")
-    run.add_argument("--input", action="append", required=True, help="file, folder or glob (repeatable)")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", action="append", help="file, folder or glob (repeatable)")
+    source.add_argument(
+        "--retry-failed",
+        metavar="PREVIOUS_OUTPUT",
+        help="take a previous run's output as the input and fetch again only its transient crawl "
+        "failures (timeouts, DNS, 5xx, 429); write to a new --output",
+    )
     run.add_argument("--output", required=True, help="output folder (local, s3://, gs://)")
     _add_config_args(run)
     run.add_argument("--runner", default="local", help="local (default), DataflowRunner, SparkRunner, …")
@@ -160,13 +169,14 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     config = _config(args)
     stats = run_job(
         config,
-        args.input,
+        args.input or [],
         args.output,
         args.runner,
         beam_args,
         args.workers,
         show_progress=True,
         wait=not args.no_wait,
+        retry_from=args.retry_failed,
     )
     if stats.get("dry_run"):
         print(format_dry_run(stats))
@@ -178,6 +188,10 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     else:
         print(format_summary(stats, args.output))
+        if stats.get("alarm"):
+            banner = "!" * 78
+            print(f"{banner}\nALARM: {stats['alarm']}\n{banner}", file=sys.stderr)
+            return EXIT_ALARM
     return 0
 
 

@@ -16,16 +16,17 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.audit import AuditError
-from pipeline.build import build_pipeline
+from pipeline.build import BATCH_STAGES, build_pipeline
 from pipeline.config import ConfigError, RunConfig
 from pipeline.index import IndexSummary, build_output_index, remove_output_index
 from pipeline.progress import ProgressPrinter
 from pipeline.report import write_report
 from pipeline.runner import is_local, make_pipeline, translated_steps
 from pipeline.stores import check_bucket, check_writable
+from transforms.crawl import failure_alarm
 from transforms.embed import resolve_device
 from transforms.progress import NAMESPACE
-from transforms.readers import check_input, expand_inputs
+from transforms.readers import InputError, check_input, expand_inputs
 from transforms.writers import STATS_FILE, write_atomically
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def run_job(
     workers: int | None = None,
     show_progress: bool = False,
     wait: bool = True,
+    retry_from: str | None = None,
 ) -> dict[str, Any]:
     """Runs the pipeline and returns the stats dict (also written to `<output>/stats.json`).
 
@@ -49,6 +51,9 @@ def run_job(
     model settings are unusable. With the embed stage and `output.index`, the kept samples' image
     embeddings are then indexed into `<output>/index/` and `stats["index"]` says how. Last, the audit
     report is written to `<output>/report.html`; the returned stats name it under `report`.
+
+    `retry_from` (`--retry-failed`): a previous output whose rows are the input; only its
+    transient crawl failures are fetched again (`transforms/previous.py`), `inputs` are not read.
     """
     # Filesystem options (S3 endpoint and keys, GCP project) apply to the checks made here too.
     options = PipelineOptions(list(beam_args))
@@ -56,12 +61,18 @@ def run_job(
     # Beam's --dry_run (DataflowRunner): translate the job, run nothing, touch no remote store.
     dry_run = bool(options.view_as(TestOptions).dry_run) and not is_local(runner)
     if not dry_run:
-        for path in [*inputs, output_dir]:
+        for path in [*inputs, *([retry_from] if retry_from else []), output_dir]:
             check_bucket(path, options)
-    files = expand_inputs(inputs)
-    for path in files[:_CHECKED_FILES]:
-        check_input(path, config.input)
     output_dir = output_dir.rstrip("/")
+    if retry_from is not None:
+        retry_from = retry_from.rstrip("/")
+        if retry_from == output_dir:
+            raise InputError(f"--retry-failed {retry_from}: write the retry to another --output folder")
+        files: list[str] = []
+    else:
+        files = expand_inputs(inputs)
+        for path in files[:_CHECKED_FILES]:
+            check_input(path, config.input)
     if FileSystems.get_scheme(output_dir) in (None, "file"):
         if not FileSystems.exists(output_dir):
             FileSystems.mkdirs(output_dir)
@@ -72,9 +83,10 @@ def run_job(
     if local and "embed" in config.run.stages:
         resolve_device(config.embed.device)  # `cuda` on a machine without it: say so before starting
     progress_dir = tempfile.mkdtemp(prefix="winnow-progress-") if local and config.run.progress else None
-    stages = ["read", *config.run.stages, "write"]
+    run_stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
+    stages = ["read", *run_stages, "write"]
     pipeline = make_pipeline(runner, beam_args, workers)
-    build_pipeline(pipeline, config, files, output_dir, progress_dir)
+    build_pipeline(pipeline, config, files, output_dir, progress_dir, retry_from)
     if dry_run:
         steps = translated_steps(pipeline.run())
         return {"dry_run": True, "runner": runner, "stages": stages, "steps": steps}
@@ -104,10 +116,16 @@ def run_job(
     with FileSystems.open(stats_path) as handle:
         stats: dict[str, Any] = json.loads(handle.read())
     stats["input_files"] = len(files)
+    if retry_from is not None:
+        stats["retried_from"] = retry_from
     stats["duration_s"] = round(elapsed, 3)
     stats["samples_per_s"] = round(stats["samples"] / elapsed, 1) if elapsed else None
     stats["metrics"] = _counters(result)
     stats["config"] = config.to_dict()
+    alarm = failure_alarm(stats, config.crawl.max_failure_rate) if "crawl" in config.run.stages else None
+    if alarm:
+        stats["alarm"] = alarm
+        LOG.error("ALARM: %s", alarm)
     write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
     summary = _index_output(config, output_dir)
     if summary is not None:

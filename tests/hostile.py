@@ -7,7 +7,8 @@
   500 KiB), `redirect` (three redirects to the rules), `html` (a web page), or `rules` with
   `tdmrep` rules in `/.well-known/tdmrep.json`;
 - `/img/<kind>`: images, honest and hostile (`IMAGES`);
-- `/hostile/<case>`: servers that misbehave (`serve_case`).
+- `/hostile/<case>`: servers that misbehave (`serve_case`);
+- `/outage/…`: 503 while `site.outage`, else an image; `/gone/…`: 404.
 
 Every request path is logged in `site.requests`, so a test can prove what was never asked for.
 """
@@ -147,7 +148,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.reply(200, images()[path.rsplit("/", 1)[1]], [("Content-Type", "image/jpeg")])
         elif path.startswith("/hostile/"):
             serve_case(self, site, path.removeprefix("/hostile/"))
-        else:  # /private/…, /no-winnow/…, /reserved/…, /free/…, /slow/…: an honest image
+        elif path.startswith("/outage/") and site.outage:
+            self.reply(503, b"service unavailable")
+        elif path.startswith("/gone/"):
+            self.reply(404, b"not found")
+        else:  # /private/…, /no-winnow/…, /reserved/…, /free/…, /slow/…, /outage/…: an honest image
             if path.startswith("/slow/"):
                 time.sleep(0.3)  # holds the connection so that concurrency shows on the server
             self.reply(200, images()["ok.jpg"], [("Content-Type", "image/jpeg")])
@@ -299,6 +304,8 @@ class HostileSite:
         self.times: dict[str, list[float]] = {}
         self.active = 0
         self.max_active = 0
+        #: While true, `/outage/…` answers 503.
+        self.outage = False
         #: Where `/hostile/to-canary` redirects.
         self.canary = "http://127.0.0.1:9/"
         self._server = _Server((host, 0), _Handler)

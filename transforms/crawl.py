@@ -25,13 +25,14 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.sample import Sample, Status
-from transforms.fetch import Fetcher, FetchError, FetchOptions
+from transforms.fetch import Fetcher, FetchError, FetchOptions, is_retryable_failure
 from transforms.imaging import ImageError, ImageOptions, process_image
 from transforms.progress import StageCounter
 
@@ -47,6 +48,9 @@ class CrawlConfig(FetchOptions, ImageOptions):
     thread_count: int = 64
     #: Images decoded and resized at once per worker process; 0 = one per CPU core, plus one.
     decode_threads: int = 0
+    #: Share of the crawled samples that may fail transiently (timeouts, DNS, connection errors,
+    #: 5xx, 429) before the run raises an alarm instead of finishing quietly (1.0: never).
+    max_failure_rate: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +58,8 @@ class CrawlConfig(FetchOptions, ImageOptions):
             raise ValueError("crawl.thread_count must be >= 1")
         if self.decode_threads < 0:
             raise ValueError("crawl.decode_threads must be >= 0")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError("crawl.max_failure_rate must be between 0 and 1")
         if self.image_size < 1:
             raise ValueError("crawl.image_size must be >= 1")
         valid_quality = range(10) if self.encode_format == "png" else range(101)
@@ -104,6 +110,26 @@ def download_sample(
         image=image.data,
         image_bytes=len(image.data),
         image_ext=config.encode_format,
+    )
+
+
+def failure_alarm(stats: dict[str, Any], max_failure_rate: float) -> str | None:
+    """The alarm of a run whose crawl failed transiently too often (a DNS or network outage, a
+    blocked crawler), from its stats; None when the share is within `max_failure_rate`."""
+    crawl = stats.get("stages", {}).get(STAGE)
+    if not crawl or not crawl["total"]:
+        return None
+    transient = {r: n for r, n in crawl["dropped"].items() if is_retryable_failure(r)}
+    # The crawl stage's input: every sample the stages before it kept.
+    attempted = crawl["total"]
+    rate = sum(transient.values()) / attempted
+    if rate <= max_failure_rate:
+        return None
+    worst = ", ".join(f"{reason} {n:,}" for reason, n in sorted(transient.items(), key=lambda kv: -kv[1])[:4])
+    return (
+        f"{rate:.0%} of the {attempted:,} samples the crawl attempted failed transiently ({worst}), above "
+        f"crawl.max_failure_rate {max_failure_rate:.0%}: the network, DNS or the sites were failing, not "
+        "the data. Rerun with `--retry-failed` on this output once they recover."
     )
 
 

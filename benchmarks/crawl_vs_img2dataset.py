@@ -88,6 +88,7 @@ def winnow_command(exe: str, urls: str, output: str, args: argparse.Namespace) -
         f"--output={output}",
         "--stages=crawl",
         "--set=crawl.allow_private_networks=true",  # the sample web is on loopback
+        "--set=crawl.max_per_host=0",  # one host; img2dataset has no per-host cap either
         f"--set=crawl.thread_count={args.threads}",
         f"--set=crawl.image_size={args.image_size}",
         "--set=crawl.resize_mode=center_crop",

@@ -28,6 +28,7 @@ from sampleweb import SampleWebServer, generate_corpus, write_url_lists  # noqa:
 #: The sample web is on loopback; its slow routes fail fast with these.
 CRAWL = [
     "crawl.allow_private_networks=true",
+    "crawl.max_per_host=0",  # the sample web is one host
     "crawl.timeout=1",
     "crawl.deadline=2",
     "crawl.thread_count=16",

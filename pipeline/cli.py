@@ -216,8 +216,10 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
 
     if args.samples < 1:
         raise UsageError("--samples must be >= 1")
-    # The demo crawls its own sample web on loopback, which the SSRF guard otherwise refuses.
-    config = load_config(None, ["crawl.allow_private_networks=true"], base_text=default_config_text())
+    # The demo crawls its own sample web on loopback, which the SSRF guard otherwise refuses; all
+    # its images are on that one host, which may take the whole thread pool at once.
+    overrides = ["crawl.allow_private_networks=true", "crawl.max_per_host=0"]
+    config = load_config(None, overrides, base_text=default_config_text())
     print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers))
     return 0
 

@@ -15,6 +15,7 @@ from sampleweb import SampleWebServer, generate_corpus, write_url_lists
 # Crawl settings for tests: the sample web is on loopback, and its slow route trickles for ~30 s.
 TEST_OVERRIDES = [
     "crawl.allow_private_networks=true",  # the sample web is on loopback
+    "crawl.max_per_host=0",  # and one host, which may take every crawl thread
     "crawl.timeout=1",
     "crawl.deadline=2",
     "crawl.thread_count=16",

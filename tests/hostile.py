@@ -117,12 +117,36 @@ def gzip_bomb() -> bytes:
     return b"".join([*(packer.compress(zeros) for _ in range(1024)), packer.flush()])
 
 
-class _Handler(BaseHTTPRequestHandler):
+class ReplyingHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 handler with quiet logs, `reply` and `client_gone`; tests' servers build on it."""
+
     protocol_version = "HTTP/1.1"
-    server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def reply(
+        self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = (), length: int | None = None
+    ) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def client_gone(self) -> bool:
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+
+class _Handler(ReplyingHandler):
+    server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         site = self.server.site
@@ -156,25 +180,6 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith("/slow/"):
                 time.sleep(0.3)  # holds the connection so that concurrency shows on the server
             self.reply(200, images()["ok.jpg"], [("Content-Type", "image/jpeg")])
-
-    def reply(
-        self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = (), length: int | None = None
-    ) -> None:
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
-
-    def client_gone(self) -> bool:
-        try:
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
 
 
 def _endless(handler: _Handler, site: HostileSite) -> None:

@@ -2,50 +2,37 @@
 
 from __future__ import annotations
 
-import functools
 import socket
 import threading
 import time
 import tracemalloc
-import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from tests.hostile import ReplyingHandler, gzip_bomb
 from transforms.fetch import Fetcher, FetchError, FetchOptions
 from transforms.optouts import x_robots_tag_disallows
 
 BODY = b"\xff\xd8" + b"x" * 5000
 
 
-@functools.cache
-def _gzip_bomb() -> bytes:
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
-    zeros = bytes(1 << 20)
-    return b"".join([*(packer.compress(zeros) for _ in range(1024)), packer.flush()])
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
-        pass
-
+class _Handler(ReplyingHandler):
     def do_GET(self) -> None:
         path = self.path
         if path.startswith("/redirect/"):
             hops = int(path.rsplit("/", 1)[1])
             target = f"/redirect/{hops - 1}" if hops > 1 else "/ok"
-            self._reply(302, b"", [("Location", target)])
+            self.reply(302, b"", [("Location", target)])
         elif path == "/loop":
-            self._reply(302, b"", [("Location", "/loop")])
+            self.reply(302, b"", [("Location", "/loop")])
         elif path.startswith("/robots/"):
-            self._reply(
+            self.reply(
                 200, BODY, [("X-Robots-Tag", v) for v in path.split("/", 2)[2].replace("%20", " ").split("|")]
             )
         elif path == "/big-declared":
-            self._reply(200, BODY, [], length=10**9)
+            self.reply(200, BODY, [], length=10**9)
         elif path == "/big-streamed":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -57,41 +44,30 @@ class _Handler(BaseHTTPRequestHandler):
             times = self.server.times.setdefault(path, [])  # type: ignore[attr-defined]
             times.append(time.monotonic())
             if len(times) == 1:
-                self._reply(429, b"slow down", [("Retry-After", path.split("/")[2])])
+                self.reply(429, b"slow down", [("Retry-After", path.split("/")[2])])
             else:
-                self._reply(200, BODY, [])
+                self.reply(200, BODY, [])
         elif path.startswith("/not-found/"):
             self.server.times.setdefault(path, []).append(time.monotonic())  # type: ignore[attr-defined]
-            self._reply(404, b"gone", [])
+            self.reply(404, b"gone", [])
         elif path.startswith("/to-scheme/"):
             target = {
                 "file": "file:///etc/passwd",
                 "ftp": "ftp://127.0.0.1/x.jpg",
                 "data": "data:image/png;base64,AA==",
             }
-            self._reply(302, b"", [("Location", target[path.split("/")[2]])])
+            self.reply(302, b"", [("Location", target[path.split("/")[2]])])
         elif path == "/gzip-bomb":  # 1 MB on the wire, 1 GiB once decoded
-            self._reply(200, _gzip_bomb(), [("Content-Encoding", "gzip"), ("Content-Type", "image/jpeg")])
+            self.reply(200, gzip_bomb(), [("Content-Encoding", "gzip"), ("Content-Type", "image/jpeg")])
         elif path.startswith("/flaky/"):  # the first request for each path fails with 503
             seen = self.server.seen  # type: ignore[attr-defined]
             status = 200 if path in seen else 503
             seen.add(path)
-            self._reply(status, BODY if status == 200 else b"busy", [])
+            self.reply(status, BODY if status == 200 else b"busy", [])
         elif path in ("/robots.txt", "/.well-known/tdmrep.json"):
-            self._reply(404, b"no such file", [])
+            self.reply(404, b"no such file", [])
         else:
-            self._reply(200, BODY, [("Content-Type", "image/jpeg")])
-
-    def _reply(
-        self, status: int, body: bytes, headers: list[tuple[str, str]], length: int | None = None
-    ) -> None:
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        if length is None:
-            self.wfile.write(body)
+            self.reply(200, BODY, [("Content-Type", "image/jpeg")])
 
 
 class _Server(ThreadingHTTPServer):
@@ -232,7 +208,7 @@ def test_other_schemes_are_refused_before_any_connection(url):
 
 def test_a_gzip_bomb_is_cut_at_the_byte_cap_in_bounded_memory(server):
     fetcher = Fetcher(FetchOptions(max_image_bytes=10_000_000, allow_private_networks=True))
-    _gzip_bomb()  # built before measuring
+    gzip_bomb()  # built before measuring
     tracemalloc.start()
     try:
         with pytest.raises(FetchError, match="body exceeds 10000000 bytes") as caught:

@@ -203,6 +203,16 @@ def _drip(handler: _Handler, site: HostileSite) -> None:
         time.sleep(2)
 
 
+def _drip_headers(handler: _Handler, site: HostileSite) -> None:
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(600):  # a header byte every 0.5 s: each read is quick, the headers never end
+        if handler.client_gone():
+            return
+        handler.wfile.write(b"X")
+        handler.wfile.flush()
+        time.sleep(0.5)
+
+
 def _silent(handler: _Handler, site: HostileSite) -> None:
     for _ in range(600):  # reads the request, never answers
         if handler.client_gone():
@@ -247,6 +257,7 @@ CASES: dict[str, Callable[[_Handler, HostileSite], None]] = {
     "endless": _endless,
     "drip": _drip,
     "silent": _silent,
+    "drip-headers": _drip_headers,
     "short": _short,
     "gzip-bomb": lambda h, s: h.reply(200, gzip_bomb(), [("Content-Encoding", "gzip")]),
     "retry-after-2": lambda h, s: _retry_after(h, s, "2"),

@@ -89,6 +89,7 @@ def _cases(main: HostileSite, canary: HostileSite, port: int) -> dict[str, tuple
         main.url("/hostile/gzip-bomb"): (failed, "too_large"),
         main.url("/hostile/drip"): (failed, "timeout"),
         main.url("/hostile/silent"): (failed, "timeout"),
+        main.url("/hostile/drip-headers"): (failed, "timeout"),
         main.url("/hostile/short"): (failed, "connection_error"),
         # Backoff.
         main.url("/hostile/retry-after-2"): (ok, None),

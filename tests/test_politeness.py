@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 import tracemalloc
 
 import pytest
@@ -175,8 +176,6 @@ def test_per_host_concurrency_cap(cap, most):
 def test_min_host_delay_spaces_request_starts():
     throttle = HostThrottle(max_per_host=0)
     clock_starts = []
-    import time
-
     for _ in range(3):
         with throttle.slot("h", delay=0.3):
             clock_starts.append(time.monotonic())
@@ -198,3 +197,17 @@ def test_tdmrep_and_content_usage_parsers():
     assert content_usage_disallows(["search=y", "TRAIN-AI = N"], ["train-ai"])
     assert not content_usage_disallows(["train-genai=n, train-ai=y"], ["train-ai"])
     assert not content_usage_disallows(["train-ai"], ["train-ai"])  # a bare key is no preference
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_headers_dripped_a_byte_at_a_time_are_cut_at_the_deadline(site, guarded, monkeypatch):
+    if guarded:  # the SSRF-guarded connections are watched too (127.0.0.1 stands in for the public web)
+        import transforms.netguard as netguard
+
+        monkeypatch.setattr(netguard, "forbidden_reason", lambda ip: None)
+    fetcher = Fetcher(options(timeout=1, deadline=1.5, allow_private_networks=not guarded))
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="deadline of 1.5s exceeded") as caught:
+        fetcher.fetch(site.url("/hostile/drip-headers"))
+    # Each header byte comes within the 1 s read timeout; only the deadline can end the wait.
+    assert caught.value.reason == "timeout" and time.monotonic() - started < 3

@@ -51,7 +51,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
-from transforms.netguard import ForbiddenAddress, guard_pool_manager
+from transforms.netguard import ForbiddenAddress
 from transforms.optouts import content_usage_disallows, tdm_header_reserves, x_robots_tag_disallows
 from transforms.politeness import HostThrottle
 from transforms.robots import (
@@ -67,6 +67,7 @@ from transforms.robots import (
     robots_rules,
     tdm_rules,
 )
+from transforms.watchdog import deadline_scope, watched_pool_classes
 
 LOG = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -204,8 +205,9 @@ class Fetcher:
     def __init__(self, options: FetchOptions, pool_size: int = 64):
         self._options = options
         self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
-        if not options.allow_private_networks:
-            guard_pool_manager(self._pool)  # every connection, redirects included, to public addresses only
+        # Every connection, redirects included, to public addresses only (unless allowed), and
+        # none waits for its response headers past the fetch's deadline.
+        self._pool.pool_classes_by_scheme = watched_pool_classes(guarded=not options.allow_private_networks)
         self._headers = {
             "User-Agent": options.user_agent_header,
             "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
@@ -264,19 +266,22 @@ class Fetcher:
         deadline.check()
         wait = min(self._options.timeout, deadline.left())
         try:
-            return self._pool.request(
-                "GET",
-                url,
-                headers=self._headers,
-                timeout=urllib3.Timeout(connect=wait, read=wait),
-                retries=False,
-                redirect=False,
-                preload_content=False,
-            )
-        except MaxRetryError as err:
-            raise _transport_error(err.reason or err) from err
+            with deadline_scope(time.monotonic() + deadline.left()):
+                return self._pool.request(
+                    "GET",
+                    url,
+                    headers=self._headers,
+                    timeout=urllib3.Timeout(connect=wait, read=wait),
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
         except (HTTPError, ValueError) as err:
-            raise _transport_error(err) from err
+            if deadline.left() <= 0:  # the watchdog cut a server still sending its headers
+                raise FetchError(
+                    "timeout", f"deadline of {deadline.seconds:g}s exceeded before the headers"
+                ) from err
+            raise _transport_error(err.reason or err if isinstance(err, MaxRetryError) else err) from err
 
     def _check_site_rules(self, url: str, parts: SplitResult) -> SiteRules:
         """Raises the opt-out (or `robots_unreachable`) failure of `url`'s origin rules, if any."""

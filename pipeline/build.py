@@ -62,7 +62,8 @@ def build_pipeline(
         samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     else:
-        batches = pipeline | "Read" >> ReadUrlBatches(input_files, config.input, progress_dir)
+        reader = ReadUrlBatches(input_files, config.input, progress_dir)
+        batches = pipeline | "Read" >> reader
         # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
         total = (
             batches
@@ -74,6 +75,8 @@ def build_pipeline(
                 batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
         samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
     summaries = []
+    if retry_from is None and reader.summary is not None:  # pairs harvested from web archives
+        summaries.append(reader.summary | "HarvestSummary" >> beam.Map(lambda s: ("harvest", s)))
     for name in STAGES:
         if name in config.run.stages and name not in BATCH_STAGES:
             stage = STAGES[name](config, progress_dir)

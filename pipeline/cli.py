@@ -147,6 +147,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key"
     )
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
+    parser.add_argument(
+        "--input-format",
+        help="input.input_format: parquet, csv, tsv, jsonl, txt, or the web archives wat, warc",
+    )
 
 
 def _config(args: argparse.Namespace, base_text: str | None = None) -> RunConfig:
@@ -155,6 +159,8 @@ def _config(args: argparse.Namespace, base_text: str | None = None) -> RunConfig
     overrides = list(args.set)
     if getattr(args, "stages", None):
         overrides.append(f"run.stages=[{args.stages}]")
+    if getattr(args, "input_format", None):
+        overrides.append(f"input.input_format={args.input_format}")
     return load_config(args.config, overrides, base_text=base_text)
 
 
@@ -310,6 +316,14 @@ def _cmd_config(args: argparse.Namespace, _: list[str]) -> int:
 def format_summary(stats: dict[str, Any], output: str) -> str:
     """A short human summary of a run's stats."""
     lines = [f"{stats['samples']:,} samples in {stats.get('duration_s', 0):.1f}s → {output}"]
+    harvest = stats.get("harvest")
+    if harvest:
+        skipped = ", ".join(f"{n:,} {reason}" for reason, n in harvest["skipped_records"].items()) or "none"
+        lines.append(
+            f"  harvest: {harvest['pages']:,} pages ({harvest['pages_with_pairs']:,} with images), "
+            f"{harvest['pairs']:,} image/alt-text pairs, {harvest['unique_pairs']:,} distinct; "
+            f"records skipped: {skipped}"
+        )
     for status, count in stats["status"].items():
         lines.append(f"  {status:<9} {count:>8,}")
         for reason, n in stats["reasons"].get(status, {}).items():

@@ -27,14 +27,19 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
+from schemas.sample import BATCH_SCHEMA, Sample, Status, batch_from_samples, make_uid, samples_from_batch
+from transforms.harvest import Skipped, archive_pages
 from transforms.progress import StageCounter
 
 LOG = logging.getLogger(__name__)
 
-InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"]
+InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc"]
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-_SUFFIX_FORMATS[".txt"] = "txt"
+_SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc"})
+#: Web archives: their pairs are harvested from pages (`transforms/harvest.py`), not read as rows.
+ARCHIVE_FORMATS = ("wat", "warc")
+#: Tagged output of the reader: per-file harvest counts of web archives.
+HARVEST_COUNTS = "harvest_counts"
 
 
 class InputError(ValueError):
@@ -51,8 +56,11 @@ class InputConfig:
     caption_col: str = "caption"
     #: Extra input columns carried into every sample's metadata (img2dataset's name).
     save_additional_columns: tuple[str, ...] = ()
-    #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`).
+    #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
+    #: `.warc.gz` is `warc`).
     input_format: InputFormat = "auto"
+    #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
+    max_record_bytes: int = 10_000_000
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
@@ -86,6 +94,8 @@ def detect_format(path: str, configured: str = "auto") -> str:
 def read_columns(path: str, config: InputConfig) -> list[str]:
     """Column names of one input file, read cheaply (for checks before the pipeline starts)."""
     fmt = detect_format(path, config.input_format)
+    if fmt in ARCHIVE_FORMATS:
+        return []  # pages, not columns
     if fmt == "parquet":
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             return list(pq.ParquetFile(handle).schema_arrow.names)
@@ -123,10 +133,19 @@ def rows_to_samples(path: str, config: InputConfig) -> Iterator[Sample]:
 
 
 def file_batches(
-    path: str, config: InputConfig, batch_rows: int = READ_BATCH_ROWS
+    path: str, config: InputConfig, batch_rows: int = READ_BATCH_ROWS, counts: Counter[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Every row of one file, as row batches (`BATCH_SCHEMA`) of at most `batch_rows` rows."""
-    if detect_format(path, config.input_format) == "parquet":
+    """Every row of one file, as row batches (`BATCH_SCHEMA`) of at most `batch_rows` rows.
+
+    A web archive gives one row per image/alt-text pair of its pages, and fills `counts` (if
+    given) with its page- and image-level counts."""
+    fmt = detect_format(path, config.input_format)
+    if fmt in ARCHIVE_FORMATS:
+        yield from _archive_batches(
+            path, fmt, config, batch_rows, counts if counts is not None else Counter()
+        )
+        return
+    if fmt == "parquet":
         yield from _parquet_batches(path, config, batch_rows)
         return
     rows: list[dict[str, Any] | _BadRow] = []
@@ -141,6 +160,54 @@ def file_batches(
             rows = []
     if rows:
         yield _rows_to_batch(path, first, rows, config)
+
+
+def _archive_batches(
+    path: str, fmt: str, config: InputConfig, batch_rows: int, counts: Counter[str]
+) -> Iterator[pa.RecordBatch]:
+    """The pairs of a WAT or WARC file as row batches; skipped records are counted and logged."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    rows: list[tuple[str, str | None, dict[str, Any]]] = []
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for page in archive_pages(handle, fmt, config.max_record_bytes):
+            if isinstance(page, Skipped):
+                counts[f"skipped/{page.reason}"] += 1
+                LOG.warning("%s: record skipped (%s): %s", path, page.reason, page.detail)
+                continue
+            counts["pages"] += 1
+            counts["pages_with_pairs"] += bool(page.pairs)
+            counts["pairs"] += len(page.pairs)
+            for position, pair in enumerate(page.pairs):
+                extra = {
+                    "page_url": page.url,
+                    "warc_file": name,
+                    "warc_offset": page.offset,
+                    "position": position,
+                    "alt": pair.alt,
+                    "title": pair.title,
+                    "figcaption": pair.figcaption,
+                    "caption_source": pair.caption_source,
+                }
+                rows.append((pair.url, pair.caption, {k: v for k, v in extra.items() if v is not None}))
+                if len(rows) == batch_rows:
+                    yield _pairs_batch(rows)
+                    rows = []
+    if rows:
+        yield _pairs_batch(rows)
+
+
+def _pairs_batch(rows: list[tuple[str, str | None, dict[str, Any]]]) -> pa.RecordBatch:
+    n = len(rows)
+    columns: dict[str, list[Any]] = {
+        "uid": [make_uid(url, caption) for url, caption, _ in rows],
+        "url": [url for url, _, _ in rows],
+        "caption": [caption for _, caption, _ in rows],
+        "extra": [json.dumps(extra, sort_keys=True, ensure_ascii=False) for _, _, extra in rows],
+        "status": [Status.PENDING] * n,
+    }
+    blank = pa.nulls(n)
+    arrays = [_strings(columns[f.name]) if f.name in columns else blank.cast(f.type) for f in BATCH_SCHEMA]
+    return pa.RecordBatch.from_arrays(arrays, schema=BATCH_SCHEMA)
 
 
 def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -318,11 +385,14 @@ class _ReadFileFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter("read", self._progress_dir)
 
-    def process(self, path: str) -> Iterator[pa.RecordBatch]:
-        for batch in file_batches(path, self._config):
+    def process(self, path: str) -> Iterator[Any]:
+        counts: Counter[str] = Counter()
+        for batch in file_batches(path, self._config, counts=counts):
             failed = Counter(batch.column("reason").drop_null().to_pylist())
             self._counter.add_many(kept=batch.num_rows - sum(failed.values()), dropped=failed)
             yield batch
+        if counts:
+            yield beam.pvalue.TaggedOutput(HARVEST_COUNTS, dict(counts))
 
     def finish_bundle(self) -> None:
         self._counter.flush()
@@ -338,14 +408,73 @@ class ReadUrlBatches(beam.PTransform):
         self._files = list(files)
         self._config = config
         self._progress_dir = progress_dir
+        self._archives = any(detect_format(f, config.input_format) in ARCHIVE_FORMATS for f in self._files)
+        #: With web archives among the inputs: one dict of page- and image-level counts (`harvest`
+        #: in stats.json), set by `expand`.
+        self.summary: beam.PCollection | None = None
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
+        read = (
             pbegin
             | "Files" >> beam.Create(self._files)
             | "Spread" >> beam.Reshuffle()
-            | "Batches" >> beam.ParDo(_ReadFileFn(self._config, self._progress_dir))
-            | "SpreadBatches" >> beam.Reshuffle()  # one big list must not pin the work to one worker
+            | "Batches"
+            >> beam.ParDo(_ReadFileFn(self._config, self._progress_dir)).with_outputs(
+                HARVEST_COUNTS, main="rows"
+            )
+        )
+        # One big list must not pin the work to one worker.
+        batches = read.rows | "SpreadBatches" >> beam.Reshuffle()
+        if not self._archives:
+            return batches
+        batches = batches | "DistinctPairs" >> DistinctPairs()
+        unique = (
+            batches | "CountPairs" >> beam.Map(lambda b: b.num_rows) | "SumPairs" >> beam.CombineGlobally(sum)
+        )
+        self.summary = (
+            read[HARVEST_COUNTS]
+            | "SumCounts" >> beam.CombineGlobally(_sum_counts)
+            | "WithUnique" >> beam.Map(_harvest_summary, unique=beam.pvalue.AsSingleton(unique))
+        )
+        return batches
+
+
+def _sum_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for counts in dicts:
+        total.update(counts)
+    return dict(total)
+
+
+def _harvest_summary(counts: dict[str, int], unique: int) -> dict[str, Any]:
+    skipped = {k.split("/", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("skipped/")}
+    return {
+        "pages": counts.get("pages", 0),
+        "pages_with_pairs": counts.get("pages_with_pairs", 0),
+        "pairs": counts.get("pairs", 0),
+        "unique_pairs": unique,
+        "skipped_records": skipped,
+    }
+
+
+def _first_found(sample: Sample) -> tuple[str, int, int]:
+    extra = sample.extra
+    return (str(extra.get("warc_file", "")), int(extra.get("warc_offset", 0)), int(extra.get("position", 0)))
+
+
+class DistinctPairs(beam.PTransform):
+    """One row per (url, caption) pair, before anything is fetched: of the copies found on many
+    pages, the one found first (file name, byte offset, position on the page) is kept."""
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return (
+            batches
+            | "Keyed"
+            >> beam.FlatMap(lambda b: ((s.uid, (_first_found(s), s)) for s in samples_from_batch(b)))
+            | "First" >> beam.CombinePerKey(lambda copies: min(copies, key=lambda c: c[0]))
+            | "Pair" >> beam.Map(lambda kv: kv[1][1])
+            | "Batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=READ_BATCH_ROWS)
+            | "Rows" >> beam.Map(batch_from_samples)
         )
 
 

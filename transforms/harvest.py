@@ -1,0 +1,236 @@
+"""Harvest image/alt-text pairs from web archives: pure helpers, no Beam.
+
+- **WAT** (Common Crawl's metadata archives): each `metadata` record holds a JSON envelope; the
+  `IMG@/src` links of its `HTML-Metadata` give the pairs, with their `alt` and `title`, resolved
+  against the page URL or the page's `<base href>`.
+- **WARC**: each `response` record whose HTTP Content-Type is HTML is parsed with `selectolax`
+  (lexbor): every `<img>` with its `src` or the largest `srcset` candidate, `alt`, `title`, and
+  the text of the `<figcaption>` of its `<figure>`, which is the caption when `alt` is empty.
+
+Only http(s) image URLs are kept. Archives are read one record at a time: a gzipped archive is
+split into its gzip members (one record each, as WARC files are written), so a record that is
+malformed, too large or not HTML is skipped with a reason (`Skipped`) and the next one is read.
+Nothing holds more than one record, and no record more than `max_record_bytes`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from selectolax.lexbor import LexborHTMLParser
+
+_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_SRCSET_CANDIDATE = re.compile(r"\s*(\S+?)(?:\s+([\d.]+)([wx]))?\s*(?:,|$)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One image/alt-text pair found on a page."""
+
+    url: str
+    caption: str | None
+    page_url: str
+    alt: str | None = None
+    title: str | None = None
+    figcaption: str | None = None
+
+    @property
+    def caption_source(self) -> str | None:
+        if self.alt:
+            return "alt"
+        return "figcaption" if self.figcaption else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An archive record that gave no pairs for a reason worth counting (and naming in the log)."""
+
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """The pairs of one archive record (a page); `offset` is the record's byte offset in its file."""
+
+    url: str
+    offset: int
+    pairs: list[Pair]
+
+
+def _clean(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(text.split())
+    return text or None
+
+
+def _absolute(base: str, link: str | None) -> str | None:
+    """`link` resolved against `base`, if it is an http(s) URL with a host."""
+    if not link or link.startswith(("data:", "javascript:", "blob:")):
+        return None
+    try:
+        url = urljoin(base, link.strip())
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def largest_srcset_candidate(srcset: str) -> str | None:
+    """The URL of the widest (`w`) or densest (`x`) candidate of a `srcset`; ties keep the first."""
+    best: tuple[float, str] | None = None
+    for match in _SRCSET_CANDIDATE.finditer(srcset):
+        url, size, unit = match.groups()
+        if not url:
+            continue
+        score = float(size) if size else 1.0
+        if unit == "w":
+            score *= 1e6  # any width beats any density: widths are what responsive images list
+        if best is None or score > best[0]:
+            best = (score, url)
+    return best[1] if best else None
+
+
+def html_pairs(html: bytes | str, page_url: str) -> list[Pair]:
+    """The image/alt-text pairs of an HTML page, in document order."""
+    tree = LexborHTMLParser(html)
+    base_node = tree.css_first("base[href]")
+    base = urljoin(page_url, base_node.attributes.get("href") or "") if base_node else page_url
+    pairs = []
+    for img in tree.css("img"):
+        attributes = img.attributes
+        srcset = attributes.get("srcset")
+        link = (largest_srcset_candidate(srcset) if srcset else None) or attributes.get("src")
+        url = _absolute(base, link)
+        if url is None:
+            continue
+        alt, title = _clean(attributes.get("alt")), _clean(attributes.get("title"))
+        figcaption = None
+        parent = img.parent
+        while parent is not None and parent.tag not in ("figure", "body", "html"):
+            parent = parent.parent
+        if parent is not None and parent.tag == "figure":
+            caption_node = parent.css_first("figcaption")
+            figcaption = _clean(caption_node.text(deep=True)) if caption_node else None
+        pairs.append(Pair(url, alt or figcaption, page_url, alt, title, figcaption))
+    return pairs
+
+
+def wat_pairs(envelope: dict[str, Any]) -> tuple[str | None, list[Pair]]:
+    """The page URL and the `IMG@/src` pairs of one WAT JSON envelope (no HTML metadata: none)."""
+    header = envelope.get("Envelope", {}).get("WARC-Header-Metadata", {})
+    page_url = header.get("WARC-Target-URI")
+    html = (
+        envelope.get("Envelope", {})
+        .get("Payload-Metadata", {})
+        .get("HTTP-Response-Metadata", {})
+        .get("HTML-Metadata")
+    )
+    if not page_url or not isinstance(html, dict):
+        return page_url, []
+    head = html.get("Head") or {}
+    base = urljoin(page_url, head["Base"]) if isinstance(head.get("Base"), str) else page_url
+    pairs = []
+    for link in html.get("Links") or []:
+        if not isinstance(link, dict) or link.get("path") != "IMG@/src":
+            continue
+        url = _absolute(base, link.get("url"))
+        if url is not None:
+            alt, title = _clean(link.get("alt")), _clean(link.get("title"))
+            pairs.append(Pair(url, alt, page_url, alt, title))
+    return page_url, pairs
+
+
+def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, bytes] | Skipped]:
+    """The records of a WARC/WAT file as (byte offset, record bytes), one at a time.
+
+    A gzipped file is split into its gzip members, one record each as WARC files are written; a
+    member over `max_record_bytes` once decompressed is `Skipped` (drained, never held) and
+    reading goes on with the next. Bytes that are not gzip end the file with a `Skipped`. An
+    uncompressed file is one record of at most `max_record_bytes`.
+    """
+    data = stream.read(_CHUNK)
+    if not data.startswith(_GZIP_MAGIC):
+        body = data + stream.read(max(0, max_record_bytes + 1 - len(data)))
+        if len(body) > max_record_bytes:
+            yield Skipped("record_too_large", f"an uncompressed archive over {max_record_bytes} bytes")
+        elif body:
+            yield 0, body
+        return
+    offset = 0
+    while data:
+        decoder = zlib.decompressobj(31)
+        kept: list[bytes] | None = []
+        size = fed = 0
+        try:
+            while True:
+                chunk = decoder.decompress(data, _CHUNK)  # at most 1 MiB out per call
+                fed += len(data) - len(decoder.unconsumed_tail) - len(decoder.unused_data)
+                size += len(chunk)
+                if kept is not None and size <= max_record_bytes:
+                    kept.append(chunk)
+                else:
+                    kept = None  # too large: drained to the member's end, not kept
+                if decoder.eof:
+                    data = decoder.unused_data
+                    break
+                data = decoder.unconsumed_tail or stream.read(_CHUNK)
+                if not data:
+                    yield Skipped("malformed_record", f"byte {offset}: the archive ends inside a record")
+                    return
+        except zlib.error as err:
+            yield Skipped(
+                "malformed_record", f"byte {offset}: not gzip ({err}); the rest of the file is skipped"
+            )
+            return
+        if kept is None:
+            yield Skipped("record_too_large", f"byte {offset}: a record over {max_record_bytes} bytes")
+        else:
+            yield offset, b"".join(kept)
+        offset += fed
+        data = data or stream.read(_CHUNK)
+
+
+def archive_pages(stream: BinaryIO, fmt: str, max_record_bytes: int) -> Iterator[Page | Skipped]:
+    """The pages of a WAT (`fmt="wat"`) or WARC (`"warc"`) archive, with what was skipped and why."""
+    kinds = WarcRecordType.metadata if fmt == "wat" else WarcRecordType.response
+    for item in records(stream, max_record_bytes):
+        if isinstance(item, Skipped):
+            yield item
+            continue
+        offset, data = item
+        found: list[Page | Skipped] = []
+        try:  # a record is read while the iterator stands on it
+            for record in ArchiveIterator(io.BytesIO(data), record_types=kinds, parse_http=fmt == "warc"):
+                found.append(_page(record, fmt, offset))
+        except OSError as err:
+            found.append(Skipped("malformed_record", f"byte {offset}: {err}"))
+        yield from found
+
+
+def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
+    target = record.headers.get("WARC-Target-URI") or ""
+    if fmt == "wat":
+        try:
+            envelope = json.loads(record.reader.read())
+        except (ValueError, UnicodeDecodeError) as err:
+            return Skipped("malformed_record", f"byte {offset} ({target}): WAT payload is not JSON: {err}")
+        page_url, pairs = wat_pairs(envelope) if isinstance(envelope, dict) else (None, [])
+        return Page(page_url or target, offset, pairs)
+    content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
+    if "html" not in content_type.lower():
+        return Skipped("not_html", f"byte {offset} ({target}): Content-Type {content_type or 'missing'!r}")
+    try:
+        return Page(target, offset, html_pairs(record.reader.read(), target))
+    except (ValueError, UnicodeDecodeError) as err:
+        return Skipped("invalid_html", f"byte {offset} ({target}): {err}")

@@ -29,7 +29,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
-_SRCSET_CANDIDATE = re.compile(r"\s*(\S+?)(?:\s+([\d.]+)([wx]))?\s*(?:,|$)")
+_DESCRIPTOR = re.compile(r"([\d.]+)([wx])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,16 +86,35 @@ def _absolute(base: str, link: str | None) -> str | None:
     return url if parts.scheme in ("http", "https") and parts.netloc else None
 
 
+def srcset_candidates(srcset: str) -> Iterator[tuple[str, str]]:
+    """(url, descriptor) of each `srcset` candidate, split as the HTML standard says: a URL runs
+    to the next whitespace (commas inside it are part of it), its descriptor to the next comma."""
+    pos, end = 0, len(srcset)
+    while pos < end:
+        while pos < end and (srcset[pos].isspace() or srcset[pos] == ","):
+            pos += 1
+        start = pos
+        while pos < end and not srcset[pos].isspace():
+            pos += 1
+        url = srcset[start:pos]
+        if not url:
+            return
+        if url.endswith(","):
+            yield url.rstrip(","), ""
+            continue
+        start = pos
+        while pos < end and srcset[pos] != ",":
+            pos += 1
+        yield url, srcset[start:pos].strip()
+
+
 def largest_srcset_candidate(srcset: str) -> str | None:
     """The URL of the widest (`w`) or densest (`x`) candidate of a `srcset`; ties keep the first."""
     best: tuple[float, str] | None = None
-    for match in _SRCSET_CANDIDATE.finditer(srcset):
-        url, size, unit = match.groups()
-        if not url:
-            continue
-        score = float(size) if size else 1.0
-        if unit == "w":
-            score *= 1e6  # any width beats any density: widths are what responsive images list
+    for url, descriptor in srcset_candidates(srcset):
+        match = _DESCRIPTOR.fullmatch(descriptor)
+        size, unit = (float(match.group(1)), match.group(2)) if match else (1.0, "x")
+        score = size * 1e6 if unit == "w" else size  # widths are what responsive images list
         if best is None or score > best[0]:
             best = (score, url)
     return best[1] if best else None
@@ -214,6 +233,8 @@ def archive_pages(stream: BinaryIO, fmt: str, max_record_bytes: int) -> Iterator
             for record in ArchiveIterator(io.BytesIO(data), record_types=kinds, parse_http=fmt == "warc"):
                 found.append(_page(record, fmt, offset))
         except OSError as err:
+            if len(found) <= 1:  # a gzip member is one record: what was read of a broken one is dropped
+                found = []
             found.append(Skipped("malformed_record", f"byte {offset}: {err}"))
         yield from found
 
@@ -230,7 +251,10 @@ def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
     content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
     if "html" not in content_type.lower():
         return Skipped("not_html", f"byte {offset} ({target}): Content-Type {content_type or 'missing'!r}")
+    body = record.reader.read()
+    if b"\x00" in body[:1024]:
+        return Skipped("invalid_html", f"byte {offset} ({target}): binary content served as {content_type!r}")
     try:
-        return Page(target, offset, html_pairs(record.reader.read(), target))
+        return Page(target, offset, html_pairs(body, target))
     except (ValueError, UnicodeDecodeError) as err:
         return Skipped("invalid_html", f"byte {offset} ({target}): {err}")

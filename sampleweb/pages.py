@@ -14,7 +14,7 @@ writes, under ``<out_dir>/pages/``:
   as HTML and a malformed record;
 - ``pages.warc.wat.gz``: the WAT of the same pages, in Common Crawl's JSON envelope
   (``IMG@/src`` links with their raw ``url``, ``alt`` and ``title``; the page's ``Base``);
-- ``pages.txt``: the page URLs (the `pages` input); ``planted.parquet``: the pairs each mode must
+- ``pages.txt``: the page URLs, one per line (the ``pages`` input); ``planted.parquet``: the pairs each mode must
   find (``mode``, ``url``, ``caption``; a WAT holds only ``src`` and ``alt``).
 """
 
@@ -126,7 +126,7 @@ def write_pages(out_dir: str, base_url: str) -> dict[str, str]:
     _write_warc(paths["warc"], pages, base)
     _write_wat(paths["wat"], pages)
     with open(paths["pages"], "w", encoding="utf-8") as handle:
-        handle.write("url\n" + "".join(f"{url}\n" for url, _, _ in pages))
+        handle.write("".join(f"{url}\n" for url, _, _ in pages))
     table = [
         (mode, url, caption) for mode, pairs in planted.items() for url, caption in sorted(pairs, key=str)
     ]

@@ -4,7 +4,8 @@ Contract:
 
 * Serves ``<out_dir>/files`` under the URL layout of :mod:`sampleweb.layout`; the path alone
   decides the answer (normal image, 404, 500, slow trickle, truncated body, HTML served as
-  ``image/jpeg``, ``X-Robots-Tag`` opt-out, oversize body).  Any other path is a 404.
+  ``image/jpeg``, ``X-Robots-Tag`` opt-out, oversize body).  ``/pages/NNNN.html`` serves the
+  HTML pages ``sampleweb.pages.write_pages`` wrote.  Any other path is a 404.
 * HTTP/1.1 with keep-alive: every response carries ``Content-Length`` and the format's
   ``Content-Type`` and is written with a single ``sendall`` (except the slow route and the zero
   padding of the oversize route, which are streamed); ``TCP_NODELAY`` is set.  ``GET`` and
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import select
 import selectors
 import signal
@@ -95,6 +97,9 @@ class _FileCache:
         return data
 
 
+_PAGE = re.compile(r"^/pages/([0-9]{4}\.html)$")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -103,6 +108,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], root: Path, cache_bytes: int) -> None:
         super().__init__(address, _Handler)
         self.files = _FileCache(root / "files", cache_bytes)
+        self.pages = root / "pages"  # HTML pages, once `sampleweb.pages.write_pages` has run
         self.stopping = threading.Event()
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -155,6 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.sendall(head if head_only else head + body)
 
     def _answer(self, head_only: bool) -> None:
+        page = _PAGE.match(self.path)
+        if page is not None:
+            path = self.server.pages / page.group(1)
+            if path.is_file():
+                self._send(200, "text/html; charset=utf-8", path.read_bytes(), head_only)
+                return
         route = resolve(self.path)
         if route is None or route.kind == "http_404":
             self._send(404, "text/plain", b"not found\n", head_only)

@@ -114,7 +114,7 @@ def test_archive_mode_end_to_end(sample_web, archives, mode, tmp_path):
     harvest = stats["harvest"]
     assert harvest["unique_pairs"] == len(planted) < harvest["pairs"]  # pairs on two pages were merged
     with open(archives["pages"]) as handle:
-        page_count = len(handle.read().split()) - 1  # the header line
+        page_count = len(handle.read().split())
     assert harvest["pages"] == harvest["pages_with_pairs"] == page_count
     assert harvest["skipped_records"] == (WARC_SKIPS if mode == "warc" else {})
     # Then the crawl as for any list: each image ends as the sample web says it should.
@@ -124,3 +124,25 @@ def test_archive_mode_end_to_end(sample_web, archives, mode, tmp_path):
     assert extra["page_url"].startswith(f"{sample_web.base_url}/pages/") and extra["warc_file"].startswith(
         "pages."
     )
+
+
+def test_page_mode_fetches_each_page_and_harvests_it(sample_web, archives, tmp_path):
+    pages = tmp_path / "pages.txt"
+    with open(archives["pages"]) as handle:
+        listed = handle.read()
+    # The listed pages, one that is gone and one that is an image, not a page.
+    image = next(r["url"] for r in sample_web.truth_rows() if r["expected_status"] == "success")
+    pages.write_text(listed + f"{sample_web.base_url}/pages/9999.html\n{image}\n")
+    config = load_config(overrides=[*TEST_OVERRIDES, "run.stages=[]", "input.input_format=pages"])
+    stats = run_job(config, [str(pages)], str(tmp_path / "out"))
+    planted = {
+        (r["url"], r["caption"])
+        for r in pq.read_table(archives["planted"]).to_pylist()
+        if r["mode"] == "warc"
+    }
+    rows = read_output_rows(str(tmp_path / "out"))
+    assert sorted((r["url"], r["caption"]) for r in rows) == sorted(planted)
+    harvest = stats["harvest"]
+    assert harvest["pages"] == harvest["pages_with_pairs"] == len(listed.split())
+    assert harvest["skipped_records"] == {"http_404": 1, "not_html": 1}
+    assert json.loads(rows[0]["extra"])["page_url"].startswith(f"{sample_web.base_url}/pages/")

@@ -202,7 +202,11 @@ class _Deadline:
 class Fetcher:
     """Thread-safe image fetcher over a shared urllib3 pool, with per-origin rules and per-host turns."""
 
-    def __init__(self, options: FetchOptions, pool_size: int = 64):
+    #: What the crawl asks for; a page fetcher (`transforms/pagefetch.py`) asks for HTML.
+    IMAGES = "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5"
+    PAGES = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"
+
+    def __init__(self, options: FetchOptions, pool_size: int = 64, accept: str = IMAGES):
         self._options = options
         self._pool = urllib3.PoolManager(num_pools=256, maxsize=pool_size, block=False)
         # Every connection, redirects included, to public addresses only (unless allowed), and
@@ -210,7 +214,7 @@ class Fetcher:
         self._pool.pool_classes_by_scheme = watched_pool_classes(guarded=not options.allow_private_networks)
         self._headers = {
             "User-Agent": options.user_agent_header,
-            "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5",
+            "Accept": accept,
         }
         self._throttle = HostThrottle(options.max_per_host)
         self._sites = SiteRulesCache(self._load_site_rules, options.robots_cache_ttl)

@@ -24,9 +24,14 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
+import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from selectolax.lexbor import LexborHTMLParser
 
+from schemas.sample import BATCH_SCHEMA, Status, make_uid
+
+#: Tagged output of the readers that harvest: per-file or per-bundle page and pair counts.
+HARVEST_COUNTS = "harvest_counts"
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _DESCRIPTOR = re.compile(r"([\d.]+)([wx])")
@@ -258,3 +263,30 @@ def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
         return Page(target, offset, html_pairs(body, target))
     except (ValueError, UnicodeDecodeError) as err:
         return Skipped("invalid_html", f"byte {offset} ({target}): {err}")
+
+
+def pairs_batch(pages: list[Page], archive: str | None = None) -> pa.RecordBatch:
+    """The row batch (`BATCH_SCHEMA`) of the pairs of `pages`, pending; `extra` says where each
+    was found: `page_url`, `position` on the page and, from an archive, `warc_file`, `warc_offset`."""
+    rows = []
+    for page in pages:
+        for position, pair in enumerate(page.pairs):
+            extra: dict[str, Any] = {"page_url": page.url, "position": position}
+            if archive is not None:
+                extra.update(warc_file=archive, warc_offset=page.offset)
+            extra.update(
+                alt=pair.alt, title=pair.title, figcaption=pair.figcaption, caption_source=pair.caption_source
+            )
+            rows.append((pair.url, pair.caption, {k: v for k, v in extra.items() if v is not None}))
+    n = len(rows)
+    columns: dict[str, list[Any]] = {
+        "uid": [make_uid(url, caption) for url, caption, _ in rows],
+        "url": [url for url, _, _ in rows],
+        "caption": [caption for _, caption, _ in rows],
+        "extra": [json.dumps(extra, sort_keys=True, ensure_ascii=False) for _, _, extra in rows],
+        "status": [Status.PENDING] * n,
+    }
+    arrays = [
+        pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type) for f in BATCH_SCHEMA
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=BATCH_SCHEMA)

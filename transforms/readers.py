@@ -28,18 +28,18 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, batch_from_samples, make_uid, samples_from_batch
-from transforms.harvest import Skipped, archive_pages
+from transforms.crawl import CrawlConfig
+from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch
+from transforms.pagefetch import HarvestPages
 from transforms.progress import StageCounter
 
 LOG = logging.getLogger(__name__)
 
-InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc"]
+InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "pages"]
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 _SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc"})
 #: Web archives: their pairs are harvested from pages (`transforms/harvest.py`), not read as rows.
 ARCHIVE_FORMATS = ("wat", "warc")
-#: Tagged output of the reader: per-file harvest counts of web archives.
-HARVEST_COUNTS = "harvest_counts"
 
 
 class InputError(ValueError):
@@ -57,7 +57,8 @@ class InputConfig:
     #: Extra input columns carried into every sample's metadata (img2dataset's name).
     save_additional_columns: tuple[str, ...] = ()
     #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
-    #: `.warc.gz` is `warc`).
+    #: `.warc.gz` is `warc`). `pages`: the list's URLs are web pages, fetched and harvested for
+    #: their image/alt-text pairs (the list's own format is taken from its suffix).
     input_format: InputFormat = "auto"
     #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
     max_record_bytes: int = 10_000_000
@@ -80,7 +81,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
 
 def detect_format(path: str, configured: str = "auto") -> str:
     """The reader format for `path`: the configured one, or the one its suffix names."""
-    if configured != "auto":
+    if configured not in ("auto", "pages"):
         return configured
     name = path.lower()
     for suffix in (".gz", ".bz2"):
@@ -167,7 +168,8 @@ def _archive_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The pairs of a WAT or WARC file as row batches; skipped records are counted and logged."""
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    rows: list[tuple[str, str | None, dict[str, Any]]] = []
+    pages: list[Page] = []
+    found = 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         for page in archive_pages(handle, fmt, config.max_record_bytes):
             if isinstance(page, Skipped):
@@ -177,37 +179,13 @@ def _archive_batches(
             counts["pages"] += 1
             counts["pages_with_pairs"] += bool(page.pairs)
             counts["pairs"] += len(page.pairs)
-            for position, pair in enumerate(page.pairs):
-                extra = {
-                    "page_url": page.url,
-                    "warc_file": name,
-                    "warc_offset": page.offset,
-                    "position": position,
-                    "alt": pair.alt,
-                    "title": pair.title,
-                    "figcaption": pair.figcaption,
-                    "caption_source": pair.caption_source,
-                }
-                rows.append((pair.url, pair.caption, {k: v for k, v in extra.items() if v is not None}))
-                if len(rows) == batch_rows:
-                    yield _pairs_batch(rows)
-                    rows = []
-    if rows:
-        yield _pairs_batch(rows)
-
-
-def _pairs_batch(rows: list[tuple[str, str | None, dict[str, Any]]]) -> pa.RecordBatch:
-    n = len(rows)
-    columns: dict[str, list[Any]] = {
-        "uid": [make_uid(url, caption) for url, caption, _ in rows],
-        "url": [url for url, _, _ in rows],
-        "caption": [caption for _, caption, _ in rows],
-        "extra": [json.dumps(extra, sort_keys=True, ensure_ascii=False) for _, _, extra in rows],
-        "status": [Status.PENDING] * n,
-    }
-    blank = pa.nulls(n)
-    arrays = [_strings(columns[f.name]) if f.name in columns else blank.cast(f.type) for f in BATCH_SCHEMA]
-    return pa.RecordBatch.from_arrays(arrays, schema=BATCH_SCHEMA)
+            pages.append(page)
+            found += len(page.pairs)
+            if found >= batch_rows:
+                yield pairs_batch(pages, name)
+                pages, found = [], 0
+    if found:
+        yield pairs_batch(pages, name)
 
 
 def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -403,11 +381,19 @@ class ReadUrlBatches(beam.PTransform):
 
     Row batches are what the text stage consumes; `ReadUrlList` turns them into `Sample`s."""
 
-    def __init__(self, files: Sequence[str], config: InputConfig, progress_dir: str | None = None):
+    def __init__(
+        self,
+        files: Sequence[str],
+        config: InputConfig,
+        progress_dir: str | None = None,
+        crawl: CrawlConfig | None = None,
+    ):
         super().__init__()
         self._files = list(files)
         self._config = config
         self._progress_dir = progress_dir
+        self._crawl = crawl or CrawlConfig()  # how pages are fetched in page mode
+        self._pages = config.input_format == "pages"
         self._archives = any(detect_format(f, config.input_format) in ARCHIVE_FORMATS for f in self._files)
         #: With web archives among the inputs: one dict of page- and image-level counts (`harvest`
         #: in stats.json), set by `expand`.
@@ -425,14 +411,18 @@ class ReadUrlBatches(beam.PTransform):
         )
         # One big list must not pin the work to one worker.
         batches = read.rows | "SpreadBatches" >> beam.Reshuffle()
-        if not self._archives:
+        counts = read[HARVEST_COUNTS]
+        if self._pages:
+            harvested = batches | "HarvestPages" >> HarvestPages(self._crawl, self._config.max_record_bytes)
+            batches, counts = harvested.rows, harvested[HARVEST_COUNTS]
+        elif not self._archives:
             return batches
         batches = batches | "DistinctPairs" >> DistinctPairs()
         unique = (
             batches | "CountPairs" >> beam.Map(lambda b: b.num_rows) | "SumPairs" >> beam.CombineGlobally(sum)
         )
         self.summary = (
-            read[HARVEST_COUNTS]
+            counts
             | "SumCounts" >> beam.CombineGlobally(_sum_counts)
             | "WithUnique" >> beam.Map(_harvest_summary, unique=beam.pvalue.AsSingleton(unique))
         )
@@ -458,13 +448,15 @@ def _harvest_summary(counts: dict[str, int], unique: int) -> dict[str, Any]:
 
 
 def _first_found(sample: Sample) -> tuple[str, int, int]:
+    """Where a pair was found: (archive file or page URL, byte offset, position on the page)."""
     extra = sample.extra
-    return (str(extra.get("warc_file", "")), int(extra.get("warc_offset", 0)), int(extra.get("position", 0)))
+    where = str(extra.get("warc_file") or extra.get("page_url") or "")
+    return (where, int(extra.get("warc_offset", 0)), int(extra.get("position", 0)))
 
 
 class DistinctPairs(beam.PTransform):
-    """One row per (url, caption) pair, before anything is fetched: of the copies found on many
-    pages, the one found first (file name, byte offset, position on the page) is kept."""
+    """One row per (url, caption) pair, before any image is fetched: of the copies found on many
+    pages, the first found (archive file or page URL, byte offset, position on the page) is kept."""
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (

@@ -150,6 +150,11 @@ def html_pairs(html: bytes | str, page_url: str) -> list[Pair]:
     return pairs
 
 
+def _has_html(envelope: dict[str, Any]) -> bool:
+    payload = envelope.get("Envelope", {}).get("Payload-Metadata", {})
+    return isinstance(payload.get("HTTP-Response-Metadata", {}).get("HTML-Metadata"), dict)
+
+
 def wat_pairs(envelope: dict[str, Any]) -> tuple[str | None, list[Pair]]:
     """The page URL and the `IMG@/src` pairs of one WAT JSON envelope (no HTML metadata: none)."""
     header = envelope.get("Envelope", {}).get("WARC-Header-Metadata", {})
@@ -251,7 +256,9 @@ def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
             envelope = json.loads(record.reader.read())
         except (ValueError, UnicodeDecodeError) as err:
             return Skipped("malformed_record", f"byte {offset} ({target}): WAT payload is not JSON: {err}")
-        page_url, pairs = wat_pairs(envelope) if isinstance(envelope, dict) else (None, [])
+        if not isinstance(envelope, dict) or not _has_html(envelope):
+            return Skipped("not_html", f"byte {offset} ({target}): no HTML metadata")
+        page_url, pairs = wat_pairs(envelope)
         return Page(page_url or target, offset, pairs)
     content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
     if "html" not in content_type.lower():

@@ -174,7 +174,8 @@ def _archive_batches(
         for page in archive_pages(handle, fmt, config.max_record_bytes):
             if isinstance(page, Skipped):
                 counts[f"skipped/{page.reason}"] += 1
-                LOG.warning("%s: record skipped (%s): %s", path, page.reason, page.detail)
+                if page.reason != "not_html":  # requests, images, robots.txt: most of any crawl
+                    LOG.warning("%s: record skipped (%s): %s", path, page.reason, page.detail)
                 continue
             counts["pages"] += 1
             counts["pages_with_pairs"] += bool(page.pairs)

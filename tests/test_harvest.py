@@ -155,3 +155,20 @@ def test_page_mode_fetches_each_page_and_harvests_it(sample_web, archives, tmp_p
     assert harvest["pages"] == harvest["pages_with_pairs"] == len(listed.split())
     assert harvest["skipped_records"] == {"http_404": 1, "not_html": 1}
     assert json.loads(rows[0]["extra"])["page_url"].startswith(f"{sample_web.base_url}/pages/")
+
+
+def test_an_archive_is_streamed_one_record_at_a_time():
+    import tracemalloc
+
+    member = gzip.compress(b"<html>" + b"x" * 200_000 + b"</html>")
+    archive = io.BytesIO(member * 200)  # 40 MB of records once decompressed
+    tracemalloc.start()
+    try:
+        count = sum(
+            1 for item in records(archive, max_record_bytes=1_000_000) if not isinstance(item, Skipped)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 200
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # about one record and one read chunk

@@ -14,8 +14,9 @@ writes, under ``<out_dir>/pages/``:
   as HTML and a malformed record;
 - ``pages.warc.wat.gz``: the WAT of the same pages, in Common Crawl's JSON envelope
   (``IMG@/src`` links with their raw ``url``, ``alt`` and ``title``; the page's ``Base``);
-- ``pages.txt``: the page URLs, one per line (the ``pages`` input); ``planted.parquet``: the pairs each mode must
-  find (``mode``, ``url``, ``caption``; a WAT holds only ``src`` and ``alt``).
+- ``pages.txt``: the page URLs, one per line (the ``pages`` input);
+- ``planted.parquet``: the pairs each mode must find (``mode``, ``url``, ``caption``; a WAT
+  holds only ``src`` and ``alt``).
 """
 
 from __future__ import annotations

@@ -191,26 +191,26 @@ def _endless(handler: _Handler, site: HostileSite) -> None:
         handler.wfile.write(block)
 
 
+def _trickle(handler: _Handler, byte: bytes, interval: float) -> None:
+    """Sends `byte` every `interval` seconds until the client hangs up (at most 600 times)."""
+    for _ in range(600):
+        if handler.client_gone():
+            return
+        handler.wfile.write(byte)
+        handler.wfile.flush()
+        time.sleep(interval)
+
+
 def _drip(handler: _Handler, site: HostileSite) -> None:
     handler.send_response(200)
     handler.send_header("Content-Length", "100000")
     handler.end_headers()
-    for _ in range(200):  # one byte every 2 s: each read is quick, the whole never ends
-        if handler.client_gone():
-            return
-        handler.wfile.write(b"x")
-        handler.wfile.flush()
-        time.sleep(2)
+    _trickle(handler, b"x", 2.0)  # a body byte every 2 s: each read is quick, the whole never ends
 
 
 def _drip_headers(handler: _Handler, site: HostileSite) -> None:
     handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
-    for _ in range(600):  # a header byte every 0.5 s: each read is quick, the headers never end
-        if handler.client_gone():
-            return
-        handler.wfile.write(b"X")
-        handler.wfile.flush()
-        time.sleep(0.5)
+    _trickle(handler, b"X", 0.5)  # a header byte every 0.5 s: the headers never end
 
 
 def _silent(handler: _Handler, site: HostileSite) -> None:

@@ -122,3 +122,21 @@ def test_denied_credentials_are_named(sample_web, s3, monkeypatch):
         run_job(
             config, [sample_web.urls], f"s3://{BUCKET}/denied", beam_args=_s3_args(endpoint, "AKIAUNKNOWN")
         )
+
+
+def test_a_wat_archive_on_s3_is_harvested(sample_web, s3, tmp_path):
+    from sampleweb.pages import write_pages
+    from tests.conftest import read_output_rows
+
+    endpoint, client = s3
+    archives = write_pages(sample_web.dir, sample_web.base_url)
+    with open(archives["wat"], "rb") as handle:
+        client.put_object(Bucket=BUCKET, Key="crawl/segment/wat/pages.warc.wat.gz", Body=handle.read())
+    code = main(
+        ["run", "--input", f"s3://{BUCKET}/crawl/*/wat/*.warc.wat.gz", "--input-format", "wat",
+         "--output", str(tmp_path), "--set", "run.stages=[]", *_s3_args(endpoint)]
+    )  # fmt: skip
+    assert code == 0
+    planted = pq.read_table(archives["planted"]).to_pylist()
+    want = sorted((r["url"], r["caption"]) for r in planted if r["mode"] == "wat")
+    assert sorted((r["url"], r["caption"]) for r in read_output_rows(str(tmp_path))) == want

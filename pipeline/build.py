@@ -62,7 +62,9 @@ def build_pipeline(
         samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     else:
-        reader = ReadUrlBatches(input_files, config.input, progress_dir, config.crawl)
+        reader = ReadUrlBatches(
+            input_files, config.input, progress_dir, config.crawl, config.text.shuffle_partitions
+        )
         batches = pipeline | "Read" >> reader
         # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
         total = (

@@ -22,12 +22,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, Literal
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.sample import BATCH_SCHEMA, Sample, Status, batch_from_samples, make_uid, samples_from_batch
+from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.crawl import CrawlConfig
 from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch
 from transforms.pagefetch import HarvestPages
@@ -388,6 +389,7 @@ class ReadUrlBatches(beam.PTransform):
         config: InputConfig,
         progress_dir: str | None = None,
         crawl: CrawlConfig | None = None,
+        partitions: int = 64,
     ):
         super().__init__()
         self._files = list(files)
@@ -395,6 +397,7 @@ class ReadUrlBatches(beam.PTransform):
         self._progress_dir = progress_dir
         self._crawl = crawl or CrawlConfig()  # how pages are fetched in page mode
         self._pages = config.input_format == "pages"
+        self._partitions = partitions  # of the distinct-pairs step
         self._archives = any(detect_format(f, config.input_format) in ARCHIVE_FORMATS for f in self._files)
         #: With web archives among the inputs: one dict of page- and image-level counts (`harvest`
         #: in stats.json), set by `expand`.
@@ -418,7 +421,7 @@ class ReadUrlBatches(beam.PTransform):
             batches, counts = harvested.rows, harvested[HARVEST_COUNTS]
         elif not self._archives:
             return batches
-        batches = batches | "DistinctPairs" >> DistinctPairs()
+        batches = batches | "DistinctPairs" >> DistinctPairs(self._partitions)
         unique = (
             batches | "CountPairs" >> beam.Map(lambda b: b.num_rows) | "SumPairs" >> beam.CombineGlobally(sum)
         )
@@ -448,26 +451,48 @@ def _harvest_summary(counts: dict[str, int], unique: int) -> dict[str, Any]:
     }
 
 
-def _first_found(sample: Sample) -> tuple[str, int, int]:
+def _first_found(extra_json: str | None) -> tuple[str, int, int]:
     """Where a pair was found: (archive file or page URL, byte offset, position on the page)."""
-    extra = sample.extra
+    extra = json.loads(extra_json) if extra_json else {}
     where = str(extra.get("warc_file") or extra.get("page_url") or "")
     return (where, int(extra.get("warc_offset", 0)), int(extra.get("position", 0)))
 
 
+def _by_partition(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The rows of `batch` split by a hash of their uid (the uid is already a hash)."""
+    part = np.fromiter((int(uid[:8], 16) % partitions for uid in batch.column("uid").to_pylist()), np.int64)
+    for key in np.unique(part):
+        yield int(key), batch.filter(pa.array(part == key))
+
+
+def _distinct(element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+    """The first-found row of each uid of one partition, sorted by uid, as row batches."""
+    _, batches = element
+    table = pa.Table.from_batches(list(batches), schema=BATCH_SCHEMA)
+    uids = table.column("uid").to_pylist()
+    found = [_first_found(e) for e in table.column("extra").to_pylist()]
+    order = sorted(range(len(uids)), key=lambda i: (uids[i], found[i]))
+    keep = [i for j, i in enumerate(order) if j == 0 or uids[i] != uids[order[j - 1]]]
+    yield from table.take(keep).to_batches(max_chunksize=READ_BATCH_ROWS)
+
+
 class DistinctPairs(beam.PTransform):
     """One row per (url, caption) pair, before any image is fetched: of the copies found on many
-    pages, the first found (archive file or page URL, byte offset, position on the page) is kept."""
+    pages, the first found (archive file or page URL, byte offset, position on the page) is kept.
+
+    Rows stay in Arrow batches: they are hash-partitioned by uid (`partitions`, as the text
+    stage's global counts are) and each partition is made distinct in one sort."""
+
+    def __init__(self, partitions: int = 64):
+        super().__init__()
+        self._partitions = partitions
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
-            | "Keyed"
-            >> beam.FlatMap(lambda b: ((s.uid, (_first_found(s), s)) for s in samples_from_batch(b)))
-            | "First" >> beam.CombinePerKey(lambda copies: min(copies, key=lambda c: c[0]))
-            | "Pair" >> beam.Map(lambda kv: kv[1][1])
-            | "Batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=READ_BATCH_ROWS)
-            | "Rows" >> beam.Map(batch_from_samples)
+            | "Partition" >> beam.FlatMap(_by_partition, self._partitions)
+            | "Group" >> beam.GroupByKey()
+            | "Distinct" >> beam.FlatMap(_distinct)
         )
 
 

@@ -34,6 +34,8 @@ import datetime
 import email.utils
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import urllib3
@@ -70,6 +72,7 @@ from transforms.robots import (
 from transforms.watchdog import deadline_scope, watched_pool_classes
 
 LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
 _CHUNK = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: Failures retried within a run (`crawl.retries`): the server or the network may recover soon.
@@ -248,23 +251,42 @@ class Fetcher:
 
     def _fetch_once(self, url: str) -> FetchResult:
         """One attempt: every hop checked against its origin's rules, then fetched in the host's turn."""
+        return self._get(
+            url,
+            self._options.max_redirects,
+            lambda hop, parts: self._delay(self._check_site_rules(hop, parts)),
+            self._read,
+        )
+
+    def _get(
+        self,
+        url: str,
+        max_redirects: int,
+        admit: Callable[[str, SplitResult], float],
+        read: Callable[[urllib3.BaseHTTPResponse, _Deadline], _T],
+    ) -> _T:
+        """GETs `url`, following redirects hop by hop under one deadline.
+
+        Before each hop `admit(url, parts)` may refuse it (by raising `FetchError`) and gives the
+        delay its host asks for; the request is made in the host's turn, and `read` reads the
+        final response. A redirect's body is never read: it could be endless."""
         deadline = _Deadline(self._options.deadline)
         visited = {url}
-        for _ in range(self._options.max_redirects + 1):
+        for _ in range(max_redirects + 1):
             parts = _split(url)
-            rules = self._check_site_rules(url, parts)
-            with self._throttle.slot(parts.hostname or "", self._delay(rules)) as waited:
+            delay = admit(url, parts)
+            with self._throttle.slot(parts.hostname or "", delay) as waited:
                 deadline.extend(waited)
                 response = self._request(url, deadline)
                 try:
                     location = response.headers.get("Location") if response.status in _REDIRECTS else None
                     if location is None:
-                        return self._read(response, deadline)
-                    response.close()  # a redirect's body is never read: it could be endless
+                        return read(response, deadline)
+                    response.close()
                 finally:
                     response.release_conn()
             url = _follow(url, location, visited)
-        raise FetchError("too_many_redirects", f"more than {self._options.max_redirects} redirects")
+        raise FetchError("too_many_redirects", f"more than {max_redirects} redirects")
 
     def _request(self, url: str, deadline: _Deadline) -> urllib3.BaseHTTPResponse:
         deadline.check()
@@ -321,25 +343,18 @@ class Fetcher:
 
     def _site_file(self, url: str) -> SiteFile:
         """GETs a robots.txt or tdmrep.json: at most 5 redirects and the first 500 KiB of the body."""
-        visited = {url}
         try:
-            for _ in range(SITE_FILE_MAX_REDIRECTS + 1):
-                deadline = _Deadline(self._options.deadline)
-                with self._throttle.slot(_split(url).hostname or "", self._options.min_host_delay):
-                    response = self._request(url, deadline)
-                    try:
-                        location = response.headers.get("Location") if response.status in _REDIRECTS else None
-                        if location is None:
-                            body = self._read_body(response, deadline, SITE_FILE_MAX_BYTES, truncate=True)
-                            return SiteFile(response.status, body)
-                        response.close()
-                    finally:
-                        response.release_conn()
-                url = _follow(url, location, visited)
-            return SiteFile(310, error="more than 5 redirects")  # RFC 9309: may be taken as unavailable
+            return self._get(
+                url,
+                SITE_FILE_MAX_REDIRECTS,
+                lambda hop, parts: self._options.min_host_delay,
+                lambda response, deadline: SiteFile(
+                    response.status, self._read_body(response, deadline, SITE_FILE_MAX_BYTES, truncate=True)
+                ),
+            )
         except FetchError as err:
-            if err.reason in ("redirect_loop", "invalid_url"):
-                return SiteFile(310, error=str(err))
+            if err.reason in ("too_many_redirects", "redirect_loop", "invalid_url"):
+                return SiteFile(310, error=str(err))  # RFC 9309: may be taken as unavailable
             return SiteFile(None, error=f"{err.reason}: {err}", reason=err.reason)
 
     def _read(self, response: urllib3.BaseHTTPResponse, deadline: _Deadline) -> FetchResult:

@@ -10,7 +10,8 @@ import pytest
 import urllib3
 
 from transforms.fetch import Fetcher, FetchError, FetchOptions
-from transforms.netguard import ForbiddenAddress, forbidden_reason, guard_pool_manager
+from transforms.netguard import ForbiddenAddress, forbidden_reason
+from transforms.watchdog import watched_pool_classes
 
 FORBIDDEN = {
     "127.0.0.1": "loopback",
@@ -79,7 +80,8 @@ SPELLINGS = ["127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "1
 
 @pytest.mark.parametrize("host", SPELLINGS)
 def test_every_spelling_of_loopback_is_refused_before_a_request(loopback_server, host):
-    manager = guard_pool_manager(urllib3.PoolManager())
+    manager = urllib3.PoolManager()
+    manager.pool_classes_by_scheme = watched_pool_classes(guarded=True)
     before = len(_Counting.seen)
     with pytest.raises(ForbiddenAddress, match="loopback"):
         manager.request("GET", f"http://{host}:{loopback_server}/{host}", retries=False)

@@ -22,7 +22,6 @@ import socket
 from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -142,17 +141,3 @@ class GuardedHTTPConnection(_Guarded, HTTPConnection):
 
 class GuardedHTTPSConnection(_Guarded, HTTPSConnection):
     pass
-
-
-class GuardedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = GuardedHTTPConnection
-
-
-class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = GuardedHTTPSConnection
-
-
-def guard_pool_manager(manager: Any) -> Any:
-    """Makes a urllib3 `PoolManager` open every connection through the guard; returns it."""
-    manager.pool_classes_by_scheme = {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}
-    return manager

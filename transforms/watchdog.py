@@ -111,10 +111,16 @@ class _GuardedHTTPS(_Watched, GuardedHTTPSConnection):
     pass
 
 
-def watched_pool_classes(guarded: bool) -> dict[str, type]:
-    """`PoolManager.pool_classes_by_scheme` whose connections are watched (and SSRF-guarded)."""
-    http, https = (_GuardedHTTP, _GuardedHTTPS) if guarded else (_HTTP, _HTTPS)
+def _pool_classes(http: type, https: type) -> dict[str, type]:
     return {
         "http": type("WatchedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
         "https": type("WatchedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
     }
+
+
+_POOLS = {True: _pool_classes(_GuardedHTTP, _GuardedHTTPS), False: _pool_classes(_HTTP, _HTTPS)}
+
+
+def watched_pool_classes(guarded: bool) -> dict[str, type]:
+    """`PoolManager.pool_classes_by_scheme` whose connections are watched (and SSRF-guarded)."""
+    return dict(_POOLS[guarded])

@@ -17,10 +17,7 @@ import base64
 import dataclasses
 import io
 import json
-import re
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -33,12 +30,11 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import STAGE_NAMES
+from transforms.writers import read_tar_images, shard_stems
 
 STAGE_ORDER = ("read", *STAGE_NAMES, "write")
 KEPT = "kept"  # the gallery category of successful samples
-_SHARD = re.compile(r"^(\d{5,})\.parquet$")
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/:?#]+)"
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 _BATCH_ROWS = 65_536
 _MAX_DOMAINS = 200_000  # beyond this, the rarest domains are pruned and domain counts are approximate
 _SAMPLE_COLUMNS = (
@@ -388,26 +384,11 @@ def read_thumbnails(output: str, rows: list[dict[str, Any]], size: int = 128) ->
         path = f"{output}/{shard}.tar"
         if not FileSystems.exists(path):
             continue
-        for key, data in _tar_members(path, set(keys)):
+        for key, _, data in read_tar_images(path, set(keys)):
             uri = thumbnail_uri(data, size)
             if uri:
                 thumbnails[keys[key]] = uri
     return thumbnails
-
-
-def _tar_members(path: str, keys: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(key, image bytes) of the wanted keys: headers are walked, other members skipped by seeking."""
-    with _open(path) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-        left = set(keys)
-        for member in tar:
-            stem, dot, ext = member.name.rpartition(".")
-            if stem in left and f".{ext.lower()}" in _IMAGE_EXTS and dot:
-                extracted = tar.extractfile(member)
-                if extracted is not None:
-                    left.discard(stem)
-                    yield stem, extracted.read()
-            if not left:
-                break
 
 
 def thumbnail_uri(data: bytes, size: int = 128) -> str | None:
@@ -437,11 +418,9 @@ def _with_columns(batch: pa.RecordBatch, names: set[str]) -> pa.Table:
 
 def _shard_names(output: str) -> list[str]:
     try:
-        matched = FileSystems.match([f"{output}/*.parquet"])[0].metadata_list
+        return shard_stems(output)
     except (OSError, ValueError) as err:  # Beam raises its own errors for unreachable filesystems
         raise AuditError(f"cannot list {output}: {err}") from err
-    names = [m.path.rstrip("/").rsplit("/", 1)[-1] for m in matched]
-    return sorted(found.group(1) for found in map(_SHARD.match, names) if found)
 
 
 def _read_stats(output: str) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,9 +28,9 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.sample import BATCH_SCHEMA, METADATA_SCHEMA, Sample, Status
 from transforms.fetch import is_retryable_failure
 from transforms.readers import InputError
+from transforms.writers import read_tar_images, shard_stems
 
 LOG = logging.getLogger(__name__)
-_METADATA = re.compile(r"^\d{5,}\.parquet$")
 _TEXT_FIELDS = tuple(BATCH_SCHEMA.names)
 _ROW_FIELDS = tuple(name for name in METADATA_SCHEMA.names if name != "key")
 
@@ -40,26 +38,17 @@ _ROW_FIELDS = tuple(name for name in METADATA_SCHEMA.names if name != "key")
 def shard_metadata_files(output_dir: str) -> list[str]:
     """The `NNNNN.parquet` files of an output folder, sorted; `InputError` if there are none."""
     output_dir = output_dir.rstrip("/")
-    found = FileSystems.match([f"{output_dir}/*.parquet"])[0].metadata_list
-    files = sorted(m.path for m in found if _METADATA.match(m.path.rsplit("/", 1)[-1]))
-    if not files:
+    stems = shard_stems(output_dir)
+    if not stems:
         raise InputError(f"{output_dir}: no NNNNN.parquet shards; --retry-failed needs a finished output")
-    return files
+    return [f"{output_dir}/{stem}.parquet" for stem in stems]
 
 
 def tar_images(tar_path: str) -> dict[str, tuple[str, bytes]]:
     """uid → (extension, bytes) of the images in a WebDataset shard (none if the tar is missing)."""
     if not FileSystems.exists(tar_path):
         return {}
-    images: dict[str, tuple[str, bytes]] = {}
-    with FileSystems.open(tar_path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if member.isfile() and ext not in ("txt", "json"):
-                extracted = tar.extractfile(member)
-                if extracted is not None:
-                    images[key] = (ext, extracted.read())
-    return images
+    return {key: (ext, data) for key, ext, data in read_tar_images(tar_path)}
 
 
 def sample_from_row(row: dict[str, Any], image: tuple[str, bytes] | None) -> Sample:

@@ -38,6 +38,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
@@ -94,6 +95,38 @@ def shard_of(uid: str, shards: int) -> int:
 
 def shard_name(index: int) -> str:
     return f"{index:05d}"
+
+
+def shard_stems(output_dir: str) -> list[str]:
+    """The `NNNNN` of every shard of an output folder (its `NNNNN.parquet` files), sorted."""
+    matched = FileSystems.match([f"{output_dir.rstrip('/')}/*.parquet"])[0].metadata_list
+    names = (m.path.rstrip("/").rsplit("/", 1)[-1] for m in matched)
+    return sorted(name.removesuffix(".parquet") for name in names if _SHARD_FILE.match(name))
+
+
+def read_tar_images(path: str, keys: set[str] | None = None) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, bytes) of the images in a shard's tar, streamed member by member.
+
+    With `keys`, only those are read (others are skipped by seeking) and reading stops once all
+    are found. The `.txt` and `.json` members are not images."""
+    left = set(keys) if keys is not None else None
+    with (
+        FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle,
+        tarfile.open(fileobj=handle, mode="r|" if left is None else "r:") as tar,
+    ):
+        for member in tar:
+            key, dot, ext = member.name.rpartition(".")
+            if not (dot and member.isfile() and ext not in ("txt", "json")):
+                continue
+            if left is not None and key not in left:
+                continue
+            extracted = tar.extractfile(member)
+            if extracted is not None:
+                yield key, ext, extracted.read()
+                if left is not None:
+                    left.discard(key)
+                    if not left:
+                        return
 
 
 def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:

@@ -20,6 +20,7 @@ import io
 import json
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
@@ -261,15 +262,30 @@ def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
         page_url, pairs = wat_pairs(envelope)
         return Page(page_url or target, offset, pairs)
     content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
+    return html_page(target, offset, content_type, record.reader.read(), f"byte {offset} ({target})")
+
+
+def html_page(url: str, offset: int, content_type: str, body: bytes, where: str) -> Page | Skipped:
+    """The pairs of a response served as `content_type`, or why it is no HTML page; `where` names
+    it in the reason's message. A WARC record and a fetched page are judged alike."""
     if "html" not in content_type.lower():
-        return Skipped("not_html", f"byte {offset} ({target}): Content-Type {content_type or 'missing'!r}")
-    body = record.reader.read()
+        return Skipped("not_html", f"{where}: Content-Type {content_type or 'missing'!r}")
     if b"\x00" in body[:1024]:
-        return Skipped("invalid_html", f"byte {offset} ({target}): binary content served as {content_type!r}")
+        return Skipped("invalid_html", f"{where}: binary content served as {content_type!r}")
     try:
-        return Page(target, offset, html_pairs(body, target))
+        return Page(url, offset, html_pairs(body, url))
     except (ValueError, UnicodeDecodeError) as err:
-        return Skipped("invalid_html", f"byte {offset} ({target}): {err}")
+        return Skipped("invalid_html", f"{where}: {err}")
+
+
+def tally(counts: Counter[str], item: Page | Skipped) -> None:
+    """Adds a page (pages, pages with pairs, pairs) or a skipped record (by reason) to `counts`."""
+    if isinstance(item, Skipped):
+        counts[f"skipped/{item.reason}"] += 1
+        return
+    counts["pages"] += 1
+    counts["pages_with_pairs"] += bool(item.pairs)
+    counts["pairs"] += len(item.pairs)
 
 
 def pairs_batch(pages: list[Page], archive: str | None = None) -> pa.RecordBatch:

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from transforms.crawl import CrawlConfig
 from transforms.fetch import Fetcher, FetchError
-from transforms.harvest import HARVEST_COUNTS, Page, Skipped, html_pairs, pairs_batch
+from transforms.harvest import HARVEST_COUNTS, Page, Skipped, html_page, pairs_batch, tally
 
 LOG = logging.getLogger(__name__)
 
@@ -35,12 +35,7 @@ def fetch_page(fetcher: Fetcher, url: str) -> Page | Skipped:
         fetched = fetcher.fetch(url)
     except FetchError as err:
         return Skipped(err.reason, f"{url}: {err}")
-    content_type = fetched.content_type or ""
-    if "html" not in content_type.lower():
-        return Skipped("not_html", f"{url}: Content-Type {content_type or 'missing'!r}")
-    if b"\x00" in fetched.data[:1024]:
-        return Skipped("invalid_html", f"{url}: binary content served as {content_type!r}")
-    return Page(url, 0, html_pairs(fetched.data, url))
+    return html_page(url, 0, fetched.content_type or "", fetched.data, url)
 
 
 class _HarvestPagesFn(beam.DoFn):
@@ -56,14 +51,11 @@ class _HarvestPagesFn(beam.DoFn):
         counts: Counter[str] = Counter()
         pages = []
         for result in self._pool.map(lambda url: fetch_page(self._fetcher, url), urls):
+            tally(counts, result)
             if isinstance(result, Skipped):
-                counts[f"skipped/{result.reason}"] += 1
                 LOG.warning("page skipped (%s): %s", result.reason, result.detail)
-                continue
-            counts["pages"] += 1
-            counts["pages_with_pairs"] += bool(result.pairs)
-            counts["pairs"] += len(result.pairs)
-            pages.append(result)
+            else:
+                pages.append(result)
         if pages:
             yield pairs_batch(pages)
         yield beam.pvalue.TaggedOutput(HARVEST_COUNTS, dict(counts))

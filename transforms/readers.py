@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.crawl import CrawlConfig
-from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch
+from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.pagefetch import HarvestPages
 from transforms.progress import StageCounter
 
@@ -173,14 +173,11 @@ def _archive_batches(
     found = 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         for page in archive_pages(handle, fmt, config.max_record_bytes):
+            tally(counts, page)
             if isinstance(page, Skipped):
-                counts[f"skipped/{page.reason}"] += 1
                 if page.reason != "not_html":  # requests, images, robots.txt: most of any crawl
                     LOG.warning("%s: record skipped (%s): %s", path, page.reason, page.detail)
                 continue
-            counts["pages"] += 1
-            counts["pages_with_pairs"] += bool(page.pairs)
-            counts["pairs"] += len(page.pairs)
             pages.append(page)
             found += len(page.pairs)
             if found >= batch_rows:

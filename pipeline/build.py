@@ -16,7 +16,7 @@ from transforms.crawl import DownloadImages
 from transforms.dedup import DeduplicateImages
 from transforms.embed import EmbedImages
 from transforms.noise import RepairCaptions
-from transforms.previous import ReadPreviousOutput
+from transforms.previous import KeepSettled, ReadPreviousOutput
 from transforms.readers import ReadUrlBatches
 from transforms.text import FilterText
 from transforms.writers import WriteShards, WriteStats
@@ -59,7 +59,7 @@ def build_pipeline(
     and the row-batch stages, which those rows already passed, do not run again.
     """
     if retry_from is not None:
-        samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
+        previous = samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     else:
         reader = ReadUrlBatches(
@@ -90,6 +90,8 @@ def build_pipeline(
                 summaries.append(
                     summary | f"{name.capitalize()}Summary" >> beam.Map(lambda s, n=name: (n, s))
                 )
+    if retry_from is not None:  # rows the previous run settled are written as they were
+        samples = samples | "KeepSettled" >> KeepSettled(previous)
     shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
     stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]

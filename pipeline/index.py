@@ -64,6 +64,8 @@ INDEX_DIR = "index"
 INDEX_FILE = "image.index"
 IDS_FILE = "ids.parquet"
 INFO_FILE = "index.json"
+#: The files of an output's index, in the order they are deleted (index.json first).
+INDEX_FILES = (INFO_FILE, INDEX_FILE, IDS_FILE)
 _METADATA_FILE = re.compile(r"/metadata_(\d{5,})\.parquet$")
 _SHARD_FILE = re.compile(r"/\d{5,}\.parquet$")
 _IDS_SCHEMA = pa.schema(
@@ -147,7 +149,7 @@ def build_output_index(output_dir: str, memory_budget_bytes: int) -> IndexSummar
 def remove_output_index(output_dir: str) -> None:
     """Deletes `output_dir/index/`'s files (index.json first, so no half-old index is ever read)."""
     folder = f"{output_dir.rstrip('/')}/{INDEX_DIR}"
-    for name in (INFO_FILE, INDEX_FILE, IDS_FILE):
+    for name in INDEX_FILES:
         path = f"{folder}/{name}"
         if FileSystems.exists(path):
             FileSystems.delete([path])

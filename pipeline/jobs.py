@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -18,13 +20,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from pipeline.audit import AuditError
 from pipeline.build import BATCH_STAGES, build_pipeline
 from pipeline.config import ConfigError, RunConfig
-from pipeline.index import IndexSummary, build_output_index, remove_output_index
+from pipeline.index import INDEX_DIR, INDEX_FILES, IndexSummary, build_output_index, remove_output_index
 from pipeline.progress import ProgressPrinter
 from pipeline.report import write_report
 from pipeline.runner import is_local, make_pipeline, translated_steps
 from pipeline.stores import check_bucket, check_writable
 from transforms.crawl import failure_alarm
 from transforms.embed import resolve_device
+from transforms.manifest import claim_output, inside, normalized, record_files, require_complete
 from transforms.progress import NAMESPACE
 from transforms.readers import InputError, check_input, expand_inputs
 from transforms.writers import STATS_FILE, write_atomically
@@ -66,18 +69,18 @@ def run_job(
     output_dir = output_dir.rstrip("/")
     if retry_from is not None:
         retry_from = retry_from.rstrip("/")
-        if retry_from == output_dir:
-            raise InputError(f"--retry-failed {retry_from}: write the retry to another --output folder")
+        check_retry_source(retry_from, output_dir, config)
         files: list[str] = []
     else:
         files = expand_inputs(inputs)
+        check_no_overlap(inputs, files, output_dir)
         for path in files[:_CHECKED_FILES]:
             check_input(path, config.input)
-    if FileSystems.get_scheme(output_dir) in (None, "file"):
-        if not FileSystems.exists(output_dir):
-            FileSystems.mkdirs(output_dir)
-    elif not dry_run:
+    if not dry_run:
+        if FileSystems.get_scheme(output_dir) in (None, "file"):
+            _make_local_folder(output_dir)
         check_writable(output_dir)
+        claim_output(output_dir)
 
     local = is_local(runner)
     if local and "embed" in config.run.stages:
@@ -131,8 +134,102 @@ def run_job(
     if summary is not None:
         stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
         write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
+        record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in INDEX_FILES])
     stats["report"] = _write_report(output_dir)
     return stats
+
+
+def check_no_overlap(patterns: Sequence[str], files: Sequence[str], output_dir: str) -> None:
+    """`InputError` when the output folder is an input, holds an input or lies inside an input
+    folder: the run would overwrite or delete the lists it reads, or read its own shards."""
+    output = normalized(output_dir)
+    for path in files:
+        if inside(normalized(path), output):
+            raise InputError(f"--output {output_dir} holds the input file {path}; write to another folder")
+    for pattern in patterns:
+        base = pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        if _is_folder(pattern):
+            folder = pattern
+        elif base != pattern:  # a glob: the folder it starts in
+            folder = posixpath.dirname(base) or "."
+        else:
+            continue
+        if inside(output, normalized(folder)):
+            raise InputError(
+                f"--output {output_dir} is inside the input folder {pattern}; write to another folder"
+            )
+
+
+def check_retry_source(previous: str, output_dir: str, config: RunConfig) -> None:
+    """`InputError` unless `previous` is a finished output apart from `output_dir`, made with the
+    same settings as `config` wherever a setting changes results."""
+    old, new = normalized(previous), normalized(output_dir)
+    if inside(old, new) or inside(new, old):
+        raise InputError(
+            f"--retry-failed {previous}: write the retry to a folder outside it (not {output_dir})"
+        )
+    require_complete(previous)
+    with FileSystems.open(f"{previous}/{STATS_FILE}") as handle:
+        before = json.loads(handle.read()).get("config")
+    if not isinstance(before, dict):
+        raise InputError(f"--retry-failed {previous}: its {STATS_FILE} records no config")
+    changed = config_changes(before, config.to_dict())
+    if changed:
+        listed = ", ".join(f"{key} ({old!r} -> {new!r})" for key, old, new in changed[:5])
+        raise InputError(
+            f"--retry-failed {previous}: the config differs where it changes results: {listed}; "
+            "a retry must use the previous run's settings (run from the input lists to apply new ones)"
+        )
+
+
+#: Settings that change how fast or politely a run goes, never what it writes: a retry may change them.
+RETRY_MAY_CHANGE = frozenset(
+    {
+        "run.progress",
+        "crawl.thread_count",
+        "crawl.timeout",
+        "crawl.deadline",
+        "crawl.retries",
+        "crawl.max_per_host",
+        "crawl.min_host_delay",
+        "crawl.max_crawl_delay",
+        "crawl.robots_cache_ttl",
+        "crawl.max_failure_rate",
+        "embed.device",
+        "embed.batch_size",
+        "embed.accelerator",
+    }
+)
+
+
+def config_changes(
+    before: dict[str, Any], after: dict[str, Any], where: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) of every setting that differs and is not in `RETRY_MAY_CHANGE`."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        name = f"{where}.{key}" if where else key
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, name)
+        elif old != new and name not in RETRY_MAY_CHANGE:
+            changes.append((name, old, new))
+    return changes
+
+
+def _is_folder(path: str) -> bool:
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return os.path.isdir(path)
+    return path.endswith("/")
+
+
+def _make_local_folder(output_dir: str) -> None:
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"output '{output_dir}' cannot be created: {err.strerror or err}") from err
+    if not os.path.isdir(output_dir):
+        raise InputError(f"output '{output_dir}' is a file, not a folder")
 
 
 def _write_report(output_dir: str) -> str | None:

@@ -21,10 +21,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.audit import KEPT, Audit, Histogram, audit_output
+from pipeline.audit import KEPT, Audit, AuditError, Histogram, audit_output
+from transforms.manifest import normalized, record_files
 from transforms.writers import write_atomically
+
+REPORT_FILE = "report.html"
+#: Marks a page as Winnow's, so that `winnow audit --out` replaces only its own reports.
+GENERATOR = '<meta name="generator" content="winnow audit">'
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _KEPT, _DROP, _THRESHOLD, _A, _B = "#2f9e44", "#f59f00", "#c2255c", "#1c7ed6", "#e8590c"
@@ -82,11 +88,28 @@ def write_report(output: str, out: str | None = None, compare: str | None = None
     """Audits `output` (against `compare` if given), writes the HTML and returns its path."""
     audit = audit_output(output)
     other = audit_output(compare) if compare else None
-    path = out or f"{output.rstrip('/')}/report.html"
+    path = out or f"{output.rstrip('/')}/{REPORT_FILE}"
+    _check_report_target(path)
     if FileSystems.get_scheme(path) in (None, "file") and os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomically(path, render_report(audit, other).encode("utf-8", "replace"))
+    if normalized(path) == normalized(f"{output.rstrip('/')}/{REPORT_FILE}"):
+        record_files(output, [REPORT_FILE])
     return path
+
+
+def _check_report_target(path: str) -> None:
+    """`AuditError` unless `path` is free or holds a report Winnow wrote: an existing folder or
+    any other file is never replaced."""
+    local = FileSystems.get_scheme(path) in (None, "file")
+    if local and os.path.isdir(path):
+        raise AuditError(f"--out {path} is a folder; give the path of the HTML file to write")
+    if not FileSystems.exists(path):
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        head = handle.read(4096)
+    if GENERATOR.encode() not in head:
+        raise AuditError(f"--out {path} exists and is not a report Winnow wrote; it is left as it is")
 
 
 def render_report(audit: Audit, compare: Audit | None = None) -> str:
@@ -116,7 +139,7 @@ def render_report(audit: Audit, compare: Audit | None = None) -> str:
             _section("Config and models", _pair(_run(audit), _run(compare))),
         ]
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR}'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n"

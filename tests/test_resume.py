@@ -119,12 +119,12 @@ def test_retry_failed_fetches_only_transient_failures_again(tmp_path):
 
 def test_retry_failed_needs_a_finished_output_and_another_folder(tmp_path, capsys):
     config = load_config(overrides=["run.stages=[crawl]"])
-    with pytest.raises(InputError, match="no NNNNN.parquet shards"):
+    with pytest.raises(InputError, match="not an output of a finished Winnow run"):
         run_job(config, [], str(tmp_path / "out"), retry_from=str(tmp_path))
-    with pytest.raises(InputError, match="another --output"):
+    with pytest.raises(InputError, match="write the retry"):
         run_job(config, [], str(tmp_path), retry_from=str(tmp_path))
     assert main(["run", "--retry-failed", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
-    assert "no NNNNN.parquet shards" in capsys.readouterr().err
+    assert "not an output of a finished Winnow run" in capsys.readouterr().err
 
 
 def test_an_outage_raises_an_alarm_and_a_nonzero_exit(tmp_path, capsys):

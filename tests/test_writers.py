@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import METADATA_SCHEMA, Sample, Status, make_uid
+from transforms.manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from transforms.writers import (
     finalize_output,
     parquet_bytes,
@@ -79,16 +80,20 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     assert os.listdir(tmp_path) == ["00000.tar"]
 
 
-def test_finalize_removes_temp_files_and_stale_shards_only(tmp_path):
+def test_finalize_deletes_only_recorded_stale_files_and_its_temp_files(tmp_path):
+    temp = f"_tmp-{'a' * 32}-00001.tar"
     for name in (
         "00000.tar",
         "00000.parquet",
         "00007.tar",
         "00007.parquet",
-        "_tmp-abc-00001.tar",
+        "00009.parquet",
+        temp,
         "notes.txt",
     ):
         (tmp_path / name).write_bytes(b"x")
+    # The previous run wrote shard 7; shard 9 and notes.txt are nobody's Winnow knows of.
+    write_manifest(str(tmp_path), "complete", ["00000.tar", "00000.parquet", "00007.tar", "00007.parquet"])
     shard = {
         "shard": "00000",
         "files": ["00000.parquet", "00000.tar"],
@@ -98,9 +103,26 @@ def test_finalize_removes_temp_files_and_stale_shards_only(tmp_path):
         "counts": [["", "success", "", 1], ["crawl", "failed", "http_404", 1]],
     }
     stats = finalize_output([shard], str(tmp_path), ["read", "crawl"])
-    assert sorted(os.listdir(tmp_path)) == ["00000.parquet", "00000.tar", "notes.txt", "stats.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "00000.parquet",
+        "00000.tar",
+        "00009.parquet",
+        "notes.txt",
+        "stats.json",
+        MANIFEST_FILE,
+    ]
     assert stats["stages"]["crawl"] == {"total": 2, "kept": 1, "dropped": {"http_404": 1}}
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
+    assert read_manifest(str(tmp_path)) == Manifest("complete", ("00000.parquet", "00000.tar", "stats.json"))
+
+
+def test_atomic_write_never_replaces_a_folder(tmp_path):
+    (tmp_path / "report.html").mkdir()
+    (tmp_path / "report.html" / "keep.txt").write_text("mine")
+    with pytest.raises(IsADirectoryError):
+        write_atomically(str(tmp_path / "report.html"), b"<html>")
+    assert (tmp_path / "report.html" / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["report.html"]
 
 
 def test_summary_follows_samples_through_stages():

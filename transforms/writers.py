@@ -17,8 +17,9 @@ Determinism: the shard count is ceil(total / samples_per_shard); a sample goes t
 uid/gid 0, mode 0644). The same input and config give byte-identical shards on any runner.
 Atomicity: a local shard is written under a temporary name and renamed; an object-store shard is
 one upload, visible only once complete. A finished run deletes the temporary files and the
-shards of an earlier run that this run did not write, so a killed run rerun leaves no partial or
-stale shard.
+files of an earlier run in the same folder that this run did not write, so a killed run rerun
+leaves no partial or stale shard; it deletes only what the folder's manifest says Winnow wrote
+(`transforms/manifest.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import tarfile
 import uuid
@@ -42,15 +44,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
+from transforms.manifest import TEMP_NAME, list_files, read_manifest, write_manifest
 from transforms.progress import StageCounter
 
 _SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
-#: Folders of per-shard embedding files, and their file names.
-EMBEDDING_DIRS = {
-    "img_emb": re.compile(r"^img_emb_\d{5,}\.npy$"),
-    "text_emb": re.compile(r"^text_emb_\d{5,}\.npy$"),
-    "metadata": re.compile(r"^metadata_\d{5,}\.parquet$"),
-}
 _EMBEDDING_METADATA = pa.schema(
     [
         pa.field("uid", pa.string(), nullable=False),
@@ -211,18 +208,21 @@ def embedding_files(name: str, samples: list[Sample], compression: str) -> dict[
 
 
 def write_atomically(path: str, data: bytes) -> None:
-    """Writes `path` so that readers never see a partial file."""
+    """Writes `path` so that readers never see a partial file. An existing file is replaced in one
+    rename; a folder at `path` is never touched (`IsADirectoryError`)."""
     if FileSystems.get_scheme(path) not in (None, "file"):
         with FileSystems.create(path) as handle:  # object stores: one upload, visible when complete
             handle.write(data)
         return
-    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
-    temp = f"{directory}/{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}"
-    with FileSystems.create(temp) as handle:
+    path = path.removeprefix("file://")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    with open(temp, "wb") as handle:
         handle.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temp], [path])
+    os.replace(temp, path)  # atomic, and replaces a file only
 
 
 def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
@@ -360,23 +360,23 @@ def finalize_output(
     stages: Iterable[str],
     summaries: Iterable[tuple[str, dict[str, Any]]] = (),
 ) -> dict[str, Any]:
-    """Writes stats.json (with the stages' `summaries` under their names) and removes temporary
-    files and shards this run did not write."""
+    """Writes stats.json (with the stages' `summaries` under their names), deletes the files that
+    the folder's manifest names but this run did not write (stale shards, an older index or
+    report) and temporary files, and records what this run wrote as a complete manifest."""
     output_dir = output_dir.rstrip("/")
-    written = {name for shard in shards for name in shard["files"]}
-    stale = []
-    folders = [("", _SHARD_FILE), *((f"{folder}/", pattern) for folder, pattern in EMBEDDING_DIRS.items())]
-    for prefix, pattern in folders:
-        for result in FileSystems.match([f"{output_dir}/{prefix}*"]):
-            for meta in result.metadata_list:
-                name = meta.path.rstrip("/").rsplit("/", 1)[-1]
-                if name.startswith(_TEMP_PREFIX) or (pattern.match(name) and prefix + name not in written):
-                    stale.append(meta.path)
+    written = {name for shard in shards for name in shard["files"]} | {STATS_FILE}
+    manifest = read_manifest(output_dir)
+    recorded = set(manifest.files) if manifest is not None else set()
+    present = list_files(output_dir)
+    stale = [
+        f for f in present if (f in recorded and f not in written) or TEMP_NAME.match(f.rpartition("/")[2])
+    ]
     if stale:
-        FileSystems.delete(stale)
+        FileSystems.delete([f"{output_dir}/{name}" for name in stale])
     stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)
     stats.update(sorted(summaries))
     write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
+    write_manifest(output_dir, "complete", written)
     return stats
 
 

@@ -51,6 +51,7 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -226,11 +227,22 @@ def _extra_json(extra: dict[str, Any]) -> str | None:
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Sample) if f.default is not dataclasses.MISSING}
 
 
+_FLOAT32_FIELDS = tuple(f.name for f in METADATA_SCHEMA if f.type == pa.float32())
+
+
+def _float32(value: float) -> float:
+    """`value` rounded to the nearest float32, the precision the Parquet keeps."""
+    return float(np.float32(value))
+
+
 def sample_to_metadata_row(sample: Sample) -> dict[str, Any]:
     """The Parquet row of a sample (`METADATA_SCHEMA`); `key` is set only for samples in the tar."""
     row = {name: getattr(sample, name) for name in METADATA_SCHEMA.names if hasattr(sample, name)}
     row["extra"] = _extra_json(sample.extra)
+    for name in _FLOAT32_FIELDS:  # as the Parquet stores them, so the tar's .json says the same
+        if row[name] is not None:
+            row[name] = _float32(row[name])
     if sample.concepts is not None:
-        row["concepts"] = [{"term": term, "score": score} for term, score in sample.concepts]
+        row["concepts"] = [{"term": term, "score": _float32(score)} for term, score in sample.concepts]
     row["key"] = sample.uid if sample.status == Status.SUCCESS and sample.image is not None else None
     return row

@@ -226,7 +226,10 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
     # its images are on that one host, which may take the whole thread pool at once.
     overrides = ["crawl.allow_private_networks=true", "crawl.max_per_host=0"]
     config = load_config(None, overrides, base_text=default_config_text())
-    print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers))
+    try:
+        print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers))
+    except FileExistsError as err:
+        raise UsageError(str(err)) from err
     return 0
 
 
@@ -286,7 +289,10 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
 
     if args.samples < 1:
         raise UsageError("--samples must be >= 1")
-    summary = generate_corpus(args.out, args.samples, args.seed)
+    try:
+        summary = generate_corpus(args.out, args.samples, args.seed)
+    except FileExistsError as err:
+        raise UsageError(str(err)) from err
     print(f"wrote {args.samples} samples to {args.out} ({summary})")
     return 0
 

@@ -190,3 +190,12 @@ def test_item16_an_unwritable_output_is_refused_before_the_run(sample_web, tmp_p
     code, err = _cli(capsys, "run", "--input", sample_web.urls, "--output", target, *_overrides())
     assert code == 2 and f"output '{target}' cannot be created" in err
     assert err.count("\n") == 1  # one line, before anything was fetched
+
+
+def test_item01_corpus_never_deletes_a_users_files_folder(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "files").mkdir(parents=True)
+    (mine / "files" / "holiday.jpg").write_bytes(b"my photo")
+    code, err = _cli(capsys, "corpus", "--out", str(mine), "--samples", "5")
+    assert code == 2 and "is not a generated sample web's" in err
+    assert _tree(mine) == {"files/holiday.jpg": b"my photo"}

@@ -515,7 +515,7 @@ def generate_corpus(
     files_dir = os.path.join(out_dir, FILES_DIR)
     if os.path.exists(files_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
         # Only a sample web generated earlier (it has its manifest) is replaced.
-        raise FileExistsError(f"{files_dir} exists and is not a generated sample web's; choose another folder")
+        raise FileExistsError(f"{files_dir} exists and is not a generated sample web's; use another folder")
     shutil.rmtree(files_dir, ignore_errors=True)
     os.makedirs(files_dir)
     rows = _plan(samples, seed, config)

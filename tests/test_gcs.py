@@ -13,6 +13,7 @@ from gcp_storage_emulator.server import create_server
 from pipeline.config import load_config
 from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, free_port, shard_bytes
+from transforms.manifest import MANIFEST_FILE, Manifest, read_manifest
 from transforms.readers import InputError
 
 BUCKET = "winnow-gcs-test"
@@ -51,7 +52,11 @@ def test_run_reads_and_writes_gcs(sample_web, gcs, reference_run):
     expected = shard_bytes(reference_run.dir)
     listed = FileSystems.match([f"gs://{BUCKET}/out/**"])[0].metadata_list
     names = sorted(m.path.removeprefix(f"gs://{BUCKET}/out/") for m in listed)
-    assert sorted(set(names) - {"stats.json", "report.html"}) == sorted(expected)
+    assert sorted(set(names) - {"stats.json", "report.html", MANIFEST_FILE}) == sorted(expected)
+    # The manifest names every file the run wrote, and nothing else.
+    assert read_manifest(f"gs://{BUCKET}/out") == Manifest(
+        "complete", tuple(sorted(set(names) - {MANIFEST_FILE}))
+    )
     for name, data in expected.items():
         assert _read(f"gs://{BUCKET}/out/{name}") == data, name
     assert stats["samples"] == reference_run.stats["samples"]

@@ -15,6 +15,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, shard_bytes
+from transforms.manifest import MANIFEST_FILE, Manifest, read_manifest
 from transforms.readers import InputError
 
 BUCKET = "winnow-test"
@@ -62,7 +63,11 @@ def test_run_reads_and_writes_s3(sample_web, s3, reference_run):
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"]
     names = sorted(obj["Key"].removeprefix("out/") for obj in listed)
     # Everything but the stats (timings) and the report (which shows them) is byte-identical.
-    assert sorted(set(names) - {"stats.json", "report.html"}) == sorted(expected)
+    assert sorted(set(names) - {"stats.json", "report.html", MANIFEST_FILE}) == sorted(expected)
+    # The manifest names every file the run wrote, and nothing else.
+    assert read_manifest(f"s3://{BUCKET}/out") == Manifest(
+        "complete", tuple(sorted(set(names) - {MANIFEST_FILE}))
+    )
     assert "stats.json" in names and any(name.startswith("index/") for name in expected)
     for name, data in expected.items():
         body = client.get_object(Bucket=BUCKET, Key=f"out/{name}")["Body"].read()

@@ -246,7 +246,14 @@ def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterato
             _check_columns(path, names, config, "parquet")
             wanted = [config.url_col, config.caption_col, *config.save_additional_columns]
             columns = sorted({name for name in wanted if name and name in names})
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            # Row group by row group: the rows of the groups before a damaged one are kept.
+            groups = range(parquet.num_row_groups)
+            batches = (
+                batch
+                for group in groups
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+            )
+            for batch in batches:
                 data = {name: batch.column(name).to_pylist() for name in columns}
                 n = batch.num_rows
                 blank = [None] * n

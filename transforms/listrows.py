@@ -36,7 +36,7 @@ import io
 import json
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from charset_normalizer import from_bytes
 
@@ -56,8 +56,7 @@ DETECT_BYTES = 1 << 20
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError)
 
 
-@dataclasses.dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One input record: its values by column, or why it could not be read (`reason`, `message`)."""
 
     line: int
@@ -254,6 +253,10 @@ class _Lines:
         self._lines = lines
         self._ahead: list[tuple[int, str | _Trouble]] = []
 
+    def next(self) -> tuple[int, str | _Trouble] | None:
+        """The next line, taken; None after the last."""
+        return self._ahead.pop(0) if self._ahead else next(self._lines, None)
+
     def peek(self, k: int) -> tuple[int, str | _Trouble] | None:
         """The k-th line after the current one (0: the next), or None after the last."""
         while len(self._ahead) <= k:
@@ -272,8 +275,9 @@ def _table_records(
 ) -> Iterator[Record]:
     lines = _Lines(decoded)
     header: list[str] | None = None
-    while (item := lines.peek(0)) is not None:
-        lines.take()
+    width: int | None = None
+    url_at: int | None = None
+    while (item := lines.next()) is not None:
         number, text = item
         if isinstance(text, _Trouble):
             if header is None:
@@ -282,22 +286,28 @@ def _table_records(
             continue
         if not text.strip():
             continue
-        width = len(header) if header else None
-        url_at = header.index(url_col) if header and url_col in header else None
         if fmt == "tsv":
             fields: list[str] | _Trouble = text.split("\t")
+        elif '"' not in text:
+            fields = text.split(",")  # what the csv module makes of a line without quotes
         else:
             fields = _csv_record(path, number, text, lines, width, url_at)
-        if not isinstance(fields, _Trouble) and any(len(f) > MAX_FIELD_CHARS for f in fields):
+        if (
+            len(text) > MAX_FIELD_CHARS
+            and not isinstance(fields, _Trouble)
+            and any(len(f) > MAX_FIELD_CHARS for f in fields)
+        ):
             message = f"{path}: line {number} has a field longer than {MAX_FIELD_CHARS} characters"
             fields = _Trouble("field_too_large", message)
         if header is None:
             if isinstance(fields, _Trouble):
                 raise _unreadable(path, fields, "the header")
             header = [name.strip() for name in fields]
+            width = len(header)
+            url_at = header.index(url_col) if url_col in header else None
             continue
-        if not isinstance(fields, _Trouble) and len(fields) != len(header):
-            message = f"{path}: line {number} has {len(fields)} fields, the header has {len(header)}"
+        if not isinstance(fields, _Trouble) and len(fields) != width:
+            message = f"{path}: line {number} has {len(fields)} fields, the header has {width}"
             fields = _Trouble("unparseable_row", message)
         if isinstance(fields, _Trouble):
             yield Record(number, reason=fields.reason, message=fields.message)

@@ -266,11 +266,11 @@ def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterato
     except (OSError, ValueError, pa.ArrowException) as err:
         if isinstance(err, InputError):
             raise
-        where = f"row {first + 1}"
-        message = f"{path}: cannot read from {where} on: {_first_line(err)}"
+        damaged = f"row {first + 1}"
+        message = f"{path}: cannot read from {damaged} on: {_first_line(err)}"
         yield _columns_to_batch(
             path,
-            [where],
+            [damaged],
             [None],
             [None],
             [[None]] * len(config.save_additional_columns),
@@ -316,8 +316,9 @@ def _columns_to_batch(
     stage: list[str | None] = [None] * n
     error: list[str | None] = [None] * n
     for i, (url, caption) in enumerate(zip(urls, captions, strict=True)):
-        url, caption = _cell_text(url), _cell_text(caption)
-        if i not in bad:
+        if type(url) is not str or not (caption is None or type(caption) is str):
+            url, caption = _cell_text(url), _cell_text(caption)
+        if i not in bad and (isinstance(url, _NotText) or isinstance(caption, _NotText)):
             bad_cell = _bad_cell(path, where[i], url, config.url_col, caption, config.caption_col)
             if bad_cell:
                 bad[i] = bad_cell

@@ -160,7 +160,8 @@ def _check_columns(path: str, columns: list[str], config: InputConfig, fmt: str)
     if not columns:
         return  # a web archive, or a file without records
     wanted = [(config.url_col, "input.url_col")]
-    if config.caption_col and fmt != "txt":  # a plain-text list has no captions by its format
+    # A plain-text list has no captions by its format; a list of pages gets them from the pages.
+    if config.caption_col and fmt != "txt" and config.input_format != "pages":
         wanted.append((config.caption_col, "input.caption_col"))
     wanted += [(name, "input.save_additional_columns") for name in config.save_additional_columns]
     missing = [(name, key) for name, key in wanted if name not in columns]

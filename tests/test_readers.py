@@ -138,8 +138,9 @@ def test_rows_come_in_batches_of_the_set_size_and_keep_their_order(tmp_path):
     assert all(b.schema == BATCH_SCHEMA for b in batches)
 
 
-def test_text_that_is_not_valid_unicode_is_kept(tmp_path):
+def test_text_that_is_not_valid_unicode_is_a_failed_row_never_replaced(tmp_path):
     path = tmp_path / "list.jsonl"
     path.write_text('{"url": "http://x/1.jpg", "caption": "bad \\ud800 half"}\n')
     [sample] = rows_to_samples(str(path), InputConfig())
-    assert sample.status == Status.PENDING and sample.caption == "bad ? half"
+    assert (sample.status, sample.reason, sample.caption) == (Status.FAILED, "undecodable_row", None)
+    assert "line 1: 'caption' is text with an unpaired surrogate" in sample.error

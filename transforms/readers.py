@@ -317,7 +317,7 @@ def _columns_to_batch(
     stage: list[str | None] = [None] * n
     error: list[str | None] = [None] * n
     for i, (url, caption) in enumerate(zip(urls, captions, strict=True)):
-        if type(url) is not str or not (caption is None or type(caption) is str):
+        if not (_plain(url) and _plain(caption)):
             url, caption = _cell_text(url), _cell_text(caption)
         if i not in bad and (isinstance(url, _NotText) or isinstance(caption, _NotText)):
             bad_cell = _bad_cell(path, where[i], url, config.url_col, caption, config.caption_col)
@@ -356,21 +356,39 @@ def _columns_to_batch(
 
 
 class _NotText:
-    """A cell that is no text: a JSON object, list or boolean, or bytes that are not UTF-8."""
+    """A cell that is no text: a JSON object, list or boolean (`caption_not_text` for a caption),
+    or text that cannot be Unicode (`undecodable_row`)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, undecodable: bool = False):
         self.what = what
+        self.undecodable = undecodable
+
+
+def _plain(value: Any) -> bool:
+    """Whether a cell is None or valid Unicode text (the common case, checked cheaply)."""
+    return value is None or (type(value) is str and (value.isascii() or _encodable(value)))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cell_text(value: Any) -> str | None | _NotText:
     """The text of a url or caption cell: strings as they are, numbers written out."""
-    if value is None or type(value) is str:
+    if value is None:
         return value
+    if type(value) is str:
+        # A JSON `\ud800` escape gives a lone surrogate: no Unicode text, never replaced silently.
+        return value if _encodable(value) else _NotText("text with an unpaired surrogate", undecodable=True)
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            return _NotText("bytes that are not UTF-8")
+            return _NotText("bytes that are not UTF-8", undecodable=True)
     if isinstance(value, bool | dict | list | tuple):
         return _NotText({bool: "a boolean", dict: "an object"}.get(type(value), "a list"))
     if isinstance(value, int | float):
@@ -392,14 +410,14 @@ def _bad_cell(
         (caption, caption_col, "caption_not_text"),
     ):
         if isinstance(value, _NotText):
-            code = "undecodable_row" if value.what.startswith("bytes") else code
+            code = "undecodable_row" if value.undecodable else code
             return code, f"{path}: {where}: '{column}' is {value.what}, not text"
     return None
 
 
 def _strings(values: list[str | None]) -> pa.Array:
-    """A string array; text that is not valid Unicode (lone surrogates from a JSON escape) has
-    the offending characters replaced rather than failing the file."""
+    """A string array. Urls and captions that are not valid Unicode are failed rows by now; text
+    elsewhere (an error message quoting such text) has the offending characters replaced."""
     try:
         return pa.array(values, type=pa.string())
     except (UnicodeEncodeError, pa.ArrowException):

@@ -387,3 +387,14 @@ def test_unreadable_starts_name_the_file(tmp_path, name, data, fragment):
     with pytest.raises(InputError, match=fragment) as err:
         check_input(str(path), InputConfig())
     assert str(err.value).startswith(str(path) + ": ")
+
+
+def test_a_file_damaged_before_its_first_line_is_one_row_when_the_run_reads_it(tmp_path):
+    # Past the files checked before the run, such a file is read by the pipeline: one row says so.
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(gzip.compress(b"http://x/1.jpg\n" * 100, mtime=0)[:15])
+    [sample] = rows_to_samples(str(path), InputConfig())
+    assert (sample.status, sample.stage, sample.reason) == (Status.FAILED, "read", "truncated_file")
+    assert sample.error.startswith(f"{path}: cannot read input file: the compressed data ends early")
+    with pytest.raises(InputError, match="cut.txt.gz: cannot read input file"):
+        check_input(str(path), InputConfig())

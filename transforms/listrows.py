@@ -18,7 +18,8 @@ One input record gives exactly one `Record`, and two records are never merged. W
 
 Damage ends a file: compressed data that stops early is one `truncated_file` record, any other
 read error one `unreadable_file` record, after the records read before it. A file whose header
-(or, without a header, whose first line) cannot be read raises `InputError`.
+(or, without a header, whose first line) cannot be read raises `InputError` (`UnreadableFile`
+when it is damaged).
 
 Charsets: JSONL is UTF-8 by spec. CSV, TSV and txt follow `encoding`: `auto` reads UTF-8 (a BOM
 is dropped); a line that is not valid UTF-8 is decoded with the charset detected
@@ -205,9 +206,20 @@ def text_records(
     return _table_records(path, text, fmt, url_col)
 
 
+class UnreadableFile(InputError):
+    """A file damaged before its first line (or header) could be read; `reason` says how."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def _unreadable(path: str, trouble: _Trouble, what: str = "input file") -> InputError:
     """The error for a file whose first line (or header) cannot be read."""
-    return InputError(f"{path}: cannot read {what}: {trouble.message.removeprefix(path + ': ')}")
+    message = f"{path}: cannot read {what}: {trouble.message.removeprefix(path + ': ')}"
+    if trouble.reason in ("truncated_file", "unreadable_file"):
+        return UnreadableFile(message, trouble.reason)
+    return InputError(message)
 
 
 def _txt_records(path: str, lines: Iterator[tuple[int, str | _Trouble]], url_col: str) -> Iterator[Record]:

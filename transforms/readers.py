@@ -39,7 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.crawl import CrawlConfig
 from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
-from transforms.listrows import InputError, Record, text_records
+from transforms.listrows import InputError, Record, UnreadableFile, text_records
 from transforms.pagefetch import HarvestPages
 from transforms.progress import StageCounter
 
@@ -201,14 +201,19 @@ def file_batches(
         return
     rows: list[Record] = []
     checked = False
-    for record in _iter_records(path, config):
-        if not checked and record.values is not None:
-            _check_columns(path, list(record.values), config, fmt)
-            checked = True
-        rows.append(record)
-        if len(rows) == batch_rows:
-            yield _records_to_batch(path, rows, config)
-            rows = []
+    try:
+        for record in _iter_records(path, config):
+            if not checked and record.values is not None:
+                _check_columns(path, list(record.values), config, fmt)
+                checked = True
+            rows.append(record)
+            if len(rows) == batch_rows:
+                yield _records_to_batch(path, rows, config)
+                rows = []
+    except UnreadableFile as err:
+        # Damaged before anything could be read (a file the checks before the run did not open):
+        # one row says so, as a Parquet file's does.
+        rows.append(Record(1, reason=err.reason, message=str(err)))
     if rows:
         yield _records_to_batch(path, rows, config)
 

@@ -49,7 +49,7 @@ def test_unreadable_input(tmp_path):
 
 def test_missing_url_column(tmp_path):
     path = tmp_path / "list.csv"
-    path.write_text("link,text\nhttp://x/a.jpg,hello\n")
+    path.write_text("link,caption\nhttp://x/a.jpg,hello\n")
     result = winnow("run", "--input", str(path), "--output", str(tmp_path / "out"))
     assert_user_error(result, "list.csv", "missing column(s) ['url']")
 

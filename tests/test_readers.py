@@ -56,7 +56,9 @@ def test_every_format_gives_the_same_samples(tmp_path, fmt):
     missing = samples[2]
     assert (missing.status, missing.reason, missing.stage) == (Status.FAILED, "missing_url", "read")
     assert missing.caption == "no url here"
-    assert "row 2" in missing.error
+    # Counted from 1: the Parquet row, the line of a text file (a CSV/TSV header is line 1).
+    where = {"parquet": "row 3", "csv": "line 4", "tsv": "line 4"}.get(fmt, "line 3")
+    assert f"{where} has no value in 'url'" in missing.error
 
 
 def test_uid_is_stable_and_depends_on_url_and_caption():
@@ -136,8 +138,9 @@ def test_rows_come_in_batches_of_the_set_size_and_keep_their_order(tmp_path):
     assert all(b.schema == BATCH_SCHEMA for b in batches)
 
 
-def test_text_that_is_not_valid_unicode_is_kept(tmp_path):
+def test_text_that_is_not_valid_unicode_is_a_failed_row_never_replaced(tmp_path):
     path = tmp_path / "list.jsonl"
     path.write_text('{"url": "http://x/1.jpg", "caption": "bad \\ud800 half"}\n')
     [sample] = rows_to_samples(str(path), InputConfig())
-    assert sample.status == Status.PENDING and sample.caption == "bad ? half"
+    assert (sample.status, sample.reason, sample.caption) == (Status.FAILED, "undecodable_row", None)
+    assert "line 1: 'caption' is text with an unpaired surrogate" in sample.error

@@ -3,20 +3,28 @@
 In: file paths or globs on any Beam filesystem (local, `s3://`, `gs://`). Out: one `Sample` per
 input row with a stable `uid`, the url, the caption and the configured extra columns. Column
 names follow img2dataset (`url_col`, `caption_col`, `save_additional_columns`) so existing lists
-work unchanged. A row without a url is kept with status `failed` / reason `missing_url`; a file
-that cannot be read or lacks the url column raises `InputError` naming the file.
+work unchanged. A folder is read with its subfolders; names starting with `.` or `_` are skipped.
+
+Every input record gives one row (`transforms/listrows.py` says what a record is in each text
+format; a Parquet record is a row). A record that cannot be used keeps its own row with status
+`failed`, stage `read` and a reason: `missing_url`, `unparseable_row`, `undecodable_row`,
+`field_too_large`, `caption_not_text` (a JSON object or list as the caption); damage that ends
+a file is one more row (`truncated_file`, `unreadable_file`) after the rows read before it. A
+file that cannot be opened, or lacks a configured column, raises `InputError` naming the file
+(and the column and config key). Messages count from 1: "line N" of a text file, "row N" of a
+Parquet file.
 """
 
 from __future__ import annotations
 
 import bz2
-import csv
+import codecs
 import dataclasses
 import gzip
-import io
 import json
 import logging
 import os
+import posixpath
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, Literal
@@ -31,6 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.crawl import CrawlConfig
 from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
+from transforms.listrows import InputError, Record, UnreadableFile, text_records
 from transforms.pagefetch import HarvestPages
 from transforms.progress import StageCounter
 
@@ -43,8 +52,7 @@ _SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc"})
 ARCHIVE_FORMATS = ("wat", "warc")
 
 
-class InputError(ValueError):
-    """An input that cannot be read; the message names the file (and row or column)."""
+__all__ = ["InputConfig", "InputError", "ReadUrlBatches", "ReadUrlList", "check_input", "expand_inputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,21 +71,46 @@ class InputConfig:
     input_format: InputFormat = "auto"
     #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
     max_record_bytes: int = 10_000_000
+    #: Charset of CSV, TSV and txt lists: `auto` (UTF-8, else the charset detected on the lines
+    #: that are not UTF-8) or a codec name (`latin-1`, `cp1251`, `gb18030`…).
+    encoding: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f"input.encoding: unknown charset '{self.encoding}'") from None
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
-    """The sorted, de-duplicated files matching paths, folders or globs; `InputError` if none match."""
+    """The sorted, de-duplicated files matching paths, folders (with their subfolders) or globs;
+    names starting with `.` or `_` are skipped (in a folder, at any depth). `InputError` if none match."""
     files: set[str] = set()
     for pattern in patterns:
         candidates = [pattern]
+        folder = None
         if not any(ch in pattern for ch in "*?[") and _is_directory(pattern):
-            candidates = [pattern.rstrip("/") + "/*"]
+            folder = pattern.rstrip("/") + "/"
+            candidates = [folder + "**"]
         matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
-        matched = [path for path in matched if not path.rsplit("/", 1)[-1].startswith((".", "_"))]
+        matched = [path for path in matched if not _hidden(path, folder)]
         if not matched:
             raise InputError(f"no input files match '{pattern}'")
         files.update(matched)
     return sorted(files)
+
+
+def _hidden(path: str, folder: str | None) -> bool:
+    """Whether a matched file is skipped: its name (or, under `folder`, any part of the path
+    below it) starts with `.` or `_`."""
+    if folder is not None and "://" not in folder:
+        parts = os.path.relpath(path, folder).split(os.sep)
+    elif folder is not None and path.startswith(folder):
+        parts = path[len(folder) :].split("/")
+    else:
+        parts = [posixpath.basename(path.rstrip("/")) or path]
+    return any(part.startswith((".", "_")) for part in parts)
 
 
 def detect_format(path: str, configured: str = "auto") -> str:
@@ -101,11 +134,14 @@ def read_columns(path: str, config: InputConfig) -> list[str]:
     if fmt == "parquet":
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             return list(pq.ParquetFile(handle).schema_arrow.names)
-    if fmt == "txt":
-        return [config.url_col]
-    for _, row in _iter_rows(path, config, limit=1):
-        return list(row) if isinstance(row, dict) else []
+    for record in _iter_records(path, config, limit=_COLUMN_LOOKAHEAD):
+        if record.values is not None:
+            return list(record.values)
     return []
+
+
+#: Records looked at for the column names of a file without a header (JSONL).
+_COLUMN_LOOKAHEAD = 100
 
 
 def check_input(path: str, config: InputConfig) -> None:
@@ -114,14 +150,27 @@ def check_input(path: str, config: InputConfig) -> None:
         columns = read_columns(path, config)
     except InputError:
         raise
-    except (OSError, ValueError, pa.ArrowException, UnicodeDecodeError) as err:
+    except (OSError, EOFError, ValueError, pa.ArrowException, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read input file: {err}") from err
+    _check_columns(path, columns, config, detect_format(path, config.input_format))
+
+
+def _check_columns(path: str, columns: list[str], config: InputConfig, fmt: str) -> None:
+    """`InputError` naming the file, the missing columns, the columns found and the config keys."""
     if not columns:
+        return  # a web archive, or a file without records
+    wanted = [(config.url_col, "input.url_col")]
+    # A plain-text list has no captions by its format; a list of pages gets them from the pages.
+    if config.caption_col and fmt != "txt" and config.input_format != "pages":
+        wanted.append((config.caption_col, "input.caption_col"))
+    wanted += [(name, "input.save_additional_columns") for name in config.save_additional_columns]
+    missing = [(name, key) for name, key in wanted if name not in columns]
+    if not missing:
         return
-    wanted = [config.url_col, *config.save_additional_columns]
-    missing = [column for column in wanted if column not in columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {missing}; the file has {columns} (see input.url_col)")
+    keys = ", ".join(dict.fromkeys(key for _, key in missing))
+    hint = '; input.caption_col="" reads a list without captions' if "input.caption_col" in keys else ""
+    names = [name for name, _ in missing]
+    raise InputError(f"{path}: missing column(s) {names}; the file has {columns} (see {keys}){hint}")
 
 
 #: Rows per record batch the reader emits.
@@ -150,18 +199,23 @@ def file_batches(
     if fmt == "parquet":
         yield from _parquet_batches(path, config, batch_rows)
         return
-    rows: list[dict[str, Any] | _BadRow] = []
-    first = 0
-    for index, row in _iter_rows(path, config):
-        if index == 0 and isinstance(row, dict) and config.url_col not in row:
-            raise InputError(f"{path}: missing url column '{config.url_col}'; the file has {list(row)}")
-        rows.append(row)
-        if len(rows) == batch_rows:
-            yield _rows_to_batch(path, first, rows, config)
-            first += len(rows)
-            rows = []
+    rows: list[Record] = []
+    checked = False
+    try:
+        for record in _iter_records(path, config):
+            if not checked and record.values is not None:
+                _check_columns(path, list(record.values), config, fmt)
+                checked = True
+            rows.append(record)
+            if len(rows) == batch_rows:
+                yield _records_to_batch(path, rows, config)
+                rows = []
+    except UnreadableFile as err:
+        # Damaged before anything could be read (a file the checks before the run did not open):
+        # one row says so, as a Parquet file's does.
+        rows.append(Record(1, reason=err.reason, message=str(err)))
     if rows:
-        yield _rows_to_batch(path, first, rows, config)
+        yield _records_to_batch(path, rows, config)
 
 
 def _archive_batches(
@@ -188,66 +242,102 @@ def _archive_batches(
 
 
 def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        parquet = pq.ParquetFile(handle)
-        names = set(parquet.schema_arrow.names)
-        if config.url_col not in names:
-            raise InputError(f"{path}: missing url column '{config.url_col}'; the file has {sorted(names)}")
-        wanted = [config.url_col, config.caption_col, *config.save_additional_columns]
-        columns = sorted({name for name in wanted if name and name in names})
-        first = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-            data = {name: batch.column(name).to_pylist() for name in columns}
-            n = batch.num_rows
-            blank = [None] * n
-            urls = data[config.url_col]
-            captions = data.get(config.caption_col, blank) if config.caption_col else blank
-            extras = [data.get(name, blank) for name in config.save_additional_columns]
-            yield _columns_to_batch(path, first, urls, captions, extras, config)
-            first += n
+    """The rows of a Parquet file; damage after the footer is one `unreadable_file` row after
+    the rows read before it."""
+    first = 0
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = list(parquet.schema_arrow.names)
+            _check_columns(path, names, config, "parquet")
+            wanted = [config.url_col, config.caption_col, *config.save_additional_columns]
+            columns = sorted({name for name in wanted if name and name in names})
+            # Row group by row group: the rows of the groups before a damaged one are kept.
+            groups = range(parquet.num_row_groups)
+            batches = (
+                batch
+                for group in groups
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+            )
+            for batch in batches:
+                data = {name: batch.column(name).to_pylist() for name in columns}
+                n = batch.num_rows
+                blank = [None] * n
+                urls = data[config.url_col]
+                captions = data.get(config.caption_col, blank) if config.caption_col else blank
+                extras = [data.get(name, blank) for name in config.save_additional_columns]
+                where = [f"row {first + i + 1}" for i in range(n)]
+                yield _columns_to_batch(path, where, urls, captions, extras, config)
+                first += n
+    except (OSError, ValueError, pa.ArrowException) as err:
+        if isinstance(err, InputError):
+            raise
+        damaged = f"row {first + 1}"
+        message = f"{path}: cannot read from {damaged} on: {_first_line(err)}"
+        yield _columns_to_batch(
+            path,
+            [damaged],
+            [None],
+            [None],
+            [[None]] * len(config.save_additional_columns),
+            config,
+            {0: ("unreadable_file", message)},
+        )
 
 
-def _rows_to_batch(
-    path: str, first: int, rows: list[dict[str, Any] | _BadRow], config: InputConfig
-) -> pa.RecordBatch:
-    good = [row if isinstance(row, dict) else {} for row in rows]
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _records_to_batch(path: str, records: list[Record], config: InputConfig) -> pa.RecordBatch:
+    good = [record.values or {} for record in records]
     urls = [row.get(config.url_col) for row in good]
-    captions = [row.get(config.caption_col) for row in good] if config.caption_col else [None] * len(rows)
+    captions = [row.get(config.caption_col) for row in good] if config.caption_col else [None] * len(good)
     extras = [[row.get(name) for row in good] for name in config.save_additional_columns]
-    bad = {i: row.message for i, row in enumerate(rows) if isinstance(row, _BadRow)}
-    return _columns_to_batch(path, first, urls, captions, extras, config, bad)
+    bad = {
+        i: (record.reason or "unparseable_row", record.message or "")
+        for i, record in enumerate(records)
+        if record.values is None
+    }
+    where = [f"line {record.line}" for record in records]
+    return _columns_to_batch(path, where, urls, captions, extras, config, bad)
 
 
 def _columns_to_batch(
     path: str,
-    first: int,
+    where: list[str],
     urls: list[Any],
     captions: list[Any],
     extras: list[list[Any]],
     config: InputConfig,
-    bad: dict[int, str] | None = None,
+    bad: dict[int, tuple[str, str]] | None = None,
 ) -> pa.RecordBatch:
-    """The row batch for rows `first`, `first + 1`, … of `path`, given column values."""
+    """The row batch of records of `path` given column values; `where[i]` says where record i
+    is ("line 3", "row 3"), `bad[i]` (reason, message) why it could not be read."""
     n = len(urls)
+    bad = dict(bad or {})
     out_uid, out_url, out_caption = [], [], []
     status = [Status.PENDING] * n
     reason: list[str | None] = [None] * n
     stage: list[str | None] = [None] * n
     error: list[str | None] = [None] * n
     for i, (url, caption) in enumerate(zip(urls, captions, strict=True)):
-        url = url if type(url) is str else _text(url)
-        caption = caption if caption is None or type(caption) is str else _text(caption)
-        if url is not None:
+        if not (_plain(url) and _plain(caption)):
+            url, caption = _cell_text(url), _cell_text(caption)
+        if i not in bad and (isinstance(url, _NotText) or isinstance(caption, _NotText)):
+            bad_cell = _bad_cell(path, where[i], url, config.url_col, caption, config.caption_col)
+            if bad_cell:
+                bad[i] = bad_cell
+        if isinstance(url, str):
             url = url.strip()
-        index = first + i
-        if bad and i in bad:
-            uid, url, caption = make_uid(f"bad-row:{path}:{index}", None), None, None
-            status[i], reason[i], stage[i], error[i] = Status.FAILED, "unparseable_row", "read", bad[i]
+        if i in bad:
+            uid, url, caption = make_uid(f"bad-row:{path}:{where[i]}", None), None, None
+            status[i], reason[i], stage[i], error[i] = Status.FAILED, bad[i][0], "read", bad[i][1]
         elif not url:
             # Key rows without a URL by position so two of them never share a uid.
-            uid, url = make_uid(f"missing-url:{path}:{index}", caption), None
+            uid, url = make_uid(f"missing-url:{path}:{where[i]}", caption), None
             status[i], reason[i], stage[i] = Status.FAILED, "missing_url", "read"
-            error[i] = f"{path}: row {index} has no value in '{config.url_col}'"
+            error[i] = f"{path}: {where[i]} has no value in '{config.url_col}'"
         else:
             uid = make_uid(url, caption)
         out_uid.append(uid)
@@ -257,7 +347,7 @@ def _columns_to_batch(
     if extras:
         names = config.save_additional_columns
         for i, values in enumerate(zip(*extras, strict=True)):
-            if not (bad and i in bad):
+            if i not in bad:
                 extra[i] = json.dumps(
                     {name: _jsonable(v) for name, v in zip(names, values, strict=True)},
                     sort_keys=True,
@@ -270,9 +360,69 @@ def _columns_to_batch(
     return pa.RecordBatch.from_arrays(arrays, schema=BATCH_SCHEMA)
 
 
+class _NotText:
+    """A cell that is no text: a JSON object, list or boolean (`caption_not_text` for a caption),
+    or text that cannot be Unicode (`undecodable_row`)."""
+
+    def __init__(self, what: str, undecodable: bool = False):
+        self.what = what
+        self.undecodable = undecodable
+
+
+def _plain(value: Any) -> bool:
+    """Whether a cell is None or valid Unicode text (the common case, checked cheaply)."""
+    return value is None or (type(value) is str and (value.isascii() or _encodable(value)))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _cell_text(value: Any) -> str | None | _NotText:
+    """The text of a url or caption cell: strings as they are, numbers written out."""
+    if value is None:
+        return value
+    if type(value) is str:
+        # A JSON `\ud800` escape gives a lone surrogate: no Unicode text, never replaced silently.
+        return value if _encodable(value) else _NotText("text with an unpaired surrogate", undecodable=True)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return _NotText("bytes that are not UTF-8", undecodable=True)
+    if isinstance(value, bool | dict | list | tuple):
+        return _NotText({bool: "a boolean", dict: "an object"}.get(type(value), "a list"))
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return str(value)
+
+
+def _bad_cell(
+    path: str,
+    where: str,
+    url: str | None | _NotText,
+    url_col: str,
+    caption: str | None | _NotText,
+    caption_col: str,
+) -> tuple[str, str] | None:
+    """(reason, message) when the url or the caption of a record is not text."""
+    for value, column, code in (
+        (url, url_col, "unparseable_row"),
+        (caption, caption_col, "caption_not_text"),
+    ):
+        if isinstance(value, _NotText):
+            code = "undecodable_row" if value.undecodable else code
+            return code, f"{path}: {where}: '{column}' is {value.what}, not text"
+    return None
+
+
 def _strings(values: list[str | None]) -> pa.Array:
-    """A string array; text that is not valid Unicode (lone surrogates from a JSON escape) has
-    the offending characters replaced rather than failing the file."""
+    """A string array. Urls and captions that are not valid Unicode are failed rows by now; text
+    elsewhere (an error message quoting such text) has the offending characters replaced."""
     try:
         return pa.array(values, type=pa.string())
     except (UnicodeEncodeError, pa.ArrowException):
@@ -280,24 +430,19 @@ def _strings(values: list[str | None]) -> pa.Array:
         return pa.array(cleaned, type=pa.string())
 
 
-def _iter_rows(
-    path: str, config: InputConfig, limit: int | None = None
-) -> Iterator[tuple[int, dict[str, Any] | _BadRow]]:
-    """Rows of a text-format file (CSV, TSV, JSONL, txt) as dicts, or `_BadRow`s."""
+def _iter_records(path: str, config: InputConfig, limit: int | None = None) -> Iterator[Record]:
+    """The records of a text-format file (CSV, TSV, JSONL, txt), at most `limit` of them."""
     fmt = detect_format(path, config.input_format)
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-        text = io.TextIOWrapper(_decompressed(path, raw), encoding="utf-8", errors="replace", newline="")
-        if fmt in ("csv", "tsv"):
-            reader = csv.DictReader(text, delimiter="," if fmt == "csv" else "\t")
-            rows: Iterable[dict[str, Any] | _BadRow] = reader
-        elif fmt == "jsonl":
-            rows = _jsonl_rows(path, text)
-        else:
-            rows = ({config.url_col: line.strip()} for line in text if line.strip())
-        for index, row in enumerate(rows):
+    try:
+        opened = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read input file: {_first_line(err)}") from err
+    with opened as raw:
+        records = text_records(_decompressed(path, raw), path, fmt, config.url_col, config.encoding)
+        for index, record in enumerate(records):
             if limit is not None and index >= limit:
                 return
-            yield index, row
+            yield record
 
 
 def _decompressed(path: str, raw: BinaryIO) -> BinaryIO:
@@ -307,33 +452,6 @@ def _decompressed(path: str, raw: BinaryIO) -> BinaryIO:
     if lower.endswith(".bz2"):
         return bz2.BZ2File(raw, mode="rb")  # type: ignore[return-value]
     return raw
-
-
-@dataclasses.dataclass(frozen=True)
-class _BadRow:
-    """A row that could not be parsed; it becomes a failed sample, never a crash."""
-
-    message: str
-
-
-def _jsonl_rows(path: str, lines: Iterable[str]) -> Iterator[dict[str, Any] | _BadRow]:
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield _BadRow(f"{path}: line {number} is not valid JSON: {err.msg}")
-            continue
-        yield row if isinstance(row, dict) else _BadRow(f"{path}: line {number} is not a JSON object")
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,7 +4,10 @@ In: `Sample`s after the last stage. Out, in the output folder (any Beam filesyst
 
 - `NNNNN.tar`: WebDataset shard with `<uid>.<ext>` image, `<uid>.txt` caption (the noise stage's
   choice, `Sample.chosen_caption`) and `<uid>.json`
-  metadata for each sample with status `success`;
+  metadata for each sample with status `success`. The `.json` holds the metadata row's fields
+  and the input's `save_additional_columns` as an `extra` object, always, so none is lost; each
+  extra column is also a top-level key (img2dataset's layout) unless it is named as one of
+  Winnow's own fields (`uid`, `key`, `status`, `width`, `extra`…), which keep their key;
 - `NNNNN.parquet`: one row per sample of the shard, kept or not (`schemas.METADATA_SCHEMA`);
 - `img_emb/img_emb_NNNNN.npy`, `text_emb/text_emb_NNNNN.npy`: the float16 CLIP embeddings of
   the shard's embedded samples, row i of both belonging to row i of
@@ -132,8 +135,9 @@ def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:
         if sample.status != Status.SUCCESS or sample.image is None:
             continue
         row = sample_to_metadata_row(sample)
-        meta = {k: v for k, v in row.items() if k not in ("extra",)}
-        meta.update({k: v for k, v in sample.extra.items() if k not in meta})
+        meta = {k: v for k, v in row.items() if k != "extra"}
+        meta.update({k: v for k, v in sample.extra.items() if k not in row})
+        meta["extra"] = dict(sample.extra)
         yield f"{sample.uid}.{sample.image_ext or 'jpg'}", sample.image
         caption = sample.chosen_caption()
         yield f"{sample.uid}.txt", (caption or "").encode("utf-8", "surrogatepass")

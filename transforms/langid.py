@@ -8,9 +8,9 @@ filesystem (s3://, gs://); remote models are copied to a local temporary file on
 The caption's script constrains the answer (`transforms.scripts`): a caption mostly in Han
 without kana is `zh`, with kana `ja`, in Hangul `ko`; in another script (Cyrillic, Arabic,
 Devanagari, Latin too) the language is fastText's best among those written in that script. The
-probability is then fastText's, renormalised over those languages: 1.0 for a script with one
-language (Han, kana, Hangul, Greek, Thai, …). A Latin caption whose top language is written in
-Latin keeps fastText's own answer and probability.
+probability is 1.0 for a script with one language (Han, kana, Hangul, Greek, Thai, …); for a
+script with several, fastText's own where its top language is written in that script, else
+the best one's renormalised over the script's languages.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LanguageIdentifier:
         for i, text in enumerate(texts):
             script = caption_script(text)
             allowed = self._languages(script) if script is not None else None
-            if not allowed or (script == LATIN and codes[i] in allowed):
+            if not allowed or (codes[i] in allowed and len(allowed) > 1):
                 continue
             if len(allowed) == 1:
                 codes[i], probabilities[i] = next(iter(allowed)), 1.0

@@ -157,13 +157,19 @@ def languages_for(script: str, labels: list[str] | None = None) -> frozenset[str
     return SCRIPT_LANGUAGES.get(script)
 
 
+_SEEN: dict[str, str | None] = {}
+
+
 def char_script(ch: str) -> str | None:
     """The script of a letter, or None (digits, punctuation, symbols, scripts not listed)."""
-    code = ord(ch)
-    at = bisect.bisect_right(_STARTS, code) - 1
-    if at >= 0 and code <= _RANGES[at][1]:
-        return _RANGES[at][2]
-    return None
+    script = _SEEN.get(ch, "")
+    if script == "":
+        code = ord(ch)
+        at = bisect.bisect_right(_STARTS, code) - 1
+        script = _RANGES[at][2] if at >= 0 and code <= _RANGES[at][1] else None
+        if len(_SEEN) < 1 << 16:
+            _SEEN[ch] = script
+    return script
 
 
 def caption_script(text: str) -> str | None:
@@ -176,7 +182,7 @@ def caption_script(text: str) -> str | None:
     for word in text.split():
         letters: Counter[str] = Counter()
         for ch in word:
-            script = char_script(ch)
+            script = _SEEN[ch] if ch in _SEEN else char_script(ch)
             if script in _PER_CHARACTER:
                 tokens[script] += 1
             elif script is not None:

@@ -28,7 +28,7 @@ Columns (all nullable unless noted):
 | clip_score | embed | cosine of the image and text embeddings |
 | clip_model | embed | identity of the model that made the score (name/tag, or checkpoint @ digest) |
 | dup_group | dedup | uid of the sample a duplicate group keeps, on every member, the kept one included |
-| duplicate_of | dedup | on a removed sample: the uid it duplicates, or the evaluation image it copies |
+| duplicate_of | text, dedup | on a removed copy: the uid kept (same URL or image), or the eval image |
 | noise_prob | noise | probability that the caption does not describe the image, in [0, 1] |
 | caption_agreement | noise | mean cosine of the caption to the captions of its nearest images |
 | image_agreement | noise | mean cosine of the image to the images of its nearest captions |
@@ -191,7 +191,10 @@ METADATA_SCHEMA = pa.schema(
 
 #: Columns of a row batch: how the reader and the text stage carry samples before the crawl, as
 #: Arrow record batches (one Python object per row only from the crawl on). `extra` is JSON text.
-BATCH_SCHEMA = pa.schema([METADATA_SCHEMA.field(name) for name in METADATA_SCHEMA.names[:12]])
+#: `duplicate_of` names the kept row of a URL that the text stage found more than once.
+BATCH_SCHEMA = pa.schema(
+    [METADATA_SCHEMA.field(name) for name in (*METADATA_SCHEMA.names[:12], "duplicate_of")]
+)
 _BATCH_FIELDS = tuple(BATCH_SCHEMA.names)
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
+import os
+import subprocess
+import sys
 
 import apache_beam as beam
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -16,8 +21,9 @@ from pipeline.config import ConfigError, load_config
 from pipeline.jobs import run_job
 from schemas import Sample, Status, batch_from_samples, make_uid, samples_from_batch
 from tests.conftest import TEST_OVERRIDES, read_output_rows
+from tests.hostile import HostileSite
 from transforms.langid import LanguageIdentifier
-from transforms.text import FilterText, TextConfig
+from transforms.text import FilterText, TextConfig, keeper_order, url_reason
 from transforms.textcounts import vocab_threshold
 from transforms.textnorm import (
     canonical_url,
@@ -106,26 +112,16 @@ def test_rules_reasons_and_url_hygiene():
         blocked_domains=("tracker.example",),
         blocked_extensions=("svg",),
     )
-    first_kept = rows[0].uid < rows[1].uid  # of two rows with one canonical URL, the smaller uid stays
     rejected = (Status.REJECTED, "text")
     expected = [
-        (
-            rows[0].url,
-            *((Status.PENDING, None, None) if first_kept else (rejected[0], "duplicate_url", "text")),
-            "en",
-            33,
-        ),
-        (
-            rows[1].url,
-            *((rejected[0], "duplicate_url", "text") if first_kept else (Status.PENDING, None, None)),
-            "en",
-            34,
-        ),
+        (rows[0].url, Status.PENDING, None, None, "en", 33),  # of one URL's rows, the most words stay
+        (rows[1].url, rejected[0], "duplicate_url", "text", "en", 34),
         (rows[2].url, rejected[0], "scheme_not_allowed", "text", "en", 33),
         (rows[3].url, rejected[0], "domain_blocked", "text", "en", 33),
         (rows[4].url, rejected[0], "extension_blocked", "text", "en", 33),
         (rows[5].url, rejected[0], "lang_not_allowed", "text", "fr", 44),
-        (rows[6].url, rejected[0], "too_few_words", "text", "fa", 6),  # length rules come before language
+        # Length rules come before language; a Latin word is never Persian (fastText top-1 `fa`).
+        (rows[6].url, rejected[0], "too_few_words", "text", "de", 6),
         (rows[7].url, rejected[0], "empty_caption", "text", None, 0),
         (rows[8].url, rejected[0], "caption_not_text", "text", "en", 10),
         (rows[9].url, rejected[0], "too_many_words", "text", "en", 999),
@@ -284,3 +280,93 @@ def test_rare_token_rule_rejects_captions_outside_the_vocabulary():
             | beam.Map(lambda s: (s.url, s.reason))
         )
         assert_that(out, equal_to([(r.url, None) for r in common] + [(rare.url, "rare_token")]))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    winnow = os.path.join(os.path.dirname(sys.executable), "winnow")
+    overrides = [arg for item in TEST_OVERRIDES for arg in ("--set", item)]
+    return subprocess.run([winnow, "run", *args, *overrides], capture_output=True, text=True, timeout=300)
+
+
+def test_keeper_order_prefers_a_passing_then_longer_caption_then_the_smallest_uid():
+    codes = np.array([0, 2, 0, 0, 0], np.int8)  # row 1 breaks a caption rule
+    clean = ["a cat", "a big grey cat on a mat", "", "a grey cat", "a grey cat"]
+    tokens = np.array([2, 7, 0, 3, 3])
+    uids = ["e", "a", "b", "d", "c"]
+    assert keeper_order(codes, clean, tokens, uids, [None] * 5) == [4, 3, 0, 2, 1]
+
+
+def test_item10_identical_rows_and_copies_of_a_url_are_fetched_once(tmp_path):
+    good = "a red circle on a blue background"
+    with HostileSite("missing") as site:
+        rows = []
+        for i in range(5):
+            url = site.url(f"/free/{i}.jpg")
+            # Two empty captions (one uid), a one-word caption, two identical good rows, and the
+            # URL once more with a fragment (the same canonical URL): 30 rows, 5 URLs to fetch.
+            rows += [(url, ""), (url, ""), (url, "circle"), (url, good), (url, good), (url + "#top", good)]
+        path = tmp_path / "list.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([("url", "caption"), *rows])
+        result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--stages", "text,crawl")
+        fetched = [p for p in site.requests if p.startswith("/free/")]
+    assert result.returncode == 0, result.stderr
+    assert sorted(fetched) == sorted(f"/free/{i}.jpg" for i in range(5))  # each URL once
+    assert "25 fetches saved" in result.stdout
+    out = read_output_rows(str(tmp_path / "out"))
+    assert len(out) == 30
+    kept = {r["url"].split("#")[0]: r for r in out if r["status"] == Status.SUCCESS}
+    assert len(kept) == 5 and all(r["caption"] == good for r in kept.values())
+    for row in out:
+        if row["status"] != Status.SUCCESS:
+            assert (row["status"], row["reason"], row["stage"]) == (Status.REJECTED, "duplicate_url", "text")
+            assert row["duplicate_of"] == kept[row["url"].split("#")[0]]["uid"], row
+            assert row["duplicate_of"] in row["error"]
+
+
+def test_item13_bad_hosts_and_ports_get_invalid_url_and_idn_forms_collapse(tmp_path):
+    caption = "a red circle on a blue background"
+    bad = {
+        "http://exa mple.com/a.jpg": "U+0020",
+        "http://exa\u200bmple.com/a.jpg": "U+200B",
+        "http://%65xample.com/a.jpg": "percent-encoded",
+        "http://example.com:70000/a.jpg": "'70000' is not in 1-65535",
+        "http://i\u2764.example/a.jpg": "not a valid international host name",
+        "http://a..example/a.jpg": "empty label",
+        "not a url": "no scheme",
+    }
+    same = [
+        ("http://bücher.example/a.jpg", "http://xn--bcher-kva.example/a.jpg", "http://BÜCHER.example./a.jpg"),
+        ("http://example.com./b.jpg", "http://example.com/b.jpg", "HTTP://EXAMPLE.COM:80/b.jpg#x"),
+    ]
+    path = tmp_path / "list.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        rows = [(url, caption) for url in bad] + [(url, caption) for group in same for url in group]
+        csv.writer(handle).writerows([("url", "caption"), *rows])
+    result = run_cli("--input", str(path), "--output", str(tmp_path / "out"), "--stages", "text")
+    assert result.returncode == 0, result.stderr
+    out = {r["url"]: r for r in read_output_rows(str(tmp_path / "out"))}
+    for url, why in bad.items():
+        assert (out[url]["reason"], out[url]["stage"]) == ("invalid_url", "text"), out[url]
+        assert why in out[url]["error"], out[url]["error"]
+    for group in same:
+        decided = [out[url] for url in group]
+        kept = [r for r in decided if r["reason"] is None]
+        assert len(kept) == 1, decided
+        assert all(
+            r["reason"] == "duplicate_url" and r["duplicate_of"] == kept[0]["uid"]
+            for r in decided
+            if r != kept[0]
+        )
+
+
+def test_url_hosts_in_ascii_form():
+    assert canonical_url("http://bücher.example/a.jpg") == "http://xn--bcher-kva.example/a.jpg"
+    assert canonical_url("http://example.com./a.jpg") == "http://example.com/a.jpg"
+    assert canonical_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
+    assert canonical_url("http://my_host.example/x") == "http://my_host.example/x"
+    assert url_facts("http://exa\u00admple.com/").problem.startswith("the host contains U+00AD")
+    assert url_facts("http://example.com:0/").problem == "port 0 is not in 1-65535"
+    rules = TextConfig(blocked_domains=("BÜCHER.example.",)).rules()
+    assert url_reason(url_facts("http://img.xn--bcher-kva.example/a.jpg"), rules) == "domain_blocked"
+    assert url_reason(url_facts("http://bücher.example/a.jpg"), rules) == "domain_blocked"

@@ -6,24 +6,36 @@ In: row batches from the reader (`schemas.BATCH_SCHEMA`). Out: one `Sample` per 
 
 | reason | rule |
 |---|---|
-| `scheme_not_allowed`, `domain_blocked`, `extension_blocked` | URL hygiene keys |
+| `scheme_not_allowed`, `invalid_url`, `domain_blocked`, `extension_blocked` | URL hygiene (below) |
 | `caption_not_text` | the caption is binary data or a broken decoding |
-| `duplicate_url` | another row has the same canonical URL (the one with the smallest uid is kept) |
+| `duplicate_url` | another row has the same canonical URL and a better caption (below) |
 | `empty_caption` | no caption while a length rule is active |
 | `boilerplate_caption` | the caption is shared by more than `boilerplate_max_urls` distinct URLs |
 | `too_few_words`, `too_many_words`, `too_short` | `min_words`, `max_words`, `min_chars` |
 | `rare_token` | a word outside the `vocab_size` most frequent unigrams and bigrams of the input |
 | `lang_not_allowed`, `low_lang_score` | `languages`, `min_lang_score` |
 
+URL hygiene: a scheme outside `allowed_schemes` is `scheme_not_allowed`; a URL that cannot be
+fetched is `invalid_url`, with `error` saying why (no scheme or host; a host with spaces, zero-width
+or control characters or percent-encoding; an invalid international name; a port outside
+1–65535). Hosts compare in their IDNA (UTS-46) ASCII form without a trailing dot, so
+`bücher.example`, `BÜCHER.example.` and `xn--bcher-kva.example` are one host.
+
+Duplicates: of the rows naming one canonical URL (the same url + caption included), one is kept,
+the best by caption: one that passes the caption rules, then a non-empty one, then the most
+tokens, then the smallest uid. The others are `duplicate_url` with `duplicate_of` = the kept uid,
+so each URL is fetched once.
+
 Rejected samples are never fetched: the crawl stage passes them through untouched.
 
 The stage works on whole record batches, so per-caption cost is the cleaning, one URL parse and
 fastText itself. It makes one pass over the rows (`Prepare`: cleaning, URL rules, language ID, the
 rules that need only the row), and three global counts that reach the final `Judge` step as small
-side inputs — never a join on the rows:
+side inputs — never a join on all the rows:
 
-- repeated canonical URLs: URL keys (128-bit hashes) per hash partition, combined into the count
-  and the smallest uid per key; only keys named more than once are kept;
+- repeated canonical URLs: URL keys (64-bit hashes) per hash partition, combined into a count
+  per key; only keys named more than once are kept. The rows of those URLs (few, usually) are
+  grouped by hash partition after the caption rules, and each URL keeps its best row;
 - boilerplate captions: (caption, URL) hash pairs per partition, combined with at most N + 1
   distinct URLs per caption (so a caption on millions of pages costs N + 1 entries) and the
   combine fanned out against hot partitions; only captions over N are kept;
@@ -35,7 +47,7 @@ side inputs — never a join on the rows:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import apache_beam as beam
@@ -52,14 +64,16 @@ from transforms.textcounts import (
     CappedDistinctUrls,
     UrlCounts,
     Vocabulary,
+    by_partition,
     caption_entries,
     member,
-    uids_u64,
     url_entries,
 )
 from transforms.textnorm import (
     SIMPLE_URL,
+    HostError,
     UrlFacts,
+    canonical_host,
     caption_words,
     count_tokens,
     domain_matches,
@@ -154,7 +168,7 @@ class TextConfig:
             max_caption_chars=self.max_caption_chars,
             dedupe_urls=self.dedupe_urls,
             allowed_schemes=frozenset(s.lower() for s in self.allowed_schemes),
-            blocked_domains=frozenset(d.lower().strip(".") for d in self.blocked_domains),
+            blocked_domains=frozenset(_domain_key(d) for d in self.blocked_domains),
             blocked_extensions=frozenset(e.lower().lstrip(".") for e in self.blocked_extensions),
         )
 
@@ -177,6 +191,15 @@ class Rules:
     blocked_extensions: frozenset[str]
 
 
+def _domain_key(domain: str) -> str:
+    """A configured domain in the form URL hosts are compared in (IDNA ASCII, no dots around)."""
+    domain = domain.strip().strip(".")
+    try:
+        return canonical_host(domain)
+    except HostError:
+        return domain.lower()
+
+
 def hash64(text: str) -> int:
     """A stable 64-bit hash of a string (XXH3: the same in every process, version and platform)."""
     return xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
@@ -184,8 +207,10 @@ def hash64(text: str) -> int:
 
 def url_reason(facts: UrlFacts, rules: Rules) -> str | None:
     """The URL hygiene rule a URL breaks, or None (pure)."""
-    if facts.scheme not in rules.allowed_schemes:
+    if facts.scheme and facts.scheme not in rules.allowed_schemes:
         return "scheme_not_allowed"
+    if facts.canonical is None:
+        return "invalid_url"
     if rules.blocked_domains and domain_matches(facts.host, rules.blocked_domains):
         return "domain_blocked"
     if rules.blocked_extensions and facts.extension in rules.blocked_extensions:
@@ -258,7 +283,10 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
             facts = url_facts(url)
             why = url_reason(facts, rules)
             if why is not None:
-                status[i], reason[i], stage[i], error[i] = Status.REJECTED, why, STAGE, url[:200]
+                detail = (
+                    f"invalid URL ({facts.problem}): {url[:200]!r}" if why == "invalid_url" else url[:200]
+                )
+                status[i], reason[i], stage[i], error[i] = Status.REJECTED, why, STAGE, detail
                 rejected = True
                 continue
             key = facts.canonical or url
@@ -333,12 +361,63 @@ _CODE = {reason: code for code, reason in enumerate(_JUDGED)}
 _JUDGED_REASONS = pa.array(_JUDGED[1:], pa.string())
 
 
-class _JudgeFn(beam.DoFn):
-    """Applies the row rules and those that need the global counts, vectorised over the batch."""
+#: Tagged output of the judge step: rows whose canonical URL is named more than once.
+REPEATED = "repeated"
 
-    def __init__(self, config: TextConfig, progress_dir: str | None):
+
+def keeper_order(
+    codes: np.ndarray, clean: list[str | None], tokens: np.ndarray, uids: list[str], extras: list
+):
+    """Row indices of one URL's rows, best first (pure): a caption that passes the caption rules,
+    then a non-empty one, then the most tokens, then the smallest uid (then the extra columns, so
+    that even rows differing only there are ordered the same way on every run)."""
+    return sorted(
+        range(len(uids)),
+        key=lambda i: (codes[i] != 0, not clean[i], -int(tokens[i]), uids[i], extras[i] or ""),
+    )
+
+
+def decide(
+    batch: pa.RecordBatch, codes: np.ndarray, duplicate_of: list[str | None] | None, counter: StageCounter
+) -> pa.RecordBatch:
+    """The row batch (`BATCH_SCHEMA`) with each row's judged reason (`codes`, index into
+    `_JUDGED`; 0: none) recorded, counted in `counter`."""
+    judged = pa.array(codes > 0)
+    why = pa.DictionaryArray.from_arrays(
+        pa.array(codes - 1, pa.int8(), mask=codes == 0), _JUDGED_REASONS
+    ).dictionary_decode()
+    columns = {name: batch.column(name) for name in BATCH_SCHEMA.names}
+    columns["status"] = pc.if_else(judged, Status.REJECTED, columns["status"])
+    columns["reason"] = pc.if_else(judged, why, columns["reason"])
+    columns["stage"] = pc.if_else(judged, STAGE, columns["stage"])
+    detail = pc.binary_join_element_wise("text rule: ", why, "")
+    if duplicate_of is not None:
+        kept = pa.array(duplicate_of, pa.string())
+        columns["duplicate_of"] = pc.if_else(pc.is_valid(kept), kept, columns["duplicate_of"])
+        detail = pc.if_else(
+            pc.is_valid(kept), pc.binary_join_element_wise("text rule: duplicate_url of ", kept, ""), detail
+        )
+    columns["error"] = pc.if_else(judged, detail, columns["error"])
+    here = pc.equal(columns["stage"], STAGE).fill_null(False)
+    dropped = pc.value_counts(columns["reason"].filter(here)).to_pylist()
+    kept_rows = pc.sum(pc.equal(columns["status"], Status.PENDING)).as_py() or 0
+    decided = sum(item["counts"] for item in dropped)
+    counter.add_many(
+        kept=kept_rows,
+        dropped={item["values"]: item["counts"] for item in dropped},
+        passed=batch.num_rows - kept_rows - decided,
+    )
+    return pa.RecordBatch.from_arrays([columns[name] for name in BATCH_SCHEMA.names], schema=BATCH_SCHEMA)
+
+
+class _JudgeFn(beam.DoFn):
+    """Applies the row rules and those that need the global counts, vectorised over the batch.
+    Rows of a URL named more than once go to the `repeated` output, undecided, with their code."""
+
+    def __init__(self, config: TextConfig, progress_dir: str | None, partitions: int):
         self._rules = config.rules()
         self._progress_dir = progress_dir
+        self._partitions = partitions
         self._side_key: tuple[int, ...] = ()
 
     def setup(self) -> None:
@@ -349,25 +428,10 @@ class _JudgeFn(beam.DoFn):
         key = (id(duplicates), id(frequent), id(vocab))
         if key == self._side_key:
             return
-        keys = [k for k, _ in duplicates]
-        uids = [u for _, u in duplicates]
-        self._dup_keys = np.concatenate(keys) if keys else np.empty(0, "<u8")
-        self._dup_winners = np.concatenate(uids) if uids else np.empty((0, 2), "<u8")
-        order = np.argsort(self._dup_keys)
-        self._dup_keys, self._dup_winners = self._dup_keys[order], self._dup_winners[order]
+        self._repeated = np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, "<u8")
         self._frequent = np.sort(np.concatenate(frequent)) if frequent else np.empty(0, "<u8")
         self._vocab = np.sort(np.concatenate(vocab)) if vocab else np.empty(0, "<u8")
         self._side_key = key
-
-    def _duplicates(self, batch: pa.RecordBatch, url_hash: np.ndarray, pending: np.ndarray) -> np.ndarray:
-        """Per row: another row with the same canonical URL has a smaller uid."""
-        found = member(self._dup_keys, url_hash) & pending
-        rows = np.flatnonzero(found)
-        if len(rows):
-            winners = self._dup_winners[np.searchsorted(self._dup_keys, url_hash[rows])]
-            own = uids_u64(batch.column("uid").take(rows).to_pylist())
-            found[rows] = (own != winners).any(axis=1)
-        return found
 
     def _rare(self, batch: pa.RecordBatch) -> np.ndarray:
         """Per row: does the caption have a unigram outside the vocabulary?"""
@@ -378,15 +442,14 @@ class _JudgeFn(beam.DoFn):
         return np.bincount(rows, weights=~member(self._vocab, flat), minlength=batch.num_rows) > 0
 
     def reasons(self, batch: pa.RecordBatch) -> np.ndarray:
-        """Per row, the index in `_JUDGED` of the first judged rule it breaks (0: none)."""
+        """Per row, the index in `_JUDGED` of the first caption rule it breaks (0: none);
+        `duplicate_url` is decided among a URL's rows, later."""
         rules, n = self._rules, batch.num_rows
         pending = pc.equal(batch.column("status"), Status.PENDING).to_numpy(zero_copy_only=False)
-        url_hash = pc.fill_null(batch.column("url_hash"), 0).to_numpy()
         clean = batch.column("caption_clean")
         empty = pc.equal(pc.utf8_length(clean), 0).to_numpy(zero_copy_only=False)
         tokens = batch.column("num_tokens").to_numpy(zero_copy_only=False)
         checks: list[tuple[str, np.ndarray | None]] = [
-            ("duplicate_url", self._duplicates(batch, url_hash, pending) if len(self._dup_keys) else None),
             ("empty_caption", empty if rules.min_words or rules.min_chars or rules.languages else None),
             (
                 "boilerplate_caption",
@@ -425,32 +488,66 @@ class _JudgeFn(beam.DoFn):
         codes[~pending] = 0
         return codes
 
-    def process(
-        self, batch: pa.RecordBatch, duplicates: list, frequent: list, vocab: list
-    ) -> Iterator[pa.RecordBatch]:
+    def process(self, batch: pa.RecordBatch, duplicates: list, frequent: list, vocab: list) -> Iterator[Any]:
         self._load(duplicates, frequent, vocab)
         codes = self.reasons(batch)
-        judged = pa.array(codes > 0)
-        why = pa.DictionaryArray.from_arrays(
-            pa.array(codes - 1, pa.int8(), mask=codes == 0), _JUDGED_REASONS
-        ).dictionary_decode()
-        columns = {name: batch.column(name) for name in BATCH_SCHEMA.names}
-        columns["status"] = pc.if_else(judged, Status.REJECTED, columns["status"])
-        columns["reason"] = pc.if_else(judged, why, columns["reason"])
-        columns["stage"] = pc.if_else(judged, STAGE, columns["stage"])
-        columns["error"] = pc.if_else(
-            judged, pc.binary_join_element_wise("text rule: ", why, ""), columns["error"]
-        )
-        here = pc.equal(columns["stage"], STAGE).fill_null(False)
-        dropped = pc.value_counts(columns["reason"].filter(here)).to_pylist()
-        kept = pc.sum(pc.equal(columns["status"], Status.PENDING)).as_py() or 0
-        decided = sum(item["counts"] for item in dropped)
-        self._counter.add_many(
-            kept=kept,
-            dropped={item["values"]: item["counts"] for item in dropped},
-            passed=batch.num_rows - kept - decided,
-        )
-        yield pa.RecordBatch.from_arrays([columns[name] for name in BATCH_SCHEMA.names], schema=BATCH_SCHEMA)
+        url_hash = batch.column("url_hash")
+        repeated = member(
+            self._repeated, pc.fill_null(url_hash, 0).to_numpy()
+        ) & url_hash.is_valid().to_numpy(zero_copy_only=False)
+        if repeated.any():
+            rows = batch.filter(pa.array(repeated))
+            rows = rows.append_column("code", pa.array(codes[repeated]))
+            keys = rows.column("url_hash").to_numpy()
+            for part, (indices,) in by_partition(keys, self._partitions, np.arange(len(keys))):
+                yield beam.pvalue.TaggedOutput(REPEATED, (part, rows.take(pa.array(indices))))
+            batch, codes = batch.filter(pa.array(~repeated)), codes[~repeated]
+        if batch.num_rows:
+            yield decide(batch, codes, None, self._counter)
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+class _KeepBestOfUrlFn(beam.DoFn):
+    """One hash partition of the rows whose canonical URL is named more than once: per URL the
+    row with the best caption (`keeper_order`) keeps its own verdict; every other row is
+    `duplicate_url`, with `duplicate_of` the kept uid. Each URL is then fetched once."""
+
+    def __init__(self, progress_dir: str | None):
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+        _, batches = element
+        table = pa.Table.from_batches(list(batches)).combine_chunks()
+        if not table.num_rows:
+            return
+        keys = table.column("url_hash").to_numpy()
+        codes = table.column("code").to_numpy().astype(np.int8)
+        clean = table.column("caption_clean").to_pylist()
+        tokens = table.column("num_tokens").to_numpy()
+        uids = table.column("uid").to_pylist()
+        extras = table.column("extra").to_pylist()
+        duplicate_of: list[str | None] = [None] * len(uids)
+        order = np.argsort(keys, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+            rows = group.tolist()
+            ranked = keeper_order(
+                codes[rows],
+                [clean[i] for i in rows],
+                tokens[rows],
+                [uids[i] for i in rows],
+                [extras[i] for i in rows],
+            )
+            kept = uids[rows[ranked[0]]]
+            for position in ranked[1:]:
+                duplicate_of[rows[position]] = kept
+                codes[rows[position]] = _CODE["duplicate_url"]
+        (batch,) = table.to_batches()  # one chunk, after combine_chunks
+        yield decide(batch, codes, duplicate_of, self._counter)
 
     def finish_bundle(self) -> None:
         self._counter.flush()
@@ -492,9 +589,15 @@ class FilterText(beam.PTransform):
             )
         if rules.vocab_size:
             vocab = prepared | "Vocabulary" >> Vocabulary(rules.vocab_size, partitions)
-        return prepared | "Judge" >> beam.ParDo(
-            _JudgeFn(self._config, self._progress_dir),
+        judged = prepared | "Judge" >> beam.ParDo(
+            _JudgeFn(self._config, self._progress_dir, partitions),
             duplicates=beam.pvalue.AsList(duplicates),
             frequent=beam.pvalue.AsList(frequent),
             vocab=beam.pvalue.AsList(vocab),
+        ).with_outputs(REPEATED, main="single")
+        kept_of_url = (
+            judged[REPEATED]
+            | "GroupByUrl" >> beam.GroupByKey()
+            | "KeepBestOfUrl" >> beam.ParDo(_KeepBestOfUrlFn(self._progress_dir))
         )
+        return (judged.single, kept_of_url) | "Decided" >> beam.Flatten()

@@ -1,8 +1,8 @@
 """The text stage's global counts, vectorised: numpy arrays per hash partition, combined by
 `CombinePerKey`, never one Python object per row.
 
-- `url_entries` → `UrlCounts`: per 64-bit URL hash, how many rows name it and the smallest uid;
-  only URLs named more than once come out (the `duplicate_url` side input).
+- `url_entries` → `UrlCounts`: per 64-bit URL hash, how many rows name it; only URLs named
+  more than once come out (the `duplicate_url` side input: their rows meet in `KeepBestOfUrl`).
 - `caption_entries` → `CappedDistinctUrls`: per caption hash, at most `cap` distinct URL hashes (a
   caption on millions of pages costs `cap` entries); captions reaching `cap` come out (the
   `boilerplate_caption` side input).
@@ -52,12 +52,11 @@ def by_partition(partition: np.ndarray, partitions: int, *columns: np.ndarray) -
 
 
 def url_entries(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, Any]]:
-    """(partition, (URL hashes, uids, counts)) for the pending rows of a prepared batch."""
-    mask = batch.column("url_hash").is_valid()
-    keys = batch.column("url_hash").filter(mask).to_numpy()
+    """(partition, (URL hashes, counts)) for the pending rows of a prepared batch."""
+    keys = batch.column("url_hash").drop_null().to_numpy()
     if len(keys):
-        uids = uids_u64(batch.column("uid").filter(mask).to_pylist())
-        yield from by_partition(keys, partitions, keys, uids, np.ones(len(keys), dtype=np.int64))
+        keys, counts = np.unique(keys, return_counts=True)
+        yield from by_partition(keys, partitions, keys, counts.astype(np.int64))
 
 
 def caption_entries(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, Any]]:
@@ -105,32 +104,18 @@ class ChunkCombineFn(beam.CombineFn):
 
 
 class UrlCounts(ChunkCombineFn):
-    """Per URL key: how many rows name it and the smallest uid. Outputs the keys named twice or
-    more, with the uid that stays."""
+    """Per URL key: how many rows name it. Outputs the keys named twice or more."""
 
     def reduce(self, columns: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        keys, uids, counts = columns
-        order = np.argsort(keys, kind="stable")
-        keys, uids, counts = keys[order], uids[order], counts[order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        repeated = ~first
-        repeated[:-1] |= ~first[1:]
-        if repeated.any():
-            # Keys named more than once (few): order their rows by uid, so each group starts with
-            # its smallest uid.
-            rows = np.flatnonzero(repeated)
-            by_uid = rows[np.lexsort((uids[rows, 1], uids[rows, 0], keys[rows]))]
-            uids[rows], counts[rows] = uids[by_uid], counts[by_uid]
-        starts = np.flatnonzero(first)
-        return keys[starts], uids[starts], np.add.reduceat(counts, starts)
+        keys, counts = columns
+        values, inverse = np.unique(keys, return_inverse=True)
+        return values, np.bincount(inverse, weights=counts, minlength=len(values)).astype(np.int64)
 
-    def extract_output(self, acc: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    def extract_output(self, acc: list[tuple[np.ndarray, ...]]) -> np.ndarray:
         if not acc:
-            return np.empty(0, "<u8"), np.empty((0, 2), "<u8")
-        keys, uids, counts = self._merged(acc)
-        repeated = counts > 1
-        return keys[repeated], uids[repeated]
+            return np.empty(0, "<u8")
+        keys, counts = self._merged(acc)
+        return keys[counts > 1]
 
 
 class CappedDistinctUrls(ChunkCombineFn):

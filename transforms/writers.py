@@ -230,11 +230,16 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
-    """Sorts by uid; a repeated (url, caption) pair keeps its first row in the tar, the rest are marked."""
-    ordered = sorted(samples, key=lambda s: (s.uid, s.status != Status.SUCCESS, s.reason or ""))
+    """Sorts by uid; a repeated (url, caption) pair keeps its first row in the tar, the rest are
+    marked, but for copies the text stage already marked (`duplicate_url` naming the kept row)."""
+    ordered = sorted(
+        samples,
+        key=lambda s: (s.uid, s.duplicate_of is not None, s.status != Status.SUCCESS, s.reason or ""),
+    )
     out: list[Sample] = []
     for sample in ordered:
-        if out and out[-1].uid == sample.uid:
+        marked = sample.reason == "duplicate_url" and sample.duplicate_of is not None
+        if out and out[-1].uid == sample.uid and not marked:
             sample = sample.decided(
                 Status.REJECTED, "duplicate_uid", "write", "same url and caption as a kept row"
             )

@@ -119,11 +119,13 @@ def test_retry_failed_fetches_only_transient_failures_again(tmp_path):
 
 def test_retry_failed_needs_a_finished_output_and_another_folder(tmp_path, capsys):
     config = load_config(overrides=["run.stages=[crawl]"])
+    previous = tmp_path / "previous"
+    previous.mkdir()
     with pytest.raises(InputError, match="not an output of a finished Winnow run"):
-        run_job(config, [], str(tmp_path / "out"), retry_from=str(tmp_path))
+        run_job(config, [], str(tmp_path / "out"), retry_from=str(previous))
     with pytest.raises(InputError, match="write the retry"):
-        run_job(config, [], str(tmp_path), retry_from=str(tmp_path))
-    assert main(["run", "--retry-failed", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+        run_job(config, [], str(previous), retry_from=str(previous))
+    assert main(["run", "--retry-failed", str(previous), "--output", str(tmp_path / "o")]) == 2
     assert "not an output of a finished Winnow run" in capsys.readouterr().err
 
 

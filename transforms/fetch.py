@@ -21,6 +21,8 @@ reason code recorded for the sample:
 
 robots.txt and tdmrep.json are checked before the image is requested, on every redirect hop, so a
 disallowed path is never fetched; the response headers are checked before the body is read.
+robots.txt comes first: an origin's tdmrep.json is requested only once its robots.txt has allowed
+a path about to be fetched, so an origin that disallows the crawl gets no other request.
 Requests to one host go through `transforms/politeness.py` (concurrency cap, minimum delay, the
 robots.txt Crawl-delay). The fetcher keeps one keep-alive connection pool per host, shared by all
 threads of a worker. Unless `allow_private_networks`, every connection it opens goes through the
@@ -54,18 +56,26 @@ from urllib3.exceptions import (
 )
 
 from transforms.netguard import ForbiddenAddress
-from transforms.optouts import content_usage_disallows, tdm_header_reserves, x_robots_tag_disallows
+from transforms.optouts import (
+    TdmRule,
+    content_usage_disallows,
+    tdm_header_reserves,
+    tdm_rules_reserve,
+    x_robots_tag_disallows,
+)
 from transforms.politeness import HostThrottle
 from transforms.robots import (
     ALLOW_ALL,
     MAX_TTL_S,
+    RESERVE_ALL,
     ROBOTS_PATH,
     SITE_FILE_MAX_BYTES,
     SITE_FILE_MAX_REDIRECTS,
     TDMREP_PATH,
+    UNLOADABLE,
+    OriginCache,
     SiteFile,
     SiteRules,
-    SiteRulesCache,
     robots_rules,
     tdm_rules,
 )
@@ -220,7 +230,8 @@ class Fetcher:
             "Accept": accept,
         }
         self._throttle = HostThrottle(options.max_per_host)
-        self._sites = SiteRulesCache(self._load_site_rules, options.robots_cache_ttl)
+        self._robots = OriginCache(self._load_robots, UNLOADABLE, options.robots_cache_ttl)
+        self._tdmrep = OriginCache(self._load_tdmrep, RESERVE_ALL, options.robots_cache_ttl)
 
     def fetch(self, url: str) -> FetchResult:
         """Fetches `url`, retrying transient failures `retries` times."""
@@ -310,17 +321,19 @@ class Fetcher:
             raise _transport_error(err.reason or err if isinstance(err, MaxRetryError) else err) from err
 
     def _check_site_rules(self, url: str, parts: SplitResult) -> SiteRules:
-        """Raises the opt-out (or `robots_unreachable`) failure of `url`'s origin rules, if any."""
+        """Raises the opt-out (or `robots_unreachable`) failure of `url`'s origin rules, if any.
+
+        robots.txt is asked first; the origin's tdmrep.json is fetched only for a path robots.txt
+        allows, so an origin that disallows the crawl is asked for nothing but its robots.txt."""
         options = self._options
-        if not (options.respect_robots_txt or options.respect_tdmrep):
-            return ALLOW_ALL
-        rules = self._sites.get(_origin(parts))
-        if options.respect_robots_txt and not rules.robots_allows(url, options.user_agent_token):
+        origin = _origin(parts)
+        rules = self._robots.get(origin) if options.respect_robots_txt else ALLOW_ALL
+        if not rules.robots_allows(url, options.user_agent_token):
             if rules.robots == "parsed":
                 raise FetchError("opted_out_robots_txt", rules.robots_detail)
             raise FetchError(rules.transport_failure or "robots_unreachable", rules.robots_detail)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if options.respect_tdmrep and rules.tdm_reserved(path):
+        if options.respect_tdmrep and tdm_rules_reserve(self._tdmrep.get(origin), path):
             raise FetchError(
                 "opted_out_tdmrep", f"{TDMREP_PATH} reserves text and data mining rights for {path}"
             )
@@ -330,16 +343,11 @@ class Fetcher:
         crawl_delay = rules.crawl_delay(self._options.user_agent_token) or 0.0
         return max(self._options.min_host_delay, min(crawl_delay, self._options.max_crawl_delay))
 
-    def _load_site_rules(self, origin: str) -> SiteRules:
-        options = self._options
-        rules = (
-            robots_rules(self._site_file(origin + ROBOTS_PATH)) if options.respect_robots_txt else ALLOW_ALL
-        )
-        if options.respect_tdmrep and rules.robots != "disallow_all":  # nothing will be fetched anyway
-            rules = dataclasses.replace(
-                rules, tdm_rules=tdm_rules(origin, self._site_file(origin + TDMREP_PATH))
-            )
-        return rules
+    def _load_robots(self, origin: str) -> SiteRules:
+        return robots_rules(self._site_file(origin + ROBOTS_PATH))
+
+    def _load_tdmrep(self, origin: str) -> tuple[TdmRule, ...]:
+        return tdm_rules(origin, self._site_file(origin + TDMREP_PATH))
 
     def _site_file(self, url: str) -> SiteFile:
         """GETs a robots.txt or tdmrep.json: at most 5 redirects and the first 500 KiB of the body."""

@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -235,7 +236,10 @@ class Fetcher:
 
     def fetch(self, url: str) -> FetchResult:
         """Fetches `url`, retrying transient failures `retries` times."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as err:  # an unbalanced IPv6 bracket, ...
+            raise FetchError("invalid_url", f"{err}: {url[:200]!r}") from err
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FetchError("invalid_url", f"not an absolute http(s) URL: {url[:200]!r}")
         options = self._options
@@ -466,8 +470,11 @@ def _origin(parts: SplitResult) -> str:
 
 def _follow(url: str, location: str, visited: set[str]) -> str:
     """The next hop of a redirect; refuses other schemes and loops."""
-    target = urlunsplit(urlsplit(urljoin(url, location.strip()))._replace(fragment=""))
-    parts = urlsplit(target)
+    try:
+        target = urlunsplit(urlsplit(urljoin(url, location.strip()))._replace(fragment=""))
+        parts = urlsplit(target)
+    except ValueError as err:  # a Location with an unbalanced IPv6 bracket, ...
+        raise FetchError("invalid_url", f"redirect to an unparseable URL {location[:200]!r}: {err}") from err
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise FetchError(
             "invalid_url", f"redirect to a non-http(s) URL or one without a host: {target[:200]!r}"
@@ -494,8 +501,23 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
+_POOL_REPR = re.compile(r"\b\w+\(host='([^']*)', port=(\d+)\): ")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>(: )?")
+_NOISE = re.compile(r"\[Errno -?\d+\] | \(_ssl\.c:\d+\)")
+_INCOMPLETE = re.compile(r"IncompleteRead\(([^)]*)\)")
+
+
+def describe_transport_error(err: BaseException) -> str:
+    """A transport failure in a user's words: the host and what went wrong, without the HTTP
+    library's class names, object addresses and errno numbers."""
+    cause = err.args[0] if isinstance(err, ProtocolError) and err.args else err
+    text = _POOL_REPR.sub(r"\1:\2: ", str(cause))
+    text = _INCOMPLETE.sub(r"\1", _NOISE.sub("", _OBJECT_REPR.sub("", text)))
+    return text.strip()[:500] or "the connection failed"
+
+
 def _transport_error(err: BaseException) -> FetchError:
-    message = f"{type(err).__name__}: {err}"[:500]
+    message = describe_transport_error(err)
     if isinstance(err, ForbiddenAddress):
         return FetchError("forbidden_address", str(err)[:500])
     exceptions = urllib3.exceptions

@@ -272,6 +272,13 @@ def _warnings(audit: Audit) -> str:
     return _section("Warnings", "".join(f"<p>{_e(w)}</p>" for w in audit.warnings), "warn")
 
 
+def _passed(audit: Audit, step: FunnelStep, key: str) -> str:
+    """How many samples passed a stage; at the last one, how many of them no stage decided."""
+    pending = audit.status_counts().get(PENDING, 0) if step is audit.funnel[-1] else 0
+    note = f' <span class="muted">({_plural(pending, "sample")} pending)</span>' if pending else ""
+    return f"{_count(key, step.kept)} passed{note}"
+
+
 def _funnel(audit: Audit, side: str) -> str:
     rows = ['<tr><th>stage / reason</th><th class="n">samples</th><th class="n">of input</th>'
             '<th class="n">of stage</th><th style="width:30%"></th></tr>']  # fmt: skip
@@ -280,7 +287,7 @@ def _funnel(audit: Audit, side: str) -> str:
         rows.append(
             f'<tr class="stage"><td>{_e(step.stage)} <span class="muted">in '
             f"{_count(f'{side}stage:{step.stage}:in', step.entering)}</span></td>"
-            f'<td class="n">{_count(f"{side}stage:{step.stage}:kept", step.kept)} kept</td>'
+            f'<td class="n">{_passed(audit, step, f"{side}stage:{step.stage}:kept")}</td>'
             f'<td class="n">{_pct(step.kept, audit.total)}</td>'
             f'<td class="n">{_pct(step.kept, step.entering)}</td>'
             f'<td><div class="bar" style="width:{width:.1%}"></div></td></tr>'
@@ -305,15 +312,16 @@ def _compare_funnel(a: Audit, b: Audit) -> str:
     rows = ['<tr><th>stage / reason</th><th class="n">A</th><th class="n">of A input</th>'
             '<th class="n">B</th><th class="n">of B input</th><th class="n">B − A</th></tr>']  # fmt: skip
 
+    audits = {"a/": a, "b/": b}
+
     def cells(side: str, step: FunnelStep | None, reason: str | None) -> tuple[str, int | None]:
         if step is None:
             return '<td class="n muted">not run</td><td></td>', None
         if reason is None:
             n = step.kept
             entering = _count(f"{side}stage:{step.stage}:in", step.entering)
-            shown = (
-                f"{_count(f'{side}stage:{step.stage}:kept', n)} kept <span class='muted'>of {entering}</span>"
-            )
+            passed = _passed(audits[side], step, f"{side}stage:{step.stage}:kept")
+            shown = f"{passed} <span class='muted'>of {entering}</span>"
         else:
             n = step.dropped.get(reason, 0)
             shown = _count(f"{side}reason:{step.stage}:{reason}", n)
@@ -679,7 +687,7 @@ def _count_deltas(a: Audit, b: Audit) -> str:
     def keyed(audit: Audit) -> dict[str, int]:
         counts = {f"status:{s}": n for s, n in audit.status_counts().items()}
         for (status, stage, reason), n in audit.outcomes.items():
-            if status != "success":
+            if status not in ("success", PENDING):
                 counts[f"reason:{stage}:{reason}"] = counts.get(f"reason:{stage}:{reason}", 0) + n
         return counts
 

@@ -203,6 +203,8 @@ def test_item19_pending_rows_are_not_listed_as_rejected(outputs):
     assert "pending" not in rejected and "none was rejected or failed" in rejected
     assert "<h2>Pending samples (not decided)</h2>" in page
     assert 'data-key="pending" data-count="6"' in page
+    assert "6 samples pending" in _text(page)  # at the end of the funnel: passed, but not kept
+    assert 'data-key="b/reason::"' not in outputs["compare.html"]  # nor a nameless reason in the counts
 
 
 def test_item19_compare_funnel_rows_align_by_stage(outputs):

@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint unit model model-eval bench-setup bench clean
 
-# Chromium (Debian's package) opens the audit report in the tests; shellcheck lints deploy/'s scripts.
+# Chromium (Debian's package) opens the audit report in the tests, with a CJK font (WenQuanYi Zen Hei)
+# so that Chinese, Japanese and Korean captions render as text; shellcheck lints deploy/'s scripts.
 setup: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@fc-list :lang=zh family | grep -q . || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-zenhei)
 	@command -v shellcheck >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck)
 
 $(STAMP): pyproject.toml

@@ -4,6 +4,11 @@ In: an output folder (local, `s3://`, `gs://`) with `NNNNN.parquet`, `NNNNN.tar`
 Out: an `Audit` with counts per status, stage and reason, the funnel, histograms, language, model
 and domain counts, duplicate-group sizes, and a few sample rows per outcome with thumbnails.
 
+A sample's caption is shown as it was shipped (`shipped_caption`, the tar's `.txt`), and a removed
+duplicate with the kept copy it cites: every uid an error names is looked up, so the report can
+show that row rather than cite a uid the page never shows. `pending` rows (no stage decided them)
+are their own category, never counted as rejected or failed.
+
 Memory stays bounded whatever the output's size: the Parquet files are read batch by batch with
 only the columns needed; galleries keep the `k` rows with the smallest seeded hash of their uid
 (the same rows in every output that holds them); domains are capped (`approximate` once pruned);
@@ -17,6 +22,7 @@ import base64
 import dataclasses
 import io
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -30,16 +36,21 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import STAGE_NAMES
+from schemas.sample import Status, chosen_caption
 from transforms.writers import read_tar_images, shard_stems
 
 STAGE_ORDER = ("read", *STAGE_NAMES, "write")
 KEPT = "kept"  # the gallery category of successful samples
+PENDING = Status.PENDING  # the category of rows no stage decided (a run without the crawl, say)
+#: A sample uid (or a `dup_group`) as errors cite it.
+UID = re.compile(r"\b[0-9a-f]{32}\b")
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/:?#]+)"
 _BATCH_ROWS = 65_536
 _MAX_DOMAINS = 200_000  # beyond this, the rarest domains are pruned and domain counts are approximate
 _SAMPLE_COLUMNS = (
     "uid", "url", "caption", "caption_clean", "status", "reason", "stage", "error",
     "clip_score", "dup_group", "duplicate_of", "key",
+    "caption_source", "caption_completed", "caption_pseudo", "caption_bow",
 )  # fmt: skip
 
 
@@ -126,10 +137,12 @@ def audit_output(
         scan.read_shard(output, shard)
     top_groups, group_sizes = scan.group_summary(groups)
     shown = [row for rows in scan.samples.values() for _, row in rows]
-    # A removed duplicate has no image: show the kept copy (`duplicate_of`, else its group's kept sample).
+    # A removed duplicate has no image: show the kept copy (`duplicate_of`, else its group's kept
+    # sample), and every row an error cites.
     targets = {
         r[c] for r in shown for c in ("duplicate_of", "dup_group") if r.get(c) and r.get("stage") == "dedup"
     }
+    targets |= {uid for r in shown for uid in cited_uids(r.get("error"))}
     found = _find_rows(output, shards, targets, top_groups, seed) if targets or top_groups else []
     by_uid = {r["uid"]: r for r in [*shown, *found]}
     members: dict[int, list[dict[str, Any]]] = {}
@@ -162,6 +175,16 @@ def audit_output(
         rows=by_uid,
         warnings=_check_stats(stats, scan.outcomes),
     )
+
+
+def shipped_caption(row: dict[str, Any]) -> str | None:
+    """The caption a kept row's tar holds (its `.txt`), as `Sample.chosen_caption` picks it."""
+    return chosen_caption(row)
+
+
+def cited_uids(error: str | None) -> list[str]:
+    """The sample uids an error message names (a duplicate's kept copy, its closest partner)."""
+    return list(dict.fromkeys(UID.findall(error or "")))
 
 
 def funnel(
@@ -350,7 +373,8 @@ def _hosts(urls: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _dropped(outcomes: Counter[str]) -> int:
-    return outcomes.total() - outcomes[KEPT]
+    """Rejected or failed samples: neither kept nor still pending."""
+    return outcomes.total() - outcomes[KEPT] - outcomes[PENDING]
 
 
 def _find_rows(
@@ -440,7 +464,7 @@ def _open(path: str) -> Any:
 
 
 def _sample_order(item: tuple[str, Any]) -> tuple[int, str]:
-    return (item[0] != KEPT, item[0])
+    return ((item[0] != KEPT) + (item[0] != PENDING), item[0])
 
 
 def _check_stats(stats: dict[str, Any], outcomes: Counter[tuple[str, str, str]]) -> list[str]:

@@ -125,7 +125,7 @@ def run_job(
     stats["samples_per_s"] = round(stats["samples"] / elapsed, 1) if elapsed else None
     stats["metrics"] = _counters(result)
     stats["config"] = config.to_dict()
-    alarm = failure_alarm(stats, config.crawl.max_failure_rate) if "crawl" in config.run.stages else None
+    alarm = failure_alarm(stats, config.crawl.max_failure_rate)  # the crawl's images, page mode's pages
     if alarm:
         stats["alarm"] = alarm
         LOG.error("ALARM: %s", alarm)

@@ -6,6 +6,11 @@ forbids every other source, so the page loads nothing from the network. Captions
 reasons and config values come from the data and are untrusted: every one is escaped, and a URL
 becomes a link only when it is http(s) (`rel="noopener noreferrer"`).
 
+Text a user must be able to trust is shown as it is: a kept sample's caption as shipped (the tar's
+`.txt`) and, where that differs, the caption it came from; invisible characters in URLs and hosts
+(a zero-width space, a bidi override) as visible `U+XXXX` marks, and a non-ASCII host with its
+punycode, so two hosts that look alike never read the same; a uid an error cites with that row.
+
 Every count drawn from the Parquet carries `data-key` and `data-count` attributes
 (`status:success`, `reason:crawl:http_404`, `stage:text:kept`, …; prefixed `a/` and `b/` when
 comparing), so tools and tests read the numbers back without scraping text.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +30,19 @@ import yaml
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.audit import KEPT, Audit, AuditError, Histogram, audit_output
+from pipeline.audit import (
+    KEPT,
+    PENDING,
+    STAGE_ORDER,
+    UID,
+    Audit,
+    AuditError,
+    FunnelStep,
+    Histogram,
+    audit_output,
+    cited_uids,
+    shipped_caption,
+)
 from transforms.manifest import normalized, record_files
 from transforms.writers import write_atomically
 
@@ -41,10 +59,16 @@ _CHARTS = {  # histogram → title, x label format
     "short_side": ("image short side (px, as downloaded)", "{:.0f}"),
     "aspect_ratio": ("aspect ratio (long / short side)", "{:.1f}"),
 }
+#: Fonts with Chinese, Japanese and Korean glyphs, named after the Latin ones so that a caption in
+#: any of them renders as text, not boxes (`make setup` installs WenQuanYi Zen Hei on Debian).
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC",
+             "Hiragino Sans", "Microsoft YaHei", "Malgun Gothic")  # fmt: skip
+_FONTS = ",".join(['system-ui', '-apple-system', '"Segoe UI"', "Roboto", '"Noto Sans"',
+                   *(f'"{f}"' for f in CJK_FONTS), "sans-serif"])  # fmt: skip
 _CSS = """
 :root{--ink:#212529;--muted:#6c757d;--line:#e9ecef;--bg:#f4f5f7}
 *{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;
+body{margin:0;font:14px/1.45 FONTS;
 color:var(--ink);background:var(--bg)}
 main{max-width:1240px;margin:0 auto;padding:20px 28px 48px}
 h1{margin:0 0 2px;font-size:22px}h2{font-size:16px;margin:0 0 12px}h3{font-size:14px;margin:14px 0 6px}
@@ -81,7 +105,11 @@ padding-left:18px;flex:1}.group li{margin-bottom:6px}
 pre{background:var(--bg);padding:10px;border-radius:6px;overflow:auto;font-size:12px;max-height:420px}
 details>summary{cursor:pointer;font-weight:600;margin:6px 0}
 .pos{color:#2f9e44}.neg{color:#c92a2a}
-"""
+.inv{font:10px/1 ui-monospace,monospace;color:#c92a2a;border:1px solid #ffa8a8;border-radius:3px;
+padding:0 2px}.cap.orig{color:var(--muted)}
+.cited{font-size:12px;margin-top:6px;padding-top:6px;border-top:1px dashed var(--line)}
+.cited .thumb{width:64px;height:64px}.cited .row{display:flex;gap:8px;margin-top:4px}
+""".replace("FONTS", _FONTS)
 
 
 def write_report(output: str, out: str | None = None, compare: str | None = None) -> str:
@@ -124,6 +152,7 @@ def render_report(audit: Audit, compare: Audit | None = None) -> str:
             _section("Domains", _domains(audit, "")),
             _section("Kept samples", _gallery(audit)),
             _section("Rejected and failed samples", _rejections(audit)),
+            _pending(audit),
             _section("Largest duplicate groups", _groups(audit)),
             _section("Config and models", _run(audit)),
         ]  # fmt: skip
@@ -132,7 +161,7 @@ def render_report(audit: Audit, compare: Audit | None = None) -> str:
         body = [
             _pair(_header(audit, "a/", "A"), _header(compare, "b/", "B")),
             _section("Counts", _count_deltas(audit, compare)),
-            _section("Funnel", _pair(_funnel(audit, "a/"), _funnel(compare, "b/"))),
+            _section("Funnel", _compare_funnel(audit, compare)),
             _section("Distributions of kept samples", _overlays(audit, compare)),
             _section("Domains", _pair(_domains(audit, "a/"), _domains(compare, "b/"))),
             _section("Kept samples", _pair(_gallery(audit), _gallery(compare))),
@@ -156,6 +185,57 @@ def _cut(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    """`1 shard`, `2 shards`, `1,000 samples`."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
+#: Characters that show nothing (or only blank space) where they stand, other than a plain space.
+_INVISIBLE = {"Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp", "Zs"}
+_BLANK_LOOKING = {"\u115f", "\u1160", "\u2800", "\u3164", "\uffa0"}
+
+
+def _shown(text: str) -> str:
+    """`text` escaped, with every invisible or blank-looking character but a plain space shown as
+    a visible `U+XXXX` mark, so `exa\u200bmple.com` never reads as `example.com`."""
+    out = []
+    for ch in text:
+        if ch != " " and (unicodedata.category(ch) in _INVISIBLE or ch in _BLANK_LOOKING):
+            name = unicodedata.name(ch, "unassigned or control character")
+            out.append(f'<span class="inv" title="{_e(name)}">U+{ord(ch):04X}</span>')
+        else:
+            out.append(_e(ch))
+    return "".join(out)
+
+
+def _host(name: str) -> str:
+    """A host as shown: invisible characters marked, and a non-ASCII one followed by its punycode
+    (`раураl.com` is not `paypal.com`)."""
+    shown = _shown(_cut(name, 60))
+    if not name.isascii():
+        try:
+            ascii_form = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return shown
+        if "xn--" in ascii_form:
+            shown += f' <span class="muted">({_e(_cut(ascii_form, 60))})</span>'
+    return shown
+
+
+def _uid(uid: str) -> str:
+    return f'<code class="muted" title="{_e(uid)}">{_e(uid[:12])}</code>'
+
+
+def _error(text: str | None, limit: int = 300) -> str:
+    """An error message, escaped, with the uids it cites shortened as the page shows them."""
+    cut = _cut(text, limit)
+    parts, last = [], 0
+    for match in UID.finditer(cut):
+        parts += [_e(cut[last : match.start()]), _uid(match.group())]
+        last = match.end()
+    return "".join([*parts, _e(cut[last:])])
+
+
 def _count(key: str, n: int, text: str | None = None) -> str:
     shown = _e(text if text is not None else f"{n:,}")
     return f'<span data-key="{_e(key)}" data-count="{int(n)}">{shown}</span>'
@@ -176,8 +256,12 @@ def _pair(left: str, right: str) -> str:
 def _url(url: str | None) -> str:
     if not url:
         return '<span class="url">(no URL)</span>'
-    shown = _e(_cut(url, 140))
-    if urlsplit(url).scheme.lower() in ("http", "https"):
+    shown = _shown(_cut(url, 140))
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # an unbalanced IPv6 bracket: shown, never linked
+        scheme = ""
+    if scheme in ("http", "https"):
         return f'<span class="url"><a href="{_e(url)}" rel="noopener noreferrer nofollow">{shown}</a></span>'
     return f'<span class="url">{shown}</span>'
 
@@ -187,9 +271,11 @@ def _header(audit: Audit, side: str, label: str) -> str:
     facts = [f"{stats['duration_s']:.1f} s" if stats.get("duration_s") else None]
     shards = stats.get("shards") or {}
     if shards:
-        facts.append(f"{shards.get('count', 0)} shards, {shards.get('tar_bytes', 0) / 1e6:.1f} MB of tar")
+        count = _plural(shards.get("count", 0), "shard")
+        facts.append(f"{count}, {shards.get('tar_bytes', 0) / 1e6:.1f} MB of tar")
     if stats.get("index"):
-        facts.append(f"index: {stats['index'].get('type')} of {stats['index'].get('count', 0):,}")
+        index = stats["index"]
+        facts.append(f"index: {index.get('type')} of {_plural(index.get('count', 0), 'sample')}")
     cards = [f'<div class="card">samples<b>{_count(side + "samples", audit.total)}</b></div>']
     for status in ("success", "rejected", "failed", *(["pending"] if "pending" in counts else [])):
         n = counts.get(status, 0)
@@ -210,6 +296,13 @@ def _warnings(audit: Audit) -> str:
     return _section("Warnings", "".join(f"<p>{_e(w)}</p>" for w in audit.warnings), "warn")
 
 
+def _passed(audit: Audit, step: FunnelStep, key: str) -> str:
+    """How many samples passed a stage; at the last one, how many of them no stage decided."""
+    pending = audit.status_counts().get(PENDING, 0) if step is audit.funnel[-1] else 0
+    note = f' <span class="muted">({_plural(pending, "sample")} pending)</span>' if pending else ""
+    return f"{_count(key, step.kept)} passed{note}"
+
+
 def _funnel(audit: Audit, side: str) -> str:
     rows = ['<tr><th>stage / reason</th><th class="n">samples</th><th class="n">of input</th>'
             '<th class="n">of stage</th><th style="width:30%"></th></tr>']  # fmt: skip
@@ -218,7 +311,7 @@ def _funnel(audit: Audit, side: str) -> str:
         rows.append(
             f'<tr class="stage"><td>{_e(step.stage)} <span class="muted">in '
             f"{_count(f'{side}stage:{step.stage}:in', step.entering)}</span></td>"
-            f'<td class="n">{_count(f"{side}stage:{step.stage}:kept", step.kept)} kept</td>'
+            f'<td class="n">{_passed(audit, step, f"{side}stage:{step.stage}:kept")}</td>'
             f'<td class="n">{_pct(step.kept, audit.total)}</td>'
             f'<td class="n">{_pct(step.kept, step.entering)}</td>'
             f'<td><div class="bar" style="width:{width:.1%}"></div></td></tr>'
@@ -229,6 +322,49 @@ def _funnel(audit: Audit, side: str) -> str:
                 f'<td class="n">{_count(f"{side}reason:{step.stage}:{reason}", n)}</td>'
                 f'<td class="n">{_pct(n, audit.total)}</td><td class="n">{_pct(n, step.entering)}</td>'
                 f'<td><div class="bar drop" style="width:{n / max(audit.total, 1):.1%}"></div></td></tr>'
+            )
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _compare_funnel(a: Audit, b: Audit) -> str:
+    """Both funnels in one table, rows aligned by stage and reason: a stage only one run ran shows
+    `not run` on the other side, never another stage's numbers."""
+    steps = {"a/": {s.stage: s for s in a.funnel}, "b/": {s.stage: s for s in b.funnel}}
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    stages = sorted(steps["a/"].keys() | steps["b/"].keys(), key=lambda s: (order.get(s, len(order)), s))
+    totals = {"a/": a.total, "b/": b.total}
+    rows = ['<tr><th>stage / reason</th><th class="n">A</th><th class="n">of A input</th>'
+            '<th class="n">B</th><th class="n">of B input</th><th class="n">B − A</th></tr>']  # fmt: skip
+
+    audits = {"a/": a, "b/": b}
+
+    def cells(side: str, step: FunnelStep | None, reason: str | None) -> tuple[str, int | None]:
+        if step is None:
+            return '<td class="n muted">not run</td><td></td>', None
+        if reason is None:
+            n = step.kept
+            entering = _count(f"{side}stage:{step.stage}:in", step.entering)
+            passed = _passed(audits[side], step, f"{side}stage:{step.stage}:kept")
+            shown = f"{passed} <span class='muted'>of {entering}</span>"
+        else:
+            n = step.dropped.get(reason, 0)
+            shown = _count(f"{side}reason:{step.stage}:{reason}", n)
+        return f'<td class="n">{shown}</td><td class="n">{_pct(n, totals[side])}</td>', n
+
+    for stage in stages:
+        sa, sb = steps["a/"].get(stage), steps["b/"].get(stage)
+        reasons = {**(sa.dropped if sa else {}), **(sb.dropped if sb else {})}
+        ranked = sorted(
+            reasons, key=lambda r: (-max((s.dropped.get(r, 0) for s in (sa, sb) if s), default=0), r)
+        )
+        for reason in [None, *ranked]:
+            (left, na), (right, nb) = cells("a/", sa, reason), cells("b/", sb, reason)
+            delta = "" if na is None or nb is None else f"{nb - na:+,}"
+            css = "muted" if not delta or nb == na else "pos" if (nb or 0) > (na or 0) else "neg"
+            label = f"<td>{_e(stage)}</td>" if reason is None else f'<td class="reason">{_e(reason)}</td>'
+            rows.append(
+                f'<tr class="{"stage" if reason is None else ""}" data-stage="{_e(stage)}">'
+                f'{label}{left}{right}<td class="n {css}">{delta}</td></tr>'
             )
     return f"<table>{''.join(rows)}</table>"
 
@@ -268,10 +404,10 @@ def _overlays(a: Audit, b: Audit) -> str:
 
 
 def _figure(
-    title: str, n: int | None, svg: str, series: list[tuple[str, str, list[int]]], unit: str = "values"
+    title: str, n: int | None, svg: str, series: list[tuple[str, str, list[int]]], unit: str = "value"
 ) -> str:
     legend = "".join(f'<i style="background:{color}"></i>{_e(label)}' for label, color, _ in series)
-    count = f' <span class="muted">({n:,} {unit})</span>' if n is not None else ""
+    count = f' <span class="muted">({_e(_plural(n, unit))})</span>' if n is not None else ""
     return (
         f'<figure><figcaption>{_e(title)}{count}</figcaption>{svg}<div class="legend">{legend}</div></figure>'
     )
@@ -385,7 +521,7 @@ def _group_sizes(audit: Audit) -> str:
         sum(counts),
         _histogram_svg(hist, series, [], "{:.0f}", True),
         series,
-        "groups",
+        "group",
     )
     keys = "".join(_count(f"groups:{size}", n, "") for size, n in audit.group_sizes.items())
     return figure.replace("</figure>", f"{keys}</figure>")
@@ -400,9 +536,9 @@ def _domains(audit: Audit, side: str) -> str:
         ]
         for name in names:
             outcomes = domains[name]
-            reasons = ", ".join(f"{r} {n:,}" for r, n in outcomes.most_common() if r != KEPT)
+            reasons = ", ".join(f"{r} {n:,}" for r, n in outcomes.most_common() if r not in (KEPT, PENDING))
             rows.append(
-                f'<tr><td class="url nowrap">{_e(_cut(name, 60))}</td>'
+                f'<tr><td class="url nowrap">{_host(name)}</td>'
                 f'<td class="n">{_count(f"{side}domain:{name}", outcomes.total())}</td>'
                 f'<td class="n">{_pct(outcomes[KEPT], outcomes.total())}</td>'
                 f'<td class="cap">{_e(_cut(reasons, 400))}</td></tr>'
@@ -410,7 +546,9 @@ def _domains(audit: Audit, side: str) -> str:
         return f"<h3>{_e(title)}</h3><table>{''.join(rows)}</table>"
 
     by_rows = sorted(domains, key=lambda d: (-domains[d].total(), d))[:10]
-    dropped = sorted(domains, key=lambda d: (-(domains[d].total() - domains[d][KEPT]), d))[:10]
+    dropped = sorted(
+        domains, key=lambda d: (-(domains[d].total() - domains[d][KEPT] - domains[d][PENDING]), d)
+    )[:10]
     tables = table("most samples", by_rows)
     tables += table("most rejected or failed", dropped) if dropped != by_rows else ""
     if audit.domains_approximate:
@@ -425,26 +563,51 @@ def _thumb(audit: Audit, uid: str | None, label: str = "no stored image") -> str
     return f'<div class="noimg">{_e(label)}</div>'
 
 
+def _caption_of(row: dict[str, Any]) -> str | None:
+    """What a row's caption is on this page: as shipped for a kept row, as given otherwise."""
+    return shipped_caption(row) if row.get("status") == "success" else row.get("caption")
+
+
+def _shipped(row: dict[str, Any], limit: int) -> str:
+    """A kept row's caption as shipped (the tar's `.txt`) and, where it differs, the one it came from."""
+    shipped, original = shipped_caption(row), row.get("caption")
+    text = _e(_cut(shipped, limit)) if (shipped or "").strip() else '<i class="muted">(no caption)</i>'
+    html_ = f'<div class="cap shipped">{text}</div>'
+    if shipped != original:
+        source = row.get("caption_source")
+        how = f"caption {source} from" if source not in (None, "original") else "cleaned from"
+        given = _e(_cut(original, limit)) if (original or "").strip() else "(no caption)"
+        html_ += f'<div class="cap orig">{_e(how)}: {given}</div>'
+    return html_
+
+
 def _gallery(audit: Audit) -> str:
     tiles = []
     for row in audit.samples.get(KEPT, []):
         score = f"clip {row['clip_score']:.2f} · " if row.get("clip_score") is not None else ""
         tiles.append(
             f'<div class="tile" data-uid="{_e(row["uid"])}">{_thumb(audit, row["uid"])}'
-            f'<div class="cap">{_e(_cut(row.get("caption_clean") or row.get("caption"), 240))}</div>'
+            f"{_shipped(row, 240)}"
             f'<div class="url">{_e(score)}{_e(row["uid"][:12])}</div></div>'
         )
-    note = '<p class="muted">A fixed random sample (by uid hash) of the kept pairs.</p>'
+    note = (
+        '<p class="muted">A fixed random sample (by uid hash) of the kept pairs, each with the caption '
+        "it was shipped with (the tar's .txt) and, where that differs, the caption it came from.</p>"
+    )
     return note + (f'<div class="gallery">{"".join(tiles)}</div>' if tiles else '<p class="muted">none</p>')
 
 
 def _rejections(audit: Audit) -> str:
     blocks = []
     for reason, rows in audit.samples.items():
-        if reason == KEPT:
+        if reason in (KEPT, PENDING):
             continue
         cards = "".join(_rejected_card(audit, row) for row in rows)
-        count = sum(n for (s, _, r), n in audit.outcomes.items() if s != "success" and (r or s) == reason)
+        count = sum(
+            n
+            for (s, _, r), n in audit.outcomes.items()
+            if s not in ("success", PENDING) and (r or s) == reason
+        )
         blocks.append(
             f"<details open><summary>{_e(reason)} <span class='muted'>({count:,})</span></summary>"
             f'<div class="rejs">{cards}</div></details>'
@@ -452,23 +615,58 @@ def _rejections(audit: Audit) -> str:
     note = (
         '<p class="muted">Per reason, a fixed random sample (by uid hash); rejected pairs keep no image.</p>'
     )
-    return note + "".join(blocks) if blocks else '<p class="muted">every sample was kept</p>'
+    return note + "".join(blocks) if blocks else '<p class="muted">none was rejected or failed</p>'
+
+
+def _pending(audit: Audit) -> str:
+    """Rows no stage decided (the crawl did not run, or a run was cut short): neither kept nor rejected."""
+    rows = audit.samples.get(PENDING, [])
+    count = audit.status_counts().get(PENDING, 0)
+    if not count:
+        return ""
+    note = (
+        f'<p class="muted">{_count("pending", count, _plural(count, "sample"))} passed every stage that ran '
+        "but were not decided: the stages that keep a sample (the crawl) did not run on them. They are "
+        "neither kept nor rejected. A fixed random sample:</p>"
+    )
+    cards = "".join(_rejected_card(audit, row) for row in rows)
+    return _section("Pending samples (not decided)", f'{note}<div class="rejs">{cards}</div>')
 
 
 def _rejected_card(audit: Audit, row: dict[str, Any]) -> str:
-    """URL, caption (and its cleaned form when different) and error; a removed copy shows its kept one."""
-    target = next(
-        (row[c] for c in ("duplicate_of", "dup_group") if audit.thumbnails.get(row.get(c) or "")), None
-    )
-    image = f'<div>{_thumb(audit, target)}<div class="url">kept copy</div></div>' if target else ""
+    """URL, caption (and its cleaned form when different) and error; a removed copy shows the rows
+    its error cites, its kept copy first."""
     caption, cleaned = row.get("caption"), row.get("caption_clean")
     text = _e(_cut(caption, 300)) if (caption or "").strip() else '<i class="muted">(no caption)</i>'
     if cleaned not in (None, caption):
         text += f'<div class="muted">cleaned: {_e(_cut(cleaned, 300)) or "(empty)"}</div>'
     return (
-        f'<div class="rej" data-uid="{_e(row["uid"])}">{image}<div>{_url(row.get("url"))}'
-        f'<div class="cap">{text}</div><div class="err">{_e(_cut(row.get("error"), 300))}</div></div></div>'
+        f'<div class="rej" data-uid="{_e(row["uid"])}"><div>{_uid(row["uid"])} {_url(row.get("url"))}'
+        f'<div class="cap">{text}</div><div class="err">{_error(row.get("error"))}</div>'
+        f"{_cited(audit, row)}</div></div>"
     )
+
+
+def _cited(audit: Audit, row: dict[str, Any]) -> str:
+    """The rows a removed sample points to (`duplicate_of`, its group, the uids its error names),
+    each with its thumbnail, URL and caption: a uid the page cites is a uid the page shows."""
+    kept = row.get("duplicate_of") or row.get("dup_group") if row.get("stage") == "dedup" else None
+    uids = dict.fromkeys([*([kept] if kept else []), *cited_uids(row.get("error"))])
+    items = []
+    for uid in uids:
+        if uid == row["uid"]:
+            continue
+        label = "kept copy" if uid == kept else "cited"
+        cited = audit.rows.get(uid)
+        if cited is None:
+            items.append(f'<div class="row"><div><b>{label}</b> {_uid(uid)} '
+                         '<span class="muted">(not a sample of this output)</span></div></div>')  # fmt: skip
+            continue
+        items.append(
+            f'<div class="row">{_thumb(audit, uid)}<div><b>{label}</b> {_uid(uid)} {_url(cited.get("url"))}'
+            f'<div class="cap">{_e(_cut(_caption_of(cited), 200))}</div></div></div>'
+        )
+    return f'<div class="cited">{"".join(items)}</div>' if items else ""
 
 
 def _groups(audit: Audit) -> str:
@@ -476,16 +674,19 @@ def _groups(audit: Audit) -> str:
     for rows in audit.groups:
         kept = rows[0]
         members = "".join(
-            f"<li>{_url(r.get('url'))}"
-            f"<div class='cap'>{_e(_cut(r.get('caption_clean') or r.get('caption'), 200))}</div>"
+            f"<li>{_uid(r['uid'])} {_url(r.get('url'))}"
+            f"<div class='cap'>{_e(_cut(_caption_of(r), 200))}</div>"
             f"<div class='muted cap'>{_e(r['status'] if r['status'] == 'success' else r.get('reason'))}"
-            f"{' · ' + _e(_cut(r.get('error'), 160)) if r.get('error') else ''}</div></li>"
+            f"{' · ' + _error(r.get('error'), 160) if r.get('error') else ''}</div></li>"
             for r in rows
         )
         blocks.append(f'<div class="group">{_thumb(audit, kept["uid"])}<ol>{members}</ol></div>')
     if not blocks:
         return '<p class="muted">no duplicate groups</p>'
-    return '<p class="muted">The kept sample first; removed copies keep no image.</p>' + "".join(blocks)
+    return (
+        '<p class="muted">The kept sample first (with the caption it was shipped with); removed copies '
+        "keep no image. Errors cite members by the uid shown before each.</p>" + "".join(blocks)
+    )
 
 
 def _run(audit: Audit) -> str:
@@ -510,7 +711,7 @@ def _count_deltas(a: Audit, b: Audit) -> str:
     def keyed(audit: Audit) -> dict[str, int]:
         counts = {f"status:{s}": n for s, n in audit.status_counts().items()}
         for (status, stage, reason), n in audit.outcomes.items():
-            if status != "success":
+            if status not in ("success", PENDING):
                 counts[f"reason:{stage}:{reason}"] = counts.get(f"reason:{stage}:{reason}", 0) + n
         return counts
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,25 @@ class Status:
     SUCCESS = "success"
     FAILED = "failed"
     REJECTED = "rejected"
+
+
+#: `caption_source` → the column holding the caption the noise stage chose.
+_CHOSEN_COLUMN = {
+    "completed": "caption_completed",
+    "generated": "caption_pseudo",
+    "neighbour": "caption_pseudo",
+    "bow": "caption_bow",
+}
+
+
+def chosen_caption(row: Mapping[str, Any]) -> str | None:
+    """The caption a training set gets (the tar's `.txt`) from a sample's fields or a metadata row:
+    the noise stage's choice, else the cleaned caption, else the raw one."""
+    column = _CHOSEN_COLUMN.get(row.get("caption_source") or "")
+    chosen = row.get(column) if column else None
+    if chosen is not None:
+        return chosen
+    return row.get("caption_clean") if row.get("caption_clean") is not None else row.get("caption")
 
 
 def make_uid(url: str | None, caption: str | None) -> str:
@@ -120,15 +140,7 @@ class Sample:
     def chosen_caption(self) -> str | None:
         """The caption a training set gets (the tar's `.txt`): the noise stage's choice, else the
         cleaned caption, else the raw one."""
-        chosen = {
-            "completed": self.caption_completed,
-            "generated": self.caption_pseudo,
-            "neighbour": self.caption_pseudo,
-            "bow": self.caption_bow,
-        }.get(self.caption_source or "")
-        if chosen is not None:
-            return chosen
-        return self.caption_clean if self.caption_clean is not None else self.caption
+        return chosen_caption(self.__dict__)
 
     def evolve(self, **changes: Any) -> Sample:
         """A copy with `changes` applied: `dataclasses.replace` without re-running `__init__`

@@ -3,9 +3,9 @@
 `HostileSite(robots=...)` serves, on its own port (so its own origin):
 
 - `/robots.txt` as chosen: `rules` (disallows `/private/` for all and `/no-winnow/` for us, with
-  an optional Crawl-delay), `error` (503), `missing` (404), `huge` (10 MB, the disallow rule past
-  500 KiB), `redirect` (three redirects to the rules), `html` (a web page), or `rules` with
-  `tdmrep` rules in `/.well-known/tdmrep.json`;
+  an optional Crawl-delay), `deny` (`Disallow: /` for every agent), `error` (503), `missing`
+  (404), `huge` (10 MB, the disallow rule past 500 KiB), `redirect` (three redirects to the
+  rules), `html` (a web page), or `rules` with `tdmrep` rules in `/.well-known/tdmrep.json`;
 - `/img/<kind>`: images, honest and hostile (`IMAGES`);
 - `/hostile/<case>`: servers that misbehave (`serve_case`);
 - `/outage/…`: 503 while `site.outage`, else an image; `/gone/…`: 404.
@@ -340,6 +340,8 @@ class HostileSite:
         elif self.robots == "redirect":
             hop = 3 if handler.path == "/robots.txt" else int(handler.path.rsplit("/", 1)[1])
             handler.reply(301, b"", [("Location", f"/robots-hop/{hop - 1}")])
+        elif self.robots == "deny":
+            handler.reply(200, b"User-agent: *\nDisallow: /\n", list(text.items()))
         elif self.robots == "error":
             handler.reply(503, b"down for maintenance")
         elif self.robots == "missing":

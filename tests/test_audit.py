@@ -171,21 +171,24 @@ def test_pure_helpers():
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make setup installs it)")
 def test_report_opens_in_headless_chromium(run, tmp_path):
     output, _, _ = run
-    errors, requests, png, text = visit(os.path.join(output, "report.html"), str(tmp_path / "profile"))
+    errors, requests, png, text, _ = visit(os.path.join(output, "report.html"), str(tmp_path / "profile"))
     assert errors == [] and requests == []
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert HOSTILE[0] in text and HOSTILE[1] in text  # shown as text, never run
     # The same harness does see a page that loads from the network and logs an error.
     control = tmp_path / "control.html"
     control.write_text('<img src="http://127.0.0.1:9/x.png"><script>console.error("seen")</script>')
-    errors, requests, _, _ = visit(str(control), str(tmp_path / "profile2"))
+    errors, requests, _, _, _ = visit(str(control), str(tmp_path / "profile2"))
     assert requests == ["http://127.0.0.1:9/x.png"] and any("seen" in e for e in errors)
 
 
-def visit(path: str, profile: str) -> tuple[list[str], list[str], bytes, str]:
+def visit(
+    path: str, profile: str, fonts_of: str | None = None
+) -> tuple[list[str], list[str], bytes, str, list[dict]]:
     """Opens a file in headless Chromium over the DevTools protocol: console errors, exceptions and
-    log errors, the network requests it made (other than data: and file:), a PNG screenshot, and
-    the page's visible text."""
+    log errors, the network requests it made (other than data: and file:), a PNG screenshot, the
+    page's visible text, and the platform fonts (family, glyph count) that rendered the text of the
+    element `fonts_of` selects."""
     import websocket
 
     args = [
@@ -229,6 +232,13 @@ def visit(path: str, profile: str) -> tuple[list[str], list[str], bytes, str]:
             events.append(json.loads(ws.recv()))
         text = call("Runtime.evaluate", expression="document.body.innerText")["result"]["value"]
         png = base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
+        fonts: list[dict] = []
+        if fonts_of is not None:
+            call("DOM.enable")
+            call("CSS.enable")
+            root = call("DOM.getDocument", depth=-1)["root"]["nodeId"]
+            node = call("DOM.querySelector", nodeId=root, selector=fonts_of)["nodeId"]
+            fonts = call("CSS.getPlatformFontsForNode", nodeId=node)["fonts"]
         ws.close()
     finally:
         browser.terminate()
@@ -246,7 +256,7 @@ def visit(path: str, profile: str) -> tuple[list[str], list[str], bytes, str]:
             url = params["request"]["url"]
             if not url.startswith(("data:", "file:")):
                 requests.append(url)
-    return errors, requests, png, text
+    return errors, requests, png, text, fonts
 
 
 def _devtools_port(profile: str) -> int:

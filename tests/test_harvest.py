@@ -150,7 +150,11 @@ def test_page_mode_fetches_each_page_and_harvests_it(sample_web, archives, tmp_p
         if r["mode"] == "warc"
     }
     rows = read_output_rows(str(tmp_path / "out"))
-    assert sorted((r["url"], r["caption"]) for r in rows) == sorted(planted)
+    # Each page that could not be used keeps a row of its own, with its reason.
+    failed = {(r["url"], r["reason"]) for r in rows if r["status"] == "failed"}
+    assert failed == {(f"{sample_web.base_url}/pages/9999.html", "http_404"), (image, "not_html")}
+    pairs = [r for r in rows if r["status"] != "failed"]
+    assert sorted((r["url"], r["caption"]) for r in pairs) == sorted(planted)
     harvest = stats["harvest"]
     assert harvest["pages"] == harvest["pages_with_pairs"] == len(listed.split())
     assert harvest["skipped_records"] == {"http_404": 1, "not_html": 1}

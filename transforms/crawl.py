@@ -114,22 +114,41 @@ def download_sample(
 
 
 def failure_alarm(stats: dict[str, Any], max_failure_rate: float) -> str | None:
-    """The alarm of a run whose crawl failed transiently too often (a DNS or network outage, a
-    blocked crawler), from its stats; None when the share is within `max_failure_rate`."""
+    """The alarm of a run whose pages (page mode) or images failed transiently too often (a DNS or
+    network outage, a blocked crawler), from its stats; None when each share is within
+    `max_failure_rate`."""
+    alarms = []
+    harvest = stats.get("harvest") or {}
+    skipped = harvest.get("skipped_records") or {}
+    pages = harvest.get("pages", 0) + sum(skipped.values())
+    alarm = _transient_alarm("pages the reader fetched", pages, skipped, max_failure_rate)
+    if alarm:  # the failed pages are rows of the read stage, which --retry-failed does not fetch again
+        alarms.append(f"{alarm} Rerun the page list once they recover.")
     crawl = stats.get("stages", {}).get(STAGE)
-    if not crawl or not crawl["total"]:
+    if crawl:
+        # The crawl stage's input: every sample the stages before it kept.
+        attempted = crawl["total"]
+        alarm = _transient_alarm("samples the crawl attempted", attempted, crawl["dropped"], max_failure_rate)
+        if alarm:
+            alarms.append(f"{alarm} Rerun with `--retry-failed` on this output once they recover.")
+    return " ".join(alarms) or None
+
+
+def _transient_alarm(
+    what: str, attempted: int, failures: dict[str, int], max_failure_rate: float
+) -> str | None:
+    """Why `attempted` fetches with these `failures` (reason → count) are too many to trust, or None."""
+    transient = {r: n for r, n in failures.items() if is_retryable_failure(r)}
+    if not attempted:
         return None
-    transient = {r: n for r, n in crawl["dropped"].items() if is_retryable_failure(r)}
-    # The crawl stage's input: every sample the stages before it kept.
-    attempted = crawl["total"]
     rate = sum(transient.values()) / attempted
     if rate <= max_failure_rate:
         return None
     worst = ", ".join(f"{reason} {n:,}" for reason, n in sorted(transient.items(), key=lambda kv: -kv[1])[:4])
     return (
-        f"{rate:.0%} of the {attempted:,} samples the crawl attempted failed transiently ({worst}), above "
+        f"{rate:.0%} of the {attempted:,} {what} failed transiently ({worst}), above "
         f"crawl.max_failure_rate {max_failure_rate:.0%}: the network, DNS or the sites were failing, not "
-        "the data. Rerun with `--retry-failed` on this output once they recover."
+        "the data."
     )
 
 

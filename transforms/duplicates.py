@@ -84,8 +84,9 @@ def _exact_group(element: tuple[str, Iterable[tuple[Any, str, str | None]]]) -> 
     _, kept, kept_sha = ordered[0]
     for _, uid, sha in ordered[1:]:
         if uid != kept:
-            same = "bytes" if sha and sha == kept_sha else "decoded pixels"
-            yield Decision(uid, EXACT, kept, f"the same {same} as {kept} (pixels sha256 {digest[:16]})")
+            files = "; the downloaded files are identical too" if sha and sha == kept_sha else ""
+            detail = f"the same decoded pixels as {kept} (sha256 of the RGB pixels {digest[:16]}{files})"
+            yield Decision(uid, EXACT, kept, detail)
 
 
 class ExactDuplicates(beam.PTransform):

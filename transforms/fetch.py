@@ -21,6 +21,8 @@ reason code recorded for the sample:
 
 robots.txt and tdmrep.json are checked before the image is requested, on every redirect hop, so a
 disallowed path is never fetched; the response headers are checked before the body is read.
+robots.txt comes first: an origin's tdmrep.json is requested only once its robots.txt has allowed
+a path about to be fetched, so an origin that disallows the crawl gets no other request.
 Requests to one host go through `transforms/politeness.py` (concurrency cap, minimum delay, the
 robots.txt Crawl-delay). The fetcher keeps one keep-alive connection pool per host, shared by all
 threads of a worker. Unless `allow_private_networks`, every connection it opens goes through the
@@ -33,6 +35,7 @@ import dataclasses
 import datetime
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -54,18 +57,26 @@ from urllib3.exceptions import (
 )
 
 from transforms.netguard import ForbiddenAddress
-from transforms.optouts import content_usage_disallows, tdm_header_reserves, x_robots_tag_disallows
+from transforms.optouts import (
+    TdmRule,
+    content_usage_disallows,
+    tdm_header_reserves,
+    tdm_rules_reserve,
+    x_robots_tag_disallows,
+)
 from transforms.politeness import HostThrottle
 from transforms.robots import (
     ALLOW_ALL,
     MAX_TTL_S,
+    RESERVE_ALL,
     ROBOTS_PATH,
     SITE_FILE_MAX_BYTES,
     SITE_FILE_MAX_REDIRECTS,
     TDMREP_PATH,
+    UNLOADABLE,
+    OriginCache,
     SiteFile,
     SiteRules,
-    SiteRulesCache,
     robots_rules,
     tdm_rules,
 )
@@ -220,11 +231,15 @@ class Fetcher:
             "Accept": accept,
         }
         self._throttle = HostThrottle(options.max_per_host)
-        self._sites = SiteRulesCache(self._load_site_rules, options.robots_cache_ttl)
+        self._robots = OriginCache(self._load_robots, UNLOADABLE, options.robots_cache_ttl)
+        self._tdmrep = OriginCache(self._load_tdmrep, RESERVE_ALL, options.robots_cache_ttl)
 
     def fetch(self, url: str) -> FetchResult:
         """Fetches `url`, retrying transient failures `retries` times."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as err:  # an unbalanced IPv6 bracket, ...
+            raise FetchError("invalid_url", f"{err}: {url[:200]!r}") from err
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FetchError("invalid_url", f"not an absolute http(s) URL: {url[:200]!r}")
         options = self._options
@@ -310,17 +325,19 @@ class Fetcher:
             raise _transport_error(err.reason or err if isinstance(err, MaxRetryError) else err) from err
 
     def _check_site_rules(self, url: str, parts: SplitResult) -> SiteRules:
-        """Raises the opt-out (or `robots_unreachable`) failure of `url`'s origin rules, if any."""
+        """Raises the opt-out (or `robots_unreachable`) failure of `url`'s origin rules, if any.
+
+        robots.txt is asked first; the origin's tdmrep.json is fetched only for a path robots.txt
+        allows, so an origin that disallows the crawl is asked for nothing but its robots.txt."""
         options = self._options
-        if not (options.respect_robots_txt or options.respect_tdmrep):
-            return ALLOW_ALL
-        rules = self._sites.get(_origin(parts))
-        if options.respect_robots_txt and not rules.robots_allows(url, options.user_agent_token):
+        origin = _origin(parts)
+        rules = self._robots.get(origin) if options.respect_robots_txt else ALLOW_ALL
+        if not rules.robots_allows(url, options.user_agent_token):
             if rules.robots == "parsed":
                 raise FetchError("opted_out_robots_txt", rules.robots_detail)
             raise FetchError(rules.transport_failure or "robots_unreachable", rules.robots_detail)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if options.respect_tdmrep and rules.tdm_reserved(path):
+        if options.respect_tdmrep and tdm_rules_reserve(self._tdmrep.get(origin), path):
             raise FetchError(
                 "opted_out_tdmrep", f"{TDMREP_PATH} reserves text and data mining rights for {path}"
             )
@@ -330,16 +347,11 @@ class Fetcher:
         crawl_delay = rules.crawl_delay(self._options.user_agent_token) or 0.0
         return max(self._options.min_host_delay, min(crawl_delay, self._options.max_crawl_delay))
 
-    def _load_site_rules(self, origin: str) -> SiteRules:
-        options = self._options
-        rules = (
-            robots_rules(self._site_file(origin + ROBOTS_PATH)) if options.respect_robots_txt else ALLOW_ALL
-        )
-        if options.respect_tdmrep and rules.robots != "disallow_all":  # nothing will be fetched anyway
-            rules = dataclasses.replace(
-                rules, tdm_rules=tdm_rules(origin, self._site_file(origin + TDMREP_PATH))
-            )
-        return rules
+    def _load_robots(self, origin: str) -> SiteRules:
+        return robots_rules(self._site_file(origin + ROBOTS_PATH))
+
+    def _load_tdmrep(self, origin: str) -> tuple[TdmRule, ...]:
+        return tdm_rules(origin, self._site_file(origin + TDMREP_PATH))
 
     def _site_file(self, url: str) -> SiteFile:
         """GETs a robots.txt or tdmrep.json: at most 5 redirects and the first 500 KiB of the body."""
@@ -458,8 +470,11 @@ def _origin(parts: SplitResult) -> str:
 
 def _follow(url: str, location: str, visited: set[str]) -> str:
     """The next hop of a redirect; refuses other schemes and loops."""
-    target = urlunsplit(urlsplit(urljoin(url, location.strip()))._replace(fragment=""))
-    parts = urlsplit(target)
+    try:
+        target = urlunsplit(urlsplit(urljoin(url, location.strip()))._replace(fragment=""))
+        parts = urlsplit(target)
+    except ValueError as err:  # a Location with an unbalanced IPv6 bracket, ...
+        raise FetchError("invalid_url", f"redirect to an unparseable URL {location[:200]!r}: {err}") from err
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise FetchError(
             "invalid_url", f"redirect to a non-http(s) URL or one without a host: {target[:200]!r}"
@@ -486,8 +501,23 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
+_POOL_REPR = re.compile(r"\b\w+\(host='([^']*)', port=(\d+)\): ")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>(: )?")
+_NOISE = re.compile(r"\[Errno -?\d+\] | \(_ssl\.c:\d+\)")
+_INCOMPLETE = re.compile(r"IncompleteRead\(([^)]*)\)")
+
+
+def describe_transport_error(err: BaseException) -> str:
+    """A transport failure in a user's words: the host and what went wrong, without the HTTP
+    library's class names, object addresses and errno numbers."""
+    cause = err.args[0] if isinstance(err, ProtocolError) and err.args else err
+    text = _POOL_REPR.sub(r"\1:\2: ", str(cause))
+    text = _INCOMPLETE.sub(r"\1", _NOISE.sub("", _OBJECT_REPR.sub("", text)))
+    return text.strip()[:500] or "the connection failed"
+
+
 def _transport_error(err: BaseException) -> FetchError:
-    message = f"{type(err).__name__}: {err}"[:500]
+    message = describe_transport_error(err)
     if isinstance(err, ForbiddenAddress):
         return FetchError("forbidden_address", str(err)[:500])
     exceptions = urllib3.exceptions

@@ -1,8 +1,11 @@
 """Per-origin site rules: robots.txt (RFC 9309, parsed by `protego`) and TDMRep's `tdmrep.json`.
 
-`SiteRulesCache.get(origin)` returns the rules of one origin (`scheme://host[:port]`), loading
-them once: the first thread to ask fetches the files while the others wait for its answer, and
-the answer is kept for `ttl` seconds (RFC 9309 allows at most 24 hours).
+`OriginCache.get(origin)` returns what one origin's (`scheme://host[:port]`) file says, loading
+it once: the first thread to ask fetches the file while the others wait for its answer, and the
+answer is kept for `ttl` seconds (RFC 9309 allows at most 24 hours). The fetcher keeps one cache
+for robots.txt and one for tdmrep.json, and asks in that order: robots.txt first, and tdmrep.json
+only once robots.txt has allowed a path the crawl is about to request. An origin whose robots.txt
+disallows every path the crawl asks for gets no request but that for its robots.txt.
 
 How a robots.txt fetch is read (RFC 9309 section 2.3.1):
 
@@ -28,13 +31,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from protego import Protego
 
-from transforms.optouts import TdmRule, parse_tdmrep, tdm_rules_reserve
+from transforms.optouts import TdmRule, parse_tdmrep
 
 LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ROBOTS_PATH = "/robots.txt"
 TDMREP_PATH = "/.well-known/tdmrep.json"
@@ -59,13 +63,12 @@ class SiteFile:
 
 @dataclasses.dataclass(frozen=True)
 class SiteRules:
-    """The robots.txt verdict and TDMRep rules of one origin."""
+    """The robots.txt verdict of one origin."""
 
     robots: Literal["parsed", "allow_all", "disallow_all"]
     #: Why the robots.txt was read as it was, for the sample's error message.
     robots_detail: str
     parser: Protego | None = None
-    tdm_rules: tuple[TdmRule, ...] = ()
     #: When the robots.txt could not be fetched at all: why (`dns_error`, `timeout`, ...).
     transport_failure: str | None = None
 
@@ -82,11 +85,11 @@ class SiteRules:
         delay = self.parser.crawl_delay(token)
         return float(delay) if delay is not None else None
 
-    def tdm_reserved(self, path: str) -> bool:
-        return tdm_rules_reserve(self.tdm_rules, path)
-
 
 ALLOW_ALL = SiteRules("allow_all", "robots.txt not consulted")
+#: The rules of an origin whose files could not be loaded (an unexpected error): nothing is fetched.
+UNLOADABLE = SiteRules("disallow_all", "site rules could not be loaded: all disallowed")
+RESERVE_ALL: tuple[TdmRule, ...] = (TdmRule("/", reserved=True),)
 
 
 def robots_rules(fetched: SiteFile) -> SiteRules:
@@ -117,30 +120,33 @@ def tdm_rules(origin: str, fetched: SiteFile) -> tuple[TdmRule, ...]:
         return ()
 
 
-class SiteRulesCache:
-    """Thread-safe cache of `SiteRules` by origin, each loaded once per `ttl`.
+class OriginCache(Generic[_T]):
+    """Thread-safe cache of one site file's rules by origin, each loaded once per `ttl`.
 
-    `load(origin)` fetches and parses the origin's files. Concurrent requests for an origin being
-    loaded wait for that load instead of fetching again. At most `max_entries` origins are kept;
-    the least recently loaded is forgotten first.
+    `load(origin)` fetches and parses the origin's file; should it raise, the origin gets
+    `fallback` (which should forbid, not allow). Concurrent requests for an origin being loaded
+    wait for that load instead of fetching again. At most `max_entries` origins are kept; the
+    least recently loaded is forgotten first.
     """
 
     def __init__(
         self,
-        load: Callable[[str], SiteRules],
+        load: Callable[[str], _T],
+        fallback: _T,
         ttl: float = MAX_TTL_S,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._load = load
+        self._fallback = fallback
         self._ttl = min(ttl, MAX_TTL_S)
         self._max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[str, tuple[float, SiteRules]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, tuple[float, _T]] = collections.OrderedDict()
         self._loading: dict[str, threading.Event] = {}
 
-    def get(self, origin: str) -> SiteRules:
+    def get(self, origin: str) -> _T:
         while True:
             with self._lock:
                 entry = self._entries.get(origin)
@@ -155,7 +161,7 @@ class SiteRulesCache:
             rules = self._load(origin)
         except Exception:
             LOG.exception("loading the site rules of %s failed; all disallowed", origin)
-            rules = SiteRules("disallow_all", "site rules could not be loaded: all disallowed")
+            rules = self._fallback
         with self._lock:
             self._entries[origin] = (self._clock(), rules)
             self._entries.move_to_end(origin)

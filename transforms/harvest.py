@@ -28,8 +28,11 @@ from urllib.parse import urljoin, urlsplit
 import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from selectolax.lexbor import LexborHTMLParser
+from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+from warcio.exceptions import ArchiveLoadFailed
 
 from schemas.sample import BATCH_SCHEMA, Status, make_uid
+from transforms.charsets import bom_encoding, charset_from_content_type, decode_html
 
 #: Tagged output of the readers that harvest: per-file or per-bundle page and pair counts.
 HARVEST_COUNTS = "harvest_counts"
@@ -66,11 +69,15 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class Page:
-    """The pairs of one archive record (a page); `offset` is the record's byte offset in its file."""
+    """The pairs of one archive record (a page); `offset` is the record's byte offset in its file,
+    `charset` the encoding its HTML was decoded with and `charset_source` where that came from
+    (`transforms.charsets.Decoded`); a WAT envelope, already text, has neither."""
 
     url: str
     offset: int
     pairs: list[Pair]
+    charset: str | None = None
+    charset_source: str | None = None
 
 
 def _clean(text: str | None) -> str | None:
@@ -127,8 +134,9 @@ def largest_srcset_candidate(srcset: str) -> str | None:
 
 
 def html_pairs(html: bytes | str, page_url: str) -> list[Pair]:
-    """The image/alt-text pairs of an HTML page, in document order."""
-    tree = LexborHTMLParser(html)
+    """The image/alt-text pairs of an HTML page, in document order; bytes are decoded as the page
+    declares (`transforms.charsets.decode_html`)."""
+    tree = LexborHTMLParser(decode_html(html).text if isinstance(html, bytes) else html)
     base_node = tree.css_first("base[href]")
     base = urljoin(page_url, base_node.attributes.get("href") or "") if base_node else page_url
     pairs = []
@@ -232,22 +240,55 @@ def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, byte
 
 
 def archive_pages(stream: BinaryIO, fmt: str, max_record_bytes: int) -> Iterator[Page | Skipped]:
-    """The pages of a WAT (`fmt="wat"`) or WARC (`"warc"`) archive, with what was skipped and why."""
-    kinds = WarcRecordType.metadata if fmt == "wat" else WarcRecordType.response
+    """The pages of a WAT (`fmt="wat"`), WARC (`"warc"`) or ARC (`"arc"`) archive, with what was
+    skipped and why. WARC records of any version (ClueWeb09's `WARC/0.18`, LF-only headers) are
+    read by `fastwarc`; ARC records (the Internet Archive's format before WARC, v1 and v2) by
+    `warcio`, which turns them into WARC records. Each gzip member is read as what it starts with,
+    so `--input-format warc` reads ARC files too."""
     for item in records(stream, max_record_bytes):
         if isinstance(item, Skipped):
             yield item
-            continue
-        offset, data = item
-        found: list[Page | Skipped] = []
-        try:  # a record is read while the iterator stands on it
-            for record in ArchiveIterator(io.BytesIO(data), record_types=kinds, parse_http=fmt == "warc"):
-                found.append(_page(record, fmt, offset))
-        except OSError as err:
-            if len(found) <= 1:  # a gzip member is one record: what was read of a broken one is dropped
-                found = []
-            found.append(Skipped("malformed_record", f"byte {offset}: {err}"))
-        yield from found
+        elif fmt == "wat" or item[1][:64].lstrip().startswith(b"WARC/"):
+            yield from _warc_pages(item[1], fmt, item[0])
+        else:
+            yield from _arc_pages(item[1], item[0])
+
+
+def _warc_pages(data: bytes, fmt: str, offset: int) -> list[Page | Skipped]:
+    kinds = WarcRecordType.metadata if fmt == "wat" else WarcRecordType.response
+    # WARC/1.x with CRLF lines is read strictly (a broken record is malformed); older versions and
+    # LF-only lines (ClueWeb09's WARC/0.18) in quirks mode, which reads what they are.
+    first_line = data[: data.find(b"\n") + 1].lstrip()
+    quirks = not first_line.startswith((b"WARC/1.0\r\n", b"WARC/1.1\r\n"))
+    found: list[Page | Skipped] = []
+    iterator = ArchiveIterator(
+        io.BytesIO(data), record_types=kinds, parse_http=fmt != "wat", quirks_mode=quirks, auto_decode="all"
+    )
+    try:  # a record is read while the iterator stands on it
+        for record in iterator:
+            found.append(_page(record, fmt, offset))
+    except OSError as err:
+        if len(found) <= 1:  # a gzip member is one record: what was read of a broken one is dropped
+            found = []
+        found.append(Skipped("malformed_record", f"byte {offset}: {err}"))
+    return found
+
+
+def _arc_pages(data: bytes, offset: int) -> list[Page | Skipped]:
+    found: list[Page | Skipped] = []
+    try:
+        for record in WarcioIterator(io.BytesIO(data), arc2warc=True):
+            if record.rec_type != "response":
+                continue
+            target = record.rec_headers.get_header("WARC-Target-URI") or ""
+            where = f"byte {offset} ({target})"
+            content_type = record.http_headers.get_header("Content-Type") if record.http_headers else None
+            found.append(html_page(target, offset, content_type or "", record.content_stream().read(), where))
+    except (ArchiveLoadFailed, OSError, ValueError) as err:
+        if len(found) <= 1:
+            found = []
+        found.append(Skipped("malformed_record", f"byte {offset}: not an ARC or WARC record: {err}"))
+    return found
 
 
 def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
@@ -270,10 +311,12 @@ def html_page(url: str, offset: int, content_type: str, body: bytes, where: str)
     it in the reason's message. A WARC record and a fetched page are judged alike."""
     if "html" not in content_type.lower():
         return Skipped("not_html", f"{where}: Content-Type {content_type or 'missing'!r}")
-    if b"\x00" in body[:1024]:
+    declared = bom_encoding(body) or charset_from_content_type(content_type) or ""
+    if b"\x00" in body[:1024] and not declared.startswith("UTF-16"):
         return Skipped("invalid_html", f"{where}: binary content served as {content_type!r}")
     try:
-        return Page(url, offset, html_pairs(body, url))
+        decoded = decode_html(body, content_type)
+        return Page(url, offset, html_pairs(decoded.text, url), decoded.charset, decoded.source)
     except (ValueError, UnicodeDecodeError) as err:
         return Skipped("invalid_html", f"{where}: {err}")
 
@@ -297,6 +340,7 @@ def pairs_batch(pages: list[Page], archive: str | None = None) -> pa.RecordBatch
             extra: dict[str, Any] = {"page_url": page.url, "position": position}
             if archive is not None:
                 extra.update(warc_file=archive, warc_offset=page.offset)
+            extra.update(charset=page.charset, charset_source=page.charset_source)
             extra.update(
                 alt=pair.alt, title=pair.title, figcaption=pair.figcaption, caption_source=pair.caption_source
             )

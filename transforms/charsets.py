@@ -111,6 +111,22 @@ _ENCODINGS: dict[str, tuple[str, str]] = {
 _LABELS = {label: name for name, (_, labels) in _ENCODINGS.items() for label in labels.split()}
 #: Python codec name -> WHATWG name, to name what detection found as the standard does.
 _BY_CODEC = {codecs.lookup(codec).name: name for name, (codec, _) in reversed(_ENCODINGS.items())}
+#: Codecs detection may name whose WHATWG encoding is decoded by another (usually wider) codec.
+_BY_CODEC.update(
+    {
+        "gbk": "GBK",
+        "gb2312": "GBK",
+        "big5": "Big5",
+        "euc_jis_2004": "EUC-JP",
+        "euc_jisx0213": "EUC-JP",
+        "shift_jis": "Shift_JIS",
+        "shift_jis_2004": "Shift_JIS",
+        "shift_jisx0213": "Shift_JIS",
+        "euc_kr": "EUC-KR",
+        "iso8859-1": "windows-1252",
+        "ascii": "windows-1252",
+    }
+)
 _BOMS = ((codecs.BOM_UTF8, "UTF-8"), (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE"))
 #: How far the prescan looks for a `<meta>` (the standard's 1024 bytes).
 PRESCAN_BYTES = 1024
@@ -222,12 +238,13 @@ def _detect(body: bytes) -> Decoded:
     text = _strict(body, "UTF-8")
     if text is not None:
         return Decoded(text, "UTF-8", "detected")
-    best = from_bytes(body[: 1 << 18]).best()  # a page's first 256 KiB decide; its codec then decodes all
+    best = from_bytes(body[: 1 << 18]).best()  # a page's first 256 KiB decide
     if best is not None:
         name = _BY_CODEC.get(codecs.lookup(best.encoding).name)
-        codec = _ENCODINGS[name][0] if name else best.encoding
-        try:
-            return Decoded(body.decode(codec), name or best.encoding, "detected")
+        if name is not None and (text := _strict(body, name)) is not None:
+            return Decoded(text, name, "detected")
+        try:  # the codec detection found, where the WHATWG one does not fit all the bytes
+            return Decoded(body.decode(best.encoding), best.encoding, "detected")
         except UnicodeDecodeError:
             pass
     return Decoded(body.decode("utf-8", "replace"), "UTF-8", "detected")

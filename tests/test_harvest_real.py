@@ -254,3 +254,38 @@ def test_item07_clueweb09_warc_0_18_records_are_harvested(tmp_path):
         assert not skipped
     rows = run_text_stage(whole, tmp_path / "out", "--input-format", "warc")
     assert sorted((r["url"], r["caption"]) for r in rows) == expected
+
+
+def test_item07_archives_not_gzipped_per_record_are_streamed_past_the_record_limit(tmp_path):
+    """An uncompressed WARC or ARC, or a WARC gzipped as one stream (as ClueWeb09 ships them),
+    larger than `max_record_bytes`: each record is read, only the oversized one is skipped."""
+    pages = [
+        (f"http://big.example/{i}.html", "text/html", _page(f"p{i}", "windows-1251")[1].encode("cp1251"))
+        for i in range(30)
+    ]
+    huge = b"<html><body>" + b"<p>filler</p>" * 2000 + b'<img src="/huge.jpg" alt="too big"></body></html>'
+    pages.insert(10, ("http://big.example/huge.html", "text/html", huge))
+    plain = tmp_path / "big.warc"
+    with open(plain, "wb") as out:
+        writer = WARCWriter(out, gzip=False)
+        for url, content_type, body in pages:
+            http = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+            writer.write_record(
+                writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
+            )
+    whole = tmp_path / "big.warc.gz"
+    whole.write_bytes(gzip.compress(plain.read_bytes()))
+    limit = 20_000  # a page is about 1 KB, the whole file about 60 KB
+    expected = [
+        (f"http://big.example/img/p{i}-{j}.jpg", f"{alt} (p{i})")
+        for i in range(30)
+        for j, alt in enumerate(TEXTS["windows-1251"][1])
+    ]
+    for archive in (plain, whole):
+        with open(archive, "rb") as handle:
+            items = list(archive_pages(handle, "warc", limit))
+        found = [(x.url, x.caption) for page in items if isinstance(page, Page) for x in page.pairs]
+        assert found == expected
+        assert [i.reason for i in items if isinstance(i, Skipped)] == ["record_too_large"]
+    rows = run_text_stage(whole, tmp_path / "out", "--set", f"input.max_record_bytes={limit}")
+    assert sorted((r["url"], r["caption"]) for r in rows) == sorted(expected)

@@ -68,6 +68,15 @@ class Skipped:
 
 
 @dataclasses.dataclass(frozen=True)
+class ManyRecords:
+    """From byte `offset` on, the archive is not one record per gzip member (an uncompressed file,
+    or a whole file gzipped as one stream, as ClueWeb09's are) and holds more than
+    `max_record_bytes`: its records are read by streaming from there."""
+
+    offset: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Page:
     """The pairs of one archive record (a page); `offset` is the record's byte offset in its file,
     `charset` the encoding its HTML was decoded with and `charset_source` where that came from
@@ -189,19 +198,21 @@ def wat_pairs(envelope: dict[str, Any]) -> tuple[str | None, list[Pair]]:
     return page_url, pairs
 
 
-def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, bytes] | Skipped]:
-    """The records of a WARC/WAT file as (byte offset, record bytes), one at a time.
+def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, bytes] | Skipped | ManyRecords]:
+    """The records of a WARC/WAT/ARC file as (byte offset, record bytes), one at a time.
 
     A gzipped file is split into its gzip members, one record each as WARC files are written; a
     member over `max_record_bytes` once decompressed is `Skipped` (drained, never held) and
     reading goes on with the next. Bytes that are not gzip end the file with a `Skipped`. An
-    uncompressed file is one record of at most `max_record_bytes`.
+    uncompressed file of at most `max_record_bytes` is one item; a larger one, or a member over
+    the limit whose first record is shorter than it (several records in one member), ends the
+    items with `ManyRecords`: the caller streams the records from there.
     """
     data = stream.read(_CHUNK)
     if not data.startswith(_GZIP_MAGIC):
         body = data + stream.read(max(0, max_record_bytes + 1 - len(data)))
         if len(body) > max_record_bytes:
-            yield Skipped("record_too_large", f"an uncompressed archive over {max_record_bytes} bytes")
+            yield ManyRecords(0)
         elif body:
             yield 0, body
         return
@@ -209,12 +220,14 @@ def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, byte
     while data:
         decoder = zlib.decompressobj(31)
         kept: list[bytes] | None = []
+        head = b""
         size = fed = 0
         try:
             while True:
                 chunk = decoder.decompress(data, _CHUNK)  # at most 1 MiB out per call
                 fed += len(data) - len(decoder.unconsumed_tail) - len(decoder.unused_data)
                 size += len(chunk)
+                head = head or chunk
                 if kept is not None and size <= max_record_bytes:
                     kept.append(chunk)
                 else:
@@ -232,11 +245,33 @@ def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, byte
             )
             return
         if kept is None:
+            first = first_record_size(head)
+            if first is not None and size - first > _MIN_RECORD:  # more than the record and its end
+                yield ManyRecords(offset)
+                return
             yield Skipped("record_too_large", f"byte {offset}: a record over {max_record_bytes} bytes")
         else:
             yield offset, b"".join(kept)
         offset += fed
         data = data or stream.read(_CHUNK)
+
+
+#: Fewer bytes than any record (a WARC record's own header is longer): past a record's declared
+#: end, a member holding fewer is that record's trailing newlines, not another record.
+_MIN_RECORD = 16
+_CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*\r?$", re.I | re.M)
+
+
+def first_record_size(head: bytes) -> int | None:
+    """The size of the WARC or ARC record `head` starts with (its header and the length it
+    declares), or None if `head` does not say."""
+    if head.lstrip()[:5] == b"WARC/":
+        end = min((i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0), default=-1)
+        match = _CONTENT_LENGTH.search(head, 0, end) if end >= 0 else None
+        return end + int(match.group(1)) if match else None
+    line_end = head.find(b"\n")
+    fields = head[:line_end].split() if line_end > 0 else []
+    return line_end + 1 + int(fields[-1]) if len(fields) >= 5 and fields[-1].isdigit() else None
 
 
 def archive_pages(stream: BinaryIO, fmt: str, max_record_bytes: int) -> Iterator[Page | Skipped]:
@@ -246,6 +281,9 @@ def archive_pages(stream: BinaryIO, fmt: str, max_record_bytes: int) -> Iterator
     `warcio`, which turns them into WARC records. Each gzip member is read as what it starts with,
     so `--input-format warc` reads ARC files too."""
     for item in records(stream, max_record_bytes):
+        if isinstance(item, ManyRecords):
+            yield from _streamed_pages(stream, item.offset, fmt, max_record_bytes)
+            return
         if isinstance(item, Skipped):
             yield item
         elif fmt == "wat" or item[1][:64].lstrip().startswith(b"WARC/"):
@@ -278,17 +316,64 @@ def _arc_pages(data: bytes, offset: int) -> list[Page | Skipped]:
     found: list[Page | Skipped] = []
     try:
         for record in WarcioIterator(io.BytesIO(data), arc2warc=True):
-            if record.rec_type != "response":
-                continue
-            target = record.rec_headers.get_header("WARC-Target-URI") or ""
-            where = f"byte {offset} ({target})"
-            content_type = record.http_headers.get_header("Content-Type") if record.http_headers else None
-            found.append(html_page(target, offset, content_type or "", record.content_stream().read(), where))
+            if record.rec_type == "response":
+                found.append(_arc_page(record, offset))
     except (ArchiveLoadFailed, OSError, ValueError) as err:
         if len(found) <= 1:
             found = []
         found.append(Skipped("malformed_record", f"byte {offset}: not an ARC or WARC record: {err}"))
     return found
+
+
+def _arc_page(record: Any, offset: int) -> Page | Skipped:
+    """The page of an ARC record (as `warcio` turns it into a WARC response record)."""
+    target = record.rec_headers.get_header("WARC-Target-URI") or ""
+    content_type = record.http_headers.get_header("Content-Type") if record.http_headers else None
+    body = record.content_stream().read()
+    return html_page(target, offset, content_type or "", body, f"byte {offset} ({target})")
+
+
+def _streamed_pages(
+    stream: BinaryIO, offset: int, fmt: str, max_record_bytes: int
+) -> Iterator[Page | Skipped]:
+    """The pages of an archive read as one stream from byte `offset` (`ManyRecords`), one record
+    at a time; a record over `max_record_bytes` is skipped unread, and a malformed one ends the
+    file (nothing marks where the next one starts)."""
+    if not stream.seekable():
+        yield Skipped("record_too_large", f"byte {offset}: a stream over {max_record_bytes} bytes")
+        return
+    stream.seek(offset)
+    head = stream.read(_CHUNK)
+    stream.seek(offset)
+    if head.startswith(_GZIP_MAGIC):
+        head = zlib.decompressobj(31).decompress(head, 4096)
+    try:
+        if fmt == "wat" or head.lstrip()[:5] == b"WARC/":
+            quirks = not head.lstrip().startswith((b"WARC/1.0\r\n", b"WARC/1.1\r\n"))
+            kinds = WarcRecordType.metadata if fmt == "wat" else WarcRecordType.response
+            iterator = ArchiveIterator(
+                stream, record_types=kinds, parse_http=fmt != "wat", quirks_mode=quirks, auto_decode="all"
+            )
+            for record in iterator:
+                if record.content_length > max_record_bytes:
+                    yield Skipped(
+                        "record_too_large",
+                        f"byte {record.stream_pos}: a record over {max_record_bytes} bytes",
+                    )
+                else:
+                    yield _page(record, fmt, record.stream_pos)
+            return
+        arc = WarcioIterator(stream, arc2warc=True)
+        for arc_record in arc:
+            at = offset + arc.get_record_offset()
+            if arc_record.rec_type != "response":
+                continue
+            if int(arc_record.rec_headers.get_header("Content-Length") or 0) > max_record_bytes:
+                yield Skipped("record_too_large", f"byte {at}: a record over {max_record_bytes} bytes")
+            else:
+                yield _arc_page(arc_record, at)
+    except (ArchiveLoadFailed, OSError, ValueError) as err:
+        yield Skipped("malformed_record", f"after byte {offset}: {err}; the rest of the file is skipped")
 
 
 def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:

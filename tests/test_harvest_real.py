@@ -6,8 +6,10 @@ EUC-JP, ISO-8859-1) declared in every way a page can declare them, and the older
 from __future__ import annotations
 
 import gzip
+import http.server
 import io
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from pipeline.cli import main
-from tests.conftest import read_output_rows
+from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.charsets import decode_html, encoding_for_label, prescan_meta
 from transforms.harvest import Page, Skipped, archive_pages
 from transforms.readers import detect_format
@@ -289,3 +291,41 @@ def test_item07_archives_not_gzipped_per_record_are_streamed_past_the_record_lim
         assert [i.reason for i in items if isinstance(i, Skipped)] == ["record_too_large"]
     rows = run_text_stage(whole, tmp_path / "out", "--set", f"input.max_record_bytes={limit}")
     assert sorted((r["url"], r["caption"]) for r in rows) == sorted(expected)
+
+
+def test_item07_page_mode_decodes_fetched_pages_as_declared(tmp_path):
+    """The same rules for a page fetched in page mode, whose HTTP header is the server's."""
+    served: dict[str, tuple[str, bytes]] = {}
+    expected = {}
+    for charset, content_type, head in (
+        ("GBK", "text/html; charset=GBK", ""),
+        ("EUC-JP", "text/html", '<meta http-equiv="Content-Type" content="text/html; charset=euc-jp">'),
+        ("windows-1251", "text/html", ""),
+    ):
+        url, html, alts = _page(f"fetched-{charset}", charset, head)
+        served[url.rsplit("/", 1)[1]] = (content_type, html.encode(CODECS[charset]))
+        expected.update(dict.fromkeys(alts, charset))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            content_type, body = served.get(self.path.lstrip("/"), ("text/plain", b""))
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            base = f"http://127.0.0.1:{server.server_address[1]}"
+            listing = tmp_path / "pages.txt"
+            listing.write_text("".join(f"{base}/{name}\n" for name in served))
+            overrides = [arg for item in TEST_OVERRIDES for arg in ("--set", item)]
+            rows = run_text_stage(listing, tmp_path / "out", "--input-format", "pages", *overrides)
+        finally:
+            server.shutdown()
+    assert {r["caption"]: json.loads(r["extra"])["charset"] for r in rows} == expected

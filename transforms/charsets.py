@@ -185,7 +185,8 @@ def prescan_meta(body: bytes, limit: int = PRESCAN_BYTES) -> str | None:
             if found is not None:
                 return "UTF-8" if found.startswith("UTF-16") else found
             continue
-        pos += 1
+        following = data.find(b"<", pos + 1)
+        pos = following if following >= 0 else len(data)
     return None
 
 
@@ -252,13 +253,16 @@ def _detect(body: bytes) -> Decoded:
 
 def decode_html(body: bytes, content_type: str | None = None) -> Decoded:
     """`body`, an HTML page served with `content_type`, decoded as it declares (see the module)."""
-    for bom, charset in _BOMS:
+    for bom, named in _BOMS:
         if body.startswith(bom):
-            return Decoded(body[len(bom) :].decode(_ENCODINGS[charset][0], "replace"), charset, "bom")
-    for source, charset in (("http", charset_from_content_type(content_type)), ("meta", prescan_meta(body))):
-        if charset is None:
-            continue
-        text = _as_declared(body, charset)
-        if text is not None:
+            return Decoded(body[len(bom) :].decode(_ENCODINGS[named][0], "replace"), named, "bom")
+    declarations = (
+        ("http", lambda: charset_from_content_type(content_type)),
+        ("meta", lambda: prescan_meta(body)),
+    )
+    for source, declared in declarations:  # the prescan only runs when the header gives nothing usable
+        charset = declared()
+        text = _as_declared(body, charset) if charset is not None else None
+        if charset is not None and text is not None:
             return Decoded(text, charset, source)
     return _detect(body)

@@ -289,6 +289,17 @@ def test_item07_archives_not_gzipped_per_record_are_streamed_past_the_record_lim
         found = [(x.url, x.caption) for page in items if isinstance(page, Page) for x in page.pairs]
         assert found == expected
         assert [i.reason for i in items if isinstance(i, Skipped)] == ["record_too_large"]
+    # A download cut short: the records before the cut keep their pairs.
+    with open(whole, "rb") as handle:
+        cut = handle.read()
+    with io.BytesIO(cut[: len(cut) * 2 // 3]) as handle:
+        found = [
+            (x.url, x.caption)
+            for p in archive_pages(handle, "warc", limit)
+            if isinstance(p, Page)
+            for x in p.pairs
+        ]
+    assert 20 <= len(found) < len(expected) and found == expected[: len(found)]
     rows = run_text_stage(whole, tmp_path / "out", "--set", f"input.max_record_bytes={limit}")
     assert sorted((r["url"], r["caption"]) for r in rows) == sorted(expected)
 

@@ -204,9 +204,9 @@ def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, byte
     A gzipped file is split into its gzip members, one record each as WARC files are written; a
     member over `max_record_bytes` once decompressed is `Skipped` (drained, never held) and
     reading goes on with the next. Bytes that are not gzip end the file with a `Skipped`. An
-    uncompressed file of at most `max_record_bytes` is one item; a larger one, or a member over
-    the limit whose first record is shorter than it (several records in one member), ends the
-    items with `ManyRecords`: the caller streams the records from there.
+    uncompressed file of at most `max_record_bytes` is one item; a larger one, or a member that
+    holds several records and is over the limit, truncated or damaged, ends the items with
+    `ManyRecords`: the caller streams its records from there, up to any damage.
     """
     data = stream.read(_CHUNK)
     if not data.startswith(_GZIP_MAGIC):
@@ -237,16 +237,21 @@ def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, byte
                     break
                 data = decoder.unconsumed_tail or stream.read(_CHUNK)
                 if not data:
-                    yield Skipped("malformed_record", f"byte {offset}: the archive ends inside a record")
+                    if _holds_more_records(head, size):  # its whole records are read, by streaming
+                        yield ManyRecords(offset)
+                    else:
+                        yield Skipped("malformed_record", f"byte {offset}: the archive ends inside a record")
                     return
         except zlib.error as err:
-            yield Skipped(
-                "malformed_record", f"byte {offset}: not gzip ({err}); the rest of the file is skipped"
-            )
+            if _holds_more_records(head, size):
+                yield ManyRecords(offset)
+            else:
+                yield Skipped(
+                    "malformed_record", f"byte {offset}: not gzip ({err}); the rest of the file is skipped"
+                )
             return
         if kept is None:
-            first = first_record_size(head)
-            if first is not None and size - first > _MIN_RECORD:  # more than the record and its end
+            if _holds_more_records(head, size):
                 yield ManyRecords(offset)
                 return
             yield Skipped("record_too_large", f"byte {offset}: a record over {max_record_bytes} bytes")
@@ -260,6 +265,13 @@ def records(stream: BinaryIO, max_record_bytes: int) -> Iterator[tuple[int, byte
 #: end, a member holding fewer is that record's trailing newlines, not another record.
 _MIN_RECORD = 16
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(\d+)[ \t]*\r?$", re.I | re.M)
+
+
+def _holds_more_records(head: bytes, size: int) -> bool:
+    """Whether a gzip member that starts with `head` and of which `size` bytes were decompressed
+    holds more than its first record (and that record's trailing newlines)."""
+    first = first_record_size(head)
+    return first is not None and size - first > _MIN_RECORD
 
 
 def first_record_size(head: bytes) -> int | None:

@@ -3,14 +3,17 @@
 - **WAT** (Common Crawl's metadata archives): each `metadata` record holds a JSON envelope; the
   `IMG@/src` links of its `HTML-Metadata` give the pairs, with their `alt` and `title`, resolved
   against the page URL or the page's `<base href>`.
-- **WARC**: each `response` record whose HTTP Content-Type is HTML is parsed with `selectolax`
-  (lexbor): every `<img>` with its `src` or the largest `srcset` candidate, `alt`, `title`, and
-  the text of the `<figcaption>` of its `<figure>`, which is the caption when `alt` is empty.
+- **WARC** (any version, ClueWeb09's `WARC/0.18` too) and **ARC** (the Internet Archive's format
+  before WARC): each `response` record whose HTTP Content-Type is HTML is decoded as it declares
+  (`transforms.charsets`) and parsed with `selectolax` (lexbor): every `<img>` with its `src` or
+  the largest `srcset` candidate, `alt`, `title`, and the text of the `<figcaption>` of its
+  `<figure>`, which is the caption when `alt` is empty.
 
 Only http(s) image URLs are kept. Archives are read one record at a time: a gzipped archive is
 split into its gzip members (one record each, as WARC files are written), so a record that is
-malformed, too large or not HTML is skipped with a reason (`Skipped`) and the next one is read.
-Nothing holds more than one record, and no record more than `max_record_bytes`.
+malformed, too large or not HTML is skipped with a reason (`Skipped`) and the next one is read;
+an uncompressed archive or one gzipped as a single stream is streamed record by record
+(`ManyRecords`). Nothing holds more than one record, and no record more than `max_record_bytes`.
 """
 
 from __future__ import annotations

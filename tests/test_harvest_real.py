@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import threading
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -340,3 +341,34 @@ def test_item07_page_mode_decodes_fetched_pages_as_declared(tmp_path):
         finally:
             server.shutdown()
     assert {r["caption"]: json.loads(r["extra"])["charset"] for r in rows} == expected
+
+
+def test_item07_compressed_and_chunked_pages_are_read_as_their_headers_say(tmp_path):
+    """A crawler that stored the bytes as sent (gzip, deflate, chunked) or stored them decoded
+    but kept the headers: either way the page's pairs are found."""
+    html = b'<img src="/a.jpg" alt="Ein Hund im Schnee">'
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    cases = {
+        "gzip": ("Content-Encoding", "gzip", gzip.compress(html)),
+        "zlib": ("Content-Encoding", "deflate", zlib.compress(html)),
+        "deflate": ("Content-Encoding", "deflate", deflater.compress(html) + deflater.flush()),
+        "stored-decoded": ("Content-Encoding", "gzip", html),
+        "chunked": ("Transfer-Encoding", "chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(html), html)),
+        "unchunked": ("Transfer-Encoding", "chunked", html),
+    }
+    archive = tmp_path / "codings.warc.gz"
+    with open(archive, "wb") as out:
+        writer = WARCWriter(out, gzip=True)
+        for case, (header, value, body) in cases.items():
+            http = StatusAndHeaders(
+                "200 OK", [("Content-Type", "text/html"), (header, value)], protocol="HTTP/1.1"
+            )
+            record = writer.create_warc_record(
+                f"http://c.example/{case}/", "response", payload=io.BytesIO(body), http_headers=http
+            )
+            writer.write_record(record)
+    pages, skipped = harvest(archive)
+    assert [(p.url, [(x.url, x.caption) for x in p.pairs]) for p in pages] == [
+        (f"http://c.example/{case}/", [("http://c.example/a.jpg", "Ein Hund im Schnee")]) for case in cases
+    ]
+    assert not skipped

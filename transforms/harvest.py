@@ -309,13 +309,10 @@ def archive_pages(stream: BinaryIO, fmt: str, max_record_bytes: int) -> Iterator
 
 def _warc_pages(data: bytes, fmt: str, offset: int) -> list[Page | Skipped]:
     kinds = WarcRecordType.metadata if fmt == "wat" else WarcRecordType.response
-    # WARC/1.x with CRLF lines is read strictly (a broken record is malformed); older versions and
-    # LF-only lines (ClueWeb09's WARC/0.18) in quirks mode, which reads what they are.
-    first_line = data[: data.find(b"\n") + 1].lstrip()
-    quirks = not first_line.startswith((b"WARC/1.0\r\n", b"WARC/1.1\r\n"))
+    quirks = _needs_quirks(data)
     found: list[Page | Skipped] = []
     iterator = ArchiveIterator(
-        io.BytesIO(data), record_types=kinds, parse_http=fmt != "wat", quirks_mode=quirks, auto_decode="all"
+        io.BytesIO(data), record_types=kinds, parse_http=fmt != "wat", quirks_mode=quirks
     )
     try:  # a record is read while the iterator stands on it
         for record in iterator:
@@ -325,6 +322,12 @@ def _warc_pages(data: bytes, fmt: str, offset: int) -> list[Page | Skipped]:
             found = []
         found.append(Skipped("malformed_record", f"byte {offset}: {err}"))
     return found
+
+
+def _needs_quirks(head: bytes) -> bool:
+    """WARC/1.x with CRLF lines is read strictly (a broken record is malformed); older versions and
+    LF-only lines (ClueWeb09's WARC/0.18) in fastwarc's quirks mode, which reads what they are."""
+    return not head.lstrip().startswith((b"WARC/1.0\r\n", b"WARC/1.1\r\n"))
 
 
 def _arc_pages(data: bytes, offset: int) -> list[Page | Skipped]:
@@ -364,10 +367,10 @@ def _streamed_pages(
         head = zlib.decompressobj(31).decompress(head, 4096)
     try:
         if fmt == "wat" or head.lstrip()[:5] == b"WARC/":
-            quirks = not head.lstrip().startswith((b"WARC/1.0\r\n", b"WARC/1.1\r\n"))
+            quirks = _needs_quirks(head)
             kinds = WarcRecordType.metadata if fmt == "wat" else WarcRecordType.response
             iterator = ArchiveIterator(
-                stream, record_types=kinds, parse_http=fmt != "wat", quirks_mode=quirks, auto_decode="all"
+                stream, record_types=kinds, parse_http=fmt != "wat", quirks_mode=quirks
             )
             for record in iterator:
                 if record.content_length > max_record_bytes:
@@ -402,8 +405,51 @@ def _page(record: Any, fmt: str, offset: int) -> Page | Skipped:
             return Skipped("not_html", f"byte {offset} ({target}): no HTML metadata")
         page_url, pairs = wat_pairs(envelope)
         return Page(page_url or target, offset, pairs)
-    content_type = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
-    return html_page(target, offset, content_type, record.reader.read(), f"byte {offset} ({target})")
+    headers = record.http_headers
+    content_type = (headers.get("Content-Type") or "") if headers else ""
+    body = record.reader.read()
+    if headers:
+        body = http_body(body, headers.get("Transfer-Encoding"), headers.get("Content-Encoding"))
+    return html_page(target, offset, content_type, body, f"byte {offset} ({target})")
+
+
+#: The most a compressed page is inflated to; what is past it is cut (a page is parsed as far as it goes).
+_MAX_INFLATED = 32 << 20
+
+
+def http_body(body: bytes, transfer_encoding: str | None, content_encoding: str | None) -> bytes:
+    """A response body with its chunked transfer coding and gzip/deflate content coding undone, as
+    its headers say; a body that is not what its headers say (archives often store it decoded
+    and keep the headers) is taken as it is."""
+    if transfer_encoding and "chunked" in transfer_encoding.lower():
+        body = _unchunked(body) or body
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("gzip", "x-gzip", "deflate"):
+        for wbits in (47, -15):  # gzip or zlib header (47 detects which), or raw deflate
+            try:
+                return zlib.decompressobj(wbits).decompress(body, _MAX_INFLATED)
+            except zlib.error:
+                continue
+    return body
+
+
+def _unchunked(body: bytes) -> bytes | None:
+    """The data of a chunked body, or None if `body` is not one."""
+    parts, pos = [], 0
+    while True:
+        line_end = body.find(b"\n", pos)
+        size_text = body[pos:line_end].split(b";")[0].strip() if line_end >= 0 else b""
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return None
+        if size == 0:
+            return b"".join(parts)
+        parts.append(body[line_end + 1 : line_end + 1 + size])
+        pos = line_end + 1 + size
+        pos += 2 if body.startswith(b"\r\n", pos) else 1 if body.startswith(b"\n", pos) else 0
+        if pos >= len(body):
+            return b"".join(parts)  # cut short after a whole chunk: what was sent
 
 
 def html_page(url: str, offset: int, content_type: str, body: bytes, where: str) -> Page | Skipped:

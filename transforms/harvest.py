@@ -435,7 +435,8 @@ def http_body(body: bytes, transfer_encoding: str | None, content_encoding: str 
 
 def _unchunked(body: bytes) -> bytes | None:
     """The data of a chunked body, or None if `body` is not one."""
-    parts, pos = [], 0
+    parts: list[bytes] = []
+    pos = 0
     while True:
         line_end = body.find(b"\n", pos)
         size_text = body[pos:line_end].split(b";")[0].strip() if line_end >= 0 else b""

@@ -444,6 +444,8 @@ def _unchunked(body: bytes) -> bytes | None:
             size = int(size_text, 16)
         except ValueError:
             return None
+        if size < 0:
+            return None
         if size == 0:
             return b"".join(parts)
         parts.append(body[line_end + 1 : line_end + 1 + size])

@@ -45,11 +45,11 @@ from transforms.progress import StageCounter
 
 LOG = logging.getLogger(__name__)
 
-InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "pages"]
+InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "arc", "pages"]
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-_SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc"})
+_SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc", ".arc": "arc"})
 #: Web archives: their pairs are harvested from pages (`transforms/harvest.py`), not read as rows.
-ARCHIVE_FORMATS = ("wat", "warc")
+ARCHIVE_FORMATS = ("wat", "warc", "arc")
 
 
 __all__ = ["InputConfig", "InputError", "ReadUrlBatches", "ReadUrlList", "check_input", "expand_inputs"]
@@ -66,7 +66,8 @@ class InputConfig:
     #: Extra input columns carried into every sample's metadata (img2dataset's name).
     save_additional_columns: tuple[str, ...] = ()
     #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
-    #: `.warc.gz` is `warc`). `pages`: the list's URLs are web pages, fetched and harvested for
+    #: `.warc.gz` is `warc`, `.arc.gz` is `arc`, the Internet Archive's format before WARC).
+    #: `pages`: the list's URLs are web pages, fetched and harvested for
     #: their image/alt-text pairs (the list's own format is taken from its suffix).
     input_format: InputFormat = "auto"
     #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
@@ -221,7 +222,7 @@ def file_batches(
 def _archive_batches(
     path: str, fmt: str, config: InputConfig, batch_rows: int, counts: Counter[str]
 ) -> Iterator[pa.RecordBatch]:
-    """The pairs of a WAT or WARC file as row batches; skipped records are counted and logged."""
+    """The pairs of a WAT, WARC or ARC file as row batches; skipped records are counted and logged."""
     name = path.rstrip("/").rsplit("/", 1)[-1]
     pages: list[Page] = []
     found = 0

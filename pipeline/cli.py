@@ -75,9 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="winnow", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    # -v is also taken after the subcommand (`winnow run ... -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the pipeline on URL lists (other --flags go to Beam)")
+    run = sub.add_parser(
+        "run", parents=[verbose], help="run the pipeline on URL lists (other --flags go to Beam)"
+    )
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", action="append", help="file, folder or glob (repeatable)")
     source.add_argument(
@@ -97,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_cmd_run)
 
-    demo = sub.add_parser("demo", help="generate and serve the sample web, then run the full pipeline on it")
+    demo = sub.add_parser(
+        "demo", parents=[verbose], help="generate and serve the sample web, then run the full pipeline on it"
+    )
     demo.add_argument("--workdir", default="build/demo")
     demo.add_argument("--samples", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=0)
@@ -105,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     search = sub.add_parser(
-        "search", help="find the kept samples nearest to a text or an image in an output's index"
+        "search",
+        parents=[verbose],
+        help="find the kept samples nearest to a text or an image in an output's index",
     )
     search.add_argument("output", help="output folder of a run (local, s3://, gs://); --flags go to Beam")
     query = search.add_mutually_exclusive_group(required=True)
@@ -117,25 +128,25 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON object per result")
     search.set_defaults(handler=_cmd_search)
 
-    audit = sub.add_parser("audit", help="write a self-contained HTML report of an output")
+    audit = sub.add_parser("audit", parents=[verbose], help="write a self-contained HTML report of an output")
     audit.add_argument("output", help="output folder of a run (local, s3://, gs://); --flags go to Beam")
     audit.add_argument("--out", help="the HTML file to write (default OUTPUT/report.html)")
     audit.add_argument("--compare", metavar="OTHER_OUTPUT", help="a second output, shown side by side")
     audit.set_defaults(handler=_cmd_audit)
 
-    corpus = sub.add_parser("corpus", help="generate the sample web into a folder")
+    corpus = sub.add_parser("corpus", parents=[verbose], help="generate the sample web into a folder")
     corpus.add_argument("--out", required=True)
     corpus.add_argument("--samples", type=int, default=2000)
     corpus.add_argument("--seed", type=int, default=0)
     corpus.set_defaults(handler=_cmd_corpus)
 
-    serve = sub.add_parser("serve", help="serve a generated sample web on loopback")
+    serve = sub.add_parser("serve", parents=[verbose], help="serve a generated sample web on loopback")
     serve.add_argument("dir")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.set_defaults(handler=_cmd_serve)
 
-    config = sub.add_parser("config", help="print the effective config with every key")
+    config = sub.add_parser("config", parents=[verbose], help="print the effective config with every key")
     _add_config_args(config)
     config.set_defaults(handler=_cmd_config)
     return parser

@@ -29,6 +29,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
+from transforms.checks import Check
 from transforms.crawl import CrawlConfig
 from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.pagefetch import HarvestPages
@@ -63,6 +64,11 @@ class InputConfig:
     input_format: InputFormat = "auto"
     #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
     max_record_bytes: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        check = Check("input", self)
+        check.not_empty("url_col", "save_additional_columns")
+        check.at_least(1, "max_record_bytes")
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:

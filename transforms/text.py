@@ -46,6 +46,7 @@ from apache_beam.utils.shared import Shared
 from xxhash import xxh3_64_intdigest
 
 from schemas.sample import BATCH_SCHEMA, Status
+from transforms.checks import Check
 from transforms.langid import LanguageIdentifier
 from transforms.progress import StageCounter
 from transforms.textcounts import (
@@ -133,8 +134,17 @@ class TextConfig:
     shuffle_partitions: int = 64
 
     def __post_init__(self) -> None:
-        if self.max_caption_chars < 1 or self.lid_batch_size < 1 or self.shuffle_partitions < 1:
-            raise ValueError("text.max_caption_chars, lid_batch_size and shuffle_partitions must be >= 1")
+        check = Check("text", self)
+        check.at_least(1, "max_caption_chars", "lid_batch_size", "shuffle_partitions")
+        check.between(0, 1, "min_lang_score")
+        check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
+        check.not_empty("languages", "blocked_domains", "blocked_extensions")
+        check.some("allowed_schemes")
+        check.not_empty("allowed_schemes")
+        rules = self.rules()  # the preset's values count too: 0 turns a rule off
+        if rules.max_words:
+            check.ordered("min_words", "max_words", rules.min_words, rules.max_words)
+        check.ordered("min_chars", "max_caption_chars", rules.min_chars, rules.max_caption_chars)
 
     def rules(self) -> Rules:
         """The effective rules: the preset, overridden by every key that is set."""

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, extra) or 0)
     except (ConfigError, InputError, EmbedError, SearchError, AuditError, UsageError) as err:
-        print(f"winnow: error: {err}", file=sys.stderr)
+        print(f"winnow: error: {plain_message(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("winnow: interrupted", file=sys.stderr)
@@ -64,12 +64,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a failed pipeline: show its cause, not a Beam stack trace
         found = _USER_ERROR.search(str(err))
         if found:
-            print(f"winnow: error: {found.group(2)}", file=sys.stderr)
+            print(f"winnow: error: {plain_message(found.group(2))}", file=sys.stderr)
             return 2
-        LOG.debug("pipeline failed", exc_info=True)
-        last = str(err).strip().splitlines()[-1:] or [type(err).__name__]
-        print(f"winnow: pipeline failed: {last[0][:500]} (rerun with -v for details)", file=sys.stderr)
+        LOG.info("%s failed", args.command, exc_info=err)  # shown with -v
+        what = "pipeline" if args.command in ("run", "demo") else args.command
+        print(f"winnow: {what} failed: {failure_cause(err)} (rerun with -v for details)", file=sys.stderr)
         return 1
+
+
+#: An exception class naming a message (`pyarrow.lib.ArrowInvalid: …`) or quoted in one
+#: (`S3ClientError('Access Denied', 403)`): internal names that tell the user nothing.
+_CLASS = r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Invalid|Failure|Timeout)\w*"
+_CLASS_PREFIX = re.compile(rf"^{_CLASS}: ")
+_CLASS_REPR = re.compile(rf"\b{_CLASS}\((['\"])(.*?)\1(?:, (\d+))?\)")
+
+
+def plain_message(text: str) -> str:
+    """`text` without Python exception class names: the message each one carries stays."""
+    text = text.strip()
+    while found := _CLASS_PREFIX.match(text):
+        text = text[found.end() :]
+    return _CLASS_REPR.sub(lambda m: m.group(2) + (f" (status {m.group(3)})" if m.group(3) else ""), text)
+
+
+def failure_cause(err: BaseException) -> str:
+    """The last line of an unexpected error's message in words (its class name, split, if it has none)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    cause = plain_message(lines[-1]) if lines else ""
+    if len(err.args) > 1 and isinstance(err.args[0], str):  # S3ClientError('Access Denied', 403)
+        cause = f"{plain_message(err.args[0])} ({', '.join(map(str, err.args[1:]))})"
+    if not cause or cause == repr(err.args[0] if err.args else ""):
+        words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", type(err).__name__).lower()
+        cause = f"{words} {cause}".strip()
+    return cause[:500]
 
 
 def _parser() -> argparse.ArgumentParser:

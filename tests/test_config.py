@@ -2,14 +2,19 @@
 
 import typing
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from apache_beam.io.aws.clients.s3.messages import S3ClientError
+from apache_beam.io.filesystem import BeamIOError
 
 from pipeline import STAGE_NAMES
 from pipeline.build import STAGES
-from pipeline.cli import main
+from pipeline.cli import _parser, failure_cause, main, plain_message
 from pipeline.config import ConfigError, RunConfig, default_config_text, load_config
 from schemas.sample import Sample, Status
+from tests.test_cli import assert_user_error, winnow
 from transforms.concepts import Concepts
 from transforms.noise import Estimate, NoiseConfig, repair
 
@@ -245,3 +250,65 @@ def test_item05_the_code_defaults_never_change_a_caption():
             out = repair(sample, estimate, source, found, config, generates)
             assert out.status == Status.SUCCESS and out.caption_source == "original"
             assert out.chosen_caption() == caption and out.caption_completed is None
+
+
+def test_item12_a_run_with_an_impossible_setting_exits_2_before_writing(tmp_path):
+    urls = tmp_path / "list.csv"
+    urls.write_text("url,caption\nhttp://example.com/a.jpg,a red circle\n")
+    output = tmp_path / "out"
+    result = winnow(
+        "run", "--input", str(urls), "--output", str(output), "--stages", "text,crawl",
+        "--set", 'crawl.user_agent="winnow\\nX-Evil: 1"',
+    )  # fmt: skip
+    assert_user_error(result, "crawl.user_agent", "control character U+000A")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--input", "x.csv", "--output", "out"],
+        ["demo"],
+        ["search", "out", "--text", "a cat"],
+        ["audit", "out"],
+        ["corpus", "--out", "web"],
+        ["serve", "web"],
+        ["config"],
+    ],
+)
+def test_item18_verbose_is_taken_after_every_subcommand(command):
+    parser = _parser()
+    for argv in ([*command, "-v"], [*command, "--verbose"], ["-v", *command]):
+        args, extra = parser.parse_known_args(argv)
+        assert args.verbose is True and extra == [], argv
+    args, _ = parser.parse_known_args(command)
+    assert args.verbose is False
+
+
+def test_item18_run_dash_v_as_the_error_suggests(tmp_path):
+    result = winnow("run", "--input", str(tmp_path / "absent.csv"), "--output", str(tmp_path / "o"), "-v")
+    assert_user_error(result, "no input files match", "absent.csv")
+
+
+def test_item18_errors_say_what_is_wrong_without_class_names():
+    denied = BeamIOError("Match operation failed", {"s3://b/x": S3ClientError("Access Denied", 403)})
+    assert (
+        failure_cause(denied)
+        == "Match operation failed with exceptions {'s3://b/x': Access Denied (status 403)}"
+    )
+    assert failure_cause(S3ClientError("Access Denied", 403)) == "Access Denied (403)"
+    assert failure_cause(KeyError("caption")) == "key error 'caption'"
+    try:
+        pq.read_table(pa.BufferReader(b"PAR1 not a parquet file"))
+    except pa.ArrowInvalid as err:
+        shown = failure_cause(err)
+        assert shown.startswith("Could not open Parquet input source") and "Arrow" not in shown
+        assert plain_message(f"pyarrow.lib.ArrowInvalid: {err}") == str(err)
+
+
+def test_item18_an_empty_input_has_nothing_to_report(tmp_path):
+    urls = tmp_path / "list.csv"
+    urls.write_text("url,caption\n")
+    result = winnow("run", "--input", str(urls), "--output", str(tmp_path / "out"), "--stages", "text")
+    assert result.returncode == 0, result.stderr
+    assert "nothing to report" in result.stderr and "winnow audit" not in result.stderr + result.stdout

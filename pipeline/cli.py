@@ -259,7 +259,9 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
     from pipeline.demo import run_demo
 
     if args.samples < 1:
-        raise UsageError("--samples must be >= 1")
+        raise UsageError(f"--samples ({args.samples}) must be >= 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed ({args.seed}) must be >= 0")
     # The demo crawls its own sample web on loopback, which the SSRF guard otherwise refuses; all
     # its images are on that one host, which may take the whole thread pool at once.
     overrides = ["crawl.allow_private_networks=true", "crawl.max_per_host=0"]
@@ -323,7 +325,9 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import generate_corpus
 
     if args.samples < 1:
-        raise UsageError("--samples must be >= 1")
+        raise UsageError(f"--samples ({args.samples}) must be >= 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed ({args.seed}) must be >= 0")
     summary = generate_corpus(args.out, args.samples, args.seed)
     print(f"wrote {args.samples} samples to {args.out} ({summary})")
     return 0
@@ -332,6 +336,8 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import SampleWebServer, write_url_lists
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port ({args.port}) must be in 0..65535")
     if not os.path.exists(os.path.join(args.dir, "manifest.parquet")):
         raise UsageError(
             f"{args.dir} holds no sample web (manifest.parquet); create one with `winnow corpus`"

@@ -137,6 +137,7 @@ IMPOSSIBLE = [
     (["text.boilerplate_max_urls=-1"], "text.boilerplate_max_urls (-1) must be >= 0"),
     (["text.allowed_schemes=[]"], "text.allowed_schemes (()) must be a list of at least one entry"),
     (["text.languages=['en', '']"], "text.languages (('en', '')) must be a list of non-empty names"),
+    (["text.languages=[english]"], "text.languages: ['english'] are not language codes of the bundled"),
     (["crawl.max_image_area=-1"], "crawl.max_image_area (-1.0) must be > 0"),
     (["crawl.max_aspect_ratio=0.5"], "crawl.max_aspect_ratio (0.5) must be >= 1"),
     (["crawl.min_image_size=-4"], "crawl.min_image_size (-4) must be >= 0"),
@@ -283,6 +284,20 @@ def test_item18_verbose_is_taken_after_every_subcommand(command):
         assert args.verbose is True and extra == [], argv
     args, _ = parser.parse_known_args(command)
     assert args.verbose is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "web", "--port", "70000"], "--port (70000) must be in 0..65535"),
+        (["corpus", "--out", "web", "--seed", "-1"], "--seed (-1) must be >= 0"),
+        (["demo", "--seed", "-3"], "--seed (-3) must be >= 0"),
+        (["corpus", "--out", "web", "--samples", "0"], "--samples (0) must be >= 1"),
+    ],
+)
+def test_item12_impossible_arguments_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"winnow: error: {message}\n"
 
 
 def test_item18_run_dash_v_as_the_error_suggests(tmp_path):

@@ -47,7 +47,7 @@ from xxhash import xxh3_64_intdigest
 
 from schemas.sample import BATCH_SCHEMA, Status
 from transforms.checks import Check
-from transforms.langid import LanguageIdentifier
+from transforms.langid import LID176_LANGUAGES, LanguageIdentifier
 from transforms.progress import StageCounter
 from transforms.textcounts import (
     CappedDistinctUrls,
@@ -141,6 +141,12 @@ class TextConfig:
         check.not_empty("languages", "blocked_domains", "blocked_extensions")
         check.some("allowed_schemes")
         check.not_empty("allowed_schemes")
+        unknown = sorted(set(self.languages or ()) - LID176_LANGUAGES)
+        if unknown and not self.lid_model:  # another model may have other labels
+            raise ValueError(
+                f"text.languages: {unknown} are not language codes of the bundled lid.176 model "
+                "(lower-case ISO codes such as en, fr, zh)"
+            )
         rules = self.rules()  # the preset's values count too: 0 turns a rule off
         if rules.max_words:
             check.ordered("min_words", "max_words", rules.min_words, rules.max_words)

@@ -138,6 +138,7 @@ IMPOSSIBLE = [
     (["text.allowed_schemes=[]"], "text.allowed_schemes (()) must be a list of at least one entry"),
     (["text.languages=['en', '']"], "text.languages (('en', '')) must be a list of non-empty names"),
     (["text.languages=[english]"], "text.languages: ['english'] are not language codes of the bundled"),
+    (["text.allowed_schemes=[https, ftp]"], "text.allowed_schemes (['https', 'ftp']) may only hold http and"),
     (["crawl.max_image_area=-1"], "crawl.max_image_area (-1.0) must be > 0"),
     (["crawl.max_aspect_ratio=0.5"], "crawl.max_aspect_ratio (0.5) must be >= 1"),
     (["crawl.min_image_size=-4"], "crawl.min_image_size (-4) must be >= 0"),

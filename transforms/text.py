@@ -140,7 +140,12 @@ class TextConfig:
         check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
         check.not_empty("languages", "blocked_domains", "blocked_extensions")
         check.some("allowed_schemes")
-        check.not_empty("allowed_schemes")
+        fetchable = {"http", "https"}  # what the crawl's fetcher speaks
+        if not {s.lower() for s in self.allowed_schemes} <= fetchable:
+            raise ValueError(
+                f"text.allowed_schemes ({list(self.allowed_schemes)}) may only hold http and https, "
+                "the schemes the crawl can fetch"
+            )
         unknown = sorted(set(self.languages or ()) - LID176_LANGUAGES)
         if unknown and not self.lid_model:  # another model may have other labels
             raise ValueError(

@@ -328,3 +328,14 @@ def test_item18_an_empty_input_has_nothing_to_report(tmp_path):
     result = winnow("run", "--input", str(urls), "--output", str(tmp_path / "out"), "--stages", "text")
     assert result.returncode == 0, result.stderr
     assert "nothing to report" in result.stderr and "winnow audit" not in result.stderr + result.stdout
+
+
+def test_item05_the_readme_states_each_default_as_the_code_has_it():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    cells = dict(re.findall(r"^\| `(\w+\.\w+)` \| `([^`]*)` \|", readme, re.MULTILINE))
+    for section, keys in RunConfig().to_dict().items():
+        for key, default in keys.items():
+            assert yaml.safe_load(cells[f"{section}.{key}"]) == default, f"README: {section}.{key}"

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,9 @@ from transforms.noise import NoiseConfig
 from transforms.readers import InputConfig
 from transforms.text import TextConfig
 from transforms.writers import OutputConfig
+
+#: Integers beyond this fit no Arrow column, numpy array or FAISS call.
+_MAX_INT = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -164,9 +168,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if abs(value) > _MAX_INT:
+            raise ConfigError(f"{where}: {value} is out of the 64-bit integer range")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > sys.float_info.max:
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        if math.isnan(value):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:

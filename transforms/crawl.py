@@ -56,7 +56,9 @@ class CrawlConfig(FetchOptions, ImageOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check = Check("crawl", self)
-        check.at_least(1, "thread_count", "image_size")
+        check.at_least(1, "thread_count")
+        # The largest side each format can encode (JPEG and PNG 65,535 pixels, WebP 16,383).
+        check.between(1, 16383 if self.encode_format == "webp" else 65535, "image_size")
         check.at_least(0, "decode_threads", "min_image_size")
         check.between(0, 1, "max_failure_rate")
         check.above(0, "max_image_area")

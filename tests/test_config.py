@@ -153,6 +153,7 @@ IMPOSSIBLE = [
     (["crawl.max_image_bytes=0"], "crawl.max_image_bytes (0) must be > 0"),
     (["crawl.timeout=-1"], "crawl.timeout (-1.0) must be > 0"),
     (["crawl.deadline=.inf"], "crawl.deadline: expected a finite number, got inf"),
+    (["crawl.deadline=1.0e+12"], "crawl.deadline (1000000000000.0) must be <= 86400"),
     (["crawl.retries=-1"], "crawl.retries (-1) must be >= 0"),
     (["crawl.max_failure_rate=1.5"], "crawl.max_failure_rate (1.5) must be between 0 and 1"),
     (

@@ -14,6 +14,8 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
+#: The longest wait a time key may ask for, in seconds (a day); sockets refuse much longer ones.
+MAX_SECONDS = 86400.0
 #: Seeds are handed to FAISS (a 32-bit int) and xxhash/numpy (unsigned).
 MAX_SEED = 2**31 - 1
 
@@ -52,6 +54,11 @@ class Check:
         for name, value in self._numbers(names):
             if value <= low:
                 self._fail(name, f"> {low:g}")
+
+    def at_most(self, high: float, *names: str) -> None:
+        for name, value in self._numbers(names):
+            if value > high:
+                self._fail(name, f"<= {high:g}")
 
     def between(self, low: float, high: float, *names: str) -> None:
         for name, value in self._numbers(names):

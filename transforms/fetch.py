@@ -53,7 +53,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
-from transforms.checks import Check
+from transforms.checks import MAX_SECONDS, Check
 from transforms.netguard import ForbiddenAddress
 from transforms.optouts import content_usage_disallows, tdm_header_reserves, x_robots_tag_disallows
 from transforms.politeness import HostThrottle
@@ -145,6 +145,15 @@ class FetchOptions:
         check.at_least(0, "retries", "retry_backoff", "max_retry_after", "max_per_host")
         check.at_least(0, "min_host_delay", "max_crawl_delay")
         check.between(0, 10, "max_redirects")
+        times = (
+            "timeout",
+            "deadline",
+            "retry_backoff",
+            "max_retry_after",
+            "min_host_delay",
+            "max_crawl_delay",
+        )
+        check.at_most(MAX_SECONDS, *times)
         if not 0 < self.robots_cache_ttl <= MAX_TTL_S:
             raise ValueError(
                 f"crawl.robots_cache_ttl ({self.robots_cache_ttl!r}) must be in (0, {MAX_TTL_S:g}] "

@@ -79,20 +79,23 @@ _CLASS_PREFIX = re.compile(rf"^{_CLASS}: ")
 _CLASS_REPR = re.compile(rf"\b{_CLASS}\((['\"])(.*?)\1(?:, (\d+))?\)")
 
 
+#: The arguments of such an exception printed as a tuple: `('Access Denied', 403)`.
+_ARGS_REPR = re.compile(r"\('([^'\\]*)', (\d+)\)")
+
+
 def plain_message(text: str) -> str:
     """`text` without Python exception class names: the message each one carries stays."""
     text = text.strip()
     while found := _CLASS_PREFIX.match(text):
         text = text[found.end() :]
-    return _CLASS_REPR.sub(lambda m: m.group(2) + (f" (status {m.group(3)})" if m.group(3) else ""), text)
+    text = _CLASS_REPR.sub(lambda m: m.group(2) + (f" (status {m.group(3)})" if m.group(3) else ""), text)
+    return _ARGS_REPR.sub(r"\1 (status \2)", text)
 
 
 def failure_cause(err: BaseException) -> str:
     """The last line of an unexpected error's message in words (its class name, split, if it has none)."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     cause = plain_message(lines[-1]) if lines else ""
-    if len(err.args) > 1 and isinstance(err.args[0], str):  # S3ClientError('Access Denied', 403)
-        cause = f"{plain_message(err.args[0])} ({', '.join(map(str, err.args[1:]))})"
     if not cause or cause == repr(err.args[0] if err.args else ""):
         words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", type(err).__name__).lower()
         cause = f"{words} {cause}".strip()

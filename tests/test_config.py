@@ -319,7 +319,9 @@ def test_item18_errors_say_what_is_wrong_without_class_names():
         failure_cause(denied)
         == "Match operation failed with exceptions {'s3://b/x': Access Denied (status 403)}"
     )
-    assert failure_cause(S3ClientError("Access Denied", 403)) == "Access Denied (403)"
+    assert failure_cause(S3ClientError("Access Denied", 403)) == "Access Denied (status 403)"
+    denied_output = f"output 's3://b/x' is not writable: {S3ClientError('Access Denied', 403)}"
+    assert plain_message(denied_output) == "output 's3://b/x' is not writable: Access Denied (status 403)"
     assert failure_cause(KeyError("caption")) == "key error 'caption'"
     try:
         pq.read_table(pa.BufferReader(b"PAR1 not a parquet file"))

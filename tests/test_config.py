@@ -173,7 +173,7 @@ IMPOSSIBLE = [
     (["embed.batch_size=0"], "embed.batch_size (0) must be >= 1"),
     (["dedup.epsilon=-0.1"], "dedup.epsilon (-0.1) must be in [0, 1)"),
     (["dedup.min_thumbnail_similarity=2"], "dedup.min_thumbnail_similarity (2.0) must be between -1 and 1"),
-    (["dedup.seed=-1"], "dedup.seed (-1) must be between 0 and"),
+    (["dedup.seed=-1"], "dedup.seed (-1) must be between 0 and 2147483647"),
     (["noise.drop_above=1.5"], "noise.drop_above (1.5) must be between 0 and 1"),
     (["noise.min_concept_score=3"], "noise.min_concept_score (3.0) must be between -1 and 1"),
     (["noise.pseudo_min_similarity=-2"], "noise.pseudo_min_similarity (-2.0) must be between -1 and 1"),

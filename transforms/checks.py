@@ -48,22 +48,22 @@ class Check:
     def at_least(self, low: float, *names: str) -> None:
         for name, value in self._numbers(names):
             if value < low:
-                self._fail(name, f">= {low:g}")
+                self._fail(name, f">= {_number(low)}")
 
     def above(self, low: float, *names: str) -> None:
         for name, value in self._numbers(names):
             if value <= low:
-                self._fail(name, f"> {low:g}")
+                self._fail(name, f"> {_number(low)}")
 
     def at_most(self, high: float, *names: str) -> None:
         for name, value in self._numbers(names):
             if value > high:
-                self._fail(name, f"<= {high:g}")
+                self._fail(name, f"<= {_number(high)}")
 
     def between(self, low: float, high: float, *names: str) -> None:
         for name, value in self._numbers(names):
             if not low <= value <= high:
-                self._fail(name, f"between {low:g} and {high:g}")
+                self._fail(name, f"between {_number(low)} and {_number(high)}")
 
     def seed(self, *names: str) -> None:
         self.between(0, MAX_SEED, *names)
@@ -108,6 +108,10 @@ class Check:
 
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def control_character(text: str) -> str | None:

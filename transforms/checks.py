@@ -12,7 +12,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 #: The longest wait a time key may ask for, in seconds (a day); sockets refuse much longer ones.
 MAX_SECONDS = 86400.0
@@ -33,7 +33,7 @@ class Check:
     def _value(self, name: str) -> Any:
         return getattr(self._config, name)
 
-    def _fail(self, name: str, rule: str) -> None:
+    def _fail(self, name: str, rule: str) -> NoReturn:
         raise ValueError(f"{self.key(name)} ({self._value(name)!r}) must be {rule}")
 
     def _numbers(self, names: Iterable[str]) -> Iterable[tuple[str, float]]:

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, extra) or 0)
     except (ConfigError, InputError, EmbedError, SearchError, AuditError, UsageError) as err:
-        print(f"winnow: error: {err}", file=sys.stderr)
+        print(f"winnow: error: {plain_message(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("winnow: interrupted", file=sys.stderr)
@@ -64,20 +64,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a failed pipeline: show its cause, not a Beam stack trace
         found = _USER_ERROR.search(str(err))
         if found:
-            print(f"winnow: error: {found.group(2)}", file=sys.stderr)
+            print(f"winnow: error: {plain_message(found.group(2))}", file=sys.stderr)
             return 2
-        LOG.debug("pipeline failed", exc_info=True)
-        last = str(err).strip().splitlines()[-1:] or [type(err).__name__]
-        print(f"winnow: pipeline failed: {last[0][:500]} (rerun with -v for details)", file=sys.stderr)
+        LOG.info("%s failed", args.command, exc_info=err)  # shown with -v
+        what = "pipeline" if args.command in ("run", "demo") else args.command
+        print(f"winnow: {what} failed: {failure_cause(err)} (rerun with -v for details)", file=sys.stderr)
         return 1
+
+
+#: An exception class naming a message (`pyarrow.lib.ArrowInvalid: …`) or quoted in one
+#: (`S3ClientError('Access Denied', 403)`): internal names that tell the user nothing.
+_CLASS = r"(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Invalid|Failure|Timeout)\w*"
+_CLASS_PREFIX = re.compile(rf"^{_CLASS}: ")
+_CLASS_REPR = re.compile(rf"\b{_CLASS}\((['\"])(.*?)\1(?:, (\d+))?\)")
+
+
+#: The arguments of such an exception printed as a tuple: `('Access Denied', 403)`.
+_ARGS_REPR = re.compile(r"\('([^'\\]*)', (\d+)\)")
+
+
+def plain_message(text: str) -> str:
+    """`text` without Python exception class names: the message each one carries stays."""
+    text = text.strip()
+    while found := _CLASS_PREFIX.match(text):
+        text = text[found.end() :]
+    text = _CLASS_REPR.sub(lambda m: m.group(2) + (f" (status {m.group(3)})" if m.group(3) else ""), text)
+    return _ARGS_REPR.sub(r"\1 (status \2)", text)
+
+
+def failure_cause(err: BaseException) -> str:
+    """The last line of an unexpected error's message in words (its class name, split, if it has none)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    cause = plain_message(lines[-1]) if lines else ""
+    if not cause or cause == repr(err.args[0] if err.args else ""):
+        words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", type(err).__name__).lower()
+        cause = f"{words} {cause}".strip()
+    return cause[:500]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="winnow", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    # -v is also taken after the subcommand (`winnow run ... -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the pipeline on URL lists (other --flags go to Beam)")
+    run = sub.add_parser(
+        "run", parents=[verbose], help="run the pipeline on URL lists (other --flags go to Beam)"
+    )
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", action="append", help="file, folder or glob (repeatable)")
     source.add_argument(
@@ -97,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_cmd_run)
 
-    demo = sub.add_parser("demo", help="generate and serve the sample web, then run the full pipeline on it")
+    demo = sub.add_parser(
+        "demo", parents=[verbose], help="generate and serve the sample web, then run the full pipeline on it"
+    )
     demo.add_argument("--workdir", default="build/demo")
     demo.add_argument("--samples", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=0)
@@ -105,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     search = sub.add_parser(
-        "search", help="find the kept samples nearest to a text or an image in an output's index"
+        "search",
+        parents=[verbose],
+        help="find the kept samples nearest to a text or an image in an output's index",
     )
     search.add_argument("output", help="output folder of a run (local, s3://, gs://); --flags go to Beam")
     query = search.add_mutually_exclusive_group(required=True)
@@ -117,25 +158,25 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON object per result")
     search.set_defaults(handler=_cmd_search)
 
-    audit = sub.add_parser("audit", help="write a self-contained HTML report of an output")
+    audit = sub.add_parser("audit", parents=[verbose], help="write a self-contained HTML report of an output")
     audit.add_argument("output", help="output folder of a run (local, s3://, gs://); --flags go to Beam")
     audit.add_argument("--out", help="the HTML file to write (default OUTPUT/report.html)")
     audit.add_argument("--compare", metavar="OTHER_OUTPUT", help="a second output, shown side by side")
     audit.set_defaults(handler=_cmd_audit)
 
-    corpus = sub.add_parser("corpus", help="generate the sample web into a folder")
+    corpus = sub.add_parser("corpus", parents=[verbose], help="generate the sample web into a folder")
     corpus.add_argument("--out", required=True)
     corpus.add_argument("--samples", type=int, default=2000)
     corpus.add_argument("--seed", type=int, default=0)
     corpus.set_defaults(handler=_cmd_corpus)
 
-    serve = sub.add_parser("serve", help="serve a generated sample web on loopback")
+    serve = sub.add_parser("serve", parents=[verbose], help="serve a generated sample web on loopback")
     serve.add_argument("dir")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.set_defaults(handler=_cmd_serve)
 
-    config = sub.add_parser("config", help="print the effective config with every key")
+    config = sub.add_parser("config", parents=[verbose], help="print the effective config with every key")
     _add_config_args(config)
     config.set_defaults(handler=_cmd_config)
     return parser
@@ -221,7 +262,9 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
     from pipeline.demo import run_demo
 
     if args.samples < 1:
-        raise UsageError("--samples must be >= 1")
+        raise UsageError(f"--samples ({args.samples}) must be >= 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed ({args.seed}) must be >= 0")
     # The demo crawls its own sample web on loopback, which the SSRF guard otherwise refuses; all
     # its images are on that one host, which may take the whole thread pool at once.
     overrides = ["crawl.allow_private_networks=true", "crawl.max_per_host=0"]
@@ -288,7 +331,9 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import generate_corpus
 
     if args.samples < 1:
-        raise UsageError("--samples must be >= 1")
+        raise UsageError(f"--samples ({args.samples}) must be >= 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed ({args.seed}) must be >= 0")
     try:
         summary = generate_corpus(args.out, args.samples, args.seed)
     except FileExistsError as err:
@@ -300,6 +345,8 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import SampleWebServer, write_url_lists
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port ({args.port}) must be in 0..65535")
     if not os.path.exists(os.path.join(args.dir, "manifest.parquet")):
         raise UsageError(
             f"{args.dir} holds no sample web (manifest.parquet); create one with `winnow corpus`"

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import STAGE_NAMES
+from transforms.checks import control_character
 from transforms.crawl import CrawlConfig
 from transforms.dedup import DedupConfig
 from transforms.embed import EmbedConfig
@@ -27,6 +29,9 @@ from transforms.noise import NoiseConfig
 from transforms.readers import InputConfig
 from transforms.text import TextConfig
 from transforms.writers import OutputConfig
+
+#: Integers beyond this fit no Arrow column, numpy array or FAISS call.
+_MAX_INT = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -46,6 +51,9 @@ class RunSection:
         unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown:
             raise ConfigError(f"run.stages: unknown stage(s) {unknown}; known: {list(STAGE_NAMES)}")
+        repeated = sorted({s for s in self.stages if self.stages.count(s) > 1})
+        if repeated:
+            raise ConfigError(f"run.stages: stage(s) {repeated} named more than once")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +136,10 @@ def build(cls: type, data: Any, where: str) -> Any:
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where or 'config'}: {err}") from err
+        message = str(err)
+        if where and message.startswith(f"{where}."):  # it names its key already
+            raise ConfigError(message) from err
+        raise ConfigError(f"{where or 'config'}: {message}") from err
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -157,14 +168,21 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if abs(value) > _MAX_INT:
+            raise ConfigError(f"{where}: {value} is out of the 64-bit integer range")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > sys.float_info.max:
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        bad = control_character(value)
+        if bad:
+            raise ConfigError(f"{where}: {value!r} holds the control character {bad}; remove it")
         return value
     raise ConfigError(f"{where}: unsupported config type {hint!r}")  # pragma: no cover - programming error
 

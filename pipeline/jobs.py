@@ -234,6 +234,10 @@ def _make_local_folder(output_dir: str) -> None:
 
 def _write_report(output_dir: str) -> str | None:
     """The audit report of the finished output; a failure to write it leaves the run's results valid."""
+    with FileSystems.open(f"{output_dir}/{STATS_FILE}") as handle:
+        if json.loads(handle.read()).get("samples") == 0:
+            LOG.warning("no audit report: the input held no rows, so the output has nothing to report")
+            return None
     try:
         return write_report(output_dir)
     except (AuditError, OSError) as err:

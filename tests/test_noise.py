@@ -15,8 +15,8 @@ from pipeline.jobs import run_job
 from sampleweb.captions import mentioned_concepts
 from sampleweb.scoring import chosen_caption, noise_scores
 from tests.conftest import TEST_OVERRIDES, read_output_rows
+from tests.test_cli import overrides, winnow
 from transforms.concepts import mentioned, term_words, words
-from transforms.noise import NoiseConfig
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,15 @@ def truth(sample_web):
     return {row["url"]: row for row in sample_web.truth_rows()}
 
 
+#: Caption repair opted into (the defaults keep every caption as it is): complete and replace.
+REPAIR = ["noise.replace_above=0.5", "noise.min_coverage=1.0"]
+
+
 @pytest.fixture(scope="module")
-def run(reference_run):
-    return reference_run.dir, reference_run.stats, read_output_rows(reference_run.dir)
+def run(sample_web, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("repair"))
+    stats = run_job(load_config(overrides=[*TEST_OVERRIDES, *REPAIR]), [sample_web.urls], output)
+    return output, stats, read_output_rows(output)
 
 
 def test_noise_prob_finds_mismatched_captions_better_than_clip_score(run, truth):
@@ -43,7 +49,7 @@ def test_noise_prob_finds_mismatched_captions_better_than_clip_score(run, truth)
 
 def test_completions_add_only_missing_concepts_and_replacements_name_their_source(run, truth):
     _, _, rows = run
-    config = NoiseConfig()
+    config = load_config(overrides=REPAIR).noise
     judged = {r["uid"]: r for r in rows if r["noise_prob"] is not None}
     completed = [r for r in judged.values() if r["caption_source"] == "completed"]
     replaced = [r for r in judged.values() if r["caption_source"] in ("neighbour", "bow")]
@@ -203,3 +209,30 @@ def test_a_coca_model_writes_the_pseudo_captions(sample_web, tmp_path):
         assert row["caption_source"] == "generated" and row["pseudo_source"] == f"model:{folder}"
         assert isinstance(row["caption_pseudo"], str) and row["caption_pseudo"].strip()
         assert chosen_caption(row) == row["caption_pseudo"]
+
+
+def test_item05_a_bare_run_ships_every_kept_caption_as_cleaned(sample_web, tmp_path):
+    # `winnow run` without --config, every stage, the shipped model: the code's defaults estimate
+    # noise but never complete, replace or drop (repair is opted into).
+    output = str(tmp_path / "out")
+    result = winnow(
+        "run", "--input", sample_web.urls, "--output", output, *overrides(),
+        "--stages", "text,crawl,embed,dedup,noise",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = read_output_rows(output)
+    judged = [r for r in rows if r["noise_prob"] is not None]
+    kept = [r for r in rows if r["status"] == "success"]
+    assert len(judged) >= 200 and {r["status"] for r in judged} == {"success"}
+    texts = {}
+    for name in sorted(os.listdir(output)):
+        if name.endswith(".tar"):
+            with tarfile.open(os.path.join(output, name)) as tar:
+                for member in tar.getmembers():
+                    if member.name.endswith(".txt"):
+                        texts[member.name.removesuffix(".txt")] = tar.extractfile(member).read().decode()
+    assert set(texts) == {r["uid"] for r in kept}
+    for row in kept:
+        assert row["caption_source"] == "original" and row["caption_completed"] is None
+        assert texts[row["uid"]] == row["caption_clean"] == chosen_caption(row)
+    assert "0 completed, 0 generated, 0 neighbour, 0 bow; 0 too noisy" in result.stdout

@@ -178,7 +178,7 @@ def test_a_clean_caption_naming_every_concept_is_left_unchanged():
 
 
 def test_policy_completes_replaces_or_drops():
-    config = NoiseConfig()
+    config = NoiseConfig(replace_above=0.5, min_coverage=1.0)  # repair opted into
     found = Concepts(
         "en",
         [("red circle", 0.5)],

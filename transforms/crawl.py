@@ -32,6 +32,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.sample import Sample, Status
+from transforms.checks import Check
 from transforms.fetch import Fetcher, FetchError, FetchOptions, is_retryable_failure
 from transforms.imaging import ImageError, ImageOptions, process_image
 from transforms.progress import StageCounter
@@ -54,14 +55,20 @@ class CrawlConfig(FetchOptions, ImageOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.thread_count < 1:
-            raise ValueError("crawl.thread_count must be >= 1")
-        if self.decode_threads < 0:
-            raise ValueError("crawl.decode_threads must be >= 0")
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise ValueError("crawl.max_failure_rate must be between 0 and 1")
-        if self.image_size < 1:
-            raise ValueError("crawl.image_size must be >= 1")
+        check = Check("crawl", self)
+        check.at_least(1, "thread_count")
+        # The largest side each format can encode (JPEG and PNG 65,535 pixels, WebP 16,383).
+        check.between(1, 16383 if self.encode_format == "webp" else 65535, "image_size")
+        check.at_least(0, "decode_threads", "min_image_size")
+        check.between(0, 1, "max_failure_rate")
+        check.above(0, "max_image_area")
+        # An image's aspect ratio (long side / short side) is at least 1.
+        check.at_least(1, "max_aspect_ratio")
+        if self.max_image_area is not None and self.min_image_size**2 > self.max_image_area:
+            raise ValueError(
+                f"crawl.min_image_size ({self.min_image_size}) squared must be <= "
+                f"crawl.max_image_area ({self.max_image_area:g}): no image could pass both"
+            )
         valid_quality = range(10) if self.encode_format == "png" else range(101)
         if self.encode_quality not in valid_quality:
             raise ValueError(

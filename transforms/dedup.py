@@ -36,6 +36,7 @@ import apache_beam as beam
 from PIL import Image
 
 from schemas.sample import Sample, Status
+from transforms.checks import Check
 from transforms.imaging import ImageOptions, content_box
 from transforms.perceptual import dhash, phash, pixel_digest, thumbnail_signature
 from transforms.progress import StageCounter
@@ -91,19 +92,16 @@ class DedupConfig:
     eval_min_cosine: float = 0.999
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_hash_distance < 64:
-            raise ValueError("dedup.max_hash_distance must be in 0..63")
-        if not 0 <= self.hash_bands <= self.max_hash_distance + 1:
-            raise ValueError("dedup.hash_bands must be in 0..max_hash_distance + 1")
+        check = Check("dedup", self)
+        check.between(0, 63, "max_hash_distance")
+        check.between(0, self.max_hash_distance + 1, "hash_bands")
         if not 0.0 <= self.epsilon < 1.0:
-            raise ValueError("dedup.epsilon must be in [0, 1)")
-        for name in ("cluster_size", "kmeans_sample", "kmeans_iterations", "max_group_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"dedup.{name} must be >= 1")
-        if self.clusters < 0:
-            raise ValueError("dedup.clusters must be >= 0")
-        if not -1.0 <= self.min_thumbnail_similarity <= 1.0 or not -1.0 <= self.eval_min_cosine <= 1.0:
-            raise ValueError("dedup.min_thumbnail_similarity and dedup.eval_min_cosine must be in [-1, 1]")
+            raise ValueError(f"dedup.epsilon ({self.epsilon!r}) must be in [0, 1)")
+        check.at_least(1, "cluster_size", "kmeans_sample", "kmeans_iterations", "max_group_size")
+        check.at_least(0, "clusters")
+        check.between(-1, 1, "min_thumbnail_similarity", "eval_min_cosine")  # cosines
+        check.seed("seed")
+        check.not_empty("eval_images")
 
     @property
     def bands(self) -> int:

@@ -41,6 +41,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from PIL import Image
 
 from schemas.sample import Sample, Status
+from transforms.checks import Check
 from transforms.progress import StageCounter
 
 LOG = logging.getLogger(__name__)
@@ -89,15 +90,18 @@ class EmbedConfig:
     accelerator: str | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.model_copies < 0:
-            raise ValueError("embed.batch_size must be >= 1 and embed.model_copies >= 0")
+        check = Check("embed", self)
+        check.not_empty("model")
+        check.at_least(1, "batch_size")
+        check.at_least(0, "model_copies")
+        check.between(-1, 1, "min_clip_score")  # a cosine
         if self.accelerator is not None and not self.accelerator.startswith("type:"):
             raise ValueError(
                 "embed.accelerator must be a resource hint such as "
                 f"'type:nvidia-l4;count:1;install-nvidia-driver', not {self.accelerator!r}"
             )
         if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
-            raise ValueError("embed.keep_fraction must be in (0, 1]")
+            raise ValueError(f"embed.keep_fraction ({self.keep_fraction!r}) must be in (0, 1]")
 
 
 # ---------------------------------------------------------------- model identity and loading

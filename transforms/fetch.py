@@ -56,6 +56,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
+from transforms.checks import MAX_SECONDS, Check
 from transforms.netguard import ForbiddenAddress
 from transforms.optouts import (
     TdmRule,
@@ -150,22 +151,28 @@ class FetchOptions:
     allow_private_networks: bool = False
 
     def __post_init__(self) -> None:
-        if self.timeout <= 0 or self.deadline <= 0:
-            raise ValueError("crawl.timeout and crawl.deadline must be positive")
-        if self.retries < 0 or self.max_image_bytes <= 0:
-            raise ValueError("crawl.retries must be >= 0 and crawl.max_image_bytes > 0")
-        if self.retry_backoff < 0 or self.max_retry_after < 0:
-            raise ValueError("crawl.retry_backoff and crawl.max_retry_after must be >= 0")
-        if not 0 <= self.max_redirects <= 10:
-            raise ValueError(f"crawl.max_redirects must be between 0 and 10, got {self.max_redirects}")
-        if self.max_per_host < 0 or self.min_host_delay < 0 or self.max_crawl_delay < 0:
-            raise ValueError(
-                "crawl.max_per_host, crawl.min_host_delay and crawl.max_crawl_delay must be >= 0"
-            )
+        check = Check("crawl", self)
+        check.above(0, "timeout", "deadline", "max_image_bytes")
+        check.at_least(0, "retries", "retry_backoff", "max_retry_after", "max_per_host")
+        check.at_least(0, "min_host_delay", "max_crawl_delay")
+        check.between(0, 10, "max_redirects")
+        times = (
+            "timeout",
+            "deadline",
+            "retry_backoff",
+            "max_retry_after",
+            "min_host_delay",
+            "max_crawl_delay",
+        )
+        check.at_most(MAX_SECONDS, *times)
         if not 0 < self.robots_cache_ttl <= MAX_TTL_S:
-            raise ValueError(f"crawl.robots_cache_ttl must be in (0, {MAX_TTL_S:g}] seconds (RFC 9309)")
-        if not self.user_agent_token.strip():
-            raise ValueError("crawl.user_agent_token must not be empty")
+            raise ValueError(
+                f"crawl.robots_cache_ttl ({self.robots_cache_ttl!r}) must be in (0, {MAX_TTL_S:g}] "
+                "seconds (RFC 9309)"
+            )
+        check.token("user_agent_token")
+        check.header_value("user_agent")
+        check.not_empty("disallowed_header_directives", "content_usage_categories")
 
     @property
     def user_agent_header(self) -> str:

@@ -25,7 +25,9 @@ candidate with `noise_prob`, `concepts` and the caption columns; a pair too nois
    names at least `min_coverage` of the visual concepts, else completed with those it misses.
    Above: replaced by the pseudo-caption, else the BoW caption; with neither, or above
    `drop_above`, the pair is rejected (`noisy_pair`). `caption_source` says which caption the
-   WebDataset `.txt` holds: `original`, `completed`, `generated`, `neighbour` or `bow`.
+   WebDataset `.txt` holds: `original`, `completed`, `generated`, `neighbour` or `bow`. The
+   defaults (`replace_above` 1.0, `min_coverage` 0.0, `drop_above` 1.0) estimate and keep every
+   caption as it is; completing, replacing and dropping are opted into.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 import xxhash
 
 from schemas.sample import Sample, Status
+from transforms.checks import Check
 from transforms.concepts import (
     ConceptBank,
     Concepts,
@@ -117,11 +120,17 @@ class NoiseConfig:
     bow_terms: int = 8
     #: word2vec's subsampling threshold t: a term in a share f > t of the captions is weighted sqrt(t / f).
     bow_subsample: float = 0.05
-    #: Captions with `noise_prob` above this are replaced; at or below, kept or completed.
-    replace_above: float = 0.5
-    #: Least share of the visual concepts a caption must name to be kept as it is.
-    min_coverage: float = 1.0
-    #: Pairs with `noise_prob` above this are rejected (`noisy_pair`) even when repairable.
+    # The defaults never change a caption: repair is right only with a model whose visual concepts
+    # and neighbours were measured on the user's data, so completing and replacing are opted into
+    # (e.g. replace_above=0.5, min_coverage=1.0; deploy/configs/repair-coca.yaml).
+    #: Captions with `noise_prob` above this are replaced; at or below, kept or completed
+    #: (1.0: never replaced).
+    replace_above: float = 1.0
+    #: Least share of the visual concepts a caption must name to be kept as it is; below, it is
+    #: completed (0.0: never completed).
+    min_coverage: float = 0.0
+    #: Pairs with `noise_prob` above this are rejected (`noisy_pair`) even when repairable
+    #: (1.0: never).
     drop_above: float = 1.0
     #: Greatest `noise_prob` of a neighbour whose caption may be transferred.
     pseudo_max_noise: float = 0.1
@@ -131,24 +140,28 @@ class NoiseConfig:
     generate: Literal["auto", "never"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.concepts_k < 1 or self.bow_terms < 1:
-            raise ValueError("noise.k, noise.concepts_k and noise.bow_terms must be >= 1")
-        for name in ("mixture_sample", "cluster_size", "max_group_size", "kmeans_sample", "vocabulary_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"noise.{name} must be >= 1")
+        check = Check("noise", self)
+        check.at_least(1, "k", "concepts_k", "bow_terms", "mixture_sample", "cluster_size")
+        check.at_least(1, "max_group_size", "kmeans_sample", "vocabulary_size", "vocabulary_min_count")
         if (
             len(self.weights) != 3
             or any(w < 0 or not math.isfinite(w) for w in self.weights)
             or not any(self.weights)
         ):
-            raise ValueError("noise.weights must be three numbers >= 0, not all 0 (clip, caption, image)")
-        for name in ("replace_above", "min_coverage", "drop_above", "pseudo_max_noise"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"noise.{name} must be in [0, 1]")
+            raise ValueError(
+                f"noise.weights ({list(self.weights)}) must be three numbers >= 0, not all 0 "
+                "(clip, caption, image)"
+            )
+        check.between(0, 1, "replace_above", "min_coverage", "drop_above", "pseudo_max_noise")
+        check.between(-1, 1, "min_concept_score", "pseudo_min_similarity")  # cosines
+        check.between(0, 2, "concept_margin")  # a difference of cosines
+        check.between(0, 1, "bow_subsample")  # a share of the captions
+        if self.bow_subsample == 0:
+            raise ValueError("noise.bow_subsample (0.0) must be > 0")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ValueError("noise.templates must be prompt templates holding '{}'")
-        if self.bow_subsample <= 0:
-            raise ValueError("noise.bow_subsample must be > 0")
+        check.seed("seed")
+        check.not_empty("vocabulary", "fallback_language")
 
 
 # ---------------------------------------------------------------- combining the signals

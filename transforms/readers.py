@@ -37,6 +37,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
+from transforms.checks import Check
 from transforms.crawl import CrawlConfig
 from transforms.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.listrows import InputError, Record, UnreadableFile, text_records
@@ -77,6 +78,9 @@ class InputConfig:
     encoding: str = "auto"
 
     def __post_init__(self) -> None:
+        check = Check("input", self)
+        check.not_empty("url_col", "save_additional_columns")
+        check.at_least(1, "max_record_bytes")
         if self.encoding != "auto":
             try:
                 codecs.lookup(self.encoding)

@@ -58,7 +58,8 @@ from apache_beam.utils.shared import Shared
 from xxhash import xxh3_64_intdigest
 
 from schemas.sample import BATCH_SCHEMA, Status
-from transforms.langid import LanguageIdentifier
+from transforms.checks import Check
+from transforms.langid import LID176_LANGUAGES, LanguageIdentifier
 from transforms.progress import StageCounter
 from transforms.textcounts import (
     CappedDistinctUrls,
@@ -147,8 +148,28 @@ class TextConfig:
     shuffle_partitions: int = 64
 
     def __post_init__(self) -> None:
-        if self.max_caption_chars < 1 or self.lid_batch_size < 1 or self.shuffle_partitions < 1:
-            raise ValueError("text.max_caption_chars, lid_batch_size and shuffle_partitions must be >= 1")
+        check = Check("text", self)
+        check.at_least(1, "max_caption_chars", "lid_batch_size", "shuffle_partitions")
+        check.between(0, 1, "min_lang_score")
+        check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
+        check.not_empty("languages", "blocked_domains", "blocked_extensions")
+        check.some("allowed_schemes")
+        fetchable = {"http", "https"}  # what the crawl's fetcher speaks
+        if not {s.lower() for s in self.allowed_schemes} <= fetchable:
+            raise ValueError(
+                f"text.allowed_schemes ({list(self.allowed_schemes)}) may only hold http and https, "
+                "the schemes the crawl can fetch"
+            )
+        unknown = sorted(set(self.languages or ()) - LID176_LANGUAGES)
+        if unknown and not self.lid_model:  # another model may have other labels
+            raise ValueError(
+                f"text.languages: {unknown} are not language codes of the bundled lid.176 model "
+                "(lower-case ISO codes such as en, fr, zh)"
+            )
+        rules = self.rules()  # the preset's values count too: 0 turns a rule off
+        if rules.max_words:
+            check.ordered("min_words", "max_words", rules.min_words, rules.max_words)
+        check.ordered("min_chars", "max_caption_chars", rules.min_chars, rules.max_caption_chars)
 
     def rules(self) -> Rules:
         """The effective rules: the preset, overridden by every key that is set."""

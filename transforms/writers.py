@@ -79,9 +79,9 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1:
-            raise ValueError("output.samples_per_shard must be >= 1")
+            raise ValueError(f"output.samples_per_shard ({self.samples_per_shard}) must be >= 1")
         if not (self.index_memory_gb > 0 and math.isfinite(self.index_memory_gb)):
-            raise ValueError("output.index_memory_gb must be a number > 0")
+            raise ValueError(f"output.index_memory_gb ({self.index_memory_gb!r}) must be a number > 0")
 
 
 def shard_count(total: int, samples_per_shard: int) -> int:

@@ -21,6 +21,7 @@ from sampleweb.scoring import chosen_caption
 from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows, shard_bytes
 from transforms.crawl import DownloadImages
+from transforms.manifest import write_manifest
 from transforms.readers import InputConfig, rows_to_samples
 
 CONFIG = load_config(overrides=TEST_OVERRIDES)
@@ -117,8 +118,10 @@ def test_rerun_over_a_killed_run_leaves_no_partial_or_stale_shard(sample_web, fu
     output, _ = full_run
     target = tmp_path / "out"
     target.mkdir()
-    # What a killed run leaves behind: a temporary file mid-write and a shard from a different layout.
-    (target / "_tmp-0123abcd-00001.tar").write_bytes(b"partial")
+    # What a killed run leaves behind: its claim on the folder (a manifest saying `running`), a
+    # temporary file mid-write and a shard from a different layout.
+    write_manifest(str(target), "running", [])
+    (target / f"_tmp-{'0123abcd' * 4}-00001.tar").write_bytes(b"partial")
     (target / "00099.tar").write_bytes(b"stale")
     (target / "00099.parquet").write_bytes(b"stale")
     (target / "img_emb").mkdir()
@@ -126,6 +129,7 @@ def test_rerun_over_a_killed_run_leaves_no_partial_or_stale_shard(sample_web, fu
     run_job(CONFIG, [sample_web.urls], str(target))
     assert shard_bytes(str(target)) == shard_bytes(output)
     assert not [n for n in os.listdir(target) if n.startswith("_tmp-")]
+    assert not (target / "00099.tar").exists() and not (target / "img_emb" / "img_emb_00099.npy").exists()
 
 
 def test_stages_subset_without_crawl_writes_metadata_only(sample_web, tmp_path):

@@ -12,8 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, read_output_rows, shard_bytes
 from transforms.manifest import MANIFEST_FILE, read_manifest
 
@@ -173,8 +171,9 @@ def test_item09_a_retry_that_recovers_nothing_changes_nothing(sample_web, refere
     # The sample web's failures (500s, timeouts) fail again: nothing is recovered, so the whole
     # pipeline's output, global stages (dedup groups, noise_prob) included, must be the same bytes.
     retried = str(tmp_path / "retried")
-    stats = run_job(load_config(overrides=TEST_OVERRIDES), [], retried, retry_from=reference_run.dir)
-    assert stats["status"] == reference_run.stats["status"]
+    assert main(["run", "--retry-failed", reference_run.dir, "--output", retried, *_overrides()]) == 0
+    with open(os.path.join(retried, "stats.json")) as handle:
+        assert json.load(handle)["status"] == reference_run.stats["status"]
     before = {r["uid"]: r for r in read_output_rows(reference_run.dir)}
     after = {r["uid"]: r for r in read_output_rows(retried)}
     changed = [uid for uid in before if before[uid] != after[uid]]

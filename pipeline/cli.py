@@ -405,6 +405,14 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
             f"  noise stage: {noise['total']:,} pairs judged; caption kept as: {chosen}; "
             f"{noise['dropped'].get('noisy_pair', 0):,} too noisy to repair"
         )
+        guard = stats.get("noise", {}).get("term_guard")
+        if guard:
+            lines.append(
+                f"  precision guard: {guard['terms_trusted']:,} of {guard['terms_measured']:,} measured "
+                f"concepts trusted (precision >= {guard['min_term_precision']} over "
+                f"{guard['min_term_support']}+ clean pairs)"
+                + (f"; repair {guard['repair']}" if "repair" in guard else "")
+            )
     shards = stats["shards"]
     lines.append(
         f"  shards: {shards['count']} Parquet, {shards['tar_files']} tar ({shards['tar_bytes'] / 1e6:.1f} MB)"

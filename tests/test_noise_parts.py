@@ -17,9 +17,11 @@ from transforms.concepts import (
     embed_vocabulary,
     mentioned,
     missing_concepts,
+    only_terms,
     read_word_list,
     score_concepts,
     term_words,
+    trust_terms,
     words,
 )
 from transforms.mixture import fit_mixture
@@ -200,6 +202,41 @@ def test_policy_completes_replaces_or_drops():
     assert "nothing to replace" in dropped.error and dropped.caption_original == "A cat on a sofa."
     strict = repair(_sample("A cat."), _estimate(0.9), source, found, NoiseConfig(drop_above=0.8))
     assert strict.reason == "noisy_pair" and "drop_above" in strict.error
+
+
+def test_the_precision_guard_trusts_only_terms_the_clean_captions_confirm():
+    evidence = [
+        (("en", "red circle"), (40, 38)),  # named by 95 % of the clean captions it was found for
+        (("en", "blue square"), (40, 8)),  # a colour the model sees, a shape it guesses
+        (("en", "green star"), (5, 5)),  # right every time, but too rarely seen to count
+    ]
+    trusted = trust_terms(evidence, min_precision=0.8, min_support=20)
+    assert trusted.terms == frozenset({("en", "red circle")})
+    summary = trusted.summary()
+    assert (summary["terms_measured"], summary["terms_trusted"]) == (2, 1) and "repair" not in summary
+    assert [t["term"] for t in summary["best_terms"]] == ["red circle", "blue square", "green star"]
+    assert summary["best_terms"][1] == {"lang": "en", "term": "blue square", "support": 40, "precision": 0.2}
+    config = NoiseConfig(replace_above=0.5, min_coverage=1.0)
+    found = Concepts(
+        "en",
+        [("red circle", 0.5)],
+        ["red circle", "blue square"],
+        [("blue square", 0.4), ("red circle", 0.3)],
+    )
+    # Only the trusted term may complete a caption or make a BoW caption.
+    completed = repair(_sample("A photo."), _estimate(0.1), None, found, config, trusted=trusted)
+    assert completed.chosen_caption() == "A photo, red circle"
+    bow = repair(_sample("A cat on a sofa."), _estimate(0.9), None, found, config, trusted=trusted)
+    assert bow.caption_source == "bow" and bow.chosen_caption() == "red circle"
+    assert bow.concepts == [("red circle", 0.5)]  # the scores stay as measured
+    # Nothing trusted: no completion, no BoW caption; the summary says why.
+    none = trust_terms(evidence, min_precision=0.99, min_support=20)
+    assert none.terms == frozenset() and none.summary()["repair"].startswith("off:")
+    kept = repair(_sample("A photo."), _estimate(0.1), None, found, config, trusted=none)
+    assert kept.caption_source == "original" and kept.chosen_caption() == "A photo."
+    dropped = repair(_sample("A cat on a sofa."), _estimate(0.9), None, found, config, trusted=none)
+    assert dropped.reason == "noisy_pair" and dropped.caption_bow is None
+    assert only_terms(found, none.terms).visual == []
 
 
 def test_knn_agreement_is_high_for_matching_captions():

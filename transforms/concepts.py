@@ -329,6 +329,69 @@ def missing_concepts(caption: str | None, concepts: Concepts) -> tuple[list[str]
     return missing, 1.0 - len(missing) / len(concepts.visual)
 
 
+def only_terms(concepts: Concepts, allowed: frozenset[tuple[str, str]]) -> Concepts:
+    """`concepts` with its visual and balanced terms cut to the `allowed` (lang, term) pairs."""
+    lang = concepts.lang or "und"
+    return dataclasses.replace(
+        concepts,
+        visual=[t for t in concepts.visual if (lang, t) in allowed],
+        balanced=[(t, s) for t, s in concepts.balanced if (lang, t) in allowed],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustedTerms:
+    """The precision guard's verdict: the (lang, term) pairs a caption may gain, and the evidence.
+
+    `evidence` maps (lang, term) to (shown, named): in how many clean pairs the term was a visual
+    concept, and in how many of those the caption named it. Its precision is named / shown."""
+
+    terms: frozenset[tuple[str, str]]
+    evidence: dict[tuple[str, str], tuple[int, int]]
+    min_precision: float
+    min_support: int
+
+    def summary(self, top: int = 10) -> dict[str, Any]:
+        """What stats.json and the report say: how many terms passed, and the best measured ones."""
+        ranked = sorted(
+            ((lang, term, shown, named) for (lang, term), (shown, named) in self.evidence.items()),
+            key=lambda r: (-(r[3] / r[2]) if r[2] >= self.min_support else 1.0, -r[2], r[0], r[1]),
+        )
+        best = [
+            {"lang": lang, "term": term, "support": shown, "precision": round(named / shown, 4)}
+            for lang, term, shown, named in ranked[:top]
+        ]
+        measured = sum(1 for shown, _ in self.evidence.values() if shown >= self.min_support)
+        out: dict[str, Any] = {
+            "min_term_precision": self.min_precision,
+            "min_term_support": self.min_support,
+            "terms_measured": measured,
+            "terms_trusted": len(self.terms),
+            "best_terms": best,
+        }
+        if not self.terms:
+            out["repair"] = (
+                f"off: no visual concept was named by the clean captions in at least "
+                f"{self.min_precision:.0%} of {self.min_support}+ pairs, so no caption is completed "
+                "and no BoW caption is made"
+            )
+        return out
+
+
+def trust_terms(
+    evidence: Iterable[tuple[tuple[str, str], tuple[int, int]]], min_precision: float, min_support: int
+) -> TrustedTerms:
+    """The terms whose measured precision is at least `min_precision` over `min_support`+ pairs."""
+    table = dict(evidence)
+    passed = (
+        key
+        for key, (shown, named) in table.items()
+        if shown >= min_support and named >= min_precision * shown
+    )
+    trusted = frozenset(passed)
+    return TrustedTerms(trusted, table, min_precision, min_support)
+
+
 def iter_terms(captions: Iterable[tuple[str | None, str | None]]) -> Iterator[tuple[tuple[str, str], int]]:
     """((lang, term), 1) for each distinct term of each (caption, lang)."""
     for caption, lang in captions:

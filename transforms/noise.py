@@ -28,6 +28,11 @@ candidate with `noise_prob`, `concepts` and the caption columns; a pair too nois
    WebDataset `.txt` holds: `original`, `completed`, `generated`, `neighbour` or `bow`. The
    defaults (`replace_above` 1.0, `min_coverage` 0.0, `drop_above` 1.0) estimate and keep every
    caption as it is; completing, replacing and dropping are opted into.
+6. **Precision guard**: before any term is added to a caption or put in a BoW caption, the stage
+   measures on the run's clean pairs (`noise_prob` <= `pseudo_max_noise`) how often each visual
+   concept is named by the caption (`concepts.trust_terms`). Only terms at or above
+   `min_term_precision` over `min_term_support` pairs are used; with none, completion and BoW
+   captions are off, and `stats.json` says why (`noise.term_guard`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from transforms.checks import Check
 from transforms.concepts import (
     ConceptBank,
     Concepts,
+    TrustedTerms,
     Vocabulary,
     append_concepts,
     bow_caption,
@@ -55,8 +61,10 @@ from transforms.concepts import (
     iter_terms,
     log_bank,
     missing_concepts,
+    only_terms,
     read_word_list,
     score_concepts,
+    trust_terms,
 )
 from transforms.mixture import Mixture, fit_mixture
 from transforms.neighbours import NeighbourAgreement, Space
@@ -138,6 +146,12 @@ class NoiseConfig:
     pseudo_min_similarity: float = 0.9
     #: Generate pseudo-captions when the model can (open_clip CoCa): `auto` or `never`.
     generate: Literal["auto", "never"] = "auto"
+    #: The precision guard: a visual concept may be added to a caption or enter a BoW caption only
+    #: if, among the run's clean pairs (`noise_prob` at most `pseudo_max_noise`), the captions of
+    #: the images it was found in name it at least this often (`concepts.term_precision`).
+    min_term_precision: float = 0.8
+    #: Least number of clean pairs a term must be found in for its precision to count.
+    min_term_support: int = 20
 
     def __post_init__(self) -> None:
         check = Check("noise", self)
@@ -153,6 +167,8 @@ class NoiseConfig:
                 "(clip, caption, image)"
             )
         check.between(0, 1, "replace_above", "min_coverage", "drop_above", "pseudo_max_noise")
+        check.between(0, 1, "min_term_precision")
+        check.at_least(1, "min_term_support")
         check.between(-1, 1, "min_concept_score", "pseudo_min_similarity")  # cosines
         check.between(0, 2, "concept_margin")  # a difference of cosines
         check.between(0, 1, "bow_subsample")  # a share of the captions
@@ -319,14 +335,18 @@ def repair(
     found: Concepts,
     config: NoiseConfig,
     generates: bool = False,
+    trusted: TrustedTerms | None = None,
 ) -> Sample:
     """The completion policy for one sample: its noise columns set, its caption kept, completed or
     replaced, or the pair rejected as `noisy_pair`. `source` is the clean neighbour whose caption
     it may take: (cosine, uid, caption, lang). With `generates` (the model writes captions), a
-    replaced caption is marked `generated`; `GenerateCaptions` then writes it."""
+    replaced caption is marked `generated`; `GenerateCaptions` then writes it. Only `trusted`
+    terms (the precision guard's; None: every term) may complete a caption or make a BoW one."""
     original = sample.caption_clean if sample.caption_clean is not None else sample.caption
-    bow = bow_caption(found, config.bow_terms)
-    missing, coverage = missing_concepts(original, found)
+    usable = found if trusted is None else only_terms(found, trusted.terms)
+    bow = bow_caption(usable, config.bow_terms)
+    missing, _ = missing_concepts(original, usable)
+    _, coverage = missing_concepts(original, found)
     noise_prob = round(estimate.noise_prob, 6)
     fields: dict[str, Any] = {
         "noise_prob": noise_prob,
@@ -370,7 +390,9 @@ class _DecideFn(beam.DoFn):
             for name in (ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW)
         }
 
-    def process(self, element: tuple[str, dict[str, list[Any]]], bank: ConceptBank) -> Iterator[Sample]:
+    def process(
+        self, element: tuple[str, dict[str, list[Any]]], bank: ConceptBank, trusted: TrustedTerms
+    ) -> Iterator[Sample]:
         uid, joined = element
         samples = sorted(joined["sample"], key=lambda s: (s.url or "", s.caption or ""))
         if not samples:
@@ -382,21 +404,14 @@ class _DecideFn(beam.DoFn):
             self._counter.add_passed()
             yield from samples
             return
-        yield self._decide(first, estimate, source, bank)
+        yield self._decide(first, estimate, source, bank, trusted)
         yield from samples[1:]  # the same url and caption again: the writer marks it `duplicate_uid`
 
-    def _decide(self, sample: Sample, estimate: Estimate, source: Any, bank: ConceptBank) -> Sample:
-        config = self._config
-        found = score_concepts(
-            np.asarray(sample.image_embedding, dtype=np.float32)[None, :],
-            [sample.lang],
-            bank,
-            config.concepts_k,
-            config.min_concept_score,
-            config.concept_margin,
-            config.fallback_language,
-        )[0]
-        repaired = repair(sample, estimate, source, found, config, self._generates)
+    def _decide(
+        self, sample: Sample, estimate: Estimate, source: Any, bank: ConceptBank, trusted: TrustedTerms
+    ) -> Sample:
+        found = _concepts(sample, bank, self._config)
+        repaired = repair(sample, estimate, source, found, self._config, self._generates, trusted)
         if repaired.status == Status.SUCCESS:
             self._counter.add(kept=True)
             self._sources[repaired.caption_source or ORIGINAL].inc()
@@ -406,6 +421,44 @@ class _DecideFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._counter.flush()
+
+
+def _concepts(sample: Sample, bank: ConceptBank, config: NoiseConfig) -> Concepts:
+    return score_concepts(
+        np.asarray(sample.image_embedding, dtype=np.float32)[None, :],
+        [sample.lang],
+        bank,
+        config.concepts_k,
+        config.min_concept_score,
+        config.concept_margin,
+        config.fallback_language,
+    )[0]
+
+
+def _term_evidence(
+    element: tuple[str, dict[str, list[Any]]], bank: ConceptBank, config: NoiseConfig
+) -> Iterator[tuple[tuple[str, str], tuple[int, int]]]:
+    """((lang, term), (1, named)) for each visual concept of a clean pair: the weak label its
+    caption gives the precision guard."""
+    _, joined = element
+    if not joined["sample"] or not joined["estimate"]:
+        return
+    estimate: Estimate = joined["estimate"][0]
+    if estimate.noise_prob > config.pseudo_max_noise:
+        return
+    sample = min(joined["sample"], key=lambda s: (s.url or "", s.caption or ""))
+    found = _concepts(sample, bank, config)
+    original = sample.caption_clean if sample.caption_clean is not None else sample.caption
+    missing, _ = missing_concepts(original, found)
+    for term in found.visual:
+        yield (found.lang or "und", term), (1, 0 if term in missing else 1)
+
+
+def _sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    shown = named = 0
+    for a, b in pairs:
+        shown, named = shown + a, named + b
+    return shown, named
 
 
 def _route(sample: Sample, partitions: int) -> int:
@@ -451,13 +504,17 @@ def _offers(element: tuple[str, dict[str, list[Any]]], config: NoiseConfig) -> I
         yield requester, (cosine, neighbour, found.caption, found.lang)
 
 
-def noise_summary(mixtures: Sequence[Mixture], bank: ConceptBank, config: NoiseConfig) -> dict[str, Any]:
-    """What stats.json records under `noise`: the fitted mixtures and the vocabulary sizes."""
+def noise_summary(
+    mixtures: Sequence[Mixture], bank: ConceptBank, config: NoiseConfig, trusted: TrustedTerms
+) -> dict[str, Any]:
+    """What stats.json records under `noise`: the fitted mixtures, the vocabulary sizes and the
+    precision guard's verdict."""
     return {
         "mixtures": {name: m.as_dict() for name, m in zip(SIGNALS, mixtures, strict=True)},
         "combine": config.combine,
         "weights": dict(zip(SIGNALS, config.weights, strict=True)),
         "vocabulary": {lang: len(terms) for lang, terms in sorted(bank.terms.items())},
+        "term_guard": trusted.summary(),
     }
 
 
@@ -630,24 +687,34 @@ class RepairCaptions(beam.PTransform):
         )
         bank = vocabulary | "EmbedVocabulary" >> beam.Map(_make_bank, embed=self._embed, config=config)
 
-        decided = (
-            {
-                "sample": candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s)),
-                "estimate": keyed_estimates,
-                "pseudo": sources,
-            }
-            | "JoinEstimates" >> beam.CoGroupByKey()
-            | "Decide"
-            >> beam.ParDo(
-                _DecideFn(config, self._progress_dir, self._generates), bank=beam.pvalue.AsSingleton(bank)
-            )
+        joined = {
+            "sample": candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s)),
+            "estimate": keyed_estimates,
+            "pseudo": sources,
+        } | "JoinEstimates" >> beam.CoGroupByKey()
+        # The precision guard: how often the clean pairs' captions name each visual concept.
+        trusted = (
+            joined
+            | "TermEvidence"
+            >> beam.FlatMap(_term_evidence, bank=beam.pvalue.AsSingleton(bank), config=config)
+            | "SumEvidence" >> beam.CombinePerKey(_sum_pairs)
+            | "AllEvidence" >> beam.combiners.ToList()
+            | "TrustTerms" >> beam.Map(trust_terms, config.min_term_precision, config.min_term_support)
+        )
+        decided = joined | "Decide" >> beam.ParDo(
+            _DecideFn(config, self._progress_dir, self._generates),
+            bank=beam.pvalue.AsSingleton(bank),
+            trusted=beam.pvalue.AsSingleton(trusted),
         )
         if self._generates:
             decided = decided | "Generate" >> GenerateCaptions(self._embed)
         self.summary = mixtures[0] | "Summary" >> beam.Map(
-            lambda clip, caption, image, bank_: noise_summary((clip, caption, image), bank_, config),
+            lambda clip, caption, image, bank_, trusted_: noise_summary(
+                (clip, caption, image), bank_, config, trusted_
+            ),
             caption=beam.pvalue.AsSingleton(mixtures[1]),
             image=beam.pvalue.AsSingleton(mixtures[2]),
             bank_=beam.pvalue.AsSingleton(bank),
+            trusted_=beam.pvalue.AsSingleton(trusted),
         )
         return (decided, passing) | "Merge" >> beam.Flatten()

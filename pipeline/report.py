@@ -702,9 +702,32 @@ def _run(audit: Audit) -> str:
     )
     return (
         f"<h3>models</h3>{f'<table>{models}</table>' if models else '<p class=muted>no model scores</p>'}"
+        f"{_term_guard(audit)}"
         f"<h3>config</h3>{config}"
         f"<details><summary>Beam counters</summary><table>{metrics}</table></details>"
     )
+
+
+def _term_guard(audit: Audit) -> str:
+    """The noise stage's precision guard: which visual concepts it trusted, with the measured
+    precision of the best ones (empty when the run had no noise stage)."""
+    guard = (audit.stats.get("noise") or {}).get("term_guard")
+    if not isinstance(guard, dict):
+        return ""
+    verdict = (
+        f"{guard['terms_trusted']:,} of {guard['terms_measured']:,} measured concepts trusted "
+        f"(named by the clean captions in at least {guard['min_term_precision']:.0%} of "
+        f"{guard['min_term_support']}+ pairs where the model found them)"
+    )
+    if guard.get("repair"):
+        verdict += f"; repair {guard['repair']}"
+    rows = "".join(
+        f'<tr><td>{_e(t["lang"])}</td><td class="url">{_e(t["term"])}</td>'
+        f'<td class="n">{t["precision"]:.2f}</td><td class="n">{t["support"]:,}</td></tr>'
+        for t in guard.get("best_terms", [])
+    )
+    head = '<tr><th>lang</th><th>concept</th><th class="n">precision</th><th class="n">clean pairs</th></tr>'
+    return f"<h3>caption repair guard</h3><p>{_e(verdict)}</p><table>{head}{rows}</table>"
 
 
 def _count_deltas(a: Audit, b: Audit) -> str:

@@ -49,6 +49,12 @@ def test_the_precision_guard_stops_a_model_that_cannot_tag_from_completing_capti
     assert guard["terms_trusted"] == 0 and guard["terms_measured"] > 0
     assert all(t["precision"] < 0.8 for t in guard["best_terms"] if t["support"] >= 20)
     assert guard["repair"].startswith("off:")
+    # The audit report states the verdict with the measured figures.
+    with open(os.path.join(output, "report.html"), encoding="utf-8") as handle:
+        page = handle.read()
+    assert f"0 of {guard['terms_measured']} measured concepts trusted" in page and "repair off:" in page
+    best = guard["best_terms"][0]
+    assert f'<td class="url">{best["term"]}</td><td class="n">{best["precision"]:.2f}</td>' in page
     rows = [r for r in read_output_rows(output) if r["noise_prob"] is not None]
     assert not [r for r in rows if r["caption_source"] in ("completed", "bow") or r["caption_bow"]]
     kept_clean = [r for r in rows if r["status"] == "success" and truth[r["url"]]["noise"] == "none"]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("winnow")
 #: Exit status of a run that finished but raised an alarm (its crawl failed too often to trust).
 EXIT_ALARM = 3
+_HANDLER = "winnow-cli"
 _USER_ERROR = re.compile(r"(InputError|ConfigError|EmbedError): ([^\n]+)")
 
 
@@ -40,11 +41,7 @@ def _quiet_import_noise(record: logging.LogRecord) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_quiet_import_noise)
+    _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     if args.command not in ("run", "search", "audit") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from pipeline.audit import AuditError
@@ -100,6 +97,20 @@ def failure_cause(err: BaseException) -> str:
         words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", type(err).__name__).lower()
         cause = f"{words} {cause}".strip()
     return cause[:500]
+
+
+def _log_to_stderr(level: int) -> None:
+    """Logs to the stderr of this call: the handler an earlier `main` in the same process added
+    (to the stderr of then, perhaps closed since) is replaced, never stacked."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER]:
+        root.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(_quiet_import_noise)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from transforms.crawl import failure_alarm
 from transforms.embed import resolve_device
 from transforms.manifest import claim_output, inside, normalized, record_files, require_complete
 from transforms.progress import NAMESPACE
-from transforms.readers import InputError, check_input, expand_inputs
+from transforms.readers import InputError, check_input, expand_inputs, is_directory
 from transforms.writers import STATS_FILE, write_atomically
 
 LOG = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def check_no_overlap(patterns: Sequence[str], files: Sequence[str], output_dir: 
             raise InputError(f"--output {output_dir} holds the input file {path}; write to another folder")
     for pattern in patterns:
         base = pattern.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
-        if _is_folder(pattern):
+        if is_directory(pattern):
             folder = pattern
         elif base != pattern:  # a glob: the folder it starts in
             folder = posixpath.dirname(base) or "."
@@ -215,12 +215,6 @@ def config_changes(
         elif old != new and name not in RETRY_MAY_CHANGE:
             changes.append((name, old, new))
     return changes
-
-
-def _is_folder(path: str) -> bool:
-    if FileSystems.get_scheme(path) in (None, "file"):
-        return os.path.isdir(path)
-    return path.endswith("/")
 
 
 def _make_local_folder(output_dir: str) -> None:

@@ -28,13 +28,13 @@ class ProgressPrinter:
         self,
         progress_dir: str,
         stages: Sequence[str],
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,
         interval_s: float = 1.0,
         log_every_s: float = 10.0,
     ):
         self._dir = progress_dir
         self._stages = list(stages)
-        self._stream = stream
+        self._stream = stream if stream is not None else sys.stderr  # the stderr of now, not of import
         self._interval = interval_s
         self._log_every = log_every_s
         self._stop = threading.Event()

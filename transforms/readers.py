@@ -95,7 +95,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         candidates = [pattern]
         folder = None
-        if not any(ch in pattern for ch in "*?[") and _is_directory(pattern):
+        if not any(ch in pattern for ch in "*?[") and is_directory(pattern):
             folder = pattern.rstrip("/") + "/"
             candidates = [folder + "**"]
         matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
@@ -471,7 +471,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _is_directory(path: str) -> bool:
+def is_directory(path: str) -> bool:
+    """Whether an input path names a folder (on an object store: it ends with `/`)."""
     if "://" in path:
         return path.endswith("/")
     return os.path.isdir(path)

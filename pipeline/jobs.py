@@ -135,7 +135,7 @@ def run_job(
         stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
         write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
         record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in INDEX_FILES])
-    stats["report"] = _write_report(output_dir)
+    stats["report"] = _write_report(output_dir, stats["samples"])
     return stats
 
 
@@ -226,12 +226,11 @@ def _make_local_folder(output_dir: str) -> None:
         raise InputError(f"output '{output_dir}' is a file, not a folder")
 
 
-def _write_report(output_dir: str) -> str | None:
+def _write_report(output_dir: str, samples: int) -> str | None:
     """The audit report of the finished output; a failure to write it leaves the run's results valid."""
-    with FileSystems.open(f"{output_dir}/{STATS_FILE}") as handle:
-        if json.loads(handle.read()).get("samples") == 0:
-            LOG.warning("no audit report: the input held no rows, so the output has nothing to report")
-            return None
+    if samples == 0:
+        LOG.warning("no audit report: the input held no rows, so the output has nothing to report")
+        return None
     try:
         return write_report(output_dir)
     except (AuditError, OSError) as err:

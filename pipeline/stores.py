@@ -11,9 +11,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
-from transforms.readers import InputError
-
-_MARKER = ".winnow-write-check"
+from transforms.manifest import WRITE_CHECK
+from transforms.readers import InputError, first_line
 
 
 def check_bucket(path: str, options: PipelineOptions) -> None:
@@ -60,25 +59,21 @@ def _check_gcs_bucket(path: str, options: PipelineOptions) -> None:
     except (exceptions.Forbidden, exceptions.Unauthorized) as err:
         raise InputError(f"access to GCS bucket '{bucket}' denied for these credentials ({path})") from err
     except exceptions.GoogleAPIError as err:
-        raise InputError(f"GCS bucket '{bucket}': {_first_line(err)} ({path})") from err
+        raise InputError(f"GCS bucket '{bucket}': {first_line(err)} ({path})") from err
     if found is None:
         raise InputError(f"GCS bucket '{bucket}' does not exist ({path})")
 
 
 def check_writable(output_dir: str) -> None:
     """`InputError` unless a small marker can be written to and deleted from `output_dir`."""
-    marker = f"{output_dir}/{_MARKER}"
+    marker = f"{output_dir}/{WRITE_CHECK}"
     try:
         with FileSystems.create(marker) as handle:
             handle.write(b"winnow write check\n")  # an empty multipart upload is malformed on S3
         FileSystems.delete([marker])
     except (BeamIOError, OSError, ValueError) as err:
-        raise InputError(f"output '{output_dir}' is not writable: {_first_line(err)}") from err
+        raise InputError(f"output '{output_dir}' is not writable: {first_line(err)}") from err
     except Exception as err:  # noqa: BLE001 - Beam's S3 client raises its own S3ClientError(Exception)
         if type(err).__name__ != "S3ClientError":
             raise
-        raise InputError(f"output '{output_dir}' is not writable: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"output '{output_dir}' is not writable: {first_line(err)}") from err

@@ -33,16 +33,17 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.readers import InputError
 
 MANIFEST_FILE = "winnow-manifest.json"
-#: What a write in progress is called until it is renamed (`write_atomically`).
-TEMP_NAME = re.compile(r"^_tmp-[0-9a-f]{32}-")
+#: What a write in progress is called until it is renamed: `_tmp-<32 hex>-<name>` (`write_atomically`).
+TEMP_PREFIX = "_tmp-"
+_TEMP_NAME = re.compile(rf"^{TEMP_PREFIX}[0-9a-f]{{32}}-")
 #: The names of the files a run writes into its output folder (relative paths).
 _OUTPUT_NAME = re.compile(
     r"^(\d{5,}\.(tar|parquet)|stats\.json|report\.html"
     r"|img_emb/img_emb_\d{5,}\.npy|text_emb/text_emb_\d{5,}\.npy|metadata/metadata_\d{5,}\.parquet"
     r"|index/(image\.index|ids\.parquet|index\.json))$"
 )
-#: Left for a moment by the object-store writability check (`pipeline/stores.py`).
-_WRITE_CHECK = ".winnow-write-check"
+#: Left for a moment by the writability check (`pipeline/stores.py`).
+WRITE_CHECK = ".winnow-write-check"
 
 State = Literal["running", "complete"]
 
@@ -53,9 +54,14 @@ class Manifest:
     files: tuple[str, ...]
 
 
+def is_temp(relative: str) -> bool:
+    """Whether a path relative to an output folder is a write in progress."""
+    return bool(_TEMP_NAME.match(relative.rpartition("/")[2]))
+
+
 def is_output_name(relative: str) -> bool:
     """Whether a path relative to an output folder is one a run writes (or a write in progress)."""
-    return bool(_OUTPUT_NAME.match(relative) or TEMP_NAME.match(relative.rpartition("/")[2]))
+    return bool(_OUTPUT_NAME.match(relative)) or is_temp(relative)
 
 
 def normalized(path: str) -> str:
@@ -115,7 +121,7 @@ def write_manifest(output_dir: str, state: State, files: Iterable[str]) -> None:
 def claim_output(output_dir: str) -> Manifest:
     """Records that a run is about to write into `output_dir` (which exists); refuses a folder that
     holds files Winnow did not write. Returns the manifest written."""
-    present = [f for f in list_files(output_dir) if f not in (MANIFEST_FILE, _WRITE_CHECK)]
+    present = [f for f in list_files(output_dir) if f not in (MANIFEST_FILE, WRITE_CHECK)]
     previous = read_manifest(output_dir)
     if previous is None:
         files: set[str] = set()
@@ -123,7 +129,7 @@ def claim_output(output_dir: str) -> Manifest:
         files = set(previous.files)
         if previous.state == "running":  # a killed run: its files carry Winnow's names
             files |= {f for f in present if is_output_name(f)}
-    foreign = [f for f in present if f not in files and not TEMP_NAME.match(f.rpartition("/")[2])]
+    foreign = [f for f in present if f not in files and not is_temp(f)]
     if foreign:
         what = "files" if previous is None else "files its manifest does not name"
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""

@@ -148,7 +148,7 @@ class NoiseConfig:
     generate: Literal["auto", "never"] = "auto"
     #: The precision guard: a visual concept may be added to a caption or enter a BoW caption only
     #: if, among the run's clean pairs (`noise_prob` at most `pseudo_max_noise`), the captions of
-    #: the images it was found in name it at least this often (`concepts.term_precision`).
+    #: the images it was found in name it at least this often (`concepts.trust_terms`).
     min_term_precision: float = 0.8
     #: Least number of clean pairs a term must be found in for its precision to count.
     min_term_support: int = 20
@@ -394,7 +394,7 @@ class _DecideFn(beam.DoFn):
         self, element: tuple[str, dict[str, list[Any]]], bank: ConceptBank, trusted: TrustedTerms
     ) -> Iterator[Sample]:
         uid, joined = element
-        samples = sorted(joined["sample"], key=lambda s: (s.url or "", s.caption or ""))
+        samples = sorted(joined["sample"], key=_copy_order)
         if not samples:
             return
         first = samples[0]
@@ -423,6 +423,11 @@ class _DecideFn(beam.DoFn):
         self._counter.flush()
 
 
+def _copy_order(sample: Sample) -> tuple[str, str]:
+    """Order of a uid's copies (the same url and caption); the first is the one judged."""
+    return sample.url or "", sample.caption or ""
+
+
 def _concepts(sample: Sample, bank: ConceptBank, config: NoiseConfig) -> Concepts:
     return score_concepts(
         np.asarray(sample.image_embedding, dtype=np.float32)[None, :],
@@ -446,7 +451,7 @@ def _term_evidence(
     estimate: Estimate = joined["estimate"][0]
     if estimate.noise_prob > config.pseudo_max_noise:
         return
-    sample = min(joined["sample"], key=lambda s: (s.url or "", s.caption or ""))
+    sample = min(joined["sample"], key=_copy_order)  # the copy `_DecideFn` judges
     found = _concepts(sample, bank, config)
     original = sample.caption_clean if sample.caption_clean is not None else sample.caption
     missing, _ = missing_concepts(original, found)

@@ -91,6 +91,10 @@ def shard_embeddings(output_dir: str, stem: str) -> dict[str, tuple[np.ndarray, 
     return {uid: (arrays[0][i], arrays[1][i]) for i, uid in enumerate(uids)}
 
 
+def _settled(sample: Sample) -> bool:
+    return sample.status != Status.PENDING
+
+
 def _read_shard(parquet_path: str) -> Iterator[Sample]:
     output_dir, _, name = parquet_path.rpartition("/")
     stem = name[: -len(".parquet")]
@@ -104,14 +108,10 @@ def _read_shard(parquet_path: str) -> Iterator[Sample]:
         if row["status"] == Status.SUCCESS and row["key"] is not None and image is None:
             LOG.warning("%s: the image of kept row %s is missing; it is fetched again", tar_path, row["uid"])
         sample = sample_from_row(row, image)
-        if sample.status != Status.PENDING and row["uid"] in embeddings:
+        if _settled(sample) and row["uid"] in embeddings:
             image_embedding, text_embedding = embeddings[row["uid"]]
             sample = sample.evolve(image_embedding=image_embedding, text_embedding=text_embedding)
         yield sample
-
-
-def _settled(sample: Sample) -> bool:
-    return sample.status != Status.PENDING
 
 
 class ReadPreviousOutput(beam.PTransform):

@@ -278,7 +278,7 @@ def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterato
         if isinstance(err, InputError):
             raise
         damaged = f"row {first + 1}"
-        message = f"{path}: cannot read from {damaged} on: {_first_line(err)}"
+        message = f"{path}: cannot read from {damaged} on: {first_line(err)}"
         yield _columns_to_batch(
             path,
             [damaged],
@@ -290,7 +290,8 @@ def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterato
         )
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its class name when it has none."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
@@ -441,7 +442,7 @@ def _iter_records(path: str, config: InputConfig, limit: int | None = None) -> I
     try:
         opened = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     except OSError as err:
-        raise InputError(f"{path}: cannot read input file: {_first_line(err)}") from err
+        raise InputError(f"{path}: cannot read input file: {first_line(err)}") from err
     with opened as raw:
         records = text_records(_decompressed(path, raw), path, fmt, config.url_col, config.encoding)
         for index, record in enumerate(records):

@@ -47,7 +47,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
-from transforms.manifest import TEMP_NAME, list_files, read_manifest, write_manifest
+from transforms.manifest import TEMP_PREFIX, is_temp, list_files, read_manifest, write_manifest
 from transforms.progress import StageCounter
 
 _SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
@@ -60,7 +60,6 @@ _EMBEDDING_METADATA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
     ]
 )
-_TEMP_PREFIX = "_tmp-"
 STATS_FILE = "stats.json"
 
 
@@ -223,7 +222,7 @@ def write_atomically(path: str, data: bytes) -> None:
         raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
     directory, name = os.path.split(path)
     os.makedirs(directory or ".", exist_ok=True)
-    temp = os.path.join(directory, f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
     with open(temp, "wb") as handle:
         handle.write(data)
     os.replace(temp, path)  # atomic, and replaces a file only
@@ -377,9 +376,7 @@ def finalize_output(
     manifest = read_manifest(output_dir)
     recorded = set(manifest.files) if manifest is not None else set()
     present = list_files(output_dir)
-    stale = [
-        f for f in present if (f in recorded and f not in written) or TEMP_NAME.match(f.rpartition("/")[2])
-    ]
+    stale = [f for f in present if (f in recorded and f not in written) or is_temp(f)]
     if stale:
         FileSystems.delete([f"{output_dir}/{name}" for name in stale])
     stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)

@@ -15,6 +15,9 @@ such words, with very frequent words down-weighted. Winnow does both per languag
   template, embedded with the run's CLIP text tower, averaged over templates and normalised
   (CLIP's prompt ensembling); an image's concepts are the terms of its caption's language by
   cosine to the image embedding.
+* **Classifier labels** (`label_bank`, `label_concepts`): with an image classifier as the source
+  (`noise.concept_model`), its class names are the vocabulary of one language and its class
+  probabilities the scores; captions in another language get no visual concepts from it.
 * **BoW captions** (`bow_caption`): the visual concepts ordered by score times the subsampling
   weight of word2vec (Mikolov et al., 2013), min(1, sqrt(t / f)) for a term in a share f of the
   captions, so that a term on every caption ("background") sinks below the specific ones.
@@ -223,7 +226,7 @@ def embed_vocabulary(
 ) -> ConceptBank:
     """Every term in every template through `encode_text(list[str]) -> (n, d) normalised array`,
     averaged over templates and normalised again."""
-    embeddings, weights, term_words_by_lang = {}, {}, {}
+    embeddings = {}
     for lang, terms in vocabulary.terms.items():
         total = None
         for template in templates:
@@ -233,11 +236,20 @@ def embed_vocabulary(
             total = encoded if total is None else total + encoded
         assert total is not None
         embeddings[lang] = total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
-        weights[lang] = balancing_weights(
-            vocabulary.counts[lang], vocabulary.captions.get(lang, 0), subsample
-        )
-        term_words_by_lang[lang] = tuple(term_words(term, lang) for term in terms)
-    return ConceptBank(dict(vocabulary.terms), embeddings, weights, term_words_by_lang)
+    return dataclasses.replace(label_bank(vocabulary, subsample), embeddings=embeddings)
+
+
+def label_bank(vocabulary: Vocabulary, subsample: float) -> ConceptBank:
+    """The bank of a vocabulary scored by something other than text embeddings (a classifier's
+    class names, in class order): its terms, balancing weights and words, no embeddings."""
+    weights = {
+        lang: balancing_weights(vocabulary.counts[lang], vocabulary.captions.get(lang, 0), subsample)
+        for lang in vocabulary.terms
+    }
+    term_words_by_lang = {
+        lang: tuple(term_words(term, lang) for term in terms) for lang, terms in vocabulary.terms.items()
+    }
+    return ConceptBank(dict(vocabulary.terms), {}, weights, term_words_by_lang)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,12 +280,8 @@ def score_concepts(
     fallback: str,
 ) -> list[Concepts]:
     """Zero-shot concepts of a batch of images (rows of `image_embeddings`), from the vocabulary of
-    each caption's language, or of `fallback` when that one has fewer than `top_k` terms.
-
-    `scored`: the `top_k` terms by cosine. `visual`: those with cosine >= `min_score` and within
-    `relative` of the best one, less any word another of them contains ("circle" beside "red
-    circle"). `balanced`: the visual concepts by cosine times balancing weight.
-    """
+    each caption's language, or of `fallback` when that one has fewer than `top_k` terms; the
+    scores are cosines (`select_concepts` says which terms are kept)."""
     out: list[Concepts] = []
     images = np.asarray(image_embeddings, dtype=np.float32)
     for row, caption_lang in zip(images, langs, strict=True):
@@ -284,21 +292,59 @@ def score_concepts(
         cosines = bank.embeddings[lang] @ row
         k = min(top_k, len(cosines))
         best_k = np.argpartition(-cosines, k - 1)[:k] if k < len(cosines) else np.arange(len(cosines))
-        top = sorted(best_k.tolist(), key=lambda i: (-cosines[i], bank.terms[lang][i]))
-        scored = [(bank.terms[lang][i], round(float(cosines[i]), 4)) for i in top]
-        best = float(cosines[top[0]]) if top else 0.0
-        close = [i for i in top if cosines[i] >= min_score and cosines[i] >= best - relative]
-        term_words_ = bank.words[lang]
-        chosen = [
-            i for i in close if not any(j != i and _contains(term_words_[j], term_words_[i]) for j in close)
-        ]
-        visual = [bank.terms[lang][i] for i in chosen]
-        balanced = sorted(
-            ((bank.terms[lang][i], float(cosines[i] * bank.weights[lang][i])) for i in chosen),
-            key=lambda item: (-item[1], item[0]),
-        )
-        out.append(Concepts(lang, scored, visual, [(t, round(s, 4)) for t, s in balanced]))
+        top = [(i, float(cosines[i])) for i in best_k.tolist()]
+        out.append(select_concepts(top, lang, bank, min_score, relative))
     return out
+
+
+def select_concepts(
+    top: Sequence[tuple[int, float]], lang: str, bank: ConceptBank, min_score: float, relative: float
+) -> Concepts:
+    """An image's concepts from its best terms of `lang`'s vocabulary, (term index, score) pairs.
+
+    `scored`: those terms by score (ties by term). `visual`: those scoring >= `min_score` and
+    within `relative` of the best one, less any word another of them contains ("circle" beside
+    "red circle"). `balanced`: the visual concepts by score times balancing weight.
+    """
+    terms = bank.terms[lang]
+    ranked = sorted(top, key=lambda item: (-item[1], terms[item[0]]))
+    scored = [(terms[i], round(score, 4)) for i, score in ranked]
+    best = ranked[0][1] if ranked else 0.0
+    close = [(i, score) for i, score in ranked if score >= min_score and score >= best - relative]
+    term_words_ = bank.words[lang]
+    chosen = [
+        (i, score)
+        for i, score in close
+        if not any(j != i and _contains(term_words_[j], term_words_[i]) for j, _ in close)
+    ]
+    balanced = sorted(
+        ((terms[i], score * float(bank.weights[lang][i])) for i, score in chosen),
+        key=lambda item: (-item[1], item[0]),
+    )
+    visual = [terms[i] for i, _ in chosen]
+    return Concepts(lang, scored, visual, [(t, round(s, 4)) for t, s in balanced])
+
+
+def label_concepts(
+    classes: Sequence[tuple[int, float]],
+    caption_lang: str | None,
+    bank: ConceptBank,
+    min_score: float,
+    relative: float,
+) -> Concepts:
+    """An image's concepts from a classifier's best classes, (class index, probability) pairs; the
+    bank holds the class names of one language, in class order (`label_bank`).
+
+    A caption in that language, or in none (no language identification ran), gets its visual
+    concepts as `select_concepts` chooses them. A caption in another language gets the classes in
+    `scored` only: names of one language are neither added to a caption of another nor judged
+    against it (they would count as missing from every such caption).
+    """
+    (lang,) = bank.terms
+    found = select_concepts(classes, lang, bank, min_score, relative)
+    if caption_lang in (lang, None, "und"):
+        return found
+    return dataclasses.replace(found, visual=[], balanced=[])
 
 
 def _contains(phrase: tuple[str, ...], part: tuple[str, ...]) -> bool:

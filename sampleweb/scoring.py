@@ -121,6 +121,8 @@ class NoiseScores:
     dropped_mismatched: int
     replacement_f1: float
     clean_unchanged: float
+    #: Share of the clean captions whose shipped caption names a concept that is not in the scene.
+    clean_foreign: float
 
 
 def noise_scores(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Mapping[str, Any]]) -> NoiseScores:
@@ -130,7 +132,8 @@ def noise_scores(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Mapping[
     * on partial captions: mean concept recall of the original caption and of the chosen one
       against the true scene (concepts named, in any language: `mentioned_concepts`);
     * on mismatched captions the stage replaced: mean concept F1 of the replacement;
-    * the share of clean captions kept exactly as they were.
+    * the share of clean captions kept exactly as they were, and the share whose shipped caption
+      names a concept the scene does not hold (a word added that is not in the image).
     """
     judged = [r for r in rows if r.get("noise_prob") is not None]
     by_noise: dict[str, list[Mapping[str, Any]]] = {}
@@ -149,6 +152,9 @@ def noise_scores(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Mapping[
     replaced = [r for r in mismatched if r["caption_source"] in ("neighbour", "generated", "bow")]
     f1 = [_recall_f1(mentioned_concepts(chosen_caption(r)), scene[r["url"]])[1] for r in replaced]
     unchanged = [r["caption_source"] == "original" for r in clean]
+    foreign = [
+        bool(mentioned_concepts(chosen_caption(r)) - scene[r["url"]]) for r in clean if r["status"] == "success"
+    ]
     return NoiseScores(
         auc_noise_prob=roc_auc([r["noise_prob"] for r in mismatched], [r["noise_prob"] for r in clean]),
         auc_clip_score=roc_auc([-r["clip_score"] for r in mismatched], [-r["clip_score"] for r in clean]),
@@ -161,6 +167,7 @@ def noise_scores(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Mapping[
         dropped_mismatched=sum(r["reason"] == "noisy_pair" for r in mismatched),
         replacement_f1=_mean(f1),
         clean_unchanged=_mean(unchanged),
+        clean_foreign=_mean(foreign),
     )
 
 

@@ -38,13 +38,18 @@ def run(sample_web, tmp_path_factory):
     return output, stats, read_output_rows(output)
 
 
+#: A model that retrieves captions well but cannot tag objects (its README says how it was made).
+COLOUR_ONLY_MODEL = os.path.join(os.path.dirname(__file__), "models", "colour-only-clip")
+
+
 def test_the_precision_guard_stops_a_model_that_cannot_tag_from_completing_captions(
     sample_web, tmp_path, truth
 ):
-    # Repair asked for, guard at its defaults: the shipped model's concepts are colours and
-    # backgrounds, not the objects the captions name, so no term earns the guard's trust.
+    # Repair asked for, guard at its defaults, with a model whose concepts are colours and
+    # backgrounds, not the objects the captions name: no term earns the guard's trust.
     output = str(tmp_path / "guarded")
-    stats = run_job(load_config(overrides=[*TEST_OVERRIDES, *REPAIR]), [sample_web.urls], output)
+    config = load_config(overrides=[*TEST_OVERRIDES, *REPAIR, f"embed.model={COLOUR_ONLY_MODEL}"])
+    stats = run_job(config, [sample_web.urls], output)
     guard = stats["noise"]["term_guard"]
     assert guard["terms_trusted"] == 0 and guard["terms_measured"] > 0
     assert all(t["precision"] < 0.8 for t in guard["best_terms"] if t["support"] >= 20)

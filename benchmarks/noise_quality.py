@@ -62,7 +62,8 @@ def one_seed(samples: int, seed: int, workdir: str, output: str | None, override
     judged = [r for r in rows if r["noise_prob"] is not None]
     scores = noise_scores(judged, truth)
     print(f"{samples:,} samples, seed {seed}: {len(judged):,} judged by the noise stage; run {elapsed:.0f} s")
-    print(f"{'ROC-AUC, mismatched vs clean captions':<44} ({scores.mismatched} mismatched, {scores.clean} clean)")
+    label = "ROC-AUC, mismatched vs clean captions"
+    print(f"{label:<44} ({scores.mismatched} mismatched, {scores.clean} clean)")
     by_noise: dict[str, list[dict]] = {"mismatched": [], "none": []}
     for row in judged:
         kind = truth[row["url"]]["noise"]

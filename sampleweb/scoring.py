@@ -152,9 +152,8 @@ def noise_scores(rows: Iterable[Mapping[str, Any]], truth: Mapping[str, Mapping[
     replaced = [r for r in mismatched if r["caption_source"] in ("neighbour", "generated", "bow")]
     f1 = [_recall_f1(mentioned_concepts(chosen_caption(r)), scene[r["url"]])[1] for r in replaced]
     unchanged = [r["caption_source"] == "original" for r in clean]
-    foreign = [
-        bool(mentioned_concepts(chosen_caption(r)) - scene[r["url"]]) for r in clean if r["status"] == "success"
-    ]
+    shipped = [r for r in clean if r["status"] == "success"]
+    foreign = [bool(mentioned_concepts(chosen_caption(r)) - scene[r["url"]]) for r in shipped]
     return NoiseScores(
         auc_noise_prob=roc_auc([r["noise_prob"] for r in mismatched], [r["noise_prob"] for r in clean]),
         auc_clip_score=roc_auc([-r["clip_score"] for r in mismatched], [-r["clip_score"] for r in clean]),

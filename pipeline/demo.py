@@ -85,8 +85,9 @@ def _truth_check(truth_path: str, output: str) -> str:
             f"  ground truth, noise: ROC-AUC for mismatched captions {found.auc_noise_prob:.3f} by "
             f"noise_prob, {found.auc_clip_score:.3f} by clip_score alone; "
             f"{found.dropped_mismatched}/{found.mismatched} mismatched pairs dropped, "
-            f"{found.replaced_mismatched} replaced (concept F1 {found.replacement_f1:.2f}); "
-            f"partial captions' concept recall {found.partial_recall_original:.2f} -> "
+            f"{found.replaced_mismatched} replaced"
+            + (f" (concept F1 {found.replacement_f1:.2f}); " if found.replaced_mismatched else "; ")
+            + f"partial captions' concept recall {found.partial_recall_original:.2f} -> "
             f"{found.partial_recall_chosen:.2f}; "
             f"{found.clean_unchanged:.1%} of clean captions kept as they are, "
             f"{found.clean_foreign:.1%} given a concept not in the image"

@@ -561,7 +561,7 @@ def print_table(results: dict[str, Metrics], title: str) -> None:
     print("-" * len(header))
     for name, m in results.items():
         print(
-            f"{name:<8} {m.pairs:>5} {m.recall_i2t:>9.3f} {m.recall_t2i:>9.3f} {m.auc:>8.4f}"
+            f"{name:<9} {m.pairs:>4} {m.recall_i2t:>9.3f} {m.recall_t2i:>9.3f} {m.auc:>8.4f}"
             f" {m.cos_matched:>10.3f} {m.cos_mismatched:>9.3f} {m.concept_recall:>9.3f}"
         )
     for name, m in results.items():

@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from PIL import Image
 
 from schemas.sample import Sample
-from transforms.embed import EmbedConfig, resolve_device
+from transforms.embed import EmbedConfig, batching, model_dtype, resolve_device
 
 #: The classifier `noise.concept_model` names.
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
@@ -118,20 +118,12 @@ class EfficientNetLiteHandler(ModelHandler[np.ndarray, np.ndarray, LoadedClassif
     batch size and model copies as the `embed` section sets them for the CLIP model."""
 
     def __init__(self, config: EmbedConfig):
-        super().__init__(
-            min_batch_size=config.batch_size,
-            max_batch_size=config.batch_size,
-            large_model=config.large_model,
-            model_copies=config.model_copies or None,
-        )
+        super().__init__(**batching(config))
         self._config = config
 
     def load_model(self) -> LoadedClassifier:
-        import torch
-
         device = resolve_device(self._config.device)
-        half = self._config.precision == "fp16" or (self._config.precision == "auto" and device == "cuda")
-        dtype = torch.float16 if half else torch.float32
+        dtype = model_dtype(self._config, device)
         return LoadedClassifier(load_classifier().to(device=device, dtype=dtype), device, dtype)
 
     def run_inference(

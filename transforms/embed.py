@@ -157,6 +157,25 @@ def _local_folder(folder: str) -> str:
     return workdir
 
 
+def batching(config: EmbedConfig) -> dict[str, Any]:
+    """The `ModelHandler` arguments the `embed` section sets: fixed batches of `batch_size`, and
+    how many model copies a machine holds."""
+    return {
+        "min_batch_size": config.batch_size,
+        "max_batch_size": config.batch_size,
+        "large_model": config.large_model,
+        "model_copies": config.model_copies or None,
+    }
+
+
+def model_dtype(config: EmbedConfig, device: str) -> Any:
+    """The torch dtype a model runs in: half precision for `fp16`, or for `auto` on `cuda`."""
+    import torch
+
+    half = config.precision == "fp16" or (config.precision == "auto" and device == "cuda")
+    return torch.float16 if half else torch.float32
+
+
 def resolve_device(device: str) -> str:
     """The torch device for `embed.device`; `cuda` without a usable GPU is an error, not a CPU run."""
     import torch
@@ -242,12 +261,7 @@ class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip])
     """Runs both towers of an open_clip model over batches of preprocessed pairs."""
 
     def __init__(self, config: EmbedConfig):
-        super().__init__(
-            min_batch_size=config.batch_size,
-            max_batch_size=config.batch_size,
-            large_model=config.large_model,
-            model_copies=config.model_copies or None,
-        )
+        super().__init__(**batching(config))
         self._config = config
 
     def load_model(self) -> LoadedClip:
@@ -255,8 +269,7 @@ class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip])
 
         device = resolve_device(self._config.device)
         model, _, _ = load_clip(self._config)
-        half = self._config.precision == "fp16" or (self._config.precision == "auto" and device == "cuda")
-        dtype = torch.float16 if half else torch.float32
+        dtype = model_dtype(self._config, device)
         prep = preprocessing(self._config)
         mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)

@@ -34,10 +34,10 @@ test: lint unit
 
 # The shipped CLIP model: retrain it on the sample web (CPU, minutes), or print its held-out metrics.
 model: setup
-	$(BIN)/python models/train_tiny_clip.py --out models/winnow-tiny-clip
+	$(BIN)/python models/train_tiny_clip.py --out transforms/embed/models/winnow-tiny-clip
 
 model-eval: setup
-	$(BIN)/python models/train_tiny_clip.py --out models/winnow-tiny-clip --eval-only
+	$(BIN)/python models/train_tiny_clip.py --out transforms/embed/models/winnow-tiny-clip --eval-only
 
 # img2dataset lives in its own environment: its pins are not Winnow's.
 bench-setup: setup

@@ -30,7 +30,7 @@ from pipeline.runner import make_pipeline
 from sampleweb.captions import describe
 from sampleweb.scenes import random_scene, render
 from schemas.sample import Sample, Status, make_uid
-from transforms.embed import EmbedConfig, EmbedImages, load_clip, preprocessing
+from transforms.embed.clip import EmbedConfig, EmbedImages, load_clip, preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

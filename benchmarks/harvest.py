@@ -5,7 +5,7 @@ metadata record, the response's envelope with 40 `A@/href` links and a Poisson(8
 `IMG@/src` links (some relative, some `data:`, a page `Base` now and then). Then times, in this
 process (one core):
 
-1. `transforms.harvest.archive_pages` over the file: records/s, pages/s and pairs/s;
+1. `transforms.read.harvest.archive_pages` over the file: records/s, pages/s and pairs/s;
 2. the same file through `winnow run --input-format wat` with no stage (reading, distinct
    pairs, shards), on the local runner with one worker: pairs/s end to end.
 
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.jobs import run_job  # noqa: E402
-from transforms.harvest import Page, archive_pages  # noqa: E402
+from transforms.read.harvest import Page, archive_pages  # noqa: E402
 
 CC2DATASET_S_PER_WAT = 50.0
 

@@ -4,7 +4,7 @@ Generates `--n` unit vectors of dimension `--dim` inside the pipeline (no 1 GB `
 scattered around `--topics` topic directions (so k-means has structure to find, and neighbours
 inside a cluster are similar but not duplicates), of which `--dup-rate` are planted copies of
 another point (cosine about 1 - delta²/2 to it, delta = `--delta`). The stage
-(`transforms.semdedup.SemDeDupEmbeddings`, the semantic level of `winnow run`) then runs with
+(`transforms.dedup.semantic.SemDeDupEmbeddings`, the semantic level of `winnow run`) then runs with
 the default config, and the script prints wall time, peak memory, recall and precision of the
 planted groups, and the pairwise comparisons made as a share of n².
 
@@ -28,8 +28,8 @@ from apache_beam.metrics.metric import MetricsFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.runner import make_pipeline  # noqa: E402
-from transforms.dedup import DedupConfig  # noqa: E402
-from transforms.semdedup import SemDeDupEmbeddings, member  # noqa: E402
+from transforms.dedup.semantic import SemDeDupEmbeddings, member  # noqa: E402
+from transforms.dedup.stage import DedupConfig  # noqa: E402
 
 CHUNK = 10_000
 

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 
 from pipeline.runner import make_pipeline
 from sampleweb import generate_corpus
-from transforms.langid import LanguageIdentifier
-from transforms.readers import InputConfig, ReadUrlBatches
-from transforms.text import FilterText, TextConfig
-from transforms.textnorm import normalize_caption
+from transforms.read.lists import InputConfig, ReadUrlBatches
+from transforms.text.langid import LanguageIdentifier
+from transforms.text.normalize import normalize_caption
+from transforms.text.stage import FilterText, TextConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

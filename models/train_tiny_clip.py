@@ -6,7 +6,7 @@ embed stage with a model whose scores mean something.  Production configs name a
 
 Training pairs are generated in memory straight from ``sampleweb``: a random scene, a clean caption
 of it (language mix of the corpus) and its rendering, sent through the pipeline's own image path
-(a JPEG "source" file -> ``transforms.imaging.process_image`` as the crawl stores it, a 256 px
+(a JPEG "source" file -> ``transforms.crawl.imaging.process_image`` as the crawl stores it, a 256 px
 square, half of them ``center_crop`` (the demo's setting) and half ``border`` (the code default,
 img2dataset's), JPEG quality 95 -> the model's open_clip preprocess).  Every odd pair shows the
 scene of the pair before it with one shape changed, so that each batch holds hard negatives.
@@ -25,8 +25,8 @@ The recipe is three losses on an open_clip ``CLIP`` with a ModifiedResNet image 
 
 Run from the repository root::
 
-    .venv/bin/python models/train_tiny_clip.py --out models/winnow-tiny-clip   # train, save, evaluate
-    .venv/bin/python models/train_tiny_clip.py --out models/winnow-tiny-clip --eval-only
+    .venv/bin/python models/train_tiny_clip.py  # train, save and evaluate (make model)
+    .venv/bin/python models/train_tiny_clip.py --out transforms/embed/models/winnow-tiny-clip --eval-only
 
 ``--eval-only`` loads the saved model through ``open_clip``'s ``local-dir:`` schema (as the embed
 stage does), prints a table of held-out metrics and exits 0 (or 1 when ``--min-recall`` /
@@ -57,7 +57,7 @@ from PIL import Image
 
 from sampleweb.captions import describe
 from sampleweb.scenes import COLORS, SHAPES, Scene, concepts, random_scene, render
-from transforms.imaging import ImageOptions, process_image
+from transforms.crawl.imaging import ImageOptions, process_image
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODEL_NAME = "winnow-tiny-clip"
-DEFAULT_OUT = Path(__file__).resolve().parent / MODEL_NAME
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "transforms" / "embed" / "models" / MODEL_NAME
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 

@@ -20,7 +20,7 @@ from pipeline import STAGE_NAMES
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
-    from pipeline.index import Hit
+    from pipeline.output.index import Hit
 
 LOG = logging.getLogger("winnow")
 #: Exit status of a run that finished but raised an alarm (its crawl failed too often to trust).
@@ -44,11 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     if args.command not in ("run", "search", "audit") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from pipeline.audit import AuditError
     from pipeline.config import ConfigError
-    from pipeline.index import SearchError
-    from transforms.embed import EmbedError
-    from transforms.readers import InputError
+    from pipeline.output.audit import AuditError
+    from pipeline.output.index import SearchError
+    from transforms.embed.clip import EmbedError
+    from transforms.read.lists import InputError
 
     try:
         return int(args.handler(args, extra) or 0)
@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, help="local worker processes (0 = one per core)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="serve the sample web on this loopback port (0 = any free one); the URLs, and so the "
+        "uids and shards, depend on it: a fixed port gives byte-identical output run after run",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     search = sub.add_parser(
@@ -281,7 +288,7 @@ def _cmd_demo(args: argparse.Namespace, _: list[str]) -> int:
     overrides = ["crawl.allow_private_networks=true", "crawl.max_per_host=0"]
     config = load_config(None, overrides, base_text=default_config_text())
     try:
-        print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers))
+        print(run_demo(args.workdir, args.samples, args.seed, config, workers=args.workers, port=args.port))
     except FileExistsError as err:
         raise UsageError(str(err)) from err
     return 0
@@ -293,7 +300,7 @@ def _cmd_search(args: argparse.Namespace, beam_args: list[str]) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.index import search_output
+    from pipeline.output.index import search_output
 
     if args.k < 1:
         raise UsageError("-k must be >= 1")
@@ -314,7 +321,7 @@ def _cmd_audit(args: argparse.Namespace, beam_args: list[str]) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.report import write_report
+    from pipeline.output.report import write_report
 
     unknown = [a for a in beam_args if not a.startswith("--")]
     if unknown:

@@ -21,14 +21,14 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import STAGE_NAMES
-from transforms.checks import control_character
-from transforms.crawl import CrawlConfig
-from transforms.dedup import DedupConfig
-from transforms.embed import EmbedConfig
-from transforms.noise import NoiseConfig
-from transforms.readers import InputConfig
-from transforms.text import TextConfig
-from transforms.writers import OutputConfig
+from transforms.common.checks import control_character
+from transforms.crawl.stage import CrawlConfig
+from transforms.dedup.stage import DedupConfig
+from transforms.embed.clip import EmbedConfig
+from transforms.noise.stage import NoiseConfig
+from transforms.read.lists import InputConfig
+from transforms.text.stage import TextConfig
+from transforms.write.shards import OutputConfig
 
 #: Integers beyond this fit no Arrow column, numpy array or FAISS call.
 _MAX_INT = 2**63 - 1

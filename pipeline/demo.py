@@ -14,7 +14,9 @@ from pipeline.jobs import run_job
 from sampleweb.scoring import duplicate_pair_scores, noise_scores
 
 
-def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: int | None = None) -> str:
+def run_demo(
+    workdir: str, samples: int, seed: int, config: RunConfig, workers: int | None = None, port: int = 0
+) -> str:
     """Generates (or reuses) the sample web, crawls it, and returns a printable summary."""
     from sampleweb import generate_corpus, serve_in_subprocess, write_url_lists
 
@@ -24,7 +26,7 @@ def run_demo(workdir: str, samples: int, seed: int, config: RunConfig, workers: 
     if not os.path.exists(marker):
         generate_corpus(web, samples, seed)
         open(marker, "w").close()
-    with serve_in_subprocess(web) as base_url:
+    with serve_in_subprocess(web, port=port) as base_url:
         urls, truth = write_url_lists(web, base_url)
         stats = run_job(config, [urls], output, workers=workers, show_progress=True)
     return format_summary(stats, output) + "\n" + _truth_check(truth, output)

@@ -17,20 +17,26 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from pipeline.audit import AuditError
 from pipeline.build import BATCH_STAGES, build_pipeline
 from pipeline.config import ConfigError, RunConfig
-from pipeline.index import INDEX_DIR, INDEX_FILES, IndexSummary, build_output_index, remove_output_index
+from pipeline.output.audit import AuditError
+from pipeline.output.index import (
+    INDEX_DIR,
+    INDEX_FILES,
+    IndexSummary,
+    build_output_index,
+    remove_output_index,
+)
+from pipeline.output.report import write_report
 from pipeline.progress import ProgressPrinter
-from pipeline.report import write_report
 from pipeline.runner import is_local, make_pipeline, translated_steps
 from pipeline.stores import check_bucket, check_writable
-from transforms.crawl import failure_alarm
-from transforms.embed import resolve_device
-from transforms.manifest import claim_output, inside, normalized, record_files, require_complete
-from transforms.progress import NAMESPACE
-from transforms.readers import InputError, check_input, expand_inputs, is_directory
-from transforms.writers import STATS_FILE, write_atomically
+from transforms.common.manifest import claim_output, inside, normalized, record_files, require_complete
+from transforms.common.progress import NAMESPACE
+from transforms.crawl.stage import failure_alarm
+from transforms.embed.clip import resolve_device
+from transforms.read.lists import InputError, check_input, expand_inputs, is_directory
+from transforms.write.shards import STATS_FILE, write_atomically
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
@@ -56,7 +62,7 @@ def run_job(
     report is written to `<output>/report.html`; the returned stats name it under `report`.
 
     `retry_from` (`--retry-failed`): a previous output whose rows are the input; only its
-    transient crawl failures are fetched again (`transforms/previous.py`), `inputs` are not read.
+    transient crawl failures are fetched again (`transforms/read/previous.py`), `inputs` are not read.
     """
     # Filesystem options (S3 endpoint and keys, GCP project) apply to the checks made here too.
     options = PipelineOptions(list(beam_args))

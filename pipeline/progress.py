@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from transforms.progress import read_progress
+from transforms.common.progress import read_progress
 
 
 def format_eta(seconds: float) -> str:

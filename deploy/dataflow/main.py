@@ -79,7 +79,7 @@ def winnow_run_args(argv: Sequence[str]) -> list[str]:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    """The `winnow run` flags this entry point passes (tests/test_deploy.py holds them to
+    """The `winnow run` flags this entry point passes (tests/deploy/test_deploy.py holds them to
     pipeline/cli.py's parser)."""
     parser = argparse.ArgumentParser(prog="winnow run (Flex Template)", allow_abbrev=False)
     parser.add_argument("--input", action="append", required=True)

@@ -1,0 +1,104 @@
+"""A searchable FAISS index of the kept samples' embeddings, its type chosen from size and memory.
+
+- `choose_index`: the FAISS `index_factory` string, chosen the way autofaiss does: exact `Flat`
+  for small sets, `HNSW32` while full vectors and graph links fit the memory budget, otherwise
+  `IVF{nlist},PQ{m}` with nlist ~ 4 sqrt(n) (a power of two) and the largest PQ code size `m`
+  (a divisor of d, 8 bits per sub-quantizer) whose codes, ids and coarse centroids fit the budget.
+- `build_index`: normalises the embeddings (inner product = cosine), trains on at most a seeded
+  random sample when the index type needs training, adds every row (row i gets id i) and sets
+  the search parameters (IVF `nprobe`, HNSW `efSearch`), which are saved with the index.
+- `write_index` (atomic: a temporary file, then a rename) and `read_index` for local paths.
+- `search`: the `k` best (cosine scores, row ids) of each normalised query; id -1 where fewer.
+
+Only CPU indexes: searching a built index is cheap, and the CPU form is what is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import faiss
+import numpy as np
+
+from transforms.dedup.cosine import normalize
+
+FLAT_MAX_VECTORS = 10_000
+HNSW_NEIGHBOURS = 32
+HNSW_EF_SEARCH = 64
+# Inverted-list ids, 8 bytes per vector; PQ codes are `m` bytes per vector.
+_IVF_ID_BYTES = 8
+_MAX_PQ_BYTES = 256
+# Training set: enough points per coarse centroid, and at least 39 per code of each PQ codebook.
+_TRAIN_PER_LIST = 40
+_MIN_TRAIN = 39 * 256
+# Share of the inverted lists visited per query.
+_NPROBE_DIVISOR = 32
+_MIN_NPROBE = 8
+
+
+def _ivf_lists(n: int) -> int:
+    return 2 ** round(math.log2(4 * math.sqrt(n)))
+
+
+def choose_index(n: int, d: int, memory_budget_bytes: int) -> str:
+    """The `index_factory` string for `n` vectors of dimension `d` within `memory_budget_bytes`.
+
+    Raises ValueError when not even 1-byte PQ codes fit the budget.
+    """
+    if n < FLAT_MAX_VECTORS:
+        return "Flat"
+    if n * (d * 4 + HNSW_NEIGHBOURS * 2 * 8) <= memory_budget_bytes:
+        return f"HNSW{HNSW_NEIGHBOURS}"
+    nlist = _ivf_lists(n)
+    fixed = nlist * d * 4 + 256 * d * 4  # coarse centroids and PQ codebooks
+    for m in range(min(d, _MAX_PQ_BYTES), 0, -1):
+        if d % m == 0 and n * (m + _IVF_ID_BYTES) + fixed <= memory_budget_bytes:
+            return f"IVF{nlist},PQ{m}"
+    raise ValueError(f"no index of {n} vectors of dimension {d} fits in {memory_budget_bytes} bytes")
+
+
+def build_index(embeddings: np.ndarray, memory_budget_bytes: int, seed: int = 0) -> faiss.Index:
+    """An inner-product index of the normalised `embeddings` (row i has id i), trained if needed."""
+    points = normalize(embeddings)
+    n, d = points.shape
+    if n == 0:
+        raise ValueError("no embeddings to index")
+    index = faiss.index_factory(d, choose_index(n, d, memory_budget_bytes), faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        specific = faiss.downcast_index(ivf)
+        if isinstance(specific, faiss.IndexIVFPQ):
+            specific.pq.cp.seed = seed
+            # Polysemous training is slow and only serves Hamming-filtered search, which is not used.
+            specific.do_polysemous_training = False  # type: ignore[attr-defined]
+        size = min(n, max(_TRAIN_PER_LIST * ivf.nlist, _MIN_TRAIN))
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        index.train(points[rows])
+        ivf.nprobe = min(ivf.nlist, max(_MIN_NPROBE, ivf.nlist // _NPROBE_DIVISOR))
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    index.add(points)
+    return index
+
+
+def write_index(index: faiss.Index, path: str) -> None:
+    """Write `index` to the local `path` atomically (a temporary file beside it, then a rename)."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.tmp"
+    faiss.write_index(index, temporary)
+    os.replace(temporary, path)
+
+
+def read_index(path: str) -> faiss.Index:
+    """The index stored at the local `path`, search parameters included."""
+    return faiss.read_index(path)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (len(queries), k): cosines best first and row ids, -1 past the last hit."""
+    scores, ids = index.search(normalize(queries), k)
+    return scores, ids

@@ -1,0 +1,239 @@
+"""Download stage: fetch, decode, resize and re-encode every pending sample's image.
+
+In: `Sample`s; those with status `pending` are fetched, others pass through untouched.
+Out: the same samples, each now `success` (with `image`, sizes, `sha256`) or `failed` with a
+reason from `transforms.crawl.fetch` (HTTP and transport failures, `opted_out`, `too_large`,
+`timeout`) or `transforms.crawl.imaging` (`not_an_image`, `decode_error`, `image_too_small`, ...).
+Nothing is dropped: a failed sample keeps its row.
+
+Each worker runs a bounded thread pool (`thread_count`) over one keep-alive connection pool.
+Decoding and resizing run in the same threads, which release the GIL while in Pillow or OpenCV,
+but at most `decode_threads` at once (cores + 1 by default): many threads can wait on slow
+servers while only about one per core competes for the CPU. At most 2 × `thread_count` samples
+are in flight per DoFn instance, and each is emitted as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from schemas.sample import Sample, Status
+from transforms.common.checks import Check
+from transforms.common.progress import StageCounter
+from transforms.crawl.fetch import Fetcher, FetchError, FetchOptions, is_retryable_failure
+from transforms.crawl.imaging import ImageError, ImageOptions, process_image
+
+LOG = logging.getLogger(__name__)
+STAGE = "crawl"
+
+
+@dataclasses.dataclass(frozen=True)
+class CrawlConfig(FetchOptions, ImageOptions):
+    """The `crawl` section: HTTP keys (`FetchOptions`) and image keys (`ImageOptions`)."""
+
+    #: Concurrent downloads per worker process.
+    thread_count: int = 64
+    #: Images decoded and resized at once per worker process; 0 = one per CPU core, plus one.
+    decode_threads: int = 0
+    #: Share of the crawled samples that may fail transiently (timeouts, DNS, connection errors,
+    #: 5xx, 429) before the run raises an alarm instead of finishing quietly (1.0: never).
+    max_failure_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check = Check("crawl", self)
+        check.at_least(1, "thread_count")
+        # The largest side each format can encode (JPEG and PNG 65,535 pixels, WebP 16,383).
+        check.between(1, 16383 if self.encode_format == "webp" else 65535, "image_size")
+        check.at_least(0, "decode_threads", "min_image_size")
+        check.between(0, 1, "max_failure_rate")
+        check.above(0, "max_image_area")
+        # An image's aspect ratio (long side / short side) is at least 1.
+        check.at_least(1, "max_aspect_ratio")
+        if self.max_image_area is not None and self.min_image_size**2 > self.max_image_area:
+            raise ValueError(
+                f"crawl.min_image_size ({self.min_image_size}) squared must be <= "
+                f"crawl.max_image_area ({self.max_image_area:g}): no image could pass both"
+            )
+        valid_quality = range(10) if self.encode_format == "png" else range(101)
+        if self.encode_quality not in valid_quality:
+            raise ValueError(
+                f"crawl.encode_quality {self.encode_quality} is out of range for {self.encode_format} "
+                f"({valid_quality.start}..{valid_quality.stop - 1})"
+            )
+
+
+def download_sample(
+    sample: Sample,
+    fetcher: Fetcher,
+    config: CrawlConfig,
+    cpu_slots: AbstractContextManager[object] | None = None,
+) -> Sample:
+    """Fetches and processes one sample's image; every failure becomes a status and reason.
+
+    `cpu_slots` (a semaphore) bounds how many threads decode at once, so that many threads can
+    wait on the network while only about one per core competes for the CPU.
+    """
+    assert sample.url is not None
+    try:
+        fetched = fetcher.fetch(sample.url)
+    except FetchError as err:
+        failed = sample.evolve(http_status=err.http_status)
+        return failed.decided(Status.FAILED, err.reason, STAGE, str(err))
+    fetched_sample = sample.evolve(
+        http_status=fetched.http_status,
+        content_type=fetched.content_type,
+        sha256=hashlib.sha256(fetched.data).hexdigest(),
+    )
+    try:
+        with cpu_slots or contextlib.nullcontext():
+            image = process_image(fetched.data, config)
+    except ImageError as err:
+        return fetched_sample.decided(Status.FAILED, err.reason, STAGE, str(err))
+    return fetched_sample.evolve(
+        status=Status.SUCCESS,
+        reason=None,
+        stage=None,
+        error=None,
+        source_format=image.source_format,
+        original_width=image.original_width,
+        original_height=image.original_height,
+        width=image.width,
+        height=image.height,
+        image=image.data,
+        image_bytes=len(image.data),
+        image_ext=config.encode_format,
+    )
+
+
+def failure_alarm(stats: dict[str, Any], max_failure_rate: float) -> str | None:
+    """The alarm of a run whose pages (page mode) or images failed transiently too often (a DNS or
+    network outage, a blocked crawler), from its stats; None when each share is within
+    `max_failure_rate`."""
+    alarms = []
+    harvest = stats.get("harvest") or {}
+    skipped = harvest.get("skipped_records") or {}
+    pages = harvest.get("pages", 0) + sum(skipped.values())
+    alarm = _transient_alarm("pages the reader fetched", pages, skipped, max_failure_rate)
+    if alarm:  # the failed pages are rows of the read stage, which --retry-failed does not fetch again
+        alarms.append(f"{alarm} Rerun the page list once they recover.")
+    crawl = stats.get("stages", {}).get(STAGE)
+    if crawl:
+        # The crawl stage's input: every sample the stages before it kept.
+        attempted = crawl["total"]
+        alarm = _transient_alarm("samples the crawl attempted", attempted, crawl["dropped"], max_failure_rate)
+        if alarm:
+            alarms.append(f"{alarm} Rerun with `--retry-failed` on this output once they recover.")
+    return " ".join(alarms) or None
+
+
+def _transient_alarm(
+    what: str, attempted: int, failures: dict[str, int], max_failure_rate: float
+) -> str | None:
+    """Why `attempted` fetches with these `failures` (reason → count) are too many to trust, or None."""
+    transient = {r: n for r, n in failures.items() if is_retryable_failure(r)}
+    if not attempted:
+        return None
+    rate = sum(transient.values()) / attempted
+    if rate <= max_failure_rate:
+        return None
+    worst = ", ".join(f"{reason} {n:,}" for reason, n in sorted(transient.items(), key=lambda kv: -kv[1])[:4])
+    return (
+        f"{rate:.0%} of the {attempted:,} {what} failed transiently ({worst}), above "
+        f"crawl.max_failure_rate {max_failure_rate:.0%}: the network, DNS or the sites were failing, not "
+        "the data."
+    )
+
+
+def _cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+class _DownloadFn(beam.DoFn):
+    """Keeps up to 2 × thread_count downloads in flight and emits each as soon as it is done."""
+
+    def __init__(self, config: CrawlConfig, progress_dir: str | None):
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._fetcher = Fetcher(self._config, pool_size=self._config.thread_count)
+        self._pool = cf.ThreadPoolExecutor(self._config.thread_count, thread_name_prefix="winnow-crawl")
+        self._counter = StageCounter(STAGE, self._progress_dir)
+        self._limit = 2 * self._config.thread_count
+        self._cpu_slots = threading.BoundedSemaphore(self._config.decode_threads or _cpu_count() + 1)
+
+    def start_bundle(self) -> None:
+        self._inflight = 0
+        self._done: queue.SimpleQueue[Sample] = queue.SimpleQueue()
+
+    def process(self, sample: Sample) -> Iterator[Sample]:
+        if sample.status != Status.PENDING:
+            self._counter.add_passed()
+            yield sample
+            return
+        self._pool.submit(self._download, sample)
+        self._inflight += 1
+        if self._inflight >= self._limit:
+            yield from self._collect(block=True)
+        yield from self._collect(block=False)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self._inflight:
+            for sample in self._collect(block=True):
+                yield WindowedValue(sample, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+        self._counter.flush()
+
+    def teardown(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _download(self, sample: Sample) -> None:
+        try:
+            result = download_sample(sample, self._fetcher, self._config, self._cpu_slots)
+        except Exception as err:  # recorded as data: one bad image must not fail a bundle of thousands
+            LOG.exception("unexpected error while downloading %s", sample.url)
+            result = sample.decided(Status.FAILED, "internal_error", STAGE, f"{type(err).__name__}: {err}")
+        self._done.put(result)
+
+    def _collect(self, block: bool) -> Iterator[Sample]:
+        """Emits finished downloads: at least one if `block`, else only those already done."""
+        while self._inflight:
+            try:
+                result = self._done.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            self._inflight -= 1
+            self._counter.add(kept=result.status == Status.SUCCESS, reason=result.reason)
+            yield result
+
+
+class DownloadImages(beam.PTransform):
+    """Downloads, decodes, resizes and re-encodes the image of every pending sample."""
+
+    def __init__(self, config: CrawlConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        return samples | "Download" >> beam.ParDo(_DownloadFn(self._config, self._progress_dir))

@@ -1,0 +1,494 @@
+"""Embed stage: CLIP image and text embeddings with open_clip through Beam's `RunInference`, the
+CLIP score, and the decision on it.
+
+In: `Sample`s after the crawl. Those with status `success` and an image are embedded; the others
+pass through untouched. Out: the same samples with `clip_score` (cosine of the L2-normalised
+image and text embeddings), `clip_model` (the identity of the model, so a score always says what
+made it) and the float16 embeddings, which the writer stores as `img_emb/` and `text_emb/` `.npy`
+files aligned with `metadata/` Parquet files carrying the uid (clip-retrieval's layout).
+
+Steps, each small:
+
+1. `Preprocess` (CPU): decode the stored image, resize and normalise with the model's own open_clip
+   transform, tokenize the caption — outside the model call, so an accelerator only runs the model.
+2. `RunInference` with `OpenClipModelHandler`: batches of (image, tokens) through both towers, on
+   `cuda` when asked for or (`auto`) when present, in half precision there; one model per process,
+   or one per machine with `large_model` / `model_copies`.
+3. `Score`: the cosine, the model identity, the embeddings onto the sample.
+4. `Decide` (only with a threshold): `clip_score` below `min_clip_score`, or outside the top
+   `keep_fraction` of the whole run (a threshold from Beam's approximate quantiles, handed in as a
+   side input: no second pass), is rejected with reason `low_clip_score` and the threshold used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from PIL import Image
+
+from schemas.sample import Sample, Status
+from transforms.common.checks import Check
+from transforms.common.progress import StageCounter
+
+LOG = logging.getLogger(__name__)
+STAGE = "embed"
+#: The small model Winnow ships (trained on the sample web by `models/train_tiny_clip.py`).
+SHIPPED_MODEL = "winnow-tiny-clip"
+#: Shipped models are package data of `transforms.embed`, so a non-editable install finds them too.
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+_CONFIG_FILE = "open_clip_config.json"
+#: Quantiles computed for `keep_fraction` (a threshold within 0.1 % of the rank asked for).
+QUANTILES = 1001
+
+
+class EmbedError(RuntimeError):
+    """The embedding model cannot be loaded or run as configured (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """The `embed` section."""
+
+    #: open_clip model: a built-in name (ViT-B-32, ViT-L-14, …), `winnow-tiny-clip` (shipped), or a
+    #: folder (local, s3://, gs://) holding `open_clip_config.json` and the weights.
+    model: str = SHIPPED_MODEL
+    #: For a built-in name: an open_clip pretrained tag (openai, laion2b_s34b_b79k, …) or a
+    #: checkpoint file (local, s3://, gs://); empty = random weights (throughput tests only).
+    pretrained: str = ""
+    #: auto (CUDA when present), cpu or cuda (an error when CUDA is not usable).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: auto = fp16 on CUDA, fp32 on CPU.
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
+    #: Images per model call.
+    batch_size: int = 64
+    #: One model per machine, shared by its worker processes (for big models).
+    large_model: bool = False
+    #: Exact number of model copies per machine (0 = one per process, or one with large_model).
+    model_copies: int = 0
+    #: Reject samples whose clip_score is below this (LAION: 0.28 with ViT-B/32); null = off.
+    min_clip_score: float | None = None
+    #: Keep only this top fraction of the run by clip_score (DataComp: 0.3); null = off.
+    keep_fraction: float | None = None
+    #: Carry the embeddings to the writer (img_emb/, text_emb/); false keeps only the score.
+    write_embeddings: bool = True
+    #: Accelerator resource hint of the embedding step alone, in Dataflow's form
+    #: (`type:nvidia-l4;count:1;install-nvidia-driver`): with right fitting only this step runs on
+    #: GPU workers, the crawl and text steps on CPU ones. null = no hint.
+    accelerator: str | None = None
+
+    def __post_init__(self) -> None:
+        check = Check("embed", self)
+        check.not_empty("model")
+        check.at_least(1, "batch_size")
+        check.at_least(0, "model_copies")
+        check.between(-1, 1, "min_clip_score")  # a cosine
+        if self.accelerator is not None and not self.accelerator.startswith("type:"):
+            raise ValueError(
+                "embed.accelerator must be a resource hint such as "
+                f"'type:nvidia-l4;count:1;install-nvidia-driver', not {self.accelerator!r}"
+            )
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            raise ValueError(f"embed.keep_fraction ({self.keep_fraction!r}) must be in (0, 1]")
+
+
+# ---------------------------------------------------------------- model identity and loading
+
+
+def _is_folder(model: str) -> bool:
+    return model == SHIPPED_MODEL or "/" in model or "://" in model or model.startswith(".")
+
+
+def _model_folder(model: str) -> str:
+    return str(SHIPPED_MODELS_DIR / SHIPPED_MODEL) if model == SHIPPED_MODEL else model
+
+
+def model_identity(config: EmbedConfig) -> str:
+    """What is written next to every score: `name/tag` for open_clip's registry, or the folder or
+    checkpoint with a digest of its weights (the shipped model) so retrained weights differ."""
+    if config.model == SHIPPED_MODEL:
+        weights = _weights_file(_model_folder(SHIPPED_MODEL))
+        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+        return f"{SHIPPED_MODEL}@sha256:{digest}"
+    if _is_folder(config.model):
+        return config.model
+    return f"{config.model}/{config.pretrained or 'random-init'}"
+
+
+def _weights_file(folder: str) -> str:
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    raise EmbedError(f"{folder}: no open_clip weights file (open_clip_model.safetensors)")
+
+
+def _local(path: str, workdir: str) -> str:
+    """`path` on the local disk, copied from a remote filesystem (s3://, gs://) if needed."""
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return path
+    target = os.path.join(workdir, path.rstrip("/").rsplit("/", 1)[-1])
+    with FileSystems.open(path) as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return target
+
+
+def _local_folder(folder: str) -> str:
+    if FileSystems.get_scheme(folder) in (None, "file"):
+        if not os.path.exists(os.path.join(folder, _CONFIG_FILE)):
+            raise EmbedError(f"{folder}: not an open_clip model folder (no {_CONFIG_FILE})")
+        return folder
+    workdir = tempfile.mkdtemp(prefix="winnow-model-")
+    for result in FileSystems.match([folder.rstrip("/") + "/*"]):
+        for meta in result.metadata_list:
+            _local(meta.path, workdir)
+    return workdir
+
+
+def batching(config: EmbedConfig) -> dict[str, Any]:
+    """The `ModelHandler` arguments the `embed` section sets: fixed batches of `batch_size`, and
+    how many model copies a machine holds."""
+    return {
+        "min_batch_size": config.batch_size,
+        "max_batch_size": config.batch_size,
+        "large_model": config.large_model,
+        "model_copies": config.model_copies or None,
+    }
+
+
+def model_dtype(config: EmbedConfig, device: str) -> Any:
+    """The torch dtype a model runs in: half precision for `fp16`, or for `auto` on `cuda`."""
+    import torch
+
+    half = config.precision == "fp16" or (config.precision == "auto" and device == "cuda")
+    return torch.float16 if half else torch.float32
+
+
+def resolve_device(device: str) -> str:
+    """The torch device for `embed.device`; `cuda` without a usable GPU is an error, not a CPU run."""
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise EmbedError(
+            "embed.device is 'cuda' but CUDA is not usable here "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+            "set embed.device to auto or cpu to run on the CPU"
+        )
+    return "cpu"
+
+
+@dataclasses.dataclass
+class LoadedClip:
+    """A model ready for `run_inference`: the open_clip module, its device and dtype, and the
+    normalisation constants on that device (a plain class: Beam's shared-model cache keeps a weak
+    reference to it)."""
+
+    model: Any
+    device: str
+    dtype: Any
+    mean: Any
+    std: Any
+
+
+def load_clip(config: EmbedConfig, device: str | None = None) -> tuple[Any, Any, Any]:
+    """(model in eval mode on CPU, image transform, tokenizer) as open_clip builds them."""
+    import open_clip
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: weights are given
+    if _is_folder(config.model):
+        name = "local-dir:" + _local_folder(_model_folder(config.model))
+        model, _, transform = open_clip.create_model_and_transforms(name)
+        tokenizer = open_clip.get_tokenizer(name)
+    else:
+        pretrained = config.pretrained or None
+        if pretrained and ("/" in pretrained or "://" in pretrained):
+            pretrained = _local(pretrained, tempfile.mkdtemp(prefix="winnow-model-"))
+        try:
+            model, _, transform = open_clip.create_model_and_transforms(config.model, pretrained=pretrained)
+        except RuntimeError as err:
+            raise EmbedError(
+                f"embed.model {config.model!r} / pretrained {config.pretrained!r}: {err}"
+            ) from err
+        tokenizer = open_clip.get_tokenizer(config.model)
+    return model.eval(), transform, tokenizer
+
+
+# ---------------------------------------------------------------- the model handler
+
+
+class ClipExample(NamedTuple):
+    """One preprocessed pair: the resized, cropped image as uint8 (H, W, 3) — a quarter of the
+    float tensor's bytes; scaling and normalising happen on the model's device — and the
+    caption's token ids."""
+
+    image: np.ndarray
+    tokens: np.ndarray
+
+
+class Preprocessing(NamedTuple):
+    """How the configured model wants its inputs: geometry (resize, crop), normalisation, tokens."""
+
+    geometry: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    tokenizer: Any
+
+
+class ClipEmbedding(NamedTuple):
+    """L2-normalised float16 embeddings of one pair."""
+
+    image: np.ndarray
+    text: np.ndarray
+
+
+class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip]):
+    """Runs both towers of an open_clip model over batches of preprocessed pairs."""
+
+    def __init__(self, config: EmbedConfig):
+        super().__init__(**batching(config))
+        self._config = config
+
+    def load_model(self) -> LoadedClip:
+        import torch
+
+        device = resolve_device(self._config.device)
+        model, _, _ = load_clip(self._config)
+        dtype = model_dtype(self._config, device)
+        prep = preprocessing(self._config)
+        mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return LoadedClip(model.to(device=device, dtype=dtype), device, dtype, mean, std)
+
+    def run_inference(
+        self, batch: Sequence[ClipExample], model: LoadedClip, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[ClipEmbedding]:
+        import torch
+
+        # Every call gets exactly `batch_size` rows (a short batch is padded): a row's result then
+        # depends on that row only, not on how the runner happened to batch — byte-identical
+        # embeddings run after run (matrix kernels pick their blocking by the batch's shape).
+        n, size = len(batch), max(self._config.batch_size, len(batch))
+        images = np.zeros((size, *batch[0].image.shape), dtype=np.uint8)
+        tokens = np.zeros((size, *batch[0].tokens.shape), dtype=batch[0].tokens.dtype)
+        images[:n] = [example.image for example in batch]
+        tokens[:n] = [example.tokens for example in batch]
+        with torch.inference_mode():
+            # torchvision's ToTensor + Normalize, batched, on the model's device.
+            pixels = torch.from_numpy(images).to(model.device).permute(0, 3, 1, 2).to(torch.float32).div(255)
+            image_in = pixels.sub(model.mean).div(model.std).to(model.dtype)
+            image = model.model.encode_image(image_in, normalize=True)
+            text = model.model.encode_text(torch.from_numpy(tokens).to(model.device), normalize=True)
+        image_np = image[:n].float().cpu().numpy().astype(np.float16)
+        text_np = text[:n].float().cpu().numpy().astype(np.float16)
+        return [ClipEmbedding(i, t) for i, t in zip(image_np, text_np, strict=True)]
+
+    def get_num_bytes(self, batch: Sequence[ClipExample]) -> int:
+        return sum(example.image.nbytes + example.tokens.nbytes for example in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "winnow:embed"
+
+
+# ---------------------------------------------------------------- the DoFns
+
+
+def _route(sample: Sample, partitions: int) -> int:
+    """0: embed (downloaded), 1: pass through (failed or rejected earlier)."""
+    return 0 if sample.status == Status.SUCCESS and sample.image is not None else 1
+
+
+def model_pixels(stored: bytes, geometry: Any) -> np.ndarray:
+    """The model's input for a stored image as uint8 HWC: decoded, RGB, the model's resize and crop."""
+    with Image.open(io.BytesIO(stored)) as image:
+        return np.asarray(geometry(image.convert("RGB")), dtype=np.uint8)
+
+
+class _PreprocessFn(beam.DoFn):
+    """Decodes, resizes and normalises the image and tokenizes the caption (CPU)."""
+
+    def __init__(self, config: EmbedConfig):
+        self._config = config
+
+    def setup(self) -> None:
+        self._prep = preprocessing(self._config)
+
+    def process(self, sample: Sample) -> Iterator[tuple[Sample, ClipExample]]:
+        pixels = model_pixels(sample.image or b"", self._prep.geometry)
+        caption = sample.caption_clean if sample.caption_clean is not None else sample.caption or ""
+        tokens = self._prep.tokenizer([caption])[0].numpy()
+        yield sample, ClipExample(pixels, tokens)
+
+
+def model_config(config: EmbedConfig) -> dict[str, Any]:
+    """The configured model's open_clip `model_cfg` (from the folder's config file or open_clip's
+    registry), without loading weights."""
+    import open_clip
+
+    if _is_folder(config.model):
+        folder = _local_folder(_model_folder(config.model))
+        with open(os.path.join(folder, _CONFIG_FILE), encoding="utf-8") as handle:
+            return dict(json.load(handle)["model_cfg"])
+    found = open_clip.get_model_config(config.model)
+    if found is None:
+        raise EmbedError(f"embed.model {config.model!r} is not an open_clip model nor a folder")
+    return dict(found)
+
+
+def preprocessing(config: EmbedConfig) -> Preprocessing:
+    """The configured model's preprocessing as open_clip defines it, without loading weights."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    fields = {f.name for f in dataclasses.fields(PreprocessCfg)}
+    if _is_folder(config.model):
+        folder = _local_folder(_model_folder(config.model))
+        with open(os.path.join(folder, _CONFIG_FILE), encoding="utf-8") as handle:
+            spec = json.load(handle)
+        overrides = spec.get("preprocess_cfg", {})
+        size = spec["model_cfg"]["vision_cfg"]["image_size"]
+        tokenizer = open_clip.get_tokenizer("local-dir:" + folder)
+    else:
+        model_cfg = open_clip.get_model_config(config.model)
+        if model_cfg is None:
+            known = ", ".join(open_clip.list_models())
+            raise EmbedError(
+                f"embed.model {config.model!r} is not an open_clip model nor a folder; known: {known}"
+            )
+        overrides = (
+            open_clip.get_pretrained_cfg(config.model, config.pretrained) if config.pretrained else {}
+        ) or {}
+        size = model_cfg["vision_cfg"]["image_size"]
+        tokenizer = open_clip.get_tokenizer(config.model)
+    cfg = dataclasses.replace(PreprocessCfg(size=size), **{k: v for k, v in overrides.items() if k in fields})
+    transform = image_transform_v2(cfg, is_train=False)
+    tail = [type(step).__name__ for step in transform.transforms[-2:]]
+    if tail != ["MaybeToTensor", "Normalize"] and tail != ["ToTensor", "Normalize"]:
+        raise EmbedError(f"unexpected open_clip preprocessing {transform}; expected ToTensor, Normalize last")
+    geometry = type(transform)(transform.transforms[:-2])  # resize, crop, RGB; the rest on the device
+    return Preprocessing(geometry, tuple(cfg.mean), tuple(cfg.std), tokenizer)
+
+
+class _ScoreFn(beam.DoFn):
+    """Puts the cosine, the model identity and (if kept) the embeddings onto the sample."""
+
+    def __init__(self, identity: str, keep_embeddings: bool, progress_dir: str | None, decides: bool):
+        self._identity = identity
+        self._keep = keep_embeddings
+        self._progress_dir = progress_dir
+        self._decides = decides
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, element: tuple[Sample, PredictionResult | ClipEmbedding]) -> Iterator[Sample]:
+        sample, result = element
+        embedding: ClipEmbedding = result.inference if isinstance(result, PredictionResult) else result  # type: ignore[assignment]
+        score = float(np.dot(embedding.image.astype(np.float32), embedding.text.astype(np.float32)))
+        if not self._decides:
+            self._counter.add(kept=True)
+        yield sample.evolve(
+            clip_score=score,
+            clip_model=self._identity,
+            image_embedding=embedding.image if self._keep else None,
+            text_embedding=embedding.text if self._keep else None,
+        )
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+def threshold_from_quantiles(quantiles: list[float], keep_fraction: float) -> float:
+    """The score at rank (1 - keep_fraction) of the run, from evenly spaced quantiles."""
+    if not quantiles:
+        return float("-inf")
+    index = round((1.0 - keep_fraction) * (len(quantiles) - 1))
+    return float(quantiles[min(max(index, 0), len(quantiles) - 1)])
+
+
+class _DecideFn(beam.DoFn):
+    """Rejects scored samples below the threshold (`low_clip_score`, the threshold in `error`)."""
+
+    def __init__(self, min_score: float | None, progress_dir: str | None):
+        self._min_score = min_score
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, sample: Sample, quantile_threshold: float | None = None) -> Iterator[Sample]:
+        thresholds = [t for t in (self._min_score, quantile_threshold) if t is not None]
+        threshold = max(thresholds) if thresholds else None
+        if threshold is not None and sample.clip_score is not None and sample.clip_score < threshold:
+            detail = f"clip_score {sample.clip_score:.4f} < threshold {threshold:.4f} ({sample.clip_model})"
+            self._counter.add(kept=False, reason="low_clip_score")
+            yield sample.decided(Status.REJECTED, "low_clip_score", STAGE, detail)
+            return
+        self._counter.add(kept=True)
+        yield sample
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+class DecideClipScore(beam.PTransform):
+    """Rejects scored samples below `min_clip_score` or outside the top `keep_fraction` of the
+    whole collection (approximate quantiles, applied as a side input)."""
+
+    def __init__(self, config: EmbedConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def expand(self, scored: beam.PCollection) -> beam.PCollection:
+        threshold = None
+        if self._config.keep_fraction is not None:
+            threshold = beam.pvalue.AsSingleton(
+                scored
+                | "Scores" >> beam.Map(lambda s: s.clip_score)
+                | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES)
+                | "Threshold" >> beam.Map(threshold_from_quantiles, self._config.keep_fraction)
+            )
+        return scored | "Decide" >> beam.ParDo(
+            _DecideFn(self._config.min_clip_score, self._progress_dir), quantile_threshold=threshold
+        )
+
+
+class EmbedImages(beam.PTransform):
+    """Embeds every downloaded pair with CLIP, scores it and applies the configured threshold."""
+
+    def __init__(self, config: EmbedConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        config = self._config
+        decides = config.min_clip_score is not None or config.keep_fraction is not None
+        todo, passing = samples | "Split" >> beam.Partition(_route, 2)  # type: ignore[arg-type]
+        identity = model_identity(config)
+        scored = (
+            todo
+            | "Preprocess" >> beam.ParDo(_PreprocessFn(config))
+            | "RunInference" >> RunInference(KeyedModelHandler(OpenClipModelHandler(config)))
+            | "Score" >> beam.ParDo(_ScoreFn(identity, config.write_embeddings, self._progress_dir, decides))
+        )
+        if decides:
+            scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir)
+        return (scored, passing) | "Merge" >> beam.Flatten()

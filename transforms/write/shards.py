@@ -1,0 +1,407 @@
+"""Writes shards: WebDataset tars of kept samples and Parquet metadata of every sample.
+
+In: `Sample`s after the last stage. Out, in the output folder (any Beam filesystem):
+
+- `NNNNN.tar`: WebDataset shard with `<uid>.<ext>` image, `<uid>.txt` caption (the noise stage's
+  choice, `Sample.chosen_caption`) and `<uid>.json`
+  metadata for each sample with status `success`. The `.json` holds the metadata row's fields
+  and the input's `save_additional_columns` as an `extra` object, always, so none is lost; each
+  extra column is also a top-level key (img2dataset's layout) unless it is named as one of
+  Winnow's own fields (`uid`, `key`, `status`, `width`, `extra`…), which keep their key;
+- `NNNNN.parquet`: one row per sample of the shard, kept or not (`schemas.METADATA_SCHEMA`);
+- `img_emb/img_emb_NNNNN.npy`, `text_emb/text_emb_NNNNN.npy`: the float16 CLIP embeddings of
+  the shard's embedded samples, row i of both belonging to row i of
+  `metadata/metadata_NNNNN.parquet` (uid, url, caption, clip_score, status) — clip-retrieval's
+  layout, so its tools and FAISS index builders read it as is;
+- `stats.json`: counts by status, stage and reason (written by `WriteStats`).
+
+Determinism: the shard count is ceil(total / samples_per_shard); a sample goes to shard
+`int(uid[:16], 16) % shards`, and each shard is sorted by uid, with fixed tar headers (mtime 0,
+uid/gid 0, mode 0644). The same input and config give byte-identical shards on any runner.
+Atomicity: a local shard is written under a temporary name and renamed; an object-store shard is
+one upload, visible only once complete. A finished run deletes the temporary files and the
+files of an earlier run in the same folder that this run did not write, so a killed run rerun
+leaves no partial or stale shard; it deletes only what the folder's manifest says Winnow wrote
+(`transforms/common/manifest.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import tarfile
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
+from transforms.common.manifest import TEMP_PREFIX, is_temp, list_files, read_manifest, write_manifest
+from transforms.common.progress import StageCounter
+
+_SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
+_EMBEDDING_METADATA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("clip_score", pa.float32()),
+        pa.field("status", pa.string(), nullable=False),
+    ]
+)
+STATS_FILE = "stats.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """The `output` section: how shards are cut and written."""
+
+    #: Target samples per shard (kept and rejected together); the shard count follows from the total.
+    samples_per_shard: int = 10_000
+    #: Parquet codec for the metadata files.
+    parquet_compression: Literal["snappy", "zstd", "gzip", "none"] = "zstd"
+    #: Write a FAISS index of the kept samples' image embeddings to OUTPUT/index/ (with the embed stage).
+    index: bool = True
+    #: Memory budget of that index in GiB; it picks the index type (Flat, HNSW32 or IVF-PQ).
+    index_memory_gb: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError(f"output.samples_per_shard ({self.samples_per_shard}) must be >= 1")
+        if not (self.index_memory_gb > 0 and math.isfinite(self.index_memory_gb)):
+            raise ValueError(f"output.index_memory_gb ({self.index_memory_gb!r}) must be a number > 0")
+
+
+def shard_count(total: int, samples_per_shard: int) -> int:
+    return max(1, math.ceil(total / samples_per_shard))
+
+
+def shard_of(uid: str, shards: int) -> int:
+    """Stable shard index of a uid: the same on every runner and every run."""
+    return int(uid[:16], 16) % shards
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def shard_stems(output_dir: str) -> list[str]:
+    """The `NNNNN` of every shard of an output folder (its `NNNNN.parquet` files), sorted."""
+    matched = FileSystems.match([f"{output_dir.rstrip('/')}/*.parquet"])[0].metadata_list
+    names = (m.path.rstrip("/").rsplit("/", 1)[-1] for m in matched)
+    return sorted(name.removesuffix(".parquet") for name in names if _SHARD_FILE.match(name))
+
+
+def read_tar_images(path: str, keys: set[str] | None = None) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, bytes) of the images in a shard's tar, streamed member by member.
+
+    With `keys`, only those are read (others are skipped by seeking) and reading stops once all
+    are found. The `.txt` and `.json` members are not images."""
+    left = set(keys) if keys is not None else None
+    with (
+        FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle,
+        tarfile.open(fileobj=handle, mode="r|" if left is None else "r:") as tar,
+    ):
+        for member in tar:
+            key, dot, ext = member.name.rpartition(".")
+            if not (dot and member.isfile() and ext not in ("txt", "json")):
+                continue
+            if left is not None and key not in left:
+                continue
+            extracted = tar.extractfile(member)
+            if extracted is not None:
+                yield key, ext, extracted.read()
+                if left is not None:
+                    left.discard(key)
+                    if not left:
+                        return
+
+
+def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of the WebDataset members of the kept samples, in the given order."""
+    for sample in samples:
+        if sample.status != Status.SUCCESS or sample.image is None:
+            continue
+        row = sample_to_metadata_row(sample)
+        meta = {k: v for k, v in row.items() if k != "extra"}
+        meta.update({k: v for k, v in sample.extra.items() if k not in row})
+        meta["extra"] = dict(sample.extra)
+        yield f"{sample.uid}.{sample.image_ext or 'jpg'}", sample.image
+        caption = sample.chosen_caption()
+        yield f"{sample.uid}.txt", (caption or "").encode("utf-8", "surrogatepass")
+        yield f"{sample.uid}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A POSIX ustar archive with fixed headers (mode 0644, uid/gid 0, mtime 0), byte-for-byte what
+    `tarfile` writes for the same members, built without its per-member overhead."""
+    parts: list[bytes] = []
+    size = 0
+    for name, data in members:
+        header = _ustar_header(name, len(data))
+        padding = -len(data) % tarfile.BLOCKSIZE
+        parts += (header, data, b"\0" * padding)
+        size += len(header) + len(data) + padding
+    end = 2 * tarfile.BLOCKSIZE
+    end += -(size + end) % tarfile.RECORDSIZE
+    parts.append(b"\0" * end)
+    return b"".join(parts)
+
+
+def _ustar_header(name: str, size: int) -> bytes:
+    encoded = name.encode("utf-8")
+    if len(encoded) > 100:  # member names are `<uid>.<ext>`, far below the ustar limit
+        raise ValueError(f"tar member name too long for ustar: {name!r}")
+    header = bytearray(tarfile.BLOCKSIZE)
+    header[0 : len(encoded)] = encoded
+    header[100:148] = b"0000644\0" + b"0000000\0" * 2 + b"%011o\0" % size + b"00000000000\0"
+    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    header[156] = ord(tarfile.REGTYPE)
+    header[257:265] = tarfile.POSIX_MAGIC
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
+
+
+def parquet_bytes(samples: Iterable[Sample], compression: str) -> bytes:
+    rows = [sample_to_metadata_row(s) for s in samples]
+    table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=None if compression == "none" else compression)
+    return buffer.getvalue()
+
+
+def embedding_files(name: str, samples: list[Sample], compression: str) -> dict[str, bytes]:
+    """The shard's embedding files (relative path → bytes), empty if nothing was embedded."""
+    embedded = [s for s in samples if s.image_embedding is not None and s.text_embedding is not None]
+    if not embedded:
+        return {}
+    files = {}
+    for folder, field in (("img_emb", "image_embedding"), ("text_emb", "text_embedding")):
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack([getattr(s, field) for s in embedded]).astype(np.float16))
+        files[f"{folder}/{folder}_{name}.npy"] = buffer.getvalue()
+    table = pa.Table.from_pylist(
+        [
+            {
+                "uid": s.uid,
+                "url": s.url,
+                "caption": s.caption_clean if s.caption_clean is not None else s.caption,
+                "clip_score": s.clip_score,
+                "status": s.status,
+            }
+            for s in embedded
+        ],
+        schema=_EMBEDDING_METADATA,
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=None if compression == "none" else compression)
+    files[f"metadata/metadata_{name}.parquet"] = buffer.getvalue()
+    return files
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `path` so that readers never see a partial file. An existing file is replaced in one
+    rename; a folder at `path` is never touched (`IsADirectoryError`)."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path) as handle:  # object stores: one upload, visible when complete
+            handle.write(data)
+        return
+    path = path.removeprefix("file://")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+    os.replace(temp, path)  # atomic, and replaces a file only
+
+
+def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
+    """Sorts by uid; a repeated (url, caption) pair keeps its first row in the tar, the rest are
+    marked, but for copies the text stage already marked (`duplicate_url` naming the kept row)."""
+    ordered = sorted(
+        samples,
+        key=lambda s: (s.uid, s.duplicate_of is not None, s.status != Status.SUCCESS, s.reason or ""),
+    )
+    out: list[Sample] = []
+    for sample in ordered:
+        marked = sample.reason == "duplicate_url" and sample.duplicate_of is not None
+        if out and out[-1].uid == sample.uid and not marked:
+            sample = sample.decided(
+                Status.REJECTED, "duplicate_uid", "write", "same url and caption as a kept row"
+            )
+        out.append(sample)
+    return out
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output_dir: str, config: OutputConfig, progress_dir: str | None):
+        self._output_dir = output_dir.rstrip("/")
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter("write", self._progress_dir)
+
+    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[dict[str, Any]]:
+        index, grouped = element
+        samples = _dedup_sorted(grouped)
+        name = shard_name(index)
+        tar = tar_bytes(tar_members(samples))
+        kept = sum(1 for s in samples if s.status == Status.SUCCESS and s.image is not None)
+        if kept:
+            write_atomically(f"{self._output_dir}/{name}.tar", tar)
+        write_atomically(
+            f"{self._output_dir}/{name}.parquet", parquet_bytes(samples, self._config.parquet_compression)
+        )
+        embeddings = embedding_files(name, samples, self._config.parquet_compression)
+        for path, data in embeddings.items():
+            write_atomically(f"{self._output_dir}/{path}", data)
+        counts = Counter((s.stage or "", s.status, s.reason or "") for s in samples)
+        for sample in samples:
+            if sample.stage in (None, "write"):
+                self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+            else:
+                self._counter.add_passed()
+        self._counter.flush()
+        yield {
+            "shard": name,
+            "files": [f"{name}.parquet"] + ([f"{name}.tar"] if kept else []) + sorted(embeddings),
+            "samples": len(samples),
+            "kept": kept,
+            "tar_bytes": len(tar) if kept else 0,
+            "counts": sorted([*key, n] for key, n in counts.items()),
+        }
+
+
+class WriteShards(beam.PTransform):
+    """Assigns samples to shards by uid hash and writes each shard's tar and Parquet.
+
+    Returns one summary dict per shard (name, files, counts) for `WriteStats`.
+
+    `total` is the number of samples as a singleton PCollection. Stages keep every row, so the
+    pipeline passes the count taken right after reading: it is known before the first image is
+    fetched, and each sample can then go straight from the last stage into its shard's group
+    instead of waiting, image and all, for a count over the finished crawl. Without it, the
+    samples are counted here.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        config: OutputConfig,
+        progress_dir: str | None = None,
+        total: beam.PCollection | None = None,
+    ):
+        super().__init__()
+        self._output_dir = output_dir
+        self._config = config
+        self._progress_dir = progress_dir
+        self._total = total
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        total = (
+            self._total if self._total is not None else samples | "Total" >> beam.combiners.Count.Globally()
+        )
+        per_shard = self._config.samples_per_shard
+        return (
+            samples
+            | "AssignShard"
+            >> beam.Map(
+                lambda s, n: (shard_of(s.uid, shard_count(n, per_shard)), s), n=beam.pvalue.AsSingleton(total)
+            )
+            | "GroupShards" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteShardFn(self._output_dir, self._config, self._progress_dir))
+        )
+
+
+def summarize(shards: list[dict[str, Any]], stages: Iterable[str]) -> dict[str, Any]:
+    """The stats JSON body from the shard summaries: counts by status, stage and reason."""
+    by_status: Counter[str] = Counter()
+    by_reason: dict[str, Counter[str]] = {}
+    dropped: dict[str, Counter[str]] = {}
+    for shard in shards:
+        for stage, status, reason, n in shard["counts"]:
+            by_status[status] += n
+            if status != Status.SUCCESS and reason:
+                by_reason.setdefault(status, Counter())[reason] += n
+                dropped.setdefault(stage, Counter())[reason] += n
+    total = sum(s["samples"] for s in shards)
+    entering = total
+    stage_stats = {}
+    for stage in [*stages, "write"]:
+        lost = dropped.get(stage, Counter())
+        stage_stats[stage] = {
+            "total": entering,
+            "kept": entering - sum(lost.values()),
+            "dropped": dict(sorted(lost.items())),
+        }
+        entering -= sum(lost.values())
+    return {
+        "samples": total,
+        "status": dict(sorted(by_status.items())),
+        "reasons": {k: dict(sorted(v.items())) for k, v in sorted(by_reason.items())},
+        "stages": stage_stats,
+        "shards": {
+            "count": len(shards),
+            "tar_files": sum(1 for s in shards if s["kept"]),
+            "tar_bytes": sum(s["tar_bytes"] for s in shards),
+        },
+    }
+
+
+def finalize_output(
+    shards: list[dict[str, Any]],
+    output_dir: str,
+    stages: Iterable[str],
+    summaries: Iterable[tuple[str, dict[str, Any]]] = (),
+) -> dict[str, Any]:
+    """Writes stats.json (with the stages' `summaries` under their names), deletes the files that
+    the folder's manifest names but this run did not write (stale shards, an older index or
+    report) and temporary files, and records what this run wrote as a complete manifest."""
+    output_dir = output_dir.rstrip("/")
+    written = {name for shard in shards for name in shard["files"]} | {STATS_FILE}
+    manifest = read_manifest(output_dir)
+    recorded = set(manifest.files) if manifest is not None else set()
+    present = list_files(output_dir)
+    stale = [f for f in present if (f in recorded and f not in written) or is_temp(f)]
+    if stale:
+        FileSystems.delete([f"{output_dir}/{name}" for name in stale])
+    stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)
+    stats.update(sorted(summaries))
+    write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
+    write_manifest(output_dir, "complete", written)
+    return stats
+
+
+class WriteStats(beam.PTransform):
+    """Gathers the shard summaries, writes `stats.json` and cleans the output folder."""
+
+    def __init__(self, output_dir: str, stages: Iterable[str], summaries: beam.PCollection | None = None):
+        super().__init__()
+        self._output_dir = output_dir
+        self._stages = list(stages)
+        self._summaries = summaries
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        summaries = self._summaries
+        if summaries is None:
+            summaries = shards.pipeline | "NoSummaries" >> beam.Create([])
+        return (
+            shards
+            | "AllShards" >> beam.combiners.ToList()
+            | "Finalize"
+            >> beam.Map(finalize_output, self._output_dir, self._stages, beam.pvalue.AsList(summaries))
+        )

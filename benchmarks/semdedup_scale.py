@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.runner import make_pipeline  # noqa: E402
 from transforms.dedup.semantic import SemDeDupEmbeddings, member  # noqa: E402
-from transforms.dedup.stage import DedupConfig  # noqa: E402
+from transforms.dedup.types import DedupConfig  # noqa: E402
 
 CHUNK = 10_000
 

@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.output.audit import AuditError
     from pipeline.output.index import SearchError
+    from transforms.common.errors import InputError
     from transforms.embed.clip import EmbedError
-    from transforms.read.lists import InputError
 
     try:
         return int(args.handler(args, extra) or 0)

@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import STAGE_NAMES
 from transforms.common.checks import control_character
 from transforms.crawl.stage import CrawlConfig
-from transforms.dedup.stage import DedupConfig
+from transforms.dedup.types import DedupConfig
 from transforms.embed.clip import EmbedConfig
 from transforms.noise.stage import NoiseConfig
 from transforms.read.lists import InputConfig

@@ -31,11 +31,12 @@ from pipeline.output.report import write_report
 from pipeline.progress import ProgressPrinter
 from pipeline.runner import is_local, make_pipeline, translated_steps
 from pipeline.stores import check_bucket, check_writable
+from transforms.common.errors import InputError
 from transforms.common.manifest import claim_output, inside, normalized, record_files, require_complete
 from transforms.common.progress import NAMESPACE
 from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import resolve_device
-from transforms.read.lists import InputError, check_input, expand_inputs, is_directory
+from transforms.read.lists import check_input, expand_inputs, is_directory
 from transforms.write.shards import STATS_FILE, write_atomically
 
 LOG = logging.getLogger(__name__)

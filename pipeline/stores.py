@@ -11,8 +11,8 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
+from transforms.common.errors import InputError, first_line
 from transforms.common.manifest import WRITE_CHECK
-from transforms.read.lists import InputError, first_line
 
 
 def check_bucket(path: str, options: PipelineOptions) -> None:

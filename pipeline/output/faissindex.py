@@ -21,7 +21,7 @@ import os
 import faiss
 import numpy as np
 
-from transforms.dedup.cosine import normalize
+from transforms.common.clustering import normalize
 
 FLAT_MAX_VECTORS = 10_000
 HNSW_NEIGHBOURS = 32

@@ -44,8 +44,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.output import faissindex
 from schemas.sample import Status
+from transforms.common.clustering import normalize
 from transforms.crawl.imaging import ImageError, ImageOptions, process_image
-from transforms.dedup.cosine import normalize
 from transforms.embed.clip import (
     SHIPPED_MODEL,
     ClipExample,

@@ -23,7 +23,7 @@ from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.dedup.decontam import read_eval_images
 from transforms.dedup.semantic import SemDeDupEmbeddings, member
-from transforms.dedup.stage import EVAL, EXACT, NEAR, SEMANTIC, DedupConfig
+from transforms.dedup.types import EVAL, EXACT, NEAR, SEMANTIC, DedupConfig
 
 DEDUP_REASONS = (EXACT, NEAR, SEMANTIC)
 
@@ -246,7 +246,7 @@ def test_dedup_config_is_checked():
 
 def test_decontamination_matches_by_embedding_when_hashes_differ():
     from transforms.dedup.decontam import _DecontaminateFn
-    from transforms.dedup.stage import Fingerprint
+    from transforms.dedup.types import Fingerprint
 
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((3, 16)).astype(np.float32)

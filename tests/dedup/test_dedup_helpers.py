@@ -16,15 +16,9 @@ from PIL import Image, ImageEnhance, PngImagePlugin
 
 from pipeline.output.faissindex import build_index, choose_index, read_index, search, write_index
 from sampleweb.scenes import random_scene, render
-from transforms.dedup.cosine import (
-    assign,
-    cluster_duplicates,
-    normalize,
-    resolve_duplicates,
-    similar_pairs,
-    split_cluster,
-    train_centroids,
-)
+from transforms.common.clustering import assign, normalize, train_centroids
+from transforms.common.tiling import split_cluster
+from transforms.dedup.cosine import cluster_duplicates, resolve_duplicates, similar_pairs
 from transforms.dedup.perceptual import (
     band_keys,
     dhash,

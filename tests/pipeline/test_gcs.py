@@ -13,8 +13,8 @@ from gcp_storage_emulator.server import create_server
 from pipeline.config import load_config
 from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, free_port, shard_bytes
+from transforms.common.errors import InputError
 from transforms.common.manifest import MANIFEST_FILE, Manifest, read_manifest
-from transforms.read.lists import InputError
 
 BUCKET = "winnow-gcs-test"
 GCP_ARGS = ["--project=winnow-test"]

@@ -19,7 +19,7 @@ from pipeline.config import load_config
 from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, read_output_rows, shard_bytes
 from tests.hostile import TDMREP_RULES, HostileSite
-from transforms.read.lists import InputError
+from transforms.common.errors import InputError
 
 # Text, crawl and dedup: the whole pipeline short of the model stages, which tests elsewhere cover.
 STAGES = "run.stages=[text,crawl,dedup]"

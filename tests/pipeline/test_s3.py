@@ -15,8 +15,8 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.jobs import run_job
 from tests.conftest import TEST_OVERRIDES, shard_bytes
+from transforms.common.errors import InputError
 from transforms.common.manifest import MANIFEST_FILE, Manifest, read_manifest
-from transforms.read.lists import InputError
 
 BUCKET = "winnow-test"
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.read.lists import InputError
+from transforms.common.errors import InputError
 
 MANIFEST_FILE = "winnow-manifest.json"
 #: What a write in progress is called until it is renamed: `_tmp-<32 hex>-<name>` (`write_atomically`).

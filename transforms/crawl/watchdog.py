@@ -77,11 +77,6 @@ def deadline_scope(deadline: float) -> Iterator[None]:
         _local.deadline = previous
 
 
-def deadline_passed() -> bool:
-    deadline = getattr(_local, "deadline", None)
-    return deadline is not None and time.monotonic() >= deadline
-
-
 class _Watched:
     """`getresponse` of urllib3's connections, under the watchdog while the headers arrive."""
 

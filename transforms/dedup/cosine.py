@@ -1,12 +1,10 @@
-"""SemDeDup building blocks: spherical k-means, cluster assignment and duplicates inside a cluster.
+"""SemDeDup inside one cluster: pairs above a cosine, and one sample kept per group (pure, no Beam).
 
-Semantic deduplication (Abbas et al., 2023) clusters the image embeddings, then compares samples
-only within a cluster: the work is the sum of the squared cluster sizes instead of n².
+Semantic deduplication (Abbas et al., 2023) clusters the image embeddings
+(`transforms/common/clustering.py`), then compares samples only within a cluster: the work is the
+sum of the squared cluster sizes instead of n².
 
-- `train_centroids`: spherical k-means (FAISS) on a sample of L2-normalised embeddings; the same
-  sample, `k` and seed give the same centroids. FAISS runs on a GPU only when it sees one.
 - `similar_pairs`: the pairs of one tile above the threshold, by FAISS range search.
-- `assign`: the nearest centroid of each embedding and the cosine to it (exact inner product).
 - `cluster_duplicates`: inside one cluster, every pair with cosine >= 1 - epsilon is a duplicate
   link; duplicate groups are the connected components of those links, and each group keeps one
   sample by a policy (`KeepPolicy`). Returns (removed uid, kept uid, group id) rows, the group id
@@ -25,12 +23,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import faiss
 import numpy as np
 
-KeepPolicy = Literal["clip_score", "farthest", "first_uid"]
+from transforms.common.clustering import normalize
+from transforms.common.tiling import split_cluster
+from transforms.common.unionfind import resolve_ranked
+from transforms.dedup.types import KeepPolicy
+
 # Rows per chunk in `cluster_duplicates`: a tile of the pair matrix is at most 2048² float32 (16 MiB).
 DEFAULT_BLOCK = 2048
 
@@ -41,51 +42,6 @@ class ClusterDedup:
 
     removed: list[tuple[str, str, str]]
     comparisons: int
-
-
-def normalize(embeddings: np.ndarray) -> np.ndarray:
-    """A float32, C-contiguous, row-wise L2-normalised copy (all-zero rows stay zero)."""
-    rows = np.array(embeddings, dtype=np.float32, ndmin=2, copy=True, order="C")
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    np.divide(rows, norms, out=rows, where=norms > 0)
-    return rows
-
-
-def train_centroids(sample: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
-    """(k, d) float32 unit-norm centroids of spherical k-means on the normalised `sample` rows.
-
-    On CPU the result depends only on the inputs and `seed`, not on the number of threads (FAISS
-    sums each centroid's points in a fixed order); a GPU run may differ from a CPU one.
-    """
-    points = normalize(sample)
-    if points.shape[0] < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {points.shape[0]}")
-    kmeans = faiss.Kmeans(
-        points.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=faiss.get_num_gpus() > 0
-    )
-    kmeans.train(points)
-    assert kmeans.centroids is not None
-    return normalize(kmeans.centroids)
-
-
-def assign(embeddings: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each normalised embedding, the nearest centroid id (int64) and the cosine to it (float32)."""
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(normalize(centroids))
-    cosines, ids = index.search(normalize(embeddings), 1)
-    return ids[:, 0].astype(np.int64), cosines[:, 0]
-
-
-def split_cluster(n: int, max_size: int) -> list[tuple[range, range]]:
-    """Tiles (rows, cols) covering each unordered pair of `n` items exactly once.
-
-    Rows are cut into chunks of at most `max_size`; the tiles are every chunk against itself and
-    every chunk against each later chunk: ceil(n / max_size) * (ceil(n / max_size) + 1) / 2 tiles.
-    """
-    if max_size < 1:
-        raise ValueError(f"max_size must be positive, got {max_size}")
-    chunks = [range(start, min(start + max_size, n)) for start in range(0, n, max_size)]
-    return [(chunks[a], chunks[b]) for a in range(len(chunks)) for b in range(a, len(chunks))]
 
 
 def similar_pairs(
@@ -119,13 +75,6 @@ def similar_pairs(
     return links, comparisons
 
 
-def _find(parent: list[int], item: int) -> int:
-    while parent[item] != item:
-        parent[item] = parent[parent[item]]
-        item = parent[item]
-    return item
-
-
 def _keep_ranks(
     n: int, keep: KeepPolicy, clip_scores: Sequence[float | None] | None, centroid_cosines: np.ndarray | None
 ) -> list[float]:
@@ -157,30 +106,6 @@ def resolve_duplicates(
     (removed uid, kept uid, group id = kept uid), sorted.
     """
     return resolve_ranked(uids, links, _keep_ranks(len(uids), keep, clip_scores, centroid_cosines))
-
-
-def resolve_ranked(
-    uids: Sequence[str], links: Sequence[tuple[int, int]], primary: Sequence[Any]
-) -> list[tuple[str, str, str]]:
-    """`resolve_duplicates` with the ranks given: each group keeps its lowest (rank, uid)."""
-    parent = list(range(len(uids)))
-    for a, b in links:
-        root_a, root_b = _find(parent, a), _find(parent, b)
-        if root_a != root_b:
-            parent[max(root_a, root_b)] = min(root_a, root_b)
-    groups: dict[int, list[int]] = {}
-    for item in range(len(uids)):
-        groups.setdefault(_find(parent, item), []).append(item)
-
-    def rank(item: int) -> tuple[Any, str]:
-        return (primary[item], uids[item])
-
-    removed = []
-    for members in groups.values():
-        if len(members) > 1:
-            kept = uids[min(members, key=rank)]
-            removed += [(uids[item], kept, kept) for item in members if uids[item] != kept]
-    return sorted(removed, key=lambda row: (row[2], row[0]))
 
 
 def cluster_duplicates(

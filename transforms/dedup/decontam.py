@@ -31,13 +31,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from schemas.sample import Sample, Status
+from transforms.common.clustering import normalize
+from transforms.common.errors import InputError
 from transforms.common.progress import NAMESPACE
 from transforms.crawl.imaging import ImageError, ImageOptions, process_image
-from transforms.dedup.cosine import normalize
+from transforms.dedup.fingerprints import fingerprint
 from transforms.dedup.perceptual import hamming, hash_bands, signature_similarity
-from transforms.dedup.stage import EVAL, Decision, DedupConfig, Fingerprint, fingerprint
+from transforms.dedup.types import EVAL, Decision, DedupConfig, Fingerprint
 from transforms.embed.clip import ClipEmbedding, EmbedConfig, OpenClipModelHandler, _PreprocessFn
-from transforms.read.lists import InputError
 
 LOG = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")

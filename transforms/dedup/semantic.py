@@ -21,23 +21,18 @@ instead of N²/2.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
-import xxhash
 
+from transforms.common.clustering import Centroids, KMeansCentroids, assign, normalize, vectors
 from transforms.common.progress import NAMESPACE
-from transforms.dedup.cosine import assign, normalize, resolve_ranked, similar_pairs, train_centroids
-from transforms.dedup.hashed import chunk_of
-from transforms.dedup.stage import SEMANTIC, Decision, DedupConfig, Fingerprint
-
-#: FAISS wants at least this many training points per centroid.
-MIN_POINTS_PER_CENTROID = 39
-
+from transforms.common.tiling import chunk_of, chunks_for, tiles_of
+from transforms.common.unionfind import Link
+from transforms.dedup.cosine import similar_pairs
+from transforms.dedup.types import SEMANTIC, Decision, DedupConfig, Fingerprint, link_decisions
 
 #: A member of the semantic level: (uid, float16 embedding bytes, clip_score). Plain tuples keep
 #: Beam's coders on their fast path (no pickling per element).
@@ -49,36 +44,6 @@ _Placed = tuple[int, str, bytes, float]
 def member(uid: str, embedding: np.ndarray, clip_score: float | None = None) -> Member:
     """The record `SemDeDupEmbeddings` takes: a uid, its image embedding (d,), its CLIP score."""
     return uid, np.asarray(embedding, dtype=np.float16).tobytes(), clip_score
-
-
-def _vectors(embeddings: Sequence[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(embeddings), dtype=np.float16).reshape(len(embeddings), -1)
-
-
-def cluster_count(config: DedupConfig, total: int, sample: int) -> int:
-    """k: `dedup.clusters`, or one per `cluster_size` samples; never more than the sample supports."""
-    wanted = config.clusters or math.ceil(total / config.cluster_size)
-    return max(1, min(wanted, sample // MIN_POINTS_PER_CENTROID or 1, sample))
-
-
-@dataclasses.dataclass(frozen=True)
-class Centroids:
-    """The trained centroids and each cluster's expected size (from the sample, scaled to the total)."""
-
-    vectors: np.ndarray
-    expected_sizes: np.ndarray
-
-
-def _train(sample: Sequence[Member], total: int, config: DedupConfig) -> Centroids:
-    if not sample:
-        return Centroids(np.zeros((0, 0), dtype=np.float32), np.zeros(0))
-    ordered = sorted(sample)
-    points = _vectors([m[1] for m in ordered]).astype(np.float32)
-    k = cluster_count(config, total, len(points))
-    centroids = train_centroids(points, k, seed=config.seed, niter=config.kmeans_iterations)
-    ids, _ = assign(points, centroids)
-    expected = np.bincount(ids, minlength=k) * (total / len(points))
-    return Centroids(centroids, expected)
 
 
 def _rank(clip_score: float | None, cosine: float, config: DedupConfig) -> float:
@@ -103,18 +68,17 @@ class _AssignFn(beam.DoFn):
     def process(
         self, batch: list[Member], centroids: Centroids
     ) -> Iterator[tuple[tuple[int, int, int], list[_Placed]]]:
-        ids, cosines = assign(_vectors([m[1] for m in batch]), centroids.vectors)
+        ids, cosines = assign(vectors([m[1] for m in batch]), centroids.vectors)
         tiles: dict[tuple[int, int, int], list[_Placed]] = {}
         max_size = self._config.max_group_size
         for (uid, embedding, score), cluster, cosine in zip(
             batch, ids.tolist(), cosines.tolist(), strict=True
         ):
-            expected = centroids.expected_sizes[cluster]
-            chunks = math.ceil(expected / max_size) if expected > max_size else 1
+            chunks = chunks_for(centroids.expected_sizes[cluster], max_size)
             mine = chunk_of(uid, chunks)
             placed = (mine, uid, embedding, _rank(score, cosine, self._config))
-            for other in range(chunks):
-                tiles.setdefault((cluster, min(mine, other), max(mine, other)), []).append(placed)
+            for a, b in tiles_of(mine, chunks):
+                tiles.setdefault((cluster, a, b), []).append(placed)
         yield from tiles.items()
 
 
@@ -129,15 +93,15 @@ class _SimilarFn(beam.DoFn):
 
     def process(
         self, element: tuple[tuple[int, int, int], Iterable[list[_Placed]]]
-    ) -> Iterator[tuple[int, tuple[str, float, str, float, float]]]:
+    ) -> Iterator[tuple[int, Link]]:
         (cluster, a, b), parts = element
         placed = sorted({p for part in parts for p in part}, key=lambda p: p[1])
         rows = [p for p in placed if p[0] == a]
         cols = rows if a == b else [p for p in placed if p[0] == b]
         if not rows or not cols:
             return
-        row_points = normalize(_vectors([p[2] for p in rows]))
-        col_points = row_points if a == b else normalize(_vectors([p[2] for p in cols]))
+        row_points = normalize(vectors([p[2] for p in rows]))
+        col_points = row_points if a == b else normalize(vectors([p[2] for p in cols]))
         # Positions: rows first, then (off the diagonal) cols.
         offset = 0 if a == b else len(rows)
         links, comparisons = similar_pairs(
@@ -152,29 +116,12 @@ class _SimilarFn(beam.DoFn):
             cosine = float(np.dot(row_points[i], col_points[j - offset]))
             if first[1] > second[1]:
                 first, second = second, first
-            yield cluster, (first[1], first[3], second[1], second[3], cosine)
+            yield cluster, Link(first[1], first[3], second[1], second[3], f"embedding cosine {cosine:.4f}")
 
 
-def _resolve(element: tuple[int, Iterable[tuple[str, Any, str, Any, float]]]) -> Iterator[Decision]:
-    cluster, found = element
-    links = sorted(set(found))
-    uids = sorted({link[0] for link in links} | {link[2] for link in links})
-    position = {uid: index for index, uid in enumerate(uids)}
-    ranks: list[Any] = [0.0] * len(uids)
-    evidence: dict[str, tuple[str, float]] = {}
-    for a, rank_a, b, rank_b, cosine in links:
-        ranks[position[a]], ranks[position[b]] = rank_a, rank_b
-        evidence.setdefault(a, (b, cosine))
-        evidence.setdefault(b, (a, cosine))
-    pairs = [(position[link[0]], position[link[2]]) for link in links]
-    for removed, kept, _ in resolve_ranked(uids, pairs, ranks):
-        partner, cosine = evidence[removed]
-        detail = f"duplicate of {kept}; embedding cosine {cosine:.4f} to {partner} in cluster {cluster}"
-        yield Decision(removed, SEMANTIC, kept, detail)
-
-
-def _sample_key(seed: int) -> Any:
-    return lambda record: xxhash.xxh3_64_intdigest(record[0].encode(), seed=seed)
+def _resolve(element: tuple[int, Iterable[Link]]) -> list[Decision]:
+    cluster, links = element
+    return link_decisions(links, SEMANTIC, where=f" in cluster {cluster}")
 
 
 class SemanticDuplicates(beam.PTransform):
@@ -187,6 +134,10 @@ class SemanticDuplicates(beam.PTransform):
     def expand(self, fingerprints: beam.PCollection) -> beam.PCollection:
         members = fingerprints | "Embedded" >> beam.FlatMap(_members)
         return members | "SemDeDup" >> SemDeDupEmbeddings(self._config)
+
+
+def _embedding(record: Member) -> bytes:
+    return record[1]
 
 
 def _members(element: tuple[str, Fingerprint]) -> Iterator[Member]:
@@ -204,12 +155,13 @@ class SemDeDupEmbeddings(beam.PTransform):
 
     def expand(self, members: beam.PCollection) -> beam.PCollection:
         config = self._config
-        total = members | "Count" >> beam.combiners.Count.Globally()
-        sample = members | "SampleForKMeans" >> beam.combiners.Top.Of(
-            config.kmeans_sample, key=_sample_key(config.seed)
-        )
-        centroids = sample | "TrainCentroids" >> beam.Map(
-            _train, total=beam.pvalue.AsSingleton(total), config=config
+        centroids = members | "KMeans" >> KMeansCentroids(
+            embedding=_embedding,
+            sample_size=config.kmeans_sample,
+            cluster_size=config.cluster_size,
+            clusters=config.clusters,
+            seed=config.seed,
+            iterations=config.kmeans_iterations,
         )
         return (
             members

@@ -26,151 +26,25 @@ shuffles; the samples with their images are joined with the decisions once, at t
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-from PIL import Image
 
 from schemas.sample import Sample, Status
-from transforms.common.checks import Check
 from transforms.common.progress import StageCounter
-from transforms.crawl.imaging import ImageOptions, content_box
-from transforms.dedup.cosine import KeepPolicy
-from transforms.dedup.perceptual import dhash, phash, pixel_digest, thumbnail_signature
+from transforms.common.routing import SplitByStatus, downloaded
+from transforms.crawl.imaging import ImageOptions
+from transforms.dedup.decontam import DecontaminateEval
+from transforms.dedup.fingerprints import FingerprintFn
+from transforms.dedup.hashed import ExactDuplicates, NearDuplicates
+from transforms.dedup.semantic import SemanticDuplicates
+from transforms.dedup.types import Decision, DedupConfig, Fingerprint
 
 if TYPE_CHECKING:
     from transforms.embed.clip import EmbedConfig
 
 STAGE = "dedup"
-EXACT, NEAR, SEMANTIC, EVAL = "exact_duplicate", "near_duplicate", "semantic_duplicate", "eval_contamination"
-
-
-@dataclasses.dataclass(frozen=True)
-class DedupConfig:
-    """The `dedup` section."""
-
-    #: Remove samples whose decoded pixels equal another's (`exact_duplicate`).
-    exact: bool = True
-    #: Remove samples whose perceptual hash and thumbnail match another's (`near_duplicate`).
-    perceptual: bool = True
-    #: Remove samples whose image embedding is within `epsilon` of another's (`semantic_duplicate`).
-    semantic: bool = True
-    #: The 64-bit perceptual hash (as `imagehash` computes it): `dhash` (gradients) or `phash` (DCT).
-    hash: Literal["dhash", "phash"] = "dhash"
-    #: Most differing hash bits between near-duplicates.
-    max_hash_distance: int = 10
-    #: LSH bands of the hash; 0: `max_hash_distance + 1`, which finds every pair within the distance.
-    #: Fewer, wider bands make smaller buckets and may miss pairs near the distance.
-    hash_bands: int = 0
-    #: Least cosine of the two 16x16 mean-removed colour thumbnails that confirms a hash match.
-    min_thumbnail_similarity: float = 0.9
-    #: Semantic duplicates have image-embedding cosine >= 1 - epsilon (depends on the model).
-    epsilon: float = 0.001
-    #: k-means clusters; 0: one per `cluster_size` samples (at most one per 39 training points).
-    clusters: int = 0
-    #: Average cluster size aimed at when `clusters` is 0.
-    cluster_size: int = 1000
-    #: Embeddings the k-means is trained on (a deterministic sample by uid hash).
-    kmeans_sample: int = 100_000
-    #: k-means iterations.
-    kmeans_iterations: int = 20
-    #: Clusters and hash buckets larger than this are compared in tiles of this many samples.
-    max_group_size: int = 5000
-    #: Which sample a semantic group keeps: `clip_score` (highest), `farthest` (from the cluster
-    #: centroid, as SemDeDup does) or `first_uid`.
-    keep: KeepPolicy = "clip_score"
-    #: Seed of the k-means and of the training sample.
-    seed: int = 0
-    #: Evaluation images to decontaminate against: a folder or glob of image files, WebDataset
-    #: tars or Parquet files with an image column (local, s3://, gs://). None: no decontamination.
-    eval_images: str | None = None
-    #: Least image-embedding cosine that marks a sample as a copy of an evaluation image.
-    eval_min_cosine: float = 0.999
-
-    def __post_init__(self) -> None:
-        check = Check("dedup", self)
-        check.between(0, 63, "max_hash_distance")
-        check.between(0, self.max_hash_distance + 1, "hash_bands")
-        if not 0.0 <= self.epsilon < 1.0:
-            raise ValueError(f"dedup.epsilon ({self.epsilon!r}) must be in [0, 1)")
-        check.at_least(1, "cluster_size", "kmeans_sample", "kmeans_iterations", "max_group_size")
-        check.at_least(0, "clusters")
-        check.between(-1, 1, "min_thumbnail_similarity", "eval_min_cosine")  # cosines
-        check.seed("seed")
-        check.not_empty("eval_images")
-
-    @property
-    def bands(self) -> int:
-        return self.hash_bands or self.max_hash_distance + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Fingerprint:
-    """What the dedup levels know of one candidate sample."""
-
-    uid: str
-    sha256: str | None
-    pixels: str
-    hash64: int
-    signature: bytes
-    area: int
-    clip_score: float | None
-    embedding: Any = None  # float16 (d,) or None
-
-    @property
-    def rank(self) -> tuple[float, float]:
-        """Sorts the copy an exact or perceptual group keeps first (before the uid tie-break)."""
-        score = self.clip_score
-        return (-float(self.area), math.inf if score is None or math.isnan(score) else -score)
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """A removed sample: why, which sample (or eval image) it duplicates, and the evidence."""
-
-    uid: str
-    reason: str
-    duplicate_of: str
-    detail: str
-
-
-def fingerprint(sample: Sample, hash_kind: str, options: ImageOptions) -> Fingerprint:
-    """The fingerprint of a downloaded sample: its stored image decoded once, without the white
-    padding of the `border` resize mode (which would make every padded image look alike)."""
-    with Image.open(io.BytesIO(sample.image or b"")) as opened:
-        image = opened.convert("RGB")
-    if sample.original_width and sample.original_height:
-        box = content_box(sample.original_width, sample.original_height, options)
-        if box is not None and image.size == (options.image_size, options.image_size):
-            image = image.crop(box)
-    return Fingerprint(
-        uid=sample.uid,
-        sha256=sample.sha256,
-        pixels=pixel_digest(image),
-        hash64=(phash if hash_kind == "phash" else dhash)(image),
-        signature=thumbnail_signature(image),
-        area=(sample.original_width or image.width) * (sample.original_height or image.height),
-        clip_score=sample.clip_score,
-        embedding=sample.image_embedding,
-    )
-
-
-def _route(sample: Sample, partitions: int) -> int:
-    """0: a dedup candidate (downloaded and kept so far), 1: pass through."""
-    return 0 if sample.status == Status.SUCCESS and sample.image is not None else 1
-
-
-class _FingerprintFn(beam.DoFn):
-    def __init__(self, hash_kind: str, options: ImageOptions):
-        self._hash = hash_kind
-        self._options = options
-
-    def process(self, sample: Sample) -> Iterator[tuple[str, Fingerprint]]:
-        yield sample.uid, fingerprint(sample, self._hash, self._options)
 
 
 def _survivors(fingerprints: beam.PCollection, decisions: beam.PCollection, label: str) -> beam.PCollection:
@@ -271,14 +145,10 @@ class DeduplicateImages(beam.PTransform):
         self._progress_dir = progress_dir
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        from transforms.dedup.decontam import DecontaminateEval
-        from transforms.dedup.hashed import ExactDuplicates, NearDuplicates
-        from transforms.dedup.semantic import SemanticDuplicates
-
         config = self._config
-        candidates, passing = samples | "Split" >> beam.Partition(_route, 2)  # type: ignore[arg-type]
+        candidates, passing = samples | "Split" >> SplitByStatus(downloaded)
         fingerprints = candidates | "Fingerprint" >> beam.ParDo(
-            _FingerprintFn(config.hash, self._image_options)
+            FingerprintFn(config.hash, self._image_options)
         )
         removals: list[beam.PCollection] = []
         grouped: list[beam.PCollection] = []

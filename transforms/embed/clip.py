@@ -43,6 +43,7 @@ from PIL import Image
 from schemas.sample import Sample, Status
 from transforms.common.checks import Check
 from transforms.common.progress import StageCounter
+from transforms.common.routing import SplitByStatus, downloaded
 
 LOG = logging.getLogger(__name__)
 STAGE = "embed"
@@ -309,11 +310,6 @@ class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip])
 # ---------------------------------------------------------------- the DoFns
 
 
-def _route(sample: Sample, partitions: int) -> int:
-    """0: embed (downloaded), 1: pass through (failed or rejected earlier)."""
-    return 0 if sample.status == Status.SUCCESS and sample.image is not None else 1
-
-
 def model_pixels(stored: bytes, geometry: Any) -> np.ndarray:
     """The model's input for a stored image as uint8 HWC: decoded, RGB, the model's resize and crop."""
     with Image.open(io.BytesIO(stored)) as image:
@@ -481,7 +477,7 @@ class EmbedImages(beam.PTransform):
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
         decides = config.min_clip_score is not None or config.keep_fraction is not None
-        todo, passing = samples | "Split" >> beam.Partition(_route, 2)  # type: ignore[arg-type]
+        todo, passing = samples | "Split" >> SplitByStatus(downloaded)
         identity = model_identity(config)
         scored = (
             todo

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -448,7 +447,3 @@ def iter_terms(captions: Iterable[tuple[str | None, str | None]]) -> Iterator[tu
 def log_bank(bank: ConceptBank) -> None:
     sizes = ", ".join(f"{lang} {len(terms)}" for lang, terms in sorted(bank.terms.items()))
     log.info("concept vocabulary: %s", sizes or "empty")
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

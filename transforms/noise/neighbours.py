@@ -4,8 +4,8 @@ For a clean pair, the k nearest images carry captions close to its own caption, 
 nearest captions belong to images close to its own image; a mismatched caption disagrees with
 both. Winnow measures the two agreements in Beam, without a global index:
 
-1. `SampleForKMeans` / `TrainCentroids`: spherical k-means (FAISS) on a deterministic sample of one
-   modality's embeddings, as the semantic dedup level does (`transforms/dedup/semantic.py`).
+1. `KMeansCentroids` (`transforms/common/clustering.py`, shared with the semantic dedup level):
+   spherical k-means (FAISS) on a deterministic sample of one modality's embeddings.
 2. `Assign`: each member goes to its nearest centroid; a cluster expected to exceed
    `max_group_size` is cut into chunks by uid hash, and a member's neighbours are then looked up
    in its chunk (the neighbours of an oversized cluster's member are still members of its cluster).
@@ -20,17 +20,15 @@ caption); `NeighbourAgreement("text")` gives the image agreement.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import apache_beam as beam
 import numpy as np
-import xxhash
 
+from transforms.common.clustering import Centroids, KMeansCentroids, assign, normalize, vectors
 from transforms.common.progress import NAMESPACE
-from transforms.dedup.cosine import assign, normalize, train_centroids
-from transforms.dedup.hashed import chunk_of
+from transforms.common.tiling import chunk_of, chunks_for
 
 #: A member: (uid, float16 image embedding bytes, float16 text embedding bytes).
 Member = tuple[str, bytes, bytes]
@@ -38,20 +36,18 @@ Member = tuple[str, bytes, bytes]
 Agreement = tuple[str, "float | None", tuple[tuple[str, float], ...]]
 Space = Literal["image", "text"]
 
-#: FAISS wants at least this many training points per centroid.
-_MIN_POINTS_PER_CENTROID = 39
+
+def _image(member: Member) -> bytes:
+    return member[1]
+
+
+def _text(member: Member) -> bytes:
+    return member[2]
 
 
 def _column(members: Iterable[Member], column: int) -> list[bytes]:
     """Column 1 (image) or 2 (text) of the members: their float16 embedding bytes."""
     return [m[1] if column == 1 else m[2] for m in members]
-
-
-def vectors(embeddings: Sequence[bytes]) -> np.ndarray:
-    """(n, d) float32 from float16 bytes."""
-    return (
-        np.frombuffer(b"".join(embeddings), dtype=np.float16).reshape(len(embeddings), -1).astype(np.float32)
-    )
 
 
 def knn_agreement(uids: Sequence[str], searched: np.ndarray, other: np.ndarray, k: int) -> list[Agreement]:
@@ -81,39 +77,18 @@ def knn_agreement(uids: Sequence[str], searched: np.ndarray, other: np.ndarray, 
     return out
 
 
-class _Centroids:
-    """Centroids of one modality and each cluster's expected size."""
-
-    def __init__(self, vectors_: np.ndarray, expected: np.ndarray):
-        self.vectors = vectors_
-        self.expected = expected
-
-
-def _train(
-    sample: Sequence[Member], total: int, column: int, cluster_size: int, seed: int, iterations: int
-) -> _Centroids:
-    if not sample:
-        return _Centroids(np.zeros((0, 0), dtype=np.float32), np.zeros(0))
-    points = vectors(_column(sorted(sample), column))
-    k = max(1, min(math.ceil(total / cluster_size), len(points) // _MIN_POINTS_PER_CENTROID or 1))
-    centroids = train_centroids(points, k, seed=seed, niter=iterations)
-    ids, _ = assign(points, centroids)
-    return _Centroids(centroids, np.bincount(ids, minlength=k) * (total / len(points)))
-
-
 class _AssignFn(beam.DoFn):
     def __init__(self, column: int, max_group_size: int):
         self._column = column
         self._max = max_group_size
 
     def process(
-        self, batch: list[Member], centroids: _Centroids
+        self, batch: list[Member], centroids: Centroids
     ) -> Iterator[tuple[tuple[int, int], list[Member]]]:
         ids, _ = assign(vectors(_column(batch, self._column)), centroids.vectors)
         groups: dict[tuple[int, int], list[Member]] = {}
         for item, cluster in zip(batch, ids.tolist(), strict=True):
-            expected = centroids.expected[cluster]
-            chunks = math.ceil(expected / self._max) if expected > self._max else 1
+            chunks = chunks_for(centroids.expected_sizes[cluster], self._max)
             groups.setdefault((cluster, chunk_of(item[0], chunks)), []).append(item)
         yield from groups.items()
 
@@ -162,17 +137,11 @@ class NeighbourAgreement(beam.PTransform):
         self._iterations = iterations
 
     def expand(self, members: beam.PCollection) -> beam.PCollection:
-        seed = self._seed
-        total = members | "Count" >> beam.combiners.Count.Globally()
-        sample = members | "SampleForKMeans" >> beam.combiners.Top.Of(
-            self._sample, key=lambda m: xxhash.xxh3_64_intdigest(m[0].encode(), seed=seed)
-        )
-        centroids = sample | "TrainCentroids" >> beam.Map(
-            _train,
-            total=beam.pvalue.AsSingleton(total),
-            column=self._column,
+        centroids = members | "KMeans" >> KMeansCentroids(
+            embedding=_image if self._column == 1 else _text,
+            sample_size=self._sample,
             cluster_size=self._cluster_size,
-            seed=seed,
+            seed=self._seed,
             iterations=self._iterations,
         )
         return (

@@ -54,6 +54,7 @@ import xxhash
 from schemas.sample import Sample, Status
 from transforms.common.checks import Check
 from transforms.common.progress import NAMESPACE, StageCounter
+from transforms.common.routing import SplitByStatus, embedded
 from transforms.noise.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
 from transforms.noise.concepts import (
     ConceptBank,
@@ -516,15 +517,6 @@ def _sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
     return shown, named
 
 
-def _route(sample: Sample, partitions: int) -> int:
-    ready = (
-        sample.status == Status.SUCCESS
-        and sample.image_embedding is not None
-        and sample.text_embedding is not None
-    )
-    return 0 if ready else 1
-
-
 def _member(sample: Sample) -> tuple[str, bytes, bytes]:
     return (
         sample.uid,
@@ -673,7 +665,7 @@ class RepairCaptions(beam.PTransform):
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
-        candidates, passing = samples | "Split" >> beam.Partition(_route, 2)  # type: ignore[arg-type]
+        candidates, passing = samples | "Split" >> SplitByStatus(embedded)
         members = candidates | "Members" >> beam.Map(_member)
         infos = candidates | "Infos" >> beam.Map(_info)
         searches = {

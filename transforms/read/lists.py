@@ -38,11 +38,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.common.checks import Check
+from transforms.common.errors import InputError, first_line
 from transforms.common.progress import StageCounter
 from transforms.crawl.stage import CrawlConfig
 from transforms.read.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.read.pages import HarvestPages
-from transforms.read.rows import InputError, Record, UnreadableFile, text_records
+from transforms.read.rows import Record, UnreadableFile, text_records
 
 LOG = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc", ".arc": "
 ARCHIVE_FORMATS = ("wat", "warc", "arc")
 
 
-__all__ = ["InputConfig", "InputError", "ReadUrlBatches", "ReadUrlList", "check_input", "expand_inputs"]
+__all__ = ["InputConfig", "ReadUrlBatches", "check_input", "expand_inputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,11 +291,6 @@ def _parquet_batches(path: str, config: InputConfig, batch_rows: int) -> Iterato
         )
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its class name when it has none."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def _records_to_batch(path: str, records: list[Record], config: InputConfig) -> pa.RecordBatch:
     good = [record.values or {} for record in records]
     urls = [row.get(config.url_col) for row in good]
@@ -503,7 +499,7 @@ class _ReadFileFn(beam.DoFn):
 class ReadUrlBatches(beam.PTransform):
     """Reads the matched input files into row batches (`BATCH_SCHEMA`), files spread over workers.
 
-    Row batches are what the text stage consumes; `ReadUrlList` turns them into `Sample`s."""
+    Row batches are what the text stage consumes (it turns them into `Sample`s)."""
 
     def __init__(
         self,
@@ -616,14 +612,3 @@ class DistinctPairs(beam.PTransform):
             | "Group" >> beam.GroupByKey()
             | "Distinct" >> beam.FlatMap(_distinct)
         )
-
-
-class ReadUrlList(beam.PTransform):
-    """Reads the matched input files into `Sample`s (row batches, then one element per row)."""
-
-    def __init__(self, files: Sequence[str], config: InputConfig, progress_dir: str | None = None):
-        super().__init__()
-        self._batches = ReadUrlBatches(files, config, progress_dir)
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "ReadBatches" >> self._batches | "Samples" >> beam.FlatMap(samples_from_batch)

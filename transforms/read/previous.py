@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, METADATA_SCHEMA, Sample, Status
+from transforms.common.errors import InputError
 from transforms.crawl.fetch import is_retryable_failure
-from transforms.read.lists import InputError
 from transforms.write.shards import read_tar_images, shard_stems
 
 LOG = logging.getLogger(__name__)

@@ -41,10 +41,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from charset_normalizer import from_bytes
 
-
-class InputError(ValueError):
-    """An input that cannot be read; the message names the file (and row or column)."""
-
+from transforms.common.errors import InputError
 
 #: The longest physical line read; a longer one is skipped as `field_too_large`.
 MAX_LINE_BYTES = 1 << 20

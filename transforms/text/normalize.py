@@ -121,11 +121,6 @@ class UrlFacts(NamedTuple):
     problem: str = ""
 
 
-def is_simple_url(url: str) -> bool:
-    """True for an http(s) URL already in canonical form with no port, user or fragment (most)."""
-    return SIMPLE_URL.match(url) is not None
-
-
 def url_facts(url: str) -> UrlFacts:
     """Scheme, host, file extension and canonical form of a URL, parsed once."""
     simple = SIMPLE_URL.match(url)
@@ -207,11 +202,6 @@ def parsed_url_facts(url: str) -> UrlFacts:
 def canonical_url(url: str) -> str | None:
     """A canonical form for duplicate detection, or None if the URL cannot be parsed."""
     return url_facts(url).canonical
-
-
-def url_extension(url: str) -> str:
-    """The lower-case file extension of the URL's path, without the dot ('' if none)."""
-    return url_facts(url).extension
 
 
 def _extension(path: str) -> str:

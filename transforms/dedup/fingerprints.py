@@ -1,0 +1,51 @@
+"""A downloaded sample's fingerprint: what the dedup levels compare (`types.Fingerprint`).
+
+Its stored image is decoded once: the pixel digest (exact level), the 64-bit perceptual hash and
+the thumbnail signature (near level), with the image embedding and CLIP score carried along
+(semantic level, and the keep rule of every level).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import apache_beam as beam
+from PIL import Image
+
+from schemas.sample import Sample
+from transforms.crawl.imaging import ImageOptions, content_box
+from transforms.dedup.perceptual import dhash, phash, pixel_digest, thumbnail_signature
+from transforms.dedup.types import Fingerprint
+
+
+def fingerprint(sample: Sample, hash_kind: str, options: ImageOptions) -> Fingerprint:
+    """The fingerprint of a downloaded sample: its stored image decoded once, without the white
+    padding of the `border` resize mode (which would make every padded image look alike)."""
+    with Image.open(io.BytesIO(sample.image or b"")) as opened:
+        image = opened.convert("RGB")
+    if sample.original_width and sample.original_height:
+        box = content_box(sample.original_width, sample.original_height, options)
+        if box is not None and image.size == (options.image_size, options.image_size):
+            image = image.crop(box)
+    return Fingerprint(
+        uid=sample.uid,
+        sha256=sample.sha256,
+        pixels=pixel_digest(image),
+        hash64=(phash if hash_kind == "phash" else dhash)(image),
+        signature=thumbnail_signature(image),
+        area=(sample.original_width or image.width) * (sample.original_height or image.height),
+        clip_score=sample.clip_score,
+        embedding=sample.image_embedding,
+    )
+
+
+class FingerprintFn(beam.DoFn):
+    """Sample → (uid, Fingerprint)."""
+
+    def __init__(self, hash_kind: str, options: ImageOptions):
+        self._hash = hash_kind
+        self._options = options
+
+    def process(self, sample: Sample) -> Iterator[tuple[str, Fingerprint]]:
+        yield sample.uid, fingerprint(sample, self._hash, self._options)

@@ -30,7 +30,9 @@ from pipeline.runner import make_pipeline
 from sampleweb.captions import describe
 from sampleweb.scenes import random_scene, render
 from schemas.sample import Sample, Status, make_uid
-from transforms.embed.clip import EmbedConfig, EmbedImages, load_clip, preprocessing
+from transforms.embed.clip import load_clip, preprocessing
+from transforms.embed.config import EmbedConfig
+from transforms.embed.stage import EmbedImages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -28,8 +28,8 @@ from apache_beam.metrics.metric import MetricsFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.runner import make_pipeline  # noqa: E402
+from transforms.dedup.config import DedupConfig
 from transforms.dedup.semantic import SemDeDupEmbeddings, member  # noqa: E402
-from transforms.dedup.types import DedupConfig  # noqa: E402
 
 CHUNK = 10_000
 

@@ -24,10 +24,12 @@ import pyarrow.parquet as pq
 
 from pipeline.runner import make_pipeline
 from sampleweb import generate_corpus
-from transforms.read.lists import InputConfig, ReadUrlBatches
+from transforms.read.config import InputConfig
+from transforms.read.lists import ReadUrlBatches
+from transforms.text.config import TextConfig
 from transforms.text.langid import LanguageIdentifier
 from transforms.text.normalize import normalize_caption
-from transforms.text.stage import FilterText, TextConfig
+from transforms.text.stage import FilterText
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -57,7 +57,8 @@ from PIL import Image
 
 from sampleweb.captions import describe
 from sampleweb.scenes import COLORS, SHAPES, Scene, concepts, random_scene, render
-from transforms.crawl.imaging import ImageOptions, process_image
+from transforms.crawl.config import ImageOptions
+from transforms.crawl.imaging import process_image
 
 if TYPE_CHECKING:
     from open_clip.model import CLIP

@@ -12,14 +12,13 @@ import apache_beam as beam
 
 from pipeline.config import RunConfig
 from schemas.sample import samples_from_batch
-from transforms.crawl.stage import DownloadImages
-from transforms.dedup.stage import DeduplicateImages
-from transforms.embed.clip import EmbedImages
-from transforms.noise.stage import RepairCaptions
-from transforms.read.lists import ReadUrlBatches
-from transforms.read.previous import KeepSettled, ReadPreviousOutput
-from transforms.text.stage import FilterText
-from transforms.write.shards import WriteShards, WriteStats
+from transforms.crawl import DownloadImages
+from transforms.dedup import DeduplicateImages
+from transforms.embed import EmbedImages
+from transforms.noise import RepairCaptions
+from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
+from transforms.text import FilterText
+from transforms.write import WriteShards, WriteStats
 
 StageFactory = Callable[[RunConfig, "str | None"], beam.PTransform]
 

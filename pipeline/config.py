@@ -18,17 +18,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline import STAGE_NAMES
 from transforms.common.checks import control_character
-from transforms.crawl.stage import CrawlConfig
-from transforms.dedup.types import DedupConfig
-from transforms.embed.clip import EmbedConfig
-from transforms.noise.stage import NoiseConfig
-from transforms.read.lists import InputConfig
-from transforms.text.stage import TextConfig
-from transforms.write.shards import OutputConfig
+from transforms.crawl import CrawlConfig
+from transforms.dedup import DedupConfig
+from transforms.embed import EmbedConfig
+from transforms.noise import NoiseConfig
+from transforms.read import InputConfig
+from transforms.text import TextConfig
+from transforms.write import OutputConfig
 
 #: Integers beyond this fit no Arrow column, numpy array or FAISS call.
 _MAX_INT = 2**63 - 1
@@ -105,6 +104,8 @@ def load_config(
     if base_text is not None:
         data = _parse_yaml(base_text, "embedded default config")
     if path is not None:
+        from apache_beam.io.filesystems import FileSystems  # Beam takes a second to import
+
         try:
             with FileSystems.open(path) as handle:
                 text = handle.read().decode("utf-8")

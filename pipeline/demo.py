@@ -8,9 +8,9 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from pipeline.cli import format_summary
 from pipeline.config import RunConfig
 from pipeline.jobs import run_job
+from pipeline.summary import format_summary
 from sampleweb.scoring import duplicate_pair_scores, noise_scores
 
 

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.build import BATCH_STAGES, build_pipeline
 from pipeline.config import ConfigError, RunConfig
-from pipeline.output.audit import AuditError
+from pipeline.output.errors import AuditError
 from pipeline.output.index import (
     INDEX_DIR,
     INDEX_FILES,
@@ -31,13 +31,14 @@ from pipeline.output.report import write_report
 from pipeline.progress import ProgressPrinter
 from pipeline.runner import is_local, make_pipeline, translated_steps
 from pipeline.stores import check_bucket, check_writable
+from schemas.layout import STATS_FILE
 from transforms.common.errors import InputError
+from transforms.common.files import write_atomically
 from transforms.common.manifest import claim_output, inside, normalized, record_files, require_complete
 from transforms.common.progress import NAMESPACE
 from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import resolve_device
 from transforms.read.lists import check_input, expand_inputs, is_directory
-from transforms.write.shards import STATS_FILE, write_atomically
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20

@@ -1,1 +1,2 @@
-"""transforms"""
+"""Winnow's stages, one package each, in pipeline order: read, text, crawl, embed, dedup, noise,
+write; and `common`, the pieces they share. See the README's "Layout"."""

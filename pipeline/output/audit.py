@@ -36,8 +36,9 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import STAGE_NAMES
+from pipeline.output.errors import AuditError
+from schemas.layout import read_tar_images, shard_stems
 from schemas.sample import Status, chosen_caption
-from transforms.write.shards import read_tar_images, shard_stems
 
 STAGE_ORDER = ("read", *STAGE_NAMES, "write")
 KEPT = "kept"  # the gallery category of successful samples
@@ -52,10 +53,6 @@ _SAMPLE_COLUMNS = (
     "clip_score", "dup_group", "duplicate_of", "key",
     "caption_source", "caption_completed", "caption_pseudo", "caption_bow",
 )  # fmt: skip
-
-
-class AuditError(ValueError):
-    """An output folder that cannot be audited (no Parquet shards, unreadable files)."""
 
 
 @dataclasses.dataclass

@@ -43,14 +43,14 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.output import faissindex
+from pipeline.output.errors import SearchError
 from schemas.sample import Status
 from transforms.common.clustering import normalize
-from transforms.crawl.imaging import ImageError, ImageOptions, process_image
+from transforms.common.files import write_atomically
+from transforms.crawl.config import ImageOptions
+from transforms.crawl.imaging import ImageError, process_image
 from transforms.embed.clip import (
-    SHIPPED_MODEL,
     ClipExample,
-    EmbedConfig,
-    EmbedError,
     LoadedClip,
     OpenClipModelHandler,
     Preprocessing,
@@ -58,7 +58,7 @@ from transforms.embed.clip import (
     model_pixels,
     preprocessing,
 )
-from transforms.write.shards import write_atomically
+from transforms.embed.config import SHIPPED_MODEL, EmbedConfig, EmbedError
 
 INDEX_DIR = "index"
 INDEX_FILE = "image.index"
@@ -80,10 +80,6 @@ _IDS_SCHEMA = pa.schema(
 # A query image is brought to the form the crawl stores (EXIF orientation, alpha on white, RGB),
 # unresized and losslessly re-encoded; the model's own geometry then resizes it.
 _QUERY_IMAGE = ImageOptions(resize_mode="no", encode_format="png", encode_quality=1)
-
-
-class SearchError(Exception):
-    """An output that cannot be indexed or searched, or a query that cannot be made (the message says why)."""
 
 
 @dataclasses.dataclass(frozen=True)

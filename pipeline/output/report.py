@@ -43,8 +43,8 @@ from pipeline.output.audit import (
     cited_uids,
     shipped_caption,
 )
+from transforms.common.files import write_atomically
 from transforms.common.manifest import normalized, record_files
-from transforms.write.shards import write_atomically
 
 REPORT_FILE = "report.html"
 #: Marks a page as Winnow's, so that `winnow audit --out` replaces only its own reports.

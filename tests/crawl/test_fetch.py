@@ -12,7 +12,8 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from tests.hostile import ReplyingHandler, gzip_bomb
-from transforms.crawl.fetch import Fetcher, FetchError, FetchOptions
+from transforms.crawl.config import FetchOptions
+from transforms.crawl.fetch import Fetcher, FetchError
 from transforms.crawl.optouts import x_robots_tag_disallows
 
 BODY = b"\xff\xd8" + b"x" * 5000

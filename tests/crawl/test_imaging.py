@@ -8,7 +8,8 @@ import zlib
 import pytest
 from PIL import Image, ImageDraw
 
-from transforms.crawl.imaging import ImageError, ImageOptions, plan_resize, process_image
+from transforms.crawl.config import ImageOptions
+from transforms.crawl.imaging import ImageError, plan_resize, process_image
 
 
 def encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:

@@ -9,7 +9,8 @@ import threading
 import pytest
 import urllib3
 
-from transforms.crawl.fetch import Fetcher, FetchError, FetchOptions
+from transforms.crawl.config import FetchOptions
+from transforms.crawl.fetch import Fetcher, FetchError
 from transforms.crawl.netguard import ForbiddenAddress, forbidden_reason
 from transforms.crawl.watchdog import watched_pool_classes
 

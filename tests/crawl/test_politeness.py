@@ -9,7 +9,8 @@ import tracemalloc
 import pytest
 
 from tests.hostile import TDMREP_RULES, HostileSite, huge_robots_txt
-from transforms.crawl.fetch import Fetcher, FetchError, FetchOptions
+from transforms.crawl.config import FetchOptions
+from transforms.crawl.fetch import Fetcher, FetchError
 from transforms.crawl.optouts import content_usage_disallows, parse_tdmrep, tdm_rules_reserve
 from transforms.crawl.politeness import HostThrottle
 from transforms.crawl.robots import SiteFile, robots_rules

@@ -21,9 +21,10 @@ from pipeline.jobs import run_job
 from sampleweb.scoring import duplicate_pair_scores, shared_object_false_positives
 from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows
+from transforms.dedup.config import DedupConfig
 from transforms.dedup.decontam import read_eval_images
 from transforms.dedup.semantic import SemDeDupEmbeddings, member
-from transforms.dedup.types import EVAL, EXACT, NEAR, SEMANTIC, DedupConfig
+from transforms.dedup.types import EVAL, EXACT, NEAR, SEMANTIC
 
 DEDUP_REASONS = (EXACT, NEAR, SEMANTIC)
 

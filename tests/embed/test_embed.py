@@ -25,15 +25,14 @@ from schemas import Sample, Status, make_uid
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.embed.clip import (
     ClipExample,
-    DecideClipScore,
-    EmbedConfig,
-    EmbedError,
     OpenClipModelHandler,
     load_clip,
     model_identity,
     preprocessing,
     resolve_device,
 )
+from transforms.embed.config import EmbedConfig, EmbedError
+from transforms.embed.stage import DecideClipScore
 
 
 def scored(score: float, index: int) -> Sample:

@@ -16,10 +16,12 @@ from PIL import Image, ImageOps
 
 from pipeline.cli import main
 from schemas import Sample, Status, make_uid
-from transforms.embed.clip import EmbedConfig, EmbedImages
+from transforms.embed.config import EmbedConfig
+from transforms.embed.stage import EmbedImages
 from transforms.noise.classify import ClassifyImages, class_names
 from transforms.noise.concepts import choose_vocabulary, label_bank, label_concepts
-from transforms.noise.stage import NoiseConfig, RepairCaptions
+from transforms.noise.config import NoiseConfig
+from transforms.noise.stage import RepairCaptions
 
 #: CPU, a small padded batch: the tests' images are few.
 EMBED = EmbedConfig(device="cpu", batch_size=8)

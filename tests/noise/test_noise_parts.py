@@ -24,9 +24,10 @@ from transforms.noise.concepts import (
     trust_terms,
     words,
 )
+from transforms.noise.config import NoiseConfig
 from transforms.noise.mixture import fit_mixture
 from transforms.noise.neighbours import knn_agreement
-from transforms.noise.stage import Estimate, NoiseConfig, combine, repair
+from transforms.noise.stage import Estimate, combine, repair
 
 
 def test_mixture_recovers_two_components_and_is_monotone():

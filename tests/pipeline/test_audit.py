@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.cli import format_summary, main
+from pipeline.cli import main
 from pipeline.config import default_config_text, load_config
 from pipeline.jobs import run_job
 from pipeline.output.audit import Histogram, audit_output, funnel, thresholds
 from pipeline.output.report import CSP, render_report, write_report
+from pipeline.summary import format_summary
 from tests.conftest import TEST_OVERRIDES
 
 # A CLIP-score threshold, so that the report draws it on the CLIP-score chart.

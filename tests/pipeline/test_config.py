@@ -16,7 +16,8 @@ from pipeline.config import ConfigError, RunConfig, default_config_text, load_co
 from schemas.sample import Sample, Status
 from tests.pipeline.test_cli import assert_user_error, winnow
 from transforms.noise.concepts import Concepts
-from transforms.noise.stage import Estimate, NoiseConfig, repair
+from transforms.noise.config import NoiseConfig
+from transforms.noise.stage import Estimate, repair
 
 
 def test_defaults_match_the_dataclasses():

@@ -22,7 +22,8 @@ from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows, shard_bytes
 from transforms.common.manifest import write_manifest
 from transforms.crawl.stage import DownloadImages
-from transforms.read.lists import InputConfig, rows_to_samples
+from transforms.read.config import InputConfig
+from transforms.read.lists import rows_to_samples
 
 CONFIG = load_config(overrides=TEST_OVERRIDES)
 

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from moto.server import ThreadedMotoServer
 
-from pipeline.cli import format_summary, main
+from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
 from pipeline.jobs import run_job
 from pipeline.output import faissindex
@@ -31,9 +31,11 @@ from pipeline.output.index import (
     read_index_info,
     search_output,
 )
+from pipeline.summary import format_summary
 from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows
-from transforms.embed.clip import SHIPPED_MODEL, EmbedConfig, model_identity
+from transforms.embed.clip import model_identity
+from transforms.embed.config import SHIPPED_MODEL, EmbedConfig
 
 BUDGET = 4 << 30
 INDEX_FILES = ("image.index", "ids.parquet", "index.json")

@@ -36,7 +36,8 @@ from schemas import Sample, Status, make_uid
 from tests.conftest import read_output_rows
 from tests.pipeline.test_cli import assert_user_error, winnow
 from transforms.common.errors import InputError
-from transforms.read.lists import InputConfig, check_input, rows_to_samples
+from transforms.read.config import InputConfig
+from transforms.read.lists import check_input, rows_to_samples
 from transforms.write.shards import tar_bytes, tar_members
 
 HOST = "http://h.example"

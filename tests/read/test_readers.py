@@ -9,14 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import BATCH_SCHEMA, Status, make_uid
-from transforms.read.lists import (
-    InputConfig,
-    InputError,
-    check_input,
-    expand_inputs,
-    file_batches,
-    rows_to_samples,
-)
+from transforms.read.config import InputConfig
+from transforms.read.lists import InputError, check_input, expand_inputs, file_batches, rows_to_samples
 
 ROWS = [
     {"url": "http://a.example/1.jpg", "caption": "a red circle", "license": "cc-by"},

@@ -22,6 +22,7 @@ from pipeline.jobs import run_job
 from schemas import Sample, Status, batch_from_samples, make_uid, samples_from_batch
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from tests.hostile import HostileSite
+from transforms.text.config import TextConfig
 from transforms.text.counts import vocab_threshold
 from transforms.text.langid import LanguageIdentifier
 from transforms.text.normalize import (
@@ -32,7 +33,7 @@ from transforms.text.normalize import (
     parsed_url_facts,
     url_facts,
 )
-from transforms.text.stage import FilterText, TextConfig, keeper_order, url_reason
+from transforms.text.stage import FilterText, keeper_order, url_reason
 
 
 def sample(url: str | None, caption: str | None) -> Sample:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import METADATA_SCHEMA, Sample, Status, make_uid
+from transforms.common.files import write_atomically
 from transforms.common.manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 from transforms.write.shards import (
     finalize_output,
@@ -20,7 +21,6 @@ from transforms.write.shards import (
     summarize,
     tar_bytes,
     tar_members,
-    write_atomically,
 )
 
 

@@ -31,10 +31,9 @@ from typing import Literal
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.common.errors import InputError
+from transforms.common.files import TEMP_PREFIX, write_atomically
 
 MANIFEST_FILE = "winnow-manifest.json"
-#: What a write in progress is called until it is renamed: `_tmp-<32 hex>-<name>` (`write_atomically`).
-TEMP_PREFIX = "_tmp-"
 _TEMP_NAME = re.compile(rf"^{TEMP_PREFIX}[0-9a-f]{{32}}-")
 #: The names of the files a run writes into its output folder (relative paths).
 _OUTPUT_NAME = re.compile(
@@ -111,8 +110,6 @@ def read_manifest(output_dir: str) -> Manifest | None:
 
 
 def write_manifest(output_dir: str, state: State, files: Iterable[str]) -> None:
-    from transforms.write.shards import write_atomically  # writers imports this module
-
     body = {"state": state, "files": sorted(set(files) - {MANIFEST_FILE})}
     text = json.dumps(body, indent=1, sort_keys=True).encode()
     write_atomically(f"{output_dir.rstrip('/')}/{MANIFEST_FILE}", text)

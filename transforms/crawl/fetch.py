@@ -56,7 +56,8 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
-from transforms.common.checks import MAX_SECONDS, Check
+from schemas.reasons import RETRYABLE_IN_RUN
+from transforms.crawl.config import FetchOptions
 from transforms.crawl.netguard import ForbiddenAddress
 from transforms.crawl.optouts import (
     TdmRule,
@@ -68,7 +69,6 @@ from transforms.crawl.optouts import (
 from transforms.crawl.politeness import HostThrottle
 from transforms.crawl.robots import (
     ALLOW_ALL,
-    MAX_TTL_S,
     RESERVE_ALL,
     ROBOTS_PATH,
     SITE_FILE_MAX_BYTES,
@@ -87,99 +87,6 @@ LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _CHUNK = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: Failures retried within a run (`crawl.retries`): the server or the network may recover soon.
-_RETRYABLE = {"timeout", "connection_error", "http_500", "http_502", "http_503", "http_504", "http_429"}
-#: Failures worth another attempt in a later run (`winnow run --retry-failed`): transient ones,
-#: including DNS outages and robots.txt files that were unreachable.
-_RETRYABLE_LATER = _RETRYABLE | {"dns_error", "ssl_error", "robots_unreachable"}
-
-
-def is_retryable_failure(reason: str | None) -> bool:
-    """True for a crawl failure that a later run may fix (timeouts, DNS, 5xx, 429, unreachable robots.txt)."""
-    return reason is not None and (
-        reason in _RETRYABLE_LATER or (reason.startswith("http_5") and len(reason) == 8)
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class FetchOptions:
-    """The HTTP keys of the `crawl` config section (img2dataset's names where it has them)."""
-
-    #: Connect and per-read timeout in seconds.
-    timeout: float = 10.0
-    #: Total seconds one image may take, redirects and body included; waiting for a host's turn
-    #: is not counted.
-    deadline: float = 30.0
-    #: Extra attempts after a timeout, connection error, 429 or 5xx (never after a 404 or other 4xx).
-    retries: int = 0
-    #: Wait before retry n (from 0): `retry_backoff * 2**n` seconds, or the server's Retry-After
-    #: when that is longer.
-    retry_backoff: float = 1.0
-    #: Longest Retry-After honoured, in seconds; a server asking for longer fails the sample
-    #: (its reason stays `http_429` / `http_503`) instead of holding a download thread.
-    max_retry_after: float = 60.0
-    #: Redirects followed per image (at most 10).
-    max_redirects: int = 5
-    #: Largest body accepted, in bytes (after Content-Encoding is undone).
-    max_image_bytes: int = 10_000_000
-    #: Our token: matched against robots.txt user-agent groups and `X-Robots-Tag: <token>: ...`.
-    user_agent_token: str = "winnow"
-    #: The User-Agent header; empty: `Mozilla/5.0 (compatible; <token>; image-text dataset crawler)`.
-    user_agent: str = ""
-    #: Requests at once to one host, per worker process (0: no cap).
-    max_per_host: int = 8
-    #: Least seconds between the starts of two requests to one host.
-    min_host_delay: float = 0.0
-    #: Longest robots.txt Crawl-delay honoured, in seconds; a longer one is cut to this.
-    max_crawl_delay: float = 10.0
-    #: Obey robots.txt (`opted_out_robots_txt`, `robots_unreachable`).
-    respect_robots_txt: bool = True
-    #: Seconds an origin's robots.txt and tdmrep.json are kept (at most 86400, RFC 9309).
-    robots_cache_ttl: float = 86400.0
-    #: Obey `X-Robots-Tag` (`opted_out_x_robots_tag`).
-    respect_x_robots_tag: bool = True
-    #: X-Robots-Tag directives that opt an image out (img2dataset's defaults).
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
-    #: Obey TDMRep: the `tdm-reservation` header and `/.well-known/tdmrep.json` (`opted_out_tdmrep`).
-    respect_tdmrep: bool = True
-    #: Obey the `Content-Usage` header of IETF AI Preferences (`opted_out_content_usage`).
-    respect_content_usage: bool = True
-    #: Content-Usage categories whose `n` opts an image out.
-    content_usage_categories: tuple[str, ...] = ("train-ai",)
-    #: Let the crawl connect to loopback, private, link-local and other non-public addresses
-    #: (`transforms/crawl/netguard.py`); only for crawling one's own network or the loopback sample web.
-    allow_private_networks: bool = False
-
-    def __post_init__(self) -> None:
-        check = Check("crawl", self)
-        check.above(0, "timeout", "deadline", "max_image_bytes")
-        check.at_least(0, "retries", "retry_backoff", "max_retry_after", "max_per_host")
-        check.at_least(0, "min_host_delay", "max_crawl_delay")
-        check.between(0, 10, "max_redirects")
-        times = (
-            "timeout",
-            "deadline",
-            "retry_backoff",
-            "max_retry_after",
-            "min_host_delay",
-            "max_crawl_delay",
-        )
-        check.at_most(MAX_SECONDS, *times)
-        if not 0 < self.robots_cache_ttl <= MAX_TTL_S:
-            raise ValueError(
-                f"crawl.robots_cache_ttl ({self.robots_cache_ttl!r}) must be in (0, {MAX_TTL_S:g}] "
-                "seconds (RFC 9309)"
-            )
-        check.token("user_agent_token")
-        check.header_value("user_agent")
-        check.not_empty("disallowed_header_directives", "content_usage_categories")
-
-    @property
-    def user_agent_header(self) -> str:
-        return (
-            self.user_agent
-            or f"Mozilla/5.0 (compatible; {self.user_agent_token}; image-text dataset crawler)"
-        )
 
 
 class FetchError(Exception):
@@ -255,7 +162,7 @@ class Fetcher:
             try:
                 return self._fetch_once(url)
             except FetchError as err:
-                if attempt >= options.retries or err.reason not in _RETRYABLE:
+                if attempt >= options.retries or err.reason not in RETRYABLE_IN_RUN:
                     raise
                 wait = options.retry_backoff * 2**attempt
                 if err.retry_after is not None:

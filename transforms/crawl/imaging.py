@@ -26,15 +26,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
-from typing import Literal
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ResizeMode = Literal["no", "keep_ratio", "center_crop", "keep_ratio_largest", "border", "fixed"]
-EncodeFormat = Literal["jpg", "png", "webp"]
-Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
+from transforms.crawl.config import ImageOptions
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -70,22 +67,6 @@ class ImageError(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageOptions:
-    """What to do with each image (the image keys of the `crawl` config section)."""
-
-    image_size: int = 256
-    resize_mode: ResizeMode = "border"
-    resize_only_if_bigger: bool = False
-    upscale_interpolation: Interpolation = "lanczos"
-    downscale_interpolation: Interpolation = "area"
-    encode_format: EncodeFormat = "jpg"
-    encode_quality: int = 95
-    min_image_size: int = 0
-    max_image_area: float | None = None
-    max_aspect_ratio: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
@@ -31,50 +30,15 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from schemas.reasons import is_retryable_failure
 from schemas.sample import Sample, Status
-from transforms.common.checks import Check
 from transforms.common.progress import StageCounter
-from transforms.crawl.fetch import Fetcher, FetchError, FetchOptions, is_retryable_failure
-from transforms.crawl.imaging import ImageError, ImageOptions, process_image
+from transforms.crawl.config import CrawlConfig
+from transforms.crawl.fetch import Fetcher, FetchError
+from transforms.crawl.imaging import ImageError, process_image
 
 LOG = logging.getLogger(__name__)
 STAGE = "crawl"
-
-
-@dataclasses.dataclass(frozen=True)
-class CrawlConfig(FetchOptions, ImageOptions):
-    """The `crawl` section: HTTP keys (`FetchOptions`) and image keys (`ImageOptions`)."""
-
-    #: Concurrent downloads per worker process.
-    thread_count: int = 64
-    #: Images decoded and resized at once per worker process; 0 = one per CPU core, plus one.
-    decode_threads: int = 0
-    #: Share of the crawled samples that may fail transiently (timeouts, DNS, connection errors,
-    #: 5xx, 429) before the run raises an alarm instead of finishing quietly (1.0: never).
-    max_failure_rate: float = 0.25
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check = Check("crawl", self)
-        check.at_least(1, "thread_count")
-        # The largest side each format can encode (JPEG and PNG 65,535 pixels, WebP 16,383).
-        check.between(1, 16383 if self.encode_format == "webp" else 65535, "image_size")
-        check.at_least(0, "decode_threads", "min_image_size")
-        check.between(0, 1, "max_failure_rate")
-        check.above(0, "max_image_area")
-        # An image's aspect ratio (long side / short side) is at least 1.
-        check.at_least(1, "max_aspect_ratio")
-        if self.max_image_area is not None and self.min_image_size**2 > self.max_image_area:
-            raise ValueError(
-                f"crawl.min_image_size ({self.min_image_size}) squared must be <= "
-                f"crawl.max_image_area ({self.max_image_area:g}): no image could pass both"
-            )
-        valid_quality = range(10) if self.encode_format == "png" else range(101)
-        if self.encode_quality not in valid_quality:
-            raise ValueError(
-                f"crawl.encode_quality {self.encode_quality} is out of range for {self.encode_format} "
-                f"({valid_quality.start}..{valid_quality.stop - 1})"
-            )
 
 
 def download_sample(

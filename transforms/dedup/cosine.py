@@ -30,7 +30,7 @@ import numpy as np
 from transforms.common.clustering import normalize
 from transforms.common.tiling import split_cluster
 from transforms.common.unionfind import resolve_ranked
-from transforms.dedup.types import KeepPolicy
+from transforms.dedup.config import KeepPolicy
 
 # Rows per chunk in `cluster_duplicates`: a tile of the pair matrix is at most 2048² float32 (16 MiB).
 DEFAULT_BLOCK = 2048

@@ -34,11 +34,14 @@ from schemas.sample import Sample, Status
 from transforms.common.clustering import normalize
 from transforms.common.errors import InputError
 from transforms.common.progress import NAMESPACE
-from transforms.crawl.imaging import ImageError, ImageOptions, process_image
+from transforms.crawl.config import ImageOptions
+from transforms.crawl.imaging import ImageError, process_image
+from transforms.dedup.config import DedupConfig
 from transforms.dedup.fingerprints import fingerprint
 from transforms.dedup.perceptual import hamming, hash_bands, signature_similarity
-from transforms.dedup.types import EVAL, Decision, DedupConfig, Fingerprint
-from transforms.embed.clip import ClipEmbedding, EmbedConfig, OpenClipModelHandler, _PreprocessFn
+from transforms.dedup.types import EVAL, Decision, Fingerprint
+from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn
+from transforms.embed.config import EmbedConfig
 
 LOG = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -224,7 +227,7 @@ class DecontaminateEval(beam.PTransform):
         if self._embed is not None:
             samples = (
                 samples
-                | "EvalPreprocess" >> beam.ParDo(_PreprocessFn(self._embed))
+                | "EvalPreprocess" >> beam.ParDo(PreprocessFn(self._embed))
                 | "EvalEmbed" >> RunInference(KeyedModelHandler(OpenClipModelHandler(self._embed)))
                 | "EvalEmbeddings" >> beam.Map(_with_embedding)
             )

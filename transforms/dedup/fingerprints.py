@@ -14,7 +14,8 @@ import apache_beam as beam
 from PIL import Image
 
 from schemas.sample import Sample
-from transforms.crawl.imaging import ImageOptions, content_box
+from transforms.crawl.config import ImageOptions
+from transforms.crawl.imaging import content_box
 from transforms.dedup.perceptual import dhash, phash, pixel_digest, thumbnail_signature
 from transforms.dedup.types import Fingerprint
 

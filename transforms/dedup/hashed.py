@@ -24,8 +24,9 @@ import apache_beam as beam
 from transforms.common.progress import NAMESPACE
 from transforms.common.tiling import TileGroups, split_tile
 from transforms.common.unionfind import Link
+from transforms.dedup.config import DedupConfig
 from transforms.dedup.perceptual import cross_pairs, hash_bands, near_duplicate_pairs, signature_similarity
-from transforms.dedup.types import EXACT, NEAR, Decision, DedupConfig, Fingerprint, link_decisions
+from transforms.dedup.types import EXACT, NEAR, Decision, Fingerprint, link_decisions
 
 # ---------------------------------------------------------------- exact
 

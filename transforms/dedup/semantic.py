@@ -31,8 +31,9 @@ from transforms.common.clustering import Centroids, KMeansCentroids, assign, nor
 from transforms.common.progress import NAMESPACE
 from transforms.common.tiling import chunk_of, chunks_for, tiles_of
 from transforms.common.unionfind import Link
+from transforms.dedup.config import DedupConfig
 from transforms.dedup.cosine import similar_pairs
-from transforms.dedup.types import SEMANTIC, Decision, DedupConfig, Fingerprint, link_decisions
+from transforms.dedup.types import SEMANTIC, Decision, Fingerprint, link_decisions
 
 #: A member of the semantic level: (uid, float16 embedding bytes, clip_score). Plain tuples keep
 #: Beam's coders on their fast path (no pickling per element).

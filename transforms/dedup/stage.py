@@ -34,15 +34,16 @@ import apache_beam as beam
 from schemas.sample import Sample, Status
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
-from transforms.crawl.imaging import ImageOptions
+from transforms.crawl.config import ImageOptions
+from transforms.dedup.config import DedupConfig
 from transforms.dedup.decontam import DecontaminateEval
 from transforms.dedup.fingerprints import FingerprintFn
 from transforms.dedup.hashed import ExactDuplicates, NearDuplicates
 from transforms.dedup.semantic import SemanticDuplicates
-from transforms.dedup.types import Decision, DedupConfig, Fingerprint
+from transforms.dedup.types import Decision, Fingerprint
 
 if TYPE_CHECKING:
-    from transforms.embed.clip import EmbedConfig
+    from transforms.embed.config import EmbedConfig
 
 STAGE = "dedup"
 

@@ -1,23 +1,18 @@
-"""Embed stage: CLIP image and text embeddings with open_clip through Beam's `RunInference`, the
-CLIP score, and the decision on it.
+"""The CLIP model of the embed stage: identity, loading, preprocessing and the `RunInference` handler.
 
-In: `Sample`s after the crawl. Those with status `success` and an image are embedded; the others
-pass through untouched. Out: the same samples with `clip_score` (cosine of the L2-normalised
-image and text embeddings), `clip_model` (the identity of the model, so a score always says what
-made it) and the float16 embeddings, which the writer stores as `img_emb/` and `text_emb/` `.npy`
-files aligned with `metadata/` Parquet files carrying the uid (clip-retrieval's layout).
+- `model_identity`: the name written next to every score (`clip_model`), so a score always says
+  what made it.
+- `load_clip`: an open_clip model (a built-in name with a pretrained tag or checkpoint, the shipped
+  `winnow-tiny-clip`, or a folder on any Beam filesystem) on the device asked for.
+- `preprocessing` / `PreprocessFn` (CPU): decode the stored image, resize and normalise with the
+  model's own open_clip transform, tokenize the caption — outside the model call, so an
+  accelerator only runs the model.
+- `OpenClipModelHandler`: batches of (image, tokens) through both towers, on `cuda` when asked for
+  or (`auto`) when present, in half precision there; one model per process, or one per machine
+  with `large_model` / `model_copies`.
 
-Steps, each small:
-
-1. `Preprocess` (CPU): decode the stored image, resize and normalise with the model's own open_clip
-   transform, tokenize the caption — outside the model call, so an accelerator only runs the model.
-2. `RunInference` with `OpenClipModelHandler`: batches of (image, tokens) through both towers, on
-   `cuda` when asked for or (`auto`) when present, in half precision there; one model per process,
-   or one per machine with `large_model` / `model_copies`.
-3. `Score`: the cosine, the model identity, the embeddings onto the sample.
-4. `Decide` (only with a threshold): `clip_score` below `min_clip_score`, or outside the top
-   `keep_fraction` of the whole run (a threshold from Beam's approximate quantiles, handed in as a
-   side input: no second pass), is rejected with reason `low_clip_score` and the threshold used.
+The dedup stage (decontamination) and the noise stage (concept vocabulary, generated captions)
+use the run's model through this module too.
 """
 
 from __future__ import annotations
@@ -32,78 +27,21 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
-from schemas.sample import Sample, Status
-from transforms.common.checks import Check
-from transforms.common.progress import StageCounter
-from transforms.common.routing import SplitByStatus, downloaded
+from schemas.sample import Sample
+from transforms.embed.config import SHIPPED_MODEL, EmbedConfig, EmbedError
 
 LOG = logging.getLogger(__name__)
-STAGE = "embed"
-#: The small model Winnow ships (trained on the sample web by `models/train_tiny_clip.py`).
-SHIPPED_MODEL = "winnow-tiny-clip"
 #: Shipped models are package data of `transforms.embed`, so a non-editable install finds them too.
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 _CONFIG_FILE = "open_clip_config.json"
-#: Quantiles computed for `keep_fraction` (a threshold within 0.1 % of the rank asked for).
-QUANTILES = 1001
-
-
-class EmbedError(RuntimeError):
-    """The embedding model cannot be loaded or run as configured (the message says why)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedConfig:
-    """The `embed` section."""
-
-    #: open_clip model: a built-in name (ViT-B-32, ViT-L-14, …), `winnow-tiny-clip` (shipped), or a
-    #: folder (local, s3://, gs://) holding `open_clip_config.json` and the weights.
-    model: str = SHIPPED_MODEL
-    #: For a built-in name: an open_clip pretrained tag (openai, laion2b_s34b_b79k, …) or a
-    #: checkpoint file (local, s3://, gs://); empty = random weights (throughput tests only).
-    pretrained: str = ""
-    #: auto (CUDA when present), cpu or cuda (an error when CUDA is not usable).
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: auto = fp16 on CUDA, fp32 on CPU.
-    precision: Literal["auto", "fp32", "fp16"] = "auto"
-    #: Images per model call.
-    batch_size: int = 64
-    #: One model per machine, shared by its worker processes (for big models).
-    large_model: bool = False
-    #: Exact number of model copies per machine (0 = one per process, or one with large_model).
-    model_copies: int = 0
-    #: Reject samples whose clip_score is below this (LAION: 0.28 with ViT-B/32); null = off.
-    min_clip_score: float | None = None
-    #: Keep only this top fraction of the run by clip_score (DataComp: 0.3); null = off.
-    keep_fraction: float | None = None
-    #: Carry the embeddings to the writer (img_emb/, text_emb/); false keeps only the score.
-    write_embeddings: bool = True
-    #: Accelerator resource hint of the embedding step alone, in Dataflow's form
-    #: (`type:nvidia-l4;count:1;install-nvidia-driver`): with right fitting only this step runs on
-    #: GPU workers, the crawl and text steps on CPU ones. null = no hint.
-    accelerator: str | None = None
-
-    def __post_init__(self) -> None:
-        check = Check("embed", self)
-        check.not_empty("model")
-        check.at_least(1, "batch_size")
-        check.at_least(0, "model_copies")
-        check.between(-1, 1, "min_clip_score")  # a cosine
-        if self.accelerator is not None and not self.accelerator.startswith("type:"):
-            raise ValueError(
-                "embed.accelerator must be a resource hint such as "
-                f"'type:nvidia-l4;count:1;install-nvidia-driver', not {self.accelerator!r}"
-            )
-        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
-            raise ValueError(f"embed.keep_fraction ({self.keep_fraction!r}) must be in (0, 1]")
 
 
 # ---------------------------------------------------------------- model identity and loading
@@ -316,7 +254,7 @@ def model_pixels(stored: bytes, geometry: Any) -> np.ndarray:
         return np.asarray(geometry(image.convert("RGB")), dtype=np.uint8)
 
 
-class _PreprocessFn(beam.DoFn):
+class PreprocessFn(beam.DoFn):
     """Decodes, resizes and normalises the image and tokenizes the caption (CPU)."""
 
     def __init__(self, config: EmbedConfig):
@@ -379,112 +317,3 @@ def preprocessing(config: EmbedConfig) -> Preprocessing:
         raise EmbedError(f"unexpected open_clip preprocessing {transform}; expected ToTensor, Normalize last")
     geometry = type(transform)(transform.transforms[:-2])  # resize, crop, RGB; the rest on the device
     return Preprocessing(geometry, tuple(cfg.mean), tuple(cfg.std), tokenizer)
-
-
-class _ScoreFn(beam.DoFn):
-    """Puts the cosine, the model identity and (if kept) the embeddings onto the sample."""
-
-    def __init__(self, identity: str, keep_embeddings: bool, progress_dir: str | None, decides: bool):
-        self._identity = identity
-        self._keep = keep_embeddings
-        self._progress_dir = progress_dir
-        self._decides = decides
-
-    def setup(self) -> None:
-        self._counter = StageCounter(STAGE, self._progress_dir)
-
-    def process(self, element: tuple[Sample, PredictionResult | ClipEmbedding]) -> Iterator[Sample]:
-        sample, result = element
-        embedding: ClipEmbedding = result.inference if isinstance(result, PredictionResult) else result  # type: ignore[assignment]
-        score = float(np.dot(embedding.image.astype(np.float32), embedding.text.astype(np.float32)))
-        if not self._decides:
-            self._counter.add(kept=True)
-        yield sample.evolve(
-            clip_score=score,
-            clip_model=self._identity,
-            image_embedding=embedding.image if self._keep else None,
-            text_embedding=embedding.text if self._keep else None,
-        )
-
-    def finish_bundle(self) -> None:
-        self._counter.flush()
-
-
-def threshold_from_quantiles(quantiles: list[float], keep_fraction: float) -> float:
-    """The score at rank (1 - keep_fraction) of the run, from evenly spaced quantiles."""
-    if not quantiles:
-        return float("-inf")
-    index = round((1.0 - keep_fraction) * (len(quantiles) - 1))
-    return float(quantiles[min(max(index, 0), len(quantiles) - 1)])
-
-
-class _DecideFn(beam.DoFn):
-    """Rejects scored samples below the threshold (`low_clip_score`, the threshold in `error`)."""
-
-    def __init__(self, min_score: float | None, progress_dir: str | None):
-        self._min_score = min_score
-        self._progress_dir = progress_dir
-
-    def setup(self) -> None:
-        self._counter = StageCounter(STAGE, self._progress_dir)
-
-    def process(self, sample: Sample, quantile_threshold: float | None = None) -> Iterator[Sample]:
-        thresholds = [t for t in (self._min_score, quantile_threshold) if t is not None]
-        threshold = max(thresholds) if thresholds else None
-        if threshold is not None and sample.clip_score is not None and sample.clip_score < threshold:
-            detail = f"clip_score {sample.clip_score:.4f} < threshold {threshold:.4f} ({sample.clip_model})"
-            self._counter.add(kept=False, reason="low_clip_score")
-            yield sample.decided(Status.REJECTED, "low_clip_score", STAGE, detail)
-            return
-        self._counter.add(kept=True)
-        yield sample
-
-    def finish_bundle(self) -> None:
-        self._counter.flush()
-
-
-class DecideClipScore(beam.PTransform):
-    """Rejects scored samples below `min_clip_score` or outside the top `keep_fraction` of the
-    whole collection (approximate quantiles, applied as a side input)."""
-
-    def __init__(self, config: EmbedConfig, progress_dir: str | None = None):
-        super().__init__()
-        self._config = config
-        self._progress_dir = progress_dir
-
-    def expand(self, scored: beam.PCollection) -> beam.PCollection:
-        threshold = None
-        if self._config.keep_fraction is not None:
-            threshold = beam.pvalue.AsSingleton(
-                scored
-                | "Scores" >> beam.Map(lambda s: s.clip_score)
-                | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES)
-                | "Threshold" >> beam.Map(threshold_from_quantiles, self._config.keep_fraction)
-            )
-        return scored | "Decide" >> beam.ParDo(
-            _DecideFn(self._config.min_clip_score, self._progress_dir), quantile_threshold=threshold
-        )
-
-
-class EmbedImages(beam.PTransform):
-    """Embeds every downloaded pair with CLIP, scores it and applies the configured threshold."""
-
-    def __init__(self, config: EmbedConfig, progress_dir: str | None = None):
-        super().__init__()
-        self._config = config
-        self._progress_dir = progress_dir
-
-    def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        config = self._config
-        decides = config.min_clip_score is not None or config.keep_fraction is not None
-        todo, passing = samples | "Split" >> SplitByStatus(downloaded)
-        identity = model_identity(config)
-        scored = (
-            todo
-            | "Preprocess" >> beam.ParDo(_PreprocessFn(config))
-            | "RunInference" >> RunInference(KeyedModelHandler(OpenClipModelHandler(config)))
-            | "Score" >> beam.ParDo(_ScoreFn(identity, config.write_embeddings, self._progress_dir, decides))
-        )
-        if decides:
-            scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir)
-        return (scored, passing) | "Merge" >> beam.Flatten()

@@ -34,7 +34,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from PIL import Image
 
 from schemas.sample import Sample
-from transforms.embed.clip import EmbedConfig, batching, model_dtype, resolve_device
+from transforms.embed.clip import batching, model_dtype, resolve_device
+from transforms.embed.config import EmbedConfig
 
 #: The classifier `noise.concept_model` names.
 EFFICIENTNET_LITE0 = "efficientnet-lite0"

@@ -18,8 +18,6 @@ Parquet file.
 from __future__ import annotations
 
 import bz2
-import codecs
-import dataclasses
 import gzip
 import json
 import logging
@@ -27,7 +25,7 @@ import os
 import posixpath
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import apache_beam as beam
 import numpy as np
@@ -37,17 +35,16 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
-from transforms.common.checks import Check
 from transforms.common.errors import InputError, first_line
 from transforms.common.progress import StageCounter
-from transforms.crawl.stage import CrawlConfig
+from transforms.crawl.config import CrawlConfig
+from transforms.read.config import InputConfig
 from transforms.read.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.read.pages import HarvestPages
 from transforms.read.rows import Record, UnreadableFile, text_records
 
 LOG = logging.getLogger(__name__)
 
-InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "arc", "pages"]
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 _SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc", ".arc": "arc"})
 #: Web archives: their pairs are harvested from pages (`transforms/read/harvest.py`), not read as rows.
@@ -55,38 +52,6 @@ ARCHIVE_FORMATS = ("wat", "warc", "arc")
 
 
 __all__ = ["InputConfig", "ReadUrlBatches", "check_input", "expand_inputs"]
-
-
-@dataclasses.dataclass(frozen=True)
-class InputConfig:
-    """The `input` section: what the URL list looks like."""
-
-    #: Column holding the image URL.
-    url_col: str = "url"
-    #: Column holding the alt-text / caption; empty string for lists without captions.
-    caption_col: str = "caption"
-    #: Extra input columns carried into every sample's metadata (img2dataset's name).
-    save_additional_columns: tuple[str, ...] = ()
-    #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
-    #: `.warc.gz` is `warc`, `.arc.gz` is `arc`, the Internet Archive's format before WARC).
-    #: `pages`: the list's URLs are web pages, fetched and harvested for
-    #: their image/alt-text pairs (the list's own format is taken from its suffix).
-    input_format: InputFormat = "auto"
-    #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
-    max_record_bytes: int = 10_000_000
-    #: Charset of CSV, TSV and txt lists: `auto` (UTF-8, else the charset detected on the lines
-    #: that are not UTF-8) or a codec name (`latin-1`, `cp1251`, `gb18030`…).
-    encoding: str = "auto"
-
-    def __post_init__(self) -> None:
-        check = Check("input", self)
-        check.not_empty("url_col", "save_additional_columns")
-        check.at_least(1, "max_record_bytes")
-        if self.encoding != "auto":
-            try:
-                codecs.lookup(self.encoding)
-            except LookupError:
-                raise ValueError(f"input.encoding: unknown charset '{self.encoding}'") from None
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:

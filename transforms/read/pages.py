@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.sample import Sample, Status, batch_from_samples, make_uid
+from transforms.crawl.config import CrawlConfig
 from transforms.crawl.fetch import Fetcher, FetchError
-from transforms.crawl.stage import CrawlConfig
 from transforms.read.harvest import HARVEST_COUNTS, Page, Skipped, html_page, pairs_batch, tally
 
 LOG = logging.getLogger(__name__)

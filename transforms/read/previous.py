@@ -3,7 +3,7 @@
 In: an output folder (any Beam filesystem) with its `NNNNN.parquet` metadata and `NNNNN.tar` shards.
 Out: one `Sample` per metadata row, every row of the previous run and nothing else:
 
-- a row the crawl failed for a reason a later run may fix (`transforms.crawl.fetch.is_retryable_failure`:
+- a row the crawl failed for a reason a later run may fix (`schemas.reasons.is_retryable_failure`:
   timeouts, DNS and connection errors, 5xx, 429, an unreachable robots.txt) comes back `pending`,
   as the text stage left it, so the crawl fetches it again;
 - a kept row comes back `success` with its image read from the tar, so the stages after the crawl
@@ -34,10 +34,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.layout import read_tar_images, shard_stems
+from schemas.reasons import is_retryable_failure
 from schemas.sample import BATCH_SCHEMA, METADATA_SCHEMA, Sample, Status
 from transforms.common.errors import InputError
-from transforms.crawl.fetch import is_retryable_failure
-from transforms.write.shards import read_tar_images, shard_stems
 
 LOG = logging.getLogger(__name__)
 _TEXT_FIELDS = tuple(BATCH_SCHEMA.names)

@@ -46,9 +46,8 @@ side inputs — never a join on all the rows:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -58,8 +57,8 @@ from apache_beam.utils.shared import Shared
 from xxhash import xxh3_64_intdigest
 
 from schemas.sample import BATCH_SCHEMA, Status
-from transforms.common.checks import Check
 from transforms.common.progress import StageCounter
+from transforms.text.config import Rules, TextConfig
 from transforms.text.counts import (
     CappedDistinctUrls,
     UrlCounts,
@@ -69,12 +68,10 @@ from transforms.text.counts import (
     member,
     url_entries,
 )
-from transforms.text.langid import LID176_LANGUAGES, LanguageIdentifier
+from transforms.text.langid import LanguageIdentifier
 from transforms.text.normalize import (
     SIMPLE_URL,
-    HostError,
     UrlFacts,
-    canonical_host,
     caption_words,
     count_tokens,
     domain_matches,
@@ -86,139 +83,6 @@ from transforms.text.normalize import (
 STAGE = "text"
 #: Sub-keys each hot partition of the boilerplate count is spread over before the final combine.
 HOT_KEY_FANOUT = 16
-_RULE_KEYS = (
-    "languages",
-    "min_lang_score",
-    "min_words",
-    "max_words",
-    "min_chars",
-    "boilerplate_max_urls",
-    "vocab_size",
-)
-Preset = Literal["none", "datacomp_basic", "align", "laion"]
-
-#: Published recipes. Keys set in the config override these.
-PRESETS: dict[str, dict[str, Any]] = {
-    "none": {},
-    # DataComp "basic filtering" (Gadre et al., 2023): English by fastText, > 2 words, > 5 characters.
-    "datacomp_basic": {"languages": ("en",), "min_words": 3, "min_chars": 6},
-    # ALIGN (Jia et al., 2021, §3): 3–20 unigrams; alt-text shared by more than 10 images dropped;
-    # alt-text with a token outside the 100 million most frequent unigrams and bigrams dropped.
-    "align": {"min_words": 3, "max_words": 20, "boilerplate_max_urls": 10, "vocab_size": 100_000_000},
-    # LAION-400M/5B: captions shorter than 5 characters dropped.
-    "laion": {"min_chars": 5},
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TextConfig:
-    """The `text` section. Rule keys left unset (null) take the preset's value; 0 turns a rule off."""
-
-    #: Named recipe: none, datacomp_basic, align, laion.
-    preset: Preset = "none"
-    #: Allowed caption languages (fastText codes, e.g. [en] or [en, fr, zh]); empty = any.
-    languages: tuple[str, ...] | None = None
-    #: Minimum fastText probability of the top language.
-    min_lang_score: float | None = None
-    #: Minimum / maximum tokens (words; characters for Chinese, Japanese, Korean).
-    min_words: int | None = None
-    max_words: int | None = None
-    #: Minimum characters of the cleaned caption.
-    min_chars: int | None = None
-    #: Captions shared by more than this many distinct URLs are boilerplate.
-    boilerplate_max_urls: int | None = None
-    #: Captions with a word outside this many most frequent unigrams and bigrams are rare.
-    vocab_size: int | None = None
-    #: Cleaned captions are cut at this many characters (the raw caption is kept).
-    max_caption_chars: int = 1000
-    #: Collapse rows with the same canonical URL to one.
-    dedupe_urls: bool = True
-    #: URL schemes that may be fetched.
-    allowed_schemes: tuple[str, ...] = ("http", "https")
-    #: Domains (and their subdomains) never fetched.
-    blocked_domains: tuple[str, ...] = ()
-    #: File extensions (without dot) never fetched, e.g. [svg, ico].
-    blocked_extensions: tuple[str, ...] = ()
-    #: fastText language-ID model (local, s3://, gs://); empty = the bundled lid.176.ftz.
-    lid_model: str = ""
-    #: Captions per fastText predict call.
-    lid_batch_size: int = 1024
-    #: Hash partitions of the global counts (URL duplicates, boilerplate, vocabulary); raise it
-    #: for billions of rows so each partition's combine stays a few hundred MB.
-    shuffle_partitions: int = 64
-
-    def __post_init__(self) -> None:
-        check = Check("text", self)
-        check.at_least(1, "max_caption_chars", "lid_batch_size", "shuffle_partitions")
-        check.between(0, 1, "min_lang_score")
-        check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
-        check.not_empty("languages", "blocked_domains", "blocked_extensions")
-        check.some("allowed_schemes")
-        fetchable = {"http", "https"}  # what the crawl's fetcher speaks
-        if not {s.lower() for s in self.allowed_schemes} <= fetchable:
-            raise ValueError(
-                f"text.allowed_schemes ({list(self.allowed_schemes)}) may only hold http and https, "
-                "the schemes the crawl can fetch"
-            )
-        unknown = sorted(set(self.languages or ()) - LID176_LANGUAGES)
-        if unknown and not self.lid_model:  # another model may have other labels
-            raise ValueError(
-                f"text.languages: {unknown} are not language codes of the bundled lid.176 model "
-                "(lower-case ISO codes such as en, fr, zh)"
-            )
-        rules = self.rules()  # the preset's values count too: 0 turns a rule off
-        if rules.max_words:
-            check.ordered("min_words", "max_words", rules.min_words, rules.max_words)
-        check.ordered("min_chars", "max_caption_chars", rules.min_chars, rules.max_caption_chars)
-
-    def rules(self) -> Rules:
-        """The effective rules: the preset, overridden by every key that is set."""
-        merged = dict(PRESETS[self.preset])
-        for name in _RULE_KEYS:
-            value = getattr(self, name)
-            if value is not None:
-                merged[name] = value
-        return Rules(
-            languages=frozenset(merged.get("languages") or ()),
-            min_lang_score=float(merged.get("min_lang_score") or 0.0),
-            min_words=int(merged.get("min_words") or 0),
-            max_words=int(merged.get("max_words") or 0),
-            min_chars=int(merged.get("min_chars") or 0),
-            boilerplate_max_urls=int(merged.get("boilerplate_max_urls") or 0),
-            vocab_size=int(merged.get("vocab_size") or 0),
-            max_caption_chars=self.max_caption_chars,
-            dedupe_urls=self.dedupe_urls,
-            allowed_schemes=frozenset(s.lower() for s in self.allowed_schemes),
-            blocked_domains=frozenset(_domain_key(d) for d in self.blocked_domains),
-            blocked_extensions=frozenset(e.lower().lstrip(".") for e in self.blocked_extensions),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Rules:
-    """Resolved rules; 0 or empty means off."""
-
-    languages: frozenset[str]
-    min_lang_score: float
-    min_words: int
-    max_words: int
-    min_chars: int
-    boilerplate_max_urls: int
-    vocab_size: int
-    max_caption_chars: int
-    dedupe_urls: bool
-    allowed_schemes: frozenset[str]
-    blocked_domains: frozenset[str]
-    blocked_extensions: frozenset[str]
-
-
-def _domain_key(domain: str) -> str:
-    """A configured domain in the form URL hosts are compared in (IDNA ASCII, no dots around)."""
-    domain = domain.strip().strip(".")
-    try:
-        return canonical_host(domain)
-    except HostError:
-        return domain.lower()
 
 
 def hash64(text: str) -> int:

@@ -27,30 +27,27 @@ leaves no partial or stale shard; it deletes only what the folder's manifest say
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
-import os
-import re
 import tarfile
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.layout import STATS_FILE, shard_name
 from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
-from transforms.common.manifest import TEMP_PREFIX, is_temp, list_files, read_manifest, write_manifest
+from transforms.common.files import write_atomically
+from transforms.common.manifest import is_temp, list_files, read_manifest, write_manifest
 from transforms.common.progress import StageCounter
+from transforms.write.config import OutputConfig
 
-_SHARD_FILE = re.compile(r"^\d{5,}\.(tar|parquet)$")
 _EMBEDDING_METADATA = pa.schema(
     [
         pa.field("uid", pa.string(), nullable=False),
@@ -60,27 +57,6 @@ _EMBEDDING_METADATA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
     ]
 )
-STATS_FILE = "stats.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputConfig:
-    """The `output` section: how shards are cut and written."""
-
-    #: Target samples per shard (kept and rejected together); the shard count follows from the total.
-    samples_per_shard: int = 10_000
-    #: Parquet codec for the metadata files.
-    parquet_compression: Literal["snappy", "zstd", "gzip", "none"] = "zstd"
-    #: Write a FAISS index of the kept samples' image embeddings to OUTPUT/index/ (with the embed stage).
-    index: bool = True
-    #: Memory budget of that index in GiB; it picks the index type (Flat, HNSW32 or IVF-PQ).
-    index_memory_gb: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.samples_per_shard < 1:
-            raise ValueError(f"output.samples_per_shard ({self.samples_per_shard}) must be >= 1")
-        if not (self.index_memory_gb > 0 and math.isfinite(self.index_memory_gb)):
-            raise ValueError(f"output.index_memory_gb ({self.index_memory_gb!r}) must be a number > 0")
 
 
 def shard_count(total: int, samples_per_shard: int) -> int:
@@ -90,42 +66,6 @@ def shard_count(total: int, samples_per_shard: int) -> int:
 def shard_of(uid: str, shards: int) -> int:
     """Stable shard index of a uid: the same on every runner and every run."""
     return int(uid[:16], 16) % shards
-
-
-def shard_name(index: int) -> str:
-    return f"{index:05d}"
-
-
-def shard_stems(output_dir: str) -> list[str]:
-    """The `NNNNN` of every shard of an output folder (its `NNNNN.parquet` files), sorted."""
-    matched = FileSystems.match([f"{output_dir.rstrip('/')}/*.parquet"])[0].metadata_list
-    names = (m.path.rstrip("/").rsplit("/", 1)[-1] for m in matched)
-    return sorted(name.removesuffix(".parquet") for name in names if _SHARD_FILE.match(name))
-
-
-def read_tar_images(path: str, keys: set[str] | None = None) -> Iterator[tuple[str, str, bytes]]:
-    """(key, extension, bytes) of the images in a shard's tar, streamed member by member.
-
-    With `keys`, only those are read (others are skipped by seeking) and reading stops once all
-    are found. The `.txt` and `.json` members are not images."""
-    left = set(keys) if keys is not None else None
-    with (
-        FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle,
-        tarfile.open(fileobj=handle, mode="r|" if left is None else "r:") as tar,
-    ):
-        for member in tar:
-            key, dot, ext = member.name.rpartition(".")
-            if not (dot and member.isfile() and ext not in ("txt", "json")):
-                continue
-            if left is not None and key not in left:
-                continue
-            extracted = tar.extractfile(member)
-            if extracted is not None:
-                yield key, ext, extracted.read()
-                if left is not None:
-                    left.discard(key)
-                    if not left:
-                        return
 
 
 def tar_members(samples: Iterable[Sample]) -> Iterator[tuple[str, bytes]]:
@@ -208,24 +148,6 @@ def embedding_files(name: str, samples: list[Sample], compression: str) -> dict[
     pq.write_table(table, buffer, compression=None if compression == "none" else compression)
     files[f"metadata/metadata_{name}.parquet"] = buffer.getvalue()
     return files
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes `path` so that readers never see a partial file. An existing file is replaced in one
-    rename; a folder at `path` is never touched (`IsADirectoryError`)."""
-    if FileSystems.get_scheme(path) not in (None, "file"):
-        with FileSystems.create(path) as handle:  # object stores: one upload, visible when complete
-            handle.write(data)
-        return
-    path = path.removeprefix("file://")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
-    directory, name = os.path.split(path)
-    os.makedirs(directory or ".", exist_ok=True)
-    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)  # atomic, and replaces a file only
 
 
 def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:

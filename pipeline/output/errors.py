@@ -1,0 +1,15 @@
+"""Errors about a finished output folder; the CLI shows them as one line and exits with 2.
+
+They live apart from the readers so that the CLI can catch them without importing the readers'
+libraries (FAISS, the CLIP model).
+"""
+
+from __future__ import annotations
+
+
+class AuditError(ValueError):
+    """An output folder that cannot be audited (no Parquet shards, unreadable files)."""
+
+
+class SearchError(Exception):
+    """An output that cannot be indexed or searched, or a query that cannot be made (the message says why)."""

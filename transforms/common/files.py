@@ -1,0 +1,35 @@
+"""Writing files so that nothing half-written is ever seen, on any Beam filesystem.
+
+`write_atomically` writes a local file under a temporary name (`TEMP_PREFIX`) and renames it into
+place; on an object store one upload is visible only when complete. A temporary file a crashed run
+left behind is recognised by its name (`transforms/common/manifest.py`) and only such files are
+ever cleaned up.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+#: What a write in progress is called until it is renamed: `_tmp-<32 hex>-<name>`.
+TEMP_PREFIX = "_tmp-"
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `path` so that readers never see a partial file. An existing file is replaced in one
+    rename; a folder at `path` is never touched (`IsADirectoryError`)."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path) as handle:  # object stores: one upload, visible when complete
+            handle.write(data)
+        return
+    path = path.removeprefix("file://")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+    os.replace(temp, path)  # atomic, and replaces a file only

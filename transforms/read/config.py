@@ -1,0 +1,43 @@
+"""The `input` section: what the URL lists (or archives, or pages) look like."""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+from typing import Literal
+
+from transforms.common.checks import Check
+
+InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "arc", "pages"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """The `input` section: what the URL list looks like."""
+
+    #: Column holding the image URL.
+    url_col: str = "url"
+    #: Column holding the alt-text / caption; empty string for lists without captions.
+    caption_col: str = "caption"
+    #: Extra input columns carried into every sample's metadata (img2dataset's name).
+    save_additional_columns: tuple[str, ...] = ()
+    #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
+    #: `.warc.gz` is `warc`, `.arc.gz` is `arc`, the Internet Archive's format before WARC).
+    #: `pages`: the list's URLs are web pages, fetched and harvested for
+    #: their image/alt-text pairs (the list's own format is taken from its suffix).
+    input_format: InputFormat = "auto"
+    #: Largest web-archive record (a page, decompressed) harvested; a larger one is skipped.
+    max_record_bytes: int = 10_000_000
+    #: Charset of CSV, TSV and txt lists: `auto` (UTF-8, else the charset detected on the lines
+    #: that are not UTF-8) or a codec name (`latin-1`, `cp1251`, `gb18030`…).
+    encoding: str = "auto"
+
+    def __post_init__(self) -> None:
+        check = Check("input", self)
+        check.not_empty("url_col", "save_additional_columns")
+        check.at_least(1, "max_record_bytes")
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f"input.encoding: unknown charset '{self.encoding}'") from None

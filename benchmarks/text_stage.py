@@ -50,7 +50,7 @@ def caption_list(workdir: str, count: int) -> tuple[str, list[str]]:
 
 def time_pipeline(path: str, config: TextConfig | None) -> float:
     pipeline = make_pipeline("local")
-    batches = pipeline | ReadUrlBatches([path], InputConfig())
+    batches = (pipeline | ReadUrlBatches([path], InputConfig())).rows
     if config is not None:
         batches = batches | FilterText(config)
     _ = batches | beam.Map(lambda batch: batch.num_rows) | beam.CombineGlobally(sum)

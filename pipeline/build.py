@@ -12,6 +12,7 @@ import apache_beam as beam
 
 from pipeline.config import RunConfig
 from schemas.sample import samples_from_batch
+from transforms.common.outputs import WithSummary
 from transforms.crawl import DownloadImages
 from transforms.dedup import DeduplicateImages
 from transforms.embed import EmbedImages
@@ -64,7 +65,8 @@ def build_pipeline(
         reader = ReadUrlBatches(
             input_files, config.input, progress_dir, config.crawl, config.text.shuffle_partitions
         )
-        batches = pipeline | "Read" >> reader
+        read = pipeline | "Read" >> reader
+        batches = read.rows
         # Stages decide but never drop rows, so the shard count is fixed once the lists are read.
         total = (
             batches
@@ -76,19 +78,20 @@ def build_pipeline(
                 batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
         samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
     summaries = []
-    if retry_from is None and reader.summary is not None:  # pairs harvested from web archives
-        summaries.append(reader.summary | "HarvestSummary" >> beam.Map(lambda s: ("harvest", s)))
+    if retry_from is None:  # pairs harvested from web archives or pages
+        summaries.append(read.summary | "HarvestSummary" >> beam.Map(lambda s: ("harvest", s)))
     for name in STAGES:
         if name in config.run.stages and name not in BATCH_STAGES:
             stage = STAGES[name](config, progress_dir)
             hints = resource_hints(name, config)
-            samples = samples | name.capitalize() >> (stage.with_resource_hints(**hints) if hints else stage)
-            # A stage may leave a one-element summary for stats.json under its name.
-            summary = getattr(stage, "summary", None)
-            if summary is not None:
+            out = samples | name.capitalize() >> (stage.with_resource_hints(**hints) if hints else stage)
+            if isinstance(out, WithSummary):  # a summary for stats.json under the stage's name
+                samples = out.rows
                 summaries.append(
-                    summary | f"{name.capitalize()}Summary" >> beam.Map(lambda s, n=name: (n, s))
+                    out.summary | f"{name.capitalize()}Summary" >> beam.Map(lambda s, n=name: (n, s))
                 )
+            else:
+                samples = out
     if retry_from is not None:  # rows the previous run settled are written as they were
         samples = samples | "KeepSettled" >> KeepSettled(previous)
     shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)

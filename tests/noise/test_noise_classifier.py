@@ -223,10 +223,10 @@ def test_the_precision_guard_trusts_the_classes_the_captions_confirm():
     )
     with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
         embedded = p | beam.Create(samples) | EmbedImages(EMBED)
-        repair = RepairCaptions(config, EMBED)
-        rows = embedded | repair | "Rows" >> beam.combiners.ToList()
+        repaired = embedded | RepairCaptions(config, EMBED)
+        rows = repaired.rows | "Rows" >> beam.combiners.ToList()
         assert_that(rows, lambda lists: _check_repairs(lists[0], by_url), label="CheckRows")
-        summaries = repair.summary | "Summaries" >> beam.combiners.ToList()
+        summaries = repaired.summary | "Summaries" >> beam.combiners.ToList()
         assert_that(summaries, lambda lists: _check_guard(lists[0]), label="CheckGuard")
 
 

@@ -52,6 +52,7 @@ import numpy as np
 import xxhash
 
 from schemas.sample import Sample, Status
+from transforms.common.outputs import WithSummary
 from transforms.common.progress import NAMESPACE, StageCounter
 from transforms.common.routing import SplitByStatus, embedded
 from transforms.noise.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
@@ -535,8 +536,8 @@ class GenerateCaptions(beam.PTransform):
 
 
 class RepairCaptions(beam.PTransform):
-    """The noise stage (see the module docstring). After `expand`, `self.summary` is a
-    one-element PCollection holding `noise_summary` for stats.json."""
+    """The noise stage (see the module docstring): the samples, and as summary one dict
+    (`noise_summary`) for stats.json."""
 
     def __init__(self, config: NoiseConfig, embed: EmbedConfig, progress_dir: str | None = None):
         super().__init__()
@@ -550,9 +551,8 @@ class RepairCaptions(beam.PTransform):
             self._word_list = {LABEL_LANGUAGE: list(class_names())}
             self._concept_model = classifier_identity()
         self._generates = config.generate == "auto" and model_generates(embed)
-        self.summary: beam.PCollection | None = None
 
-    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+    def expand(self, samples: beam.PCollection) -> WithSummary:
         config = self._config
         candidates, passing = samples | "Split" >> SplitByStatus(embedded)
         members = candidates | "Members" >> beam.Map(_member)
@@ -658,7 +658,7 @@ class RepairCaptions(beam.PTransform):
         if self._generates:
             decided = decided | "Generate" >> GenerateCaptions(self._embed)
         concept_model = self._concept_model
-        self.summary = mixtures[0] | "Summary" >> beam.Map(
+        summary = mixtures[0] | "Summary" >> beam.Map(
             lambda clip, caption, image, bank_, trusted_: noise_summary(
                 (clip, caption, image), bank_, config, trusted_, concept_model
             ),
@@ -667,4 +667,4 @@ class RepairCaptions(beam.PTransform):
             bank_=beam.pvalue.AsSingleton(bank),
             trusted_=beam.pvalue.AsSingleton(trusted),
         )
-        return (decided, passing) | "Merge" >> beam.Flatten()
+        return WithSummary((decided, passing) | "Merge" >> beam.Flatten(), summary)

@@ -36,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.common.errors import InputError, first_line
+from transforms.common.outputs import WithSummary
 from transforms.common.progress import StageCounter
 from transforms.crawl.config import CrawlConfig
 from transforms.read.config import InputConfig
@@ -482,11 +483,10 @@ class ReadUrlBatches(beam.PTransform):
         self._pages = config.input_format == "pages"
         self._partitions = partitions  # of the distinct-pairs step
         self._archives = any(detect_format(f, config.input_format) in ARCHIVE_FORMATS for f in self._files)
-        #: With web archives among the inputs: one dict of page- and image-level counts (`harvest`
-        #: in stats.json), set by `expand`.
-        self.summary: beam.PCollection | None = None
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> WithSummary:
+        """The row batches; with web archives or pages among the inputs, the summary holds one dict
+        of page- and image-level counts (`harvest` in stats.json), else it is empty."""
         read = (
             pbegin
             | "Files" >> beam.Create(self._files)
@@ -503,17 +503,17 @@ class ReadUrlBatches(beam.PTransform):
             harvested = batches | "HarvestPages" >> HarvestPages(self._crawl, self._config.max_record_bytes)
             batches, counts = harvested.rows, harvested[HARVEST_COUNTS]
         elif not self._archives:
-            return batches
+            return WithSummary(batches, pbegin.pipeline | "NoHarvest" >> beam.Create([]))
         batches = batches | "DistinctPairs" >> DistinctPairs(self._partitions)
         unique = (
             batches | "CountPairs" >> beam.Map(lambda b: b.num_rows) | "SumPairs" >> beam.CombineGlobally(sum)
         )
-        self.summary = (
+        summary = (
             counts
             | "SumCounts" >> beam.CombineGlobally(_sum_counts)
             | "WithUnique" >> beam.Map(_harvest_summary, unique=beam.pvalue.AsSingleton(unique))
         )
-        return batches
+        return WithSummary(batches, summary)
 
 
 def _sum_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:

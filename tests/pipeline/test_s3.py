@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import io
+import os
 import tarfile
 
 import boto3
@@ -145,3 +147,39 @@ def test_a_wat_archive_on_s3_is_harvested(sample_web, s3, tmp_path):
     planted = pq.read_table(archives["planted"]).to_pylist()
     want = sorted((r["url"], r["caption"]) for r in planted if r["mode"] == "wat")
     assert sorted((r["url"], r["caption"]) for r in read_output_rows(str(tmp_path))) == want
+
+
+def test_a_model_folder_on_s3_is_copied_once_per_process_and_removed_at_exit(s3, tmp_path):
+    """The model, its preprocessing and its tokenizer read one local copy, gone when the process ends."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transforms.embed.clip import SHIPPED_MODELS_DIR
+
+    endpoint, client = s3
+    for path in (SHIPPED_MODELS_DIR / "winnow-tiny-clip").iterdir():
+        client.put_object(Bucket=BUCKET, Key=f"models/tiny/{path.name}", Body=path.read_bytes())
+    code = f"""
+import glob, os
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+FileSystems.set_options(PipelineOptions({_s3_args(endpoint)!r}))
+from transforms.embed.clip import load_clip, model_config, preprocessing
+from transforms.embed.config import EmbedConfig
+config = EmbedConfig(model="s3://{BUCKET}/models/tiny")
+model, _, tokenizer = load_clip(config)
+preprocessing(config)
+model_config(config)
+load_clip(config)
+print(sorted(glob.glob(os.path.join(os.environ["TMPDIR"], "winnow-model-*"))))
+print(sum(p.numel() for p in model.parameters()))
+"""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    copies, parameters = done.stdout.strip().splitlines()[-2:]
+    copies = ast.literal_eval(copies)  # a list printed by the child
+    assert len(copies) == 1, copies  # four loads, one copy
+    assert int(parameters) > 10_000_000  # the real weights were read from the copy
+    assert not Path(copies[0]).exists()  # removed when the process exited
+    assert list(tmp_path.glob("winnow-model-*")) == []

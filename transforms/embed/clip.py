@@ -17,6 +17,7 @@ use the run's model through this module too.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import io
@@ -25,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -75,14 +77,42 @@ def _weights_file(folder: str) -> str:
     raise EmbedError(f"{folder}: no open_clip weights file (open_clip_model.safetensors)")
 
 
-def _local(path: str, workdir: str) -> str:
-    """`path` on the local disk, copied from a remote filesystem (s3://, gs://) if needed."""
-    if FileSystems.get_scheme(path) in (None, "file"):
-        return path
-    target = os.path.join(workdir, path.rstrip("/").rsplit("/", 1)[-1])
+#: Remote model files and folders copied to this process's disk: remote path → local path.
+_LOCAL_COPIES: dict[str, str] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _copy_file(path: str, target: str) -> None:
     with FileSystems.open(path) as src, open(target, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
-    return target
+
+
+def _local_copy(path: str, folder: bool) -> str:
+    """The local copy of a remote (s3://, gs://) file or folder, made once per process.
+
+    A ViT-L folder is ~1.7 GB: the model, its preprocessing and its tokenizer all read the one copy,
+    and the copy is removed when the process exits."""
+    with _LOCAL_LOCK:
+        if path not in _LOCAL_COPIES:
+            workdir = tempfile.mkdtemp(prefix="winnow-model-")
+            atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+            if folder:
+                for result in FileSystems.match([path.rstrip("/") + "/*"]):
+                    for meta in result.metadata_list:
+                        _copy_file(meta.path, os.path.join(workdir, meta.path.rstrip("/").rsplit("/", 1)[-1]))
+                _LOCAL_COPIES[path] = workdir
+            else:
+                target = os.path.join(workdir, path.rstrip("/").rsplit("/", 1)[-1])
+                _copy_file(path, target)
+                _LOCAL_COPIES[path] = target
+        return _LOCAL_COPIES[path]
+
+
+def _local(path: str) -> str:
+    """`path` on the local disk: itself, or its copy from a remote filesystem (s3://, gs://)."""
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return path
+    return _local_copy(path, folder=False)
 
 
 def _local_folder(folder: str) -> str:
@@ -90,11 +120,7 @@ def _local_folder(folder: str) -> str:
         if not os.path.exists(os.path.join(folder, _CONFIG_FILE)):
             raise EmbedError(f"{folder}: not an open_clip model folder (no {_CONFIG_FILE})")
         return folder
-    workdir = tempfile.mkdtemp(prefix="winnow-model-")
-    for result in FileSystems.match([folder.rstrip("/") + "/*"]):
-        for meta in result.metadata_list:
-            _local(meta.path, workdir)
-    return workdir
+    return _local_copy(folder, folder=True)
 
 
 def batching(config: EmbedConfig) -> dict[str, Any]:
@@ -158,7 +184,7 @@ def load_clip(config: EmbedConfig, device: str | None = None) -> tuple[Any, Any,
     else:
         pretrained = config.pretrained or None
         if pretrained and ("/" in pretrained or "://" in pretrained):
-            pretrained = _local(pretrained, tempfile.mkdtemp(prefix="winnow-model-"))
+            pretrained = _local(pretrained)
         try:
             model, _, transform = open_clip.create_model_and_transforms(config.model, pretrained=pretrained)
         except RuntimeError as err:

@@ -212,3 +212,23 @@ def test_headers_dripped_a_byte_at_a_time_are_cut_at_the_deadline(site, guarded,
         fetcher.fetch(site.url("/hostile/drip-headers"))
     # Each header byte comes within the 1 s read timeout; only the deadline can end the wait.
     assert caught.value.reason == "timeout" and time.monotonic() - started < 3
+
+
+def test_the_host_cap_holds_per_process_across_dofn_instances():
+    """Two bundle threads of one worker process run two DoFn instances; they share one fetcher, so
+    `max_per_host` bounds the process, not each instance."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from schemas import Sample, make_uid
+    from transforms.crawl import CrawlConfig, DownloadImages
+
+    config = CrawlConfig(allow_private_networks=True, max_per_host=2, thread_count=8, timeout=3, deadline=6)
+    threads = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_threading")
+    with HostileSite("missing") as site:
+        urls = [site.url(f"/slow/{i}.jpg") for i in range(24)]
+        samples = [Sample(uid=make_uid(url, "c"), url=url, caption="c") for url in urls]
+        with beam.Pipeline(runner=FnApiRunner(), options=threads) as p:
+            _ = p | beam.Create(samples) | beam.Reshuffle() | DownloadImages(config)
+        assert site.max_active == 2

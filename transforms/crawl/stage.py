@@ -28,6 +28,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.reasons import is_retryable_failure
@@ -130,19 +131,29 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+class Crawler:
+    """What one worker process crawls with, shared by all its DoFn instances (`Shared`): the fetcher
+    (connection pools, per-host turns, robots.txt and tdmrep.json caches), the download threads and
+    the decode slots, so that `thread_count`, `decode_threads` and `max_per_host` hold per process."""
+
+    def __init__(self, config: CrawlConfig, accept: str = Fetcher.IMAGES, name: str = "winnow-crawl"):
+        self.fetcher = Fetcher(config, pool_size=config.thread_count, accept=accept)
+        self.pool = cf.ThreadPoolExecutor(config.thread_count, thread_name_prefix=name)
+        self.cpu_slots = threading.BoundedSemaphore(config.decode_threads or _cpu_count() + 1)
+
+
 class _DownloadFn(beam.DoFn):
     """Keeps up to 2 × thread_count downloads in flight and emits each as soon as it is done."""
 
     def __init__(self, config: CrawlConfig, progress_dir: str | None):
         self._config = config
         self._progress_dir = progress_dir
+        self._shared = Shared()  # one Crawler per process, whatever the number of DoFn instances
 
     def setup(self) -> None:
-        self._fetcher = Fetcher(self._config, pool_size=self._config.thread_count)
-        self._pool = cf.ThreadPoolExecutor(self._config.thread_count, thread_name_prefix="winnow-crawl")
+        self._crawler = self._shared.acquire(lambda: Crawler(self._config))
         self._counter = StageCounter(STAGE, self._progress_dir)
         self._limit = 2 * self._config.thread_count
-        self._cpu_slots = threading.BoundedSemaphore(self._config.decode_threads or _cpu_count() + 1)
 
     def start_bundle(self) -> None:
         self._inflight = 0
@@ -153,7 +164,7 @@ class _DownloadFn(beam.DoFn):
             self._counter.add_passed()
             yield sample
             return
-        self._pool.submit(self._download, sample)
+        self._crawler.pool.submit(self._download, sample)
         self._inflight += 1
         if self._inflight >= self._limit:
             yield from self._collect(block=True)
@@ -165,14 +176,10 @@ class _DownloadFn(beam.DoFn):
                 yield WindowedValue(sample, GlobalWindow().max_timestamp(), (GlobalWindow(),))
         self._counter.flush()
 
-    def teardown(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
     def _download(self, sample: Sample) -> None:
         try:
-            result = download_sample(sample, self._fetcher, self._config, self._cpu_slots)
+            crawler = self._crawler
+            result = download_sample(sample, crawler.fetcher, self._config, crawler.cpu_slots)
         except Exception as err:  # recorded as data: one bad image must not fail a bundle of thousands
             LOG.exception("unexpected error while downloading %s", sample.url)
             result = sample.decided(Status.FAILED, "internal_error", STAGE, f"{type(err).__name__}: {err}")

@@ -18,7 +18,6 @@ SSRF guard apply to them as to images; a page may be at most `input.max_record_b
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import logging
 from collections import Counter
@@ -28,10 +27,12 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.utils.shared import Shared
 
 from schemas.sample import Sample, Status, batch_from_samples, make_uid
 from transforms.crawl.config import CrawlConfig
 from transforms.crawl.fetch import Fetcher, FetchError
+from transforms.crawl.stage import Crawler
 from transforms.read.harvest import HARVEST_COUNTS, Page, Skipped, html_page, pairs_batch, tally
 
 LOG = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ def page_row(url: str, result: Page | Skipped) -> Sample | None:
 class _HarvestPagesFn(beam.DoFn):
     def __init__(self, config: CrawlConfig, max_page_bytes: int):
         self._config = dataclasses.replace(config, max_image_bytes=max_page_bytes)
+        self._shared = Shared()  # one page crawler per process
 
     def setup(self) -> None:
-        self._fetcher = Fetcher(self._config, pool_size=self._config.thread_count, accept=Fetcher.PAGES)
-        self._pool = cf.ThreadPoolExecutor(self._config.thread_count, thread_name_prefix="winnow-pages")
+        crawler = self._shared.acquire(lambda: Crawler(self._config, Fetcher.PAGES, "winnow-pages"))
+        self._crawler = crawler
+        self._fetcher, self._pool = crawler.fetcher, crawler.pool
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
         pending = pc.equal(batch.column("status"), Status.PENDING)
@@ -91,11 +94,6 @@ class _HarvestPagesFn(beam.DoFn):
         if rows:
             yield batch_from_samples(rows)
         yield beam.pvalue.TaggedOutput(HARVEST_COUNTS, dict(counts))
-
-    def teardown(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class HarvestPages(beam.PTransform):

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.utils.shared import Shared
 
 from schemas.sample import Sample, Status
 from transforms.common.clustering import normalize
@@ -161,17 +162,14 @@ class _EvalIndex:
 class _DecontaminateFn(beam.DoFn):
     def __init__(self, config: DedupConfig):
         self._config = config
-        self._cache: tuple[int, _EvalIndex] | None = None
-
-    def _index(self, evals: list[Fingerprint]) -> _EvalIndex:
-        if self._cache is None or self._cache[0] != id(evals):
-            self._cache = (id(evals), _EvalIndex(evals, self._config))
-        return self._cache[1]
+        self._shared = Shared()  # the eval index, built once per process
 
     def process(self, batch: list[tuple[str, Fingerprint]], evals: list[Fingerprint]) -> Iterator[Decision]:
         if not evals:
             return
-        index = self._index(evals)
+        # Built by the first instance of the process that needs it (a batch run has one window).
+        index = self._shared.acquire(lambda: _EvalIndex(evals, self._config))
+        self._index = index  # keeps the shared index alive while this instance uses it
         matches: dict[str, str] = {}
         for uid, found in batch:
             match = self._hash_match(found, index)

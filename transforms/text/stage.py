@@ -295,6 +295,15 @@ def decide(
     return pa.RecordBatch.from_arrays([columns[name] for name in BATCH_SCHEMA.names], schema=BATCH_SCHEMA)
 
 
+class _SortedCounts:
+    """The run-wide counts as sorted hash arrays: repeated URLs, boilerplate captions, vocabulary."""
+
+    def __init__(self, duplicates: list, frequent: list, vocab: list):
+        self.repeated = np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, "<u8")
+        self.frequent = np.sort(np.concatenate(frequent)) if frequent else np.empty(0, "<u8")
+        self.vocab = np.sort(np.concatenate(vocab)) if vocab else np.empty(0, "<u8")
+
+
 class _JudgeFn(beam.DoFn):
     """Applies the row rules and those that need the global counts, vectorised over the batch.
     Rows of a URL named more than once go to the `repeated` output, undecided, with their code."""
@@ -303,20 +312,17 @@ class _JudgeFn(beam.DoFn):
         self._rules = config.rules()
         self._progress_dir = progress_dir
         self._partitions = partitions
-        self._side_key: tuple[int, ...] = ()
+        self._shared = Shared()  # the sorted side-input arrays, built once per process
 
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
 
     def _load(self, duplicates: list, frequent: list, vocab: list) -> None:
-        """Side inputs as sorted arrays, once per window (the runner hands the same lists again)."""
-        key = (id(duplicates), id(frequent), id(vocab))
-        if key == self._side_key:
-            return
-        self._repeated = np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, "<u8")
-        self._frequent = np.sort(np.concatenate(frequent)) if frequent else np.empty(0, "<u8")
-        self._vocab = np.sort(np.concatenate(vocab)) if vocab else np.empty(0, "<u8")
-        self._side_key = key
+        """The side inputs as sorted arrays, built by the first DoFn instance of the process that
+        needs them and shared by the others (`apache_beam.utils.shared`; a batch run has one window)."""
+        arrays = self._shared.acquire(lambda: _SortedCounts(duplicates, frequent, vocab))
+        self._arrays = arrays  # keeps the shared arrays alive while this instance uses them
+        self._repeated, self._frequent, self._vocab = arrays.repeated, arrays.frequent, arrays.vocab
 
     def _rare(self, batch: pa.RecordBatch) -> np.ndarray:
         """Per row: does the caption have a unigram outside the vocabulary?"""

@@ -42,11 +42,11 @@ def fingerprint(sample: Sample, hash_kind: str, options: ImageOptions) -> Finger
 
 
 class FingerprintFn(beam.DoFn):
-    """Sample → (uid, Fingerprint)."""
+    """Sample → (sample, its Fingerprint)."""
 
     def __init__(self, hash_kind: str, options: ImageOptions):
         self._hash = hash_kind
         self._options = options
 
-    def process(self, sample: Sample) -> Iterator[tuple[str, Fingerprint]]:
-        yield sample.uid, fingerprint(sample, self._hash, self._options)
+    def process(self, sample: Sample) -> Iterator[tuple[Sample, Fingerprint]]:
+        yield sample, fingerprint(sample, self._hash, self._options)

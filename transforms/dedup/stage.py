@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 
 from schemas.sample import Sample, Status
+from transforms.common.failures import Guarded
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.crawl.config import ImageOptions
@@ -148,9 +149,10 @@ class DeduplicateImages(beam.PTransform):
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
         candidates, passing = samples | "Split" >> SplitByStatus(downloaded)
-        fingerprints = candidates | "Fingerprint" >> beam.ParDo(
-            FingerprintFn(config.hash, self._image_options)
+        fingerprinted, broken = candidates | "Fingerprint" >> Guarded(
+            FingerprintFn(config.hash, self._image_options), STAGE, "fingerprint", self._progress_dir
         )
+        fingerprints = fingerprinted | "Fingerprints" >> beam.Map(lambda pair: (pair[0].uid, pair[1]))
         removals: list[beam.PCollection] = []
         grouped: list[beam.PCollection] = []
         levels: list[tuple[str, beam.PTransform, bool]] = [
@@ -171,7 +173,7 @@ class DeduplicateImages(beam.PTransform):
             if name != "Eval":
                 grouped.append(decisions)
             fingerprints = _survivors(fingerprints, decisions, name)
-        keyed = candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s))
+        keyed = fingerprinted | "KeyByUid" >> beam.Map(lambda pair: (pair[0].uid, pair[0]))
         if removals:
             removed = (
                 removals | "AllRemovals" >> beam.Flatten() | "KeyRemoved" >> beam.Map(lambda d: (d.uid, d))
@@ -193,4 +195,4 @@ class DeduplicateImages(beam.PTransform):
             | "JoinDecisions" >> beam.CoGroupByKey()
             | "Apply" >> beam.ParDo(_ApplyFn(self._progress_dir))
         )
-        return (decided, passing) | "Merge" >> beam.Flatten()
+        return (decided, broken, passing) | "Merge" >> beam.Flatten()

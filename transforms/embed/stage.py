@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from schemas.sample import Sample, Status
+from transforms.common.failures import FailedRows, Guarded
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, model_identity
@@ -143,12 +145,22 @@ class EmbedImages(beam.PTransform):
         decides = config.min_clip_score is not None or config.keep_fraction is not None
         todo, passing = samples | "Split" >> SplitByStatus(downloaded)
         identity = model_identity(config)
-        scored = (
-            todo
-            | "Preprocess" >> beam.ParDo(PreprocessFn(config))
-            | "RunInference" >> RunInference(KeyedModelHandler(OpenClipModelHandler(config)))
-            | "Score" >> beam.ParDo(_ScoreFn(identity, config.write_embeddings, self._progress_dir, decides))
+        prepared, unreadable = todo | "Preprocess" >> Guarded(
+            PreprocessFn(config), STAGE, "preprocess", self._progress_dir
+        )
+        inference = RunInference(KeyedModelHandler(OpenClipModelHandler(config))).with_exception_handling()
+        embedded, dead = prepared | "RunInference" >> inference
+        # A failed model call fails its whole batch: each of its samples keeps its row.
+        model_failed = dead.failed_inferences | "ModelFailed" >> FailedRows(
+            STAGE, "model", _batch_samples, self._progress_dir
+        )
+        scored = embedded | "Score" >> beam.ParDo(
+            _ScoreFn(identity, config.write_embeddings, self._progress_dir, decides)
         )
         if decides:
             scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir)
-        return (scored, passing) | "Merge" >> beam.Flatten()
+        return (scored, unreadable, model_failed, passing) | "Merge" >> beam.Flatten()
+
+
+def _batch_samples(batch: list[tuple[Sample, Any]]) -> list[Sample]:
+    return [sample for sample, _ in batch]

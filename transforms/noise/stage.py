@@ -52,6 +52,7 @@ import numpy as np
 import xxhash
 
 from schemas.sample import Sample, Status
+from transforms.common.failures import FailedRows
 from transforms.common.outputs import WithSummary
 from transforms.common.progress import NAMESPACE, StageCounter
 from transforms.common.routing import SplitByStatus, embedded
@@ -523,16 +524,24 @@ class _GenerateFn(beam.DoFn):
 class GenerateCaptions(beam.PTransform):
     """Generated pseudo-captions for the samples the policy marked `generated`."""
 
-    def __init__(self, embed: EmbedConfig):
+    def __init__(self, embed: EmbedConfig, progress_dir: str | None = None):
         super().__init__()
         self._embed = embed
+        self._progress_dir = progress_dir
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        return (
-            samples
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._embed.batch_size)
-            | "Write" >> beam.ParDo(_GenerateFn(self._embed))
+        marked, others = samples | "Marked" >> SplitByStatus(_marked_generated)
+        batches = marked | "Batch" >> beam.BatchElements(
+            min_batch_size=1, max_batch_size=self._embed.batch_size
         )
+        written, failed = batches | "Write" >> beam.ParDo(_GenerateFn(self._embed)).with_exception_handling()
+        # A failed decoder call fails its batch: each of its samples keeps its row.
+        unwritten = failed | "Failed" >> FailedRows(STAGE, "generate", list, self._progress_dir)
+        return (written, unwritten, others) | "Merge" >> beam.Flatten()
+
+
+def _marked_generated(sample: Sample) -> bool:
+    return sample.caption_source == GENERATED
 
 
 class RepairCaptions(beam.PTransform):
@@ -656,7 +665,7 @@ class RepairCaptions(beam.PTransform):
             trusted=beam.pvalue.AsSingleton(trusted),
         )
         if self._generates:
-            decided = decided | "Generate" >> GenerateCaptions(self._embed)
+            decided = decided | "Generate" >> GenerateCaptions(self._embed, self._progress_dir)
         concept_model = self._concept_model
         summary = mixtures[0] | "Summary" >> beam.Map(
             lambda clip, caption, image, bank_, trusted_: noise_summary(

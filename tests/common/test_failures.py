@@ -21,7 +21,7 @@ from tests.noise.test_noise import _tiny_coca
 from transforms.crawl import CrawlConfig
 from transforms.dedup import DedupConfig, DeduplicateImages
 from transforms.embed import EmbedConfig, EmbedImages
-from transforms.noise.stage import GENERATED, GenerateCaptions
+from transforms.noise.captions import GENERATED, GenerateCaptions
 
 DAMAGED = b"\xff\xd8\xff\xe0 a JPEG header, then nothing an image decoder can read"
 
@@ -99,7 +99,7 @@ def test_a_damaged_image_fails_its_own_row_in_caption_generation(tmp_path):
     ]
 
     def check(rows: dict[str, Sample]) -> None:
-        _check_failed(rows, "noise", "generate", ["red", "kept"])
+        _check_failed(rows, "noise", "decode", ["red", "kept"])
         assert rows["red.jpg"].caption_pseudo  # the good image got its caption
         assert rows["kept.jpg"].caption_pseudo is None  # not marked: passed through untouched
 

@@ -41,7 +41,7 @@ from transforms.dedup.config import DedupConfig
 from transforms.dedup.fingerprints import fingerprint
 from transforms.dedup.perceptual import hamming, hash_bands, signature_similarity
 from transforms.dedup.types import EVAL, Decision, Fingerprint
-from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn
+from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, on_accelerator
 from transforms.embed.config import EmbedConfig
 
 LOG = logging.getLogger(__name__)
@@ -226,7 +226,10 @@ class DecontaminateEval(beam.PTransform):
             samples = (
                 samples
                 | "EvalPreprocess" >> beam.ParDo(PreprocessFn(self._embed))
-                | "EvalEmbed" >> RunInference(KeyedModelHandler(OpenClipModelHandler(self._embed)))
+                | "EvalEmbed"
+                >> on_accelerator(
+                    RunInference(KeyedModelHandler(OpenClipModelHandler(self._embed))), self._embed
+                )
                 | "EvalEmbeddings" >> beam.Map(_with_embedding)
             )
         evals = samples | "EvalFingerprints" >> beam.Map(fingerprint, config.hash, self._image_options)

@@ -271,6 +271,56 @@ class OpenClipModelHandler(ModelHandler[ClipExample, ClipEmbedding, LoadedClip])
         return "winnow:embed"
 
 
+class LoadedTextTower:
+    """The text tower ready for `run_inference`: a plain class (Beam's shared-model cache keeps a
+    weak reference to it)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+
+
+class ClipTextHandler(ModelHandler[Sequence[str], np.ndarray, LoadedTextTower]):
+    """Texts through the text tower alone: each element is a list of texts, encoded in one call
+    into an (n, d) normalised float32 array (the noise stage's concept vocabulary)."""
+
+    def __init__(self, config: EmbedConfig):
+        super().__init__(min_batch_size=1, max_batch_size=1, large_model=config.large_model)
+        self._config = config
+
+    def load_model(self) -> LoadedTextTower:
+        device = resolve_device(self._config.device)
+        model, _, tokenizer = load_clip(self._config)
+        return LoadedTextTower(model.to(device), tokenizer, device)
+
+    def run_inference(
+        self,
+        batch: Sequence[Sequence[str]],
+        model: LoadedTextTower,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[np.ndarray]:
+        import torch
+
+        out = []
+        for texts in batch:
+            with torch.inference_mode():
+                encoded = model.model.encode_text(
+                    model.tokenizer(list(texts)).to(model.device), normalize=True
+                )
+            out.append(np.asarray(encoded.float().cpu().numpy(), dtype=np.float32))
+        return out
+
+    def get_metrics_namespace(self) -> str:
+        return "winnow:noise"
+
+
+def on_accelerator(transform: Any, config: EmbedConfig) -> Any:
+    """`transform` with the embed stage's accelerator hint, so that on Dataflow every model step
+    (embedding, vocabulary, classifier, caption decoder) runs on the GPU workers."""
+    return transform.with_resource_hints(accelerator=config.accelerator) if config.accelerator else transform
+
+
 # ---------------------------------------------------------------- the DoFns
 
 

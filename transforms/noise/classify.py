@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from PIL import Image
 
 from schemas.sample import Sample
-from transforms.embed.clip import batching, model_dtype, resolve_device
+from transforms.embed.clip import batching, model_dtype, on_accelerator, resolve_device
 from transforms.embed.config import EmbedConfig
 
 #: The classifier `noise.concept_model` names.
@@ -184,6 +184,9 @@ class ClassifyImages(beam.PTransform):
         return (
             samples
             | "Pixels" >> beam.FlatMap(_pixels)
-            | "RunInference" >> RunInference(KeyedModelHandler(EfficientNetLiteHandler(self._embed)))
+            | "RunInference"
+            >> on_accelerator(
+                RunInference(KeyedModelHandler(EfficientNetLiteHandler(self._embed))), self._embed
+            )
             | "BestClasses" >> beam.Map(_best, self._top_k)
         )

@@ -225,14 +225,46 @@ def embed_vocabulary(
 ) -> ConceptBank:
     """Every term in every template through `encode_text(list[str]) -> (n, d) normalised array`,
     averaged over templates and normalised again."""
-    embeddings = {}
+    encoded = {
+        key: encode_prompts(encode_text, prompts, batch_size)
+        for key, prompts in vocabulary_prompts(vocabulary, templates)
+    }
+    return bank_from_encoded(vocabulary, encoded, templates, subsample)
+
+
+PromptKey = tuple[str, int]  # (language, template index)
+
+
+def vocabulary_prompts(
+    vocabulary: Vocabulary, templates: Sequence[str]
+) -> Iterator[tuple[PromptKey, tuple[str, ...]]]:
+    """Per language and template, every term put in the template."""
     for lang, terms in vocabulary.terms.items():
+        for index, template in enumerate(templates):
+            yield (lang, index), tuple(template.format(term) for term in terms)
+
+
+def encode_prompts(encode_text: Any, prompts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+    """(n, d) float32 embeddings of `prompts`, encoded `batch_size` at a time (a fixed cut, so the
+    numbers do not depend on who calls)."""
+    parts = [encode_text(list(prompts[i : i + batch_size])) for i in range(0, len(prompts), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def bank_from_encoded(
+    vocabulary: Vocabulary,
+    encoded: dict[PromptKey, np.ndarray],
+    templates: Sequence[str],
+    subsample: float,
+) -> ConceptBank:
+    """The bank from each (language, template)'s encoded prompts: averaged over the templates (in
+    their order) and normalised again."""
+    embeddings = {}
+    for lang in vocabulary.terms:
         total = None
-        for template in templates:
-            prompts = [template.format(term) for term in terms]
-            parts = [encode_text(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-            encoded = np.concatenate(parts).astype(np.float32)
-            total = encoded if total is None else total + encoded
+        for index in range(len(templates)):
+            part = encoded[(lang, index)]
+            total = part if total is None else total + part
         assert total is not None
         embeddings[lang] = total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
     return dataclasses.replace(label_bank(vocabulary, subsample), embeddings=embeddings)

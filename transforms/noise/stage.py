@@ -50,12 +50,22 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 import numpy as np
 import xxhash
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas.sample import Sample, Status
-from transforms.common.failures import FailedRows
 from transforms.common.outputs import WithSummary
 from transforms.common.progress import NAMESPACE, StageCounter
 from transforms.common.routing import SplitByStatus, embedded
+from transforms.embed.clip import ClipTextHandler, on_accelerator
+from transforms.noise.captions import (
+    BOW,
+    COMPLETED,
+    GENERATED,
+    NEIGHBOUR,
+    ORIGINAL,
+    GenerateCaptions,
+    model_generates,
+)
 from transforms.noise.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
 from transforms.noise.concepts import (
     ConceptBank,
@@ -63,9 +73,9 @@ from transforms.noise.concepts import (
     TrustedTerms,
     Vocabulary,
     append_concepts,
+    bank_from_encoded,
     bow_caption,
     choose_vocabulary,
-    embed_vocabulary,
     iter_terms,
     label_bank,
     label_concepts,
@@ -75,6 +85,7 @@ from transforms.noise.concepts import (
     read_word_list,
     score_concepts,
     trust_terms,
+    vocabulary_prompts,
 )
 from transforms.noise.config import CLIP, NoiseConfig
 from transforms.noise.mixture import Mixture, fit_mixture
@@ -88,8 +99,6 @@ log = logging.getLogger(__name__)
 STAGE = "noise"
 NOISY_PAIR = "noisy_pair"
 SIGNALS = ("clip_score", "caption_agreement", "image_agreement")
-#: Caption sources, in `caption_source`.
-ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW = "original", "completed", "generated", "neighbour", "bow"
 _EPS = 1e-6
 #: The two neighbour searches: caption agreement searches images, image agreement searches captions.
 _SEARCHES: tuple[tuple[str, Space], ...] = (("caption", "image"), ("image", "text"))
@@ -192,31 +201,40 @@ def _estimate(
 # ---------------------------------------------------------------- the concept bank
 
 
-def _text_encoder(embed: EmbedConfig) -> Any:
-    """`encode(list[str]) -> (n, d)` normalised float32 with the run's CLIP text tower."""
-    import torch
-
-    from transforms.embed.clip import load_clip, resolve_device
-
-    device = resolve_device(embed.device)
-    model, _, tokenizer = load_clip(embed)
-    model = model.to(device)
-
-    def encode(texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            out = model.encode_text(tokenizer(texts).to(device), normalize=True)
-        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
-
-    return encode
+#: Prompts encoded per model call (a fixed cut: the embeddings do not depend on the runner's batching).
+PROMPTS_PER_CALL = 1024
 
 
-def _make_bank(vocabulary: Vocabulary, embed: EmbedConfig, config: NoiseConfig) -> ConceptBank:
-    if config.concept_model == CLIP:
-        bank = embed_vocabulary(vocabulary, _text_encoder(embed), config.templates, config.bow_subsample)
-    else:
-        bank = label_bank(vocabulary, config.bow_subsample)
-        if bank.terms != {LABEL_LANGUAGE: class_names()}:  # the class index is the term index
-            raise RuntimeError(f"the {config.concept_model} vocabulary is not its class names in order")
+def _prompt_chunks(vocabulary: Vocabulary, templates: Sequence[str]) -> Iterator[tuple[Any, tuple[str, ...]]]:
+    """((language, template index, chunk), prompts) for every `PROMPTS_PER_CALL` prompts."""
+    for (lang, index), prompts in vocabulary_prompts(vocabulary, templates):
+        for chunk, start in enumerate(range(0, len(prompts), PROMPTS_PER_CALL)):
+            yield (lang, index, chunk), prompts[start : start + PROMPTS_PER_CALL]
+
+
+def _clip_bank(
+    encoded: list[tuple[tuple[str, int, int], np.ndarray]], vocabulary: Vocabulary, config: NoiseConfig
+) -> ConceptBank:
+    chunks: dict[tuple[str, int], list[tuple[int, np.ndarray]]] = {}
+    for (lang, index, chunk), array in encoded:
+        chunks.setdefault((lang, index), []).append((chunk, array))
+    joined = {
+        key: np.concatenate([array for _, array in sorted(parts, key=_first)]).astype(np.float32)
+        for key, parts in chunks.items()
+    }
+    bank = bank_from_encoded(vocabulary, joined, config.templates, config.bow_subsample)
+    log_bank(bank)
+    return bank
+
+
+def _first(item: tuple[int, Any]) -> int:
+    return item[0]
+
+
+def _label_bank(vocabulary: Vocabulary, config: NoiseConfig) -> ConceptBank:
+    bank = label_bank(vocabulary, config.bow_subsample)
+    if bank.terms != {LABEL_LANGUAGE: class_names()}:  # the class index is the term index
+        raise RuntimeError(f"the {config.concept_model} vocabulary is not its class names in order")
     log_bank(bank)
     return bank
 
@@ -461,89 +479,6 @@ def noise_summary(
     }
 
 
-def model_generates(embed: EmbedConfig) -> bool:
-    """Whether the run's model writes captions: an open_clip CoCa (it has a `multimodal_cfg` decoder)."""
-    from transforms.embed.clip import model_config
-
-    return "multimodal_cfg" in model_config(embed)
-
-
-def _decode(tokens: Any) -> str:
-    import open_clip
-
-    text = open_clip.decode(tokens).split("<end_of_text>")[0].replace("<start_of_text>", "")
-    return " ".join(text.split())
-
-
-class _GenerateFn(beam.DoFn):
-    """Writes a caption for each sample marked `generated` with the model's own text decoder (beam
-    search, open_clip's default for CoCa; deterministic on a given device)."""
-
-    def __init__(self, embed: EmbedConfig):
-        self._embed = embed
-
-    def setup(self) -> None:
-        import torch
-
-        from transforms.embed.clip import load_clip, model_identity, preprocessing, resolve_device
-
-        self._device = resolve_device(self._embed.device)
-        model, _, _ = load_clip(self._embed)
-        self._model = model.to(self._device).eval()
-        self._prep = preprocessing(self._embed)
-        self._mean = torch.tensor(self._prep.mean).view(1, -1, 1, 1)
-        self._std = torch.tensor(self._prep.std).view(1, -1, 1, 1)
-        self._identity = f"model:{model_identity(self._embed)}"
-
-    def process(self, batch: list[Sample]) -> Iterator[Sample]:
-        import torch
-
-        from transforms.embed.clip import model_pixels
-
-        wanted = [
-            s for s in batch if s.status == Status.SUCCESS and s.caption_source == GENERATED and s.image
-        ]
-        texts: dict[str, str] = {}
-        if wanted:
-            pixels = np.stack([model_pixels(s.image or b"", self._prep.geometry) for s in wanted])
-            images = (
-                torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).sub(self._mean).div(self._std)
-            )
-            with torch.inference_mode():
-                tokens = self._model.generate(images.to(self._device), seq_len=30)
-            texts = {s.uid: _decode(t) for s, t in zip(wanted, tokens, strict=True)}
-        for sample in batch:
-            if sample.caption_source != GENERATED:
-                yield sample
-            elif texts.get(sample.uid):
-                yield sample.evolve(caption_pseudo=texts[sample.uid], pseudo_source=self._identity)
-            else:  # the decoder wrote nothing: the BoW caption stands in
-                yield sample.evolve(caption_source=BOW if sample.caption_bow else ORIGINAL)
-
-
-class GenerateCaptions(beam.PTransform):
-    """Generated pseudo-captions for the samples the policy marked `generated`."""
-
-    def __init__(self, embed: EmbedConfig, progress_dir: str | None = None):
-        super().__init__()
-        self._embed = embed
-        self._progress_dir = progress_dir
-
-    def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        marked, others = samples | "Marked" >> SplitByStatus(_marked_generated)
-        batches = marked | "Batch" >> beam.BatchElements(
-            min_batch_size=1, max_batch_size=self._embed.batch_size
-        )
-        written, failed = batches | "Write" >> beam.ParDo(_GenerateFn(self._embed)).with_exception_handling()
-        # A failed decoder call fails its batch: each of its samples keeps its row.
-        unwritten = failed | "Failed" >> FailedRows(STAGE, "generate", list, self._progress_dir)
-        return (written, unwritten, others) | "Merge" >> beam.Flatten()
-
-
-def _marked_generated(sample: Sample) -> bool:
-    return sample.caption_source == GENERATED
-
-
 class RepairCaptions(beam.PTransform):
     """The noise stage (see the module docstring): the samples, and as summary one dict
     (`noise_summary`) for stats.json."""
@@ -639,7 +574,18 @@ class RepairCaptions(beam.PTransform):
                 langs=beam.pvalue.AsList(caption_counts),
             )
         )
-        bank = vocabulary | "EmbedVocabulary" >> beam.Map(_make_bank, embed=self._embed, config=config)
+        if config.concept_model == CLIP:  # the vocabulary's prompts through the run's text tower
+            encoder: RunInference[Any, Any] = RunInference(KeyedModelHandler(ClipTextHandler(self._embed)))
+            bank = (
+                vocabulary
+                | "Prompts" >> beam.FlatMap(_prompt_chunks, templates=config.templates)
+                | "EncodePrompts" >> on_accelerator(encoder, self._embed)
+                | "AllPrompts" >> beam.combiners.ToList()
+                | "Bank"
+                >> beam.Map(_clip_bank, vocabulary=beam.pvalue.AsSingleton(vocabulary), config=config)
+            )
+        else:
+            bank = vocabulary | "LabelBank" >> beam.Map(_label_bank, config=config)
 
         to_join = {
             "sample": candidates | "KeyByUid" >> beam.Map(lambda s: (s.uid, s)),

@@ -1,4 +1,4 @@
-"""Deduplication building blocks: perceptual hashes, LSH bands, SemDeDup and the FAISS index."""
+"""Deduplication building blocks: perceptual hashes, LSH bands and SemDeDup inside a cluster."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import math
 import statistics
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, PngImagePlugin
 
-from pipeline.output.faissindex import build_index, choose_index, read_index, search, write_index
 from sampleweb.scenes import random_scene, render
-from transforms.common.clustering import assign, normalize, train_centroids
+from transforms.common.clustering import normalize
 from transforms.common.tiling import split_cluster
 from transforms.dedup.cosine import cluster_duplicates, resolve_duplicates, similar_pairs
 from transforms.dedup.perceptual import (
@@ -192,21 +190,6 @@ def _png_bytes(image: Image.Image, level: int) -> bytes:
 # --------------------------------------------------------------------------- SemDeDup
 
 
-def test_train_centroids_is_deterministic_and_assign_agrees_with_argmax() -> None:
-    rng = np.random.default_rng(0)
-    sample = rng.normal(size=(3000, 32)).astype(np.float32)
-    first = train_centroids(sample, k=16, seed=7)
-    assert first.shape == (16, 32) and first.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
-    assert np.array_equal(first, train_centroids(sample, k=16, seed=7))
-    assert not np.array_equal(first, train_centroids(sample, k=16, seed=8))
-    queries = rng.normal(size=(500, 32)).astype(np.float32)
-    ids, cosines = assign(queries, first)
-    similarity = normalize(queries) @ first.T
-    assert np.array_equal(ids, similarity.argmax(axis=1))
-    np.testing.assert_allclose(cosines, similarity.max(axis=1), rtol=1e-5, atol=1e-6)
-
-
 def _planted_cluster(seed: int) -> tuple[list[str], np.ndarray, list[list[int]]]:
     """Random unit vectors plus near-copies of some of them, and a chain A~B~C with A and C apart."""
     rng = np.random.default_rng(seed)
@@ -285,15 +268,6 @@ def test_cluster_duplicates_ties_and_missing_scores() -> None:
     assert empty.removed == [] and empty.comparisons == 0
 
 
-def test_split_cluster_covers_each_pair_once() -> None:
-    for n, size in [(10, 3), (9, 3), (1, 4), (7, 100)]:
-        covered = []
-        for rows, cols in split_cluster(n, size):
-            assert len(rows) <= size and len(cols) <= size
-            covered += [(i, j) for i in rows for j in cols if (rows != cols or i < j)]
-        assert sorted(covered) == list(itertools.combinations(range(n), 2))
-
-
 def test_tiles_processed_separately_give_the_same_duplicates() -> None:
     uids, embeddings, _ = _planted_cluster(12)
     points = normalize(embeddings)
@@ -308,61 +282,3 @@ def test_tiles_processed_separately_give_the_same_duplicates() -> None:
     whole = cluster_duplicates(uids, embeddings, 0.02, "first_uid")
     assert resolve_duplicates(uids, links, "first_uid") == whole.removed
     assert comparisons == whole.comparisons
-
-
-# --------------------------------------------------------------------------- FAISS index
-
-
-def test_choose_index_thresholds() -> None:
-    assert choose_index(9_999, 512, 0) == "Flat"
-    hnsw_bytes = 10_000 * (512 * 4 + 32 * 2 * 8)
-    assert choose_index(10_000, 512, hnsw_bytes) == "HNSW32"
-    assert choose_index(10_000, 512, hnsw_bytes - 1).startswith("IVF512,PQ")
-    assert choose_index(12_000, 32, 2**20) == "IVF512,PQ32"
-    assert choose_index(1_000_000, 512, 100 * 2**20) == "IVF4096,PQ64"
-    assert choose_index(1_000_000, 768, 40 * 2**20) == "IVF4096,PQ16"
-    with pytest.raises(ValueError):
-        choose_index(1_000_000, 512, 2**20)
-
-
-def _easy_set(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random unit vectors, and queries that are near-copies (cosine ~0.98) of known rows."""
-    rng = np.random.default_rng(seed)
-    data = normalize(rng.normal(size=(n, d)))
-    targets = rng.choice(n, size=200, replace=False)
-    queries = data[targets] + rng.normal(scale=0.2 / math.sqrt(d), size=(200, d)).astype(np.float32)
-    return data, queries, targets
-
-
-def test_flat_index_is_exact() -> None:
-    data, queries, _ = _easy_set(2_000, 32, 1)
-    index = build_index(data, memory_budget_bytes=2**30)
-    assert index.ntotal == 2_000
-    scores, ids = search(index, queries, 5)
-    exact = normalize(queries) @ data.T
-    assert np.array_equal(ids[:, 0], exact.argmax(axis=1))
-    np.testing.assert_allclose(scores, -np.sort(-exact, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("budget", "kind"),
-    [(2**30, "HNSW32"), (250_000, "IVF512,PQ4")],
-)
-def test_approximate_index_finds_the_planted_neighbour(budget: int, kind: str, tmp_path) -> None:
-    data, queries, targets = _easy_set(12_000, 32, 2)
-    assert choose_index(len(data), 32, budget) == kind
-    index = build_index(data, memory_budget_bytes=budget, seed=0)
-    assert index.ntotal == len(data)
-    scores, ids = search(index, queries, 1)
-    assert np.mean(ids[:, 0] == targets) >= 0.95
-    path = str(tmp_path / "kept" / "index.faiss")
-    write_index(index, path)
-    stored = read_index(path)
-    again = search(stored, queries, 1)
-    assert np.array_equal(again[1], ids) and np.allclose(again[0], scores)
-    # The search parameters travel with the index.
-    if isinstance(index, faiss.IndexIVFPQ):
-        assert faiss.extract_index_ivf(stored).nprobe == 16
-        assert not index.do_polysemous_training  # type: ignore[attr-defined]
-    else:
-        assert isinstance(stored, faiss.IndexHNSW) and stored.hnsw.efSearch == 64

@@ -5,8 +5,9 @@ and body). It waits until the host has a free slot and its last request started 
 seconds ago, and returns how long it waited, so that waiting is not charged to the request's own
 deadline. The crawl passes `max(crawl.min_host_delay, min(Crawl-delay, crawl.max_crawl_delay))`.
 
-The limits hold per worker process. A job on N workers may send a host N times as much; a
-crawl of one large site should run with few workers or a larger delay.
+The limits hold per worker process: every DoFn instance of a process shares one throttle. A job
+on N workers may send a host N times as much; a crawl of one large site should run with few
+workers or a larger delay.
 """
 
 from __future__ import annotations

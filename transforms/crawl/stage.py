@@ -6,7 +6,8 @@ reason from `transforms.crawl.fetch` (HTTP and transport failures, `opted_out`, 
 `timeout`) or `transforms.crawl.imaging` (`not_an_image`, `decode_error`, `image_too_small`, ...).
 Nothing is dropped: a failed sample keeps its row.
 
-Each worker runs a bounded thread pool (`thread_count`) over one keep-alive connection pool.
+Each worker process runs one bounded thread pool (`thread_count`) over one keep-alive connection
+pool, shared by all its DoFn instances (`Crawler`, through `apache_beam.utils.shared`).
 Decoding and resizing run in the same threads, which release the GIL while in Pillow or OpenCV,
 but at most `decode_threads` at once (cores + 1 by default): many threads can wait on slow
 servers while only about one per core competes for the CPU. At most 2 × `thread_count` samples

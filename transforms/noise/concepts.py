@@ -8,7 +8,7 @@ such words, with very frequent words down-weighted. Winnow does both per languag
   from stopwords-iso) and pairs of content words that stand next to each other ("red circle",
   "cercle rouge"). Chinese and Japanese are cut into words with jieba, and a pair there may span
   up to two stop words (the particle 的 and a measure word sit between adjective and noun).
-* **Vocabulary** (`BuildVocabulary`): the `vocabulary_size` most frequent terms per language that
+* **Vocabulary** (`choose_vocabulary`): the `vocabulary_size` most frequent terms per language that
   occur in at least `vocabulary_min_count` captions, or the terms of a word-list file. The caption
   frequency of every term is kept for word balancing.
 * **Zero-shot scores** (`embed_vocabulary`, `score_concepts`): each term is put in every prompt

@@ -1,7 +1,8 @@
-"""Reads URL lists (Parquet, CSV, TSV, JSONL, plain text; optionally gzipped) into `Sample`s.
+"""Reads URL lists (Parquet, CSV, TSV, JSONL, plain text; optionally gzipped) into row batches.
 
-In: file paths or globs on any Beam filesystem (local, `s3://`, `gs://`). Out: one `Sample` per
-input row with a stable `uid`, the url, the caption and the configured extra columns. Column
+In: file paths or globs on any Beam filesystem (local, `s3://`, `gs://`). Out: Arrow record
+batches (`schemas.sample.BATCH_SCHEMA`), one row per input record with a stable `uid`, the url,
+the caption and the configured extra columns; the text stage turns rows into `Sample`s. Column
 names follow img2dataset (`url_col`, `caption_col`, `save_additional_columns`) so existing lists
 work unchanged. A folder is read with its subfolders; names starting with `.` or `_` are skipped.
 

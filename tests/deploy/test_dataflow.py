@@ -22,7 +22,7 @@ DATAFLOW_ARGS = [
 ]
 
 
-def test_dataflow_job_graph_has_every_stage_and_the_gpu_on_embedding_alone(sample_web):
+def test_dataflow_job_graph_has_every_stage_and_the_gpu_on_the_model_steps_alone(sample_web):
     config = load_config(base_text=default_config_text(), overrides=[f"embed.accelerator={ACCELERATOR}"])
     stats = run_job(
         config,
@@ -39,12 +39,21 @@ def test_dataflow_job_graph_has_every_stage_and_the_gpu_on_embedding_alone(sampl
     # The model call itself and the steps around it are inside the hinted step.
     assert "Embed/RunInference" in {"/".join(n.split("/")[:2]) for n in steps}
     hinted = {name for name, hints in steps.items() if hints.get("accelerator")}
-    assert hinted and all(name == "Embed" or name.startswith("Embed/") for name in hinted)
     assert all(steps[name]["accelerator"] == ACCELERATOR for name in hinted)
-    # Every other step stays on CPU workers: the crawl, the text filter, dedup, the writers.
+    # The GPU holds the embed stage and the noise stage's model call (the vocabulary through the
+    # text tower), nothing else.
+    model_steps = ("Embed", "Noise/EncodePrompts")
+    assert hinted and all(name.startswith(model_steps) for name in hinted), sorted(hinted)
+    assert any(name.startswith("Noise/EncodePrompts") for name in hinted)
+    # Every other step stays on CPU workers: the crawl, the text filter, dedup, the writers, and
+    # the noise stage's neighbour search, mixtures and decisions.
     unhinted_tops = {name.split("/")[0] for name, hints in steps.items() if not hints}
     assert {"Crawl", "Text", "Dedup", "Noise", "WriteShards"} <= unhinted_tops
-    assert not any(hints for name, hints in steps.items() if name.startswith(("Crawl", "Text", "Noise")))
+    assert not any(hints for name, hints in steps.items() if name.startswith(("Crawl", "Text", "Dedup")))
+    noise_on_cpu = [name for name, hints in steps.items() if name.startswith("Noise/") and not hints]
+    assert any("Neighbours" in name for name in noise_on_cpu) and any(
+        "Decide" in name for name in noise_on_cpu
+    )
 
 
 def _dry_run_cli(urls: str, *extra: str) -> int:

@@ -27,7 +27,8 @@ from transforms.noise.concepts import (
 from transforms.noise.config import NoiseConfig
 from transforms.noise.mixture import fit_mixture
 from transforms.noise.neighbours import knn_agreement
-from transforms.noise.stage import Estimate, combine, repair
+from transforms.noise.policy import repair
+from transforms.noise.signals import Estimate, combine
 
 
 def test_mixture_recovers_two_components_and_is_monotone():

@@ -17,7 +17,8 @@ from schemas.sample import Sample, Status
 from tests.pipeline.test_cli import assert_user_error, winnow
 from transforms.noise.concepts import Concepts
 from transforms.noise.config import NoiseConfig
-from transforms.noise.stage import Estimate, repair
+from transforms.noise.policy import repair
+from transforms.noise.signals import Estimate
 
 
 def test_defaults_match_the_dataclasses():

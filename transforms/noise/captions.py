@@ -35,8 +35,8 @@ from transforms.embed.clip import (
     resolve_device,
 )
 from transforms.embed.config import EmbedConfig
+from transforms.noise.config import STAGE
 
-STAGE = "noise"
 #: Caption sources, in `caption_source`.
 ORIGINAL, COMPLETED, GENERATED, NEIGHBOUR, BOW = "original", "completed", "generated", "neighbour", "bow"
 #: Tokens a generated caption may have.

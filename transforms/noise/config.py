@@ -8,7 +8,9 @@ from typing import Literal
 
 from transforms.common.checks import Check
 
-#: Sources of the visual concepts (`concept_model`).
+#: The stage's name, in `stage` and in its metrics.
+STAGE = "noise"
+#: `concept_model` of the run's own CLIP model.
 CLIP = "clip"
 
 

@@ -12,8 +12,9 @@ candidate with `noise_prob`, `concepts` and the caption columns; a pair too nois
    * caption agreement: the mean cosine of the caption to the captions of its `k` nearest images;
    * image agreement: the mean cosine of the image to the images of its `k` nearest captions
      (`transforms/noise/neighbours.py`).
-   `combine: bayes` (`transforms/noise/signals.py`) adds the signals' log-odds against the prior (naive Bayes: independent
-   evidence, each weighted by `weights`); `combine: mean` averages the posteriors.
+   `combine: bayes` (`transforms/noise/signals.py`) adds the signals' log-odds against the prior
+   (naive Bayes: independent evidence, each weighted by `weights`); `combine: mean` averages the
+   posteriors.
 2. **Visual concepts** (ViCHA): the top `concepts_k` terms of the caption language's vocabulary
    by zero-shot similarity; the confident ones are its visual concepts (`transforms/noise/concepts.py`).
    With `concept_model: efficientnet-lite0` they come from an ImageNet classifier instead
@@ -25,13 +26,14 @@ candidate with `noise_prob`, `concepts` and the caption columns; a pair too nois
    `pseudo_max_noise`, image cosine at least `pseudo_min_similarity`; `pseudo_source` names it).
    With a model that can write captions (open_clip CoCa) and `generate: auto`, a generated caption
    takes its place (`pseudo_source` names the model; `transforms/noise/captions.py`).
-5. **Policy** (`transforms/noise/policy.py`): `noise_prob` <= `replace_above`: the caption describes the image; it is kept when it
-   names at least `min_coverage` of the visual concepts, else completed with those it misses.
-   Above: replaced by the pseudo-caption, else the BoW caption; with neither, or above
-   `drop_above`, the pair is rejected (`noisy_pair`). `caption_source` says which caption the
-   WebDataset `.txt` holds: `original`, `completed`, `generated`, `neighbour` or `bow`. The
-   defaults (`replace_above` 1.0, `min_coverage` 0.0, `drop_above` 1.0) estimate and keep every
-   caption as it is; completing, replacing and dropping are opted into.
+5. **Policy** (`transforms/noise/policy.py`): `noise_prob` <= `replace_above`: the caption
+   describes the image; it is kept when it names at least `min_coverage` of the visual concepts,
+   else completed with those it misses. Above: replaced by the pseudo-caption, else the BoW
+   caption; with neither, or above `drop_above`, the pair is rejected (`noisy_pair`).
+   `caption_source` says which caption the WebDataset `.txt` holds: `original`, `completed`,
+   `generated`, `neighbour` or `bow`. The defaults (`replace_above` 1.0, `min_coverage` 0.0,
+   `drop_above` 1.0) estimate and keep every caption as it is; completing, replacing and dropping
+   are opted into.
 6. **Precision guard**: before any term is added to a caption or put in a BoW caption, the stage
    measures on the run's clean pairs (`noise_prob` <= `pseudo_max_noise`) how often each visual
    concept is named by the caption (`concepts.trust_terms`). Only terms at or above

@@ -7,15 +7,14 @@
 - `types.py`: what the stage and its levels share; `perceptual.py`: the hashes.
 - `config.py`: the `dedup` section.
 
-Importing the package gives the config at once and loads the transforms when first asked for,
-so reading a config never imports Beam's model libraries.
+The config is imported at once, the transforms when first asked for (`common/exports.py`).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from transforms.common.exports import lazy_exports
 from transforms.dedup.config import DedupConfig
 
 if TYPE_CHECKING:
@@ -23,10 +22,4 @@ if TYPE_CHECKING:
 
 __all__ = ["DedupConfig", "DeduplicateImages"]
 
-_LAZY = {"DeduplicateImages": "stage"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"DeduplicateImages": "stage"})

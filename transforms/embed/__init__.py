@@ -5,15 +5,14 @@
 - `models/`: the shipped model, `winnow-tiny-clip`.
 - `config.py`: the `embed` section.
 
-Importing the package gives the config at once and loads the transforms when first asked for,
-so reading a config never imports Beam's model libraries.
+The config is imported at once, the transforms when first asked for (`common/exports.py`).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from transforms.common.exports import lazy_exports
 from transforms.embed.config import EmbedConfig
 
 if TYPE_CHECKING:
@@ -21,10 +20,4 @@ if TYPE_CHECKING:
 
 __all__ = ["DecideClipScore", "EmbedConfig", "EmbedImages"]
 
-_LAZY = {"EmbedImages": "stage", "DecideClipScore": "stage"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"EmbedImages": "stage", "DecideClipScore": "stage"})

@@ -8,15 +8,14 @@
 - `previous.py`: `ReadPreviousOutput` and `KeepSettled` for `winnow run --retry-failed`.
 - `config.py`: the `input` section.
 
-Importing the package gives the config at once and loads the transforms when first asked for,
-so reading a config never imports Beam's model libraries.
+The config is imported at once, the transforms when first asked for (`common/exports.py`).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from transforms.common.exports import lazy_exports
 from transforms.read.config import InputConfig
 
 if TYPE_CHECKING:
@@ -25,15 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DistinctPairs", "InputConfig", "KeepSettled", "ReadPreviousOutput", "ReadUrlBatches"]
 
-_LAZY = {
-    "ReadUrlBatches": "lists",
-    "DistinctPairs": "lists",
-    "ReadPreviousOutput": "previous",
-    "KeepSettled": "previous",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ReadUrlBatches": "lists",
+        "DistinctPairs": "lists",
+        "ReadPreviousOutput": "previous",
+        "KeepSettled": "previous",
+    },
+)

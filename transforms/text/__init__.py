@@ -6,15 +6,14 @@
   boilerplate captions, the vocabulary).
 - `config.py`: the `text` section and the published presets.
 
-Importing the package gives the config at once and loads the transforms when first asked for,
-so reading a config never imports Beam's model libraries.
+The config is imported at once, the transforms when first asked for (`common/exports.py`).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from transforms.common.exports import lazy_exports
 from transforms.text.config import TextConfig
 
 if TYPE_CHECKING:
@@ -22,10 +21,4 @@ if TYPE_CHECKING:
 
 __all__ = ["FilterText", "TextConfig"]
 
-_LAZY = {"FilterText": "stage"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"FilterText": "stage"})

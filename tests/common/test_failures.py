@@ -104,3 +104,23 @@ def test_a_damaged_image_fails_its_own_row_in_caption_generation(tmp_path):
         assert rows["kept.jpg"].caption_pseudo is None  # not marked: passed through untouched
 
     _run(samples, GenerateCaptions(embed), check)
+
+
+def test_a_sample_the_crawl_cannot_even_start_on_fails_its_own_row():
+    """No URL at all on a pending row (no reader writes one): the crawl records it, it does not crash."""
+    from transforms.crawl import DownloadImages
+
+    planted = Sample(uid=make_uid("", "no url"), url=None, caption="no url")
+    settled = _sample("settled", _jpeg(6))  # decided upstream: passes through untouched
+
+    def check(rows: list[Sample]) -> None:
+        by_caption = {row.caption: row for row in rows}
+        assert sorted(by_caption) == ["a photo of settled", "no url"]
+        broken = by_caption["no url"]
+        assert (broken.status, broken.reason, broken.stage) == (Status.FAILED, "internal_error", "crawl")
+        assert "Error" in broken.error, broken.error
+        assert by_caption["a photo of settled"] == settled
+
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        rows = p | beam.Create([planted, settled]) | DownloadImages(CrawlConfig()) | beam.combiners.ToList()
+        assert_that(rows, lambda lists: check(lists[0]))

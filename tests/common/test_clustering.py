@@ -6,9 +6,10 @@ import itertools
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.common.clustering import KMeansCentroids, assign, cluster_count, normalize, train_centroids
 from transforms.common.tiling import chunk_of, chunks_for, split_cluster, tiles_of
@@ -85,3 +86,44 @@ def test_union_find_keeps_the_lowest_rank_of_each_chain_and_says_why():
         ("c", "b", "duplicate of b; hash distance 5 to b in cluster 4"),
         ("y", "x", "duplicate of x; embedding cosine 0.9990 to x in cluster 4"),  # a tie goes to the uid
     ]
+
+
+def _random_links(seed: int) -> list[Link]:
+    """Near-duplicate-like groups (pairs, stars, cliques), a few long chains, repeated links."""
+    rng = np.random.default_rng(seed)
+    rank = {f"u{i:04d}": (float(-rng.integers(1, 5)), float(rng.random())) for i in range(600)}
+    uids = sorted(rank)
+    links = []
+
+    def link(a: str, b: str, evidence: str) -> None:
+        a, b = min(a, b), max(a, b)
+        links.append(Link(a, rank[a], b, rank[b], evidence))
+
+    position = 0
+    for size in rng.integers(2, 6, size=60):  # small groups, linked at random inside
+        group = uids[position : position + size]
+        position += size
+        for _ in range(int(size) * 2):
+            a, b = rng.choice(group, 2, replace=False)
+            link(str(a), str(b), f"hash distance {int(rng.integers(0, 10))}")
+    for length in (12, 31):  # chains far longer than the propagation rounds
+        chain = uids[position : position + length]
+        position += length
+        for a, b in zip(chain, chain[1:], strict=False):
+            link(a, b, "hash distance 1")
+    return links + links[:25]  # a link found in two buckets comes twice
+
+
+@pytest.mark.parametrize("rounds", [0, 3, 40])  # all left to the merge, some, none
+def test_connected_components_in_beam_equal_the_single_worker_union_find(rounds):
+    from transforms.common.unionfind import ConnectedComponents
+
+    for seed in (0, 1):
+        links = _random_links(seed)
+        oracle = [tuple(r) for r in resolve_links(links, where=" (near)")]
+        assert len(oracle) > 150 and any(r[1] != r[0] for r in oracle)
+        with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+            found = (
+                p | beam.Create(links) | ConnectedComponents(where=" (near)", rounds=rounds) | beam.Map(tuple)
+            )
+            assert_that(found, equal_to(oracle))

@@ -5,9 +5,10 @@
 - `NearDuplicates`: every fingerprint goes to one LSH bucket per band of its 64-bit hash; inside a
   bucket, pairs within `max_hash_distance` bits are candidates, confirmed when their thumbnail
   signatures agree (`min_thumbnail_similarity`). A pair sharing several bands is judged only in
-  the bucket of the first band they share. The confirmed links are few; their connected
-  components are found in one step (union-find, as DataTrove's MinHash cluster step does), and
-  each component keeps its first fingerprint by rank, then uid.
+  the bucket of the first band they share. The confirmed links' connected components are found
+  across workers (`common.unionfind.ConnectedComponents`: min-label propagation, then a
+  union-find over the few links left), and each component keeps its first fingerprint by rank,
+  then uid.
 
 A hot bucket (a million blank images) is cut into tiles (`transforms/common/tiling.py`), so no
 worker holds more than two chunks of it.
@@ -23,10 +24,10 @@ import apache_beam as beam
 
 from transforms.common.progress import NAMESPACE
 from transforms.common.tiling import TileGroups, split_tile
-from transforms.common.unionfind import Link
+from transforms.common.unionfind import ConnectedComponents, Link
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.perceptual import cross_pairs, hash_bands, near_duplicate_pairs, signature_similarity
-from transforms.dedup.types import EXACT, NEAR, Decision, Fingerprint, link_decisions
+from transforms.dedup.types import EXACT, NEAR, Decision, Fingerprint
 
 # ---------------------------------------------------------------- exact
 
@@ -128,6 +129,6 @@ class NearDuplicates(beam.PTransform):
             | "Tiles" >> TileGroups(self._config.max_group_size)
             | "GroupTiles" >> beam.GroupByKey()
             | "Pairs" >> beam.ParDo(_BucketPairsFn(self._config))
-            | "AllLinks" >> beam.combiners.ToList()
-            | "Components" >> beam.FlatMap(lambda links: link_decisions(links, NEAR))
+            | "Components" >> ConnectedComponents()
+            | "Decisions" >> beam.Map(lambda r: Decision(r.removed, NEAR, r.kept, r.detail))
         )

@@ -251,3 +251,37 @@ def test_knn_agreement_is_high_for_matching_captions():
     agreements = [a for _, a, _ in found]
     assert agreements[5] < 0.3 < min(agreements[:3])
     assert [uid for uid, _ in found[0][2]] == ["b", "c"]  # nearest images first
+
+
+@pytest.mark.parametrize("word_list", [None, {"en": ["red circle", "zebra"], "*": ["blue"]}])
+def test_the_vocabulary_from_pruned_counts_equals_the_one_from_every_count(word_list):
+    """Only the terms the vocabulary can take reach the one step that builds it; the result is the
+    same as from every (language, term) count (ties by term, the minimum count, the word list)."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing import test_pipeline
+    from apache_beam.testing.util import assert_that
+
+    from transforms.noise.concepts import choose_vocabulary
+    from transforms.noise.stage import _CandidateTerms
+
+    rng = np.random.default_rng(4)
+    words = ["red", "blue", "circle", "red circle", "zebra", "cat", "dog", "sky", "tree", "car"]
+    counts = [
+        ((lang, f"{word}{suffix}"), int(rng.integers(1, 9)))
+        for lang in ("en", "fr", "zh")
+        for word in words
+        for suffix in ("", "s", "x")
+    ]
+    langs = [("en", 500), ("fr", 300), ("zh", 200)]
+    config = NoiseConfig(vocabulary_size=7, vocabulary_min_count=3)
+    oracle = choose_vocabulary(counts, langs, 7, 3, word_list)
+    assert oracle.terms and sum(len(t) for t in oracle.terms.values()) < len(counts)
+
+    def check(pruned: list) -> None:
+        assert len(pruned) < len(counts)  # fewer reached the step
+        assert choose_vocabulary(pruned, langs, 7, 3, word_list) == oracle
+
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        pruned = p | beam.Create(counts) | _CandidateTerms(config, word_list) | beam.combiners.ToList()
+        assert_that(pruned, lambda lists: check(lists[0]))

@@ -179,6 +179,45 @@ def noise_summary(
     }
 
 
+def _listed(word_list: dict[str, list[str]]) -> Any:
+    everywhere = set(word_list.get("*", []))
+    listed = {lang: set(terms) | everywhere for lang, terms in word_list.items()}
+
+    def keep(element: tuple[tuple[str, str], int]) -> bool:
+        (lang, term), _ = element
+        return term in listed.get(lang, everywhere)
+
+    return keep
+
+
+def _by_count(element: tuple[tuple[str, str], int]) -> tuple[int, str]:
+    (_, term), count = element
+    return (-count, term)  # the least is the most frequent term, ties by term
+
+
+class _CandidateTerms(beam.PTransform):
+    """((lang, term), count) → only those the vocabulary can take: per language the
+    `vocabulary_size` most frequent terms in at least `vocabulary_min_count` captions, or the word
+    list's terms. So the one step that builds the vocabulary gets a bounded list, not every term."""
+
+    def __init__(self, config: NoiseConfig, word_list: dict[str, list[str]] | None):
+        super().__init__()
+        self._config = config
+        self._word_list = word_list
+
+    def expand(self, term_counts: beam.PCollection) -> beam.PCollection:
+        if self._word_list is not None:
+            return term_counts | "Listed" >> beam.Filter(_listed(self._word_list))
+        least, size = self._config.vocabulary_min_count, self._config.vocabulary_size
+        return (
+            term_counts
+            | "Frequent" >> beam.Filter(lambda element: element[1] >= least)
+            | "ByLanguage" >> beam.Map(lambda element: (element[0][0], element))
+            | "TopPerLanguage" >> beam.combiners.Top.PerKey(size, key=_by_count, reverse=True)
+            | "Terms" >> beam.FlatMap(lambda kv: kv[1])
+        )
+
+
 class RepairCaptions(beam.PTransform):
     """The noise stage (see the module docstring): the samples, and as summary one dict
     (`noise_summary`) for stats.json."""
@@ -265,6 +304,7 @@ class RepairCaptions(beam.PTransform):
         )
         vocabulary = (
             term_counts
+            | "Candidates" >> _CandidateTerms(config, self._word_list)
             | "AllTerms" >> beam.combiners.ToList()
             | "Vocabulary"
             >> beam.Map(

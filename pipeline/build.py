@@ -48,14 +48,17 @@ def resource_hints(name: str, config: RunConfig) -> dict[str, str]:
 def build_pipeline(
     pipeline: beam.Pipeline,
     config: RunConfig,
-    input_files: Sequence[str],
+    inputs: Sequence[str],
     output_dir: str,
     progress_dir: str | None = None,
     retry_from: str | None = None,
+    archives: bool | None = None,
 ) -> beam.PCollection:
     """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict.
 
-    With `retry_from` (a previous output folder) its rows are the input instead of `input_files`,
+    `inputs` are the paths, folders or globs given, matched when the job runs; `archives` says
+    whether they hold web archives (None: matched here to find out). With `retry_from` (a previous
+    output folder) its rows are the input instead of `inputs`,
     and the row-batch stages, which those rows already passed, do not run again.
     """
     if retry_from is not None:
@@ -63,7 +66,7 @@ def build_pipeline(
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     else:
         reader = ReadUrlBatches(
-            input_files, config.input, progress_dir, config.crawl, config.text.shuffle_partitions
+            inputs, config.input, progress_dir, config.crawl, config.text.shuffle_partitions, archives
         )
         read = pipeline | "Read" >> reader
         batches = read.rows

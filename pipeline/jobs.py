@@ -38,7 +38,7 @@ from transforms.common.manifest import claim_output, inside, normalized, record_
 from transforms.common.progress import NAMESPACE
 from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import resolve_device
-from transforms.read.lists import check_input, expand_inputs, is_directory
+from transforms.read.lists import check_input, expand_inputs, holds_archives, is_directory
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
@@ -97,10 +97,22 @@ def run_job(
     run_stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
     stages = ["read", *run_stages, "write"]
     pipeline = make_pipeline(runner, beam_args, workers)
-    build_pipeline(pipeline, config, files, output_dir, progress_dir, retry_from)
+    # The files are checked here but matched again when the job runs: the job graph holds the
+    # patterns, not a list of every file.
+    archives = holds_archives(files, config.input)
+    build_pipeline(
+        pipeline, config, [] if retry_from else inputs, output_dir, progress_dir, retry_from, archives
+    )
     if dry_run:
+        graph_bytes = len(pipeline.to_runner_api().SerializeToString())
         steps = translated_steps(pipeline.run())
-        return {"dry_run": True, "runner": runner, "stages": stages, "steps": steps}
+        return {
+            "dry_run": True,
+            "runner": runner,
+            "stages": stages,
+            "steps": steps,
+            "graph_bytes": graph_bytes,
+        }
     if not (wait or local):
         # Submitted, not waited for (a Flex Template launcher must return): the shards and
         # stats.json are the job's; the index, the report and the counters need `winnow run`.

@@ -97,3 +97,33 @@ def test_the_flex_template_entry_point_builds_the_same_job(sample_web, capsys):
     assert code == 0
     assert out.startswith("dry run: DataflowRunner translated ")
     assert f"  Embed: accelerator={ACCELERATOR}" in out.splitlines()
+
+
+def test_the_job_graph_does_not_grow_with_the_number_of_input_files(sample_web, tmp_path):
+    """A glob of 100,000 lists submits the same job graph as a glob of one: the launcher checks the
+    inputs, but files are matched again when the job runs, not written into the graph."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(sample_web.urls).slice(0, 1), tmp_path / "one.parquet")
+    data = (tmp_path / "one.parquet").read_bytes()
+    folder = tmp_path / "lists"  # the same pattern both times
+    folder.mkdir()
+    graphs = {}
+    for count in (1, 100_000):
+        for i in range(count):
+            (folder / f"{i:06d}.parquet").write_bytes(data)
+        config = load_config(base_text=default_config_text())
+        started = time.monotonic()
+        stats = run_job(
+            config, [f"{folder}/*.parquet"], "gs://winnow-dry-run/out", runner="DataflowRunner",
+            beam_args=DATAFLOW_ARGS,
+        )  # fmt: skip
+        graphs[count] = (stats["graph_bytes"], len(stats["steps"]))
+        took = time.monotonic() - started
+        print(f"{count:,} files: graph of {graphs[count][0]:,} bytes, {graphs[count][1]} steps, {took:.1f} s")
+    assert graphs[1][1] == graphs[100_000][1]  # the same steps
+    # The graphs differ only by the random ids Beam gives some parts; 100,000 paths written into
+    # the graph would add megabytes.
+    assert abs(graphs[1][0] - graphs[100_000][0]) < 4_000, graphs

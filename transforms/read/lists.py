@@ -61,17 +61,22 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     names starting with `.` or `_` are skipped (in a folder, at any depth). `InputError` if none match."""
     files: set[str] = set()
     for pattern in patterns:
-        candidates = [pattern]
-        folder = None
-        if not any(ch in pattern for ch in "*?[") and is_directory(pattern):
-            folder = pattern.rstrip("/") + "/"
-            candidates = [folder + "**"]
-        matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
-        matched = [path for path in matched if not _hidden(path, folder)]
+        matched = match_input(pattern)
         if not matched:
             raise InputError(f"no input files match '{pattern}'")
         files.update(matched)
     return sorted(files)
+
+
+def match_input(pattern: str) -> list[str]:
+    """The files one path, folder (with its subfolders) or glob names, hidden ones skipped."""
+    candidates = [pattern]
+    folder = None
+    if not any(ch in pattern for ch in "*?[") and is_directory(pattern):
+        folder = pattern.rstrip("/") + "/"
+        candidates = [folder + "**"]
+    matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
+    return [path for path in matched if not _hidden(path, folder)]
 
 
 def _hidden(path: str, folder: str | None) -> bool:
@@ -463,34 +468,47 @@ class _ReadFileFn(beam.DoFn):
         self._counter.flush()
 
 
-class ReadUrlBatches(beam.PTransform):
-    """Reads the matched input files into row batches (`BATCH_SCHEMA`), files spread over workers.
+def holds_archives(files: Iterable[str], config: InputConfig) -> bool:
+    """Whether any of the files is a web archive (its pairs then go through `DistinctPairs`)."""
+    return any(detect_format(f, config.input_format) in ARCHIVE_FORMATS for f in files)
 
-    Row batches are what the text stage consumes (it turns them into `Sample`s)."""
+
+class ReadUrlBatches(beam.PTransform):
+    """Reads the input files into row batches (`BATCH_SCHEMA`), files spread over workers.
+
+    `inputs` are paths, folders or globs, matched when the job runs (`match_input`), so the job
+    graph is the same for one file or a hundred thousand. `archives` says whether any input is a
+    web archive (the launcher knows from its own check of the inputs; None: matched here to find
+    out). Row batches are what the text stage consumes (it turns them into `Sample`s)."""
 
     def __init__(
         self,
-        files: Sequence[str],
+        inputs: Sequence[str],
         config: InputConfig,
         progress_dir: str | None = None,
         crawl: CrawlConfig | None = None,
         partitions: int = 64,
+        archives: bool | None = None,
     ):
         super().__init__()
-        self._files = list(files)
+        self._inputs = sorted(set(inputs))
         self._config = config
         self._progress_dir = progress_dir
         self._crawl = crawl or CrawlConfig()  # how pages are fetched in page mode
         self._pages = config.input_format == "pages"
         self._partitions = partitions  # of the distinct-pairs step
-        self._archives = any(detect_format(f, config.input_format) in ARCHIVE_FORMATS for f in self._files)
+        if archives is None:
+            archives = holds_archives(expand_inputs(self._inputs), config)
+        self._archives = archives
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> WithSummary:
         """The row batches; with web archives or pages among the inputs, the summary holds one dict
         of page- and image-level counts (`harvest` in stats.json), else it is empty."""
         read = (
             pbegin
-            | "Files" >> beam.Create(self._files)
+            | "Inputs" >> beam.Create(self._inputs)
+            | "Match" >> beam.FlatMap(match_input)
+            | "Files" >> beam.Distinct()  # a file two patterns name is read once
             | "Spread" >> beam.Reshuffle()
             | "Batches"
             >> beam.ParDo(_ReadFileFn(self._config, self._progress_dir)).with_outputs(

@@ -11,7 +11,8 @@ def format_dry_run(stats: dict[str, Any]) -> str:
     hinted = {name: hints for name, hints in steps.items() if hints}
     # Name only the outermost hinted steps: a composite's parts carry its hints too.
     tops = sorted(n for n in hinted if not any(n.startswith(other + "/") for other in hinted))
-    lines = [f"dry run: {stats['runner']} translated {len(steps):,} steps; nothing ran"]
+    size = f" ({stats['graph_bytes'] / 1e3:,.0f} KB)" if "graph_bytes" in stats else ""
+    lines = [f"dry run: {stats['runner']} translated {len(steps):,} steps{size}; nothing ran"]
     lines.append(f"  stages: {', '.join(stats['stages'])}")
     for name in tops:
         lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(hinted[name].items())))

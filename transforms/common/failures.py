@@ -53,6 +53,11 @@ class _FailedRowsFn(beam.DoFn):
         self._counter.flush()
 
 
+def batch_samples(batch: list[tuple[Sample, Any]]) -> list[Sample]:
+    """The samples of a failed `RunInference` batch of (sample, model input) pairs."""
+    return [sample for sample, _ in batch]
+
+
 def _itself(element: Sample) -> Iterable[Sample]:
     return (element,)
 

@@ -35,6 +35,10 @@ class Resolved(NamedTuple):
     detail: str
 
 
+def _detail(kept: str, evidence: str, partner: str, where: str) -> str:
+    return f"duplicate of {kept}; {evidence} to {partner}{where}"
+
+
 def _find(parent: list[int], item: int) -> int:
     while parent[item] != item:
         parent[item] = parent[parent[item]]
@@ -88,7 +92,7 @@ def resolve_links(links: Iterable[Link], where: str = "") -> list[Resolved]:
     resolved = []
     for removed, kept, _ in resolve_ranked(uids, pairs, ranks):
         partner, found = evidence[removed]
-        resolved.append(Resolved(removed, kept, f"duplicate of {kept}; {found} to {partner}{where}"))
+        resolved.append(Resolved(removed, kept, _detail(kept, found, partner, where)))
     return resolved
 
 
@@ -170,7 +174,7 @@ def _resolved(element: tuple[str, dict[str, list[Any]]], where: str) -> Iterator
     for (_, kept), (a, b, evidence) in zip(joined["label"], joined["first"], strict=True):
         if kept != uid:
             partner = b if a == uid else a
-            yield Resolved(uid, kept, f"duplicate of {kept}; {evidence} to {partner}{where}")
+            yield Resolved(uid, kept, _detail(kept, evidence, partner, where))
 
 
 class ConnectedComponents(beam.PTransform):

@@ -22,6 +22,7 @@ instead of N²/2.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
@@ -137,10 +138,6 @@ class SemanticDuplicates(beam.PTransform):
         return members | "SemDeDup" >> SemDeDupEmbeddings(self._config)
 
 
-def _embedding(record: Member) -> bytes:
-    return record[1]
-
-
 def _members(element: tuple[str, Fingerprint]) -> Iterator[Member]:
     uid, found = element
     if found.embedding is not None:
@@ -157,7 +154,7 @@ class SemDeDupEmbeddings(beam.PTransform):
     def expand(self, members: beam.PCollection) -> beam.PCollection:
         config = self._config
         centroids = members | "KMeans" >> KMeansCentroids(
-            embedding=_embedding,
+            embedding=operator.itemgetter(1),
             sample_size=config.kmeans_sample,
             cluster_size=config.cluster_size,
             clusters=config.clusters,

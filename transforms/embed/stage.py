@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from schemas.sample import Sample, Status
-from transforms.common.failures import FailedRows, Guarded
+from transforms.common.failures import FailedRows, Guarded, batch_samples
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, model_identity
@@ -152,7 +151,7 @@ class EmbedImages(beam.PTransform):
         embedded, dead = prepared | "RunInference" >> inference
         # A failed model call fails its whole batch: each of its samples keeps its row.
         model_failed = dead.failed_inferences | "ModelFailed" >> FailedRows(
-            STAGE, "model", _batch_samples, self._progress_dir
+            STAGE, "model", batch_samples, self._progress_dir
         )
         scored = embedded | "Score" >> beam.ParDo(
             _ScoreFn(identity, config.write_embeddings, self._progress_dir, decides)
@@ -160,7 +159,3 @@ class EmbedImages(beam.PTransform):
         if decides:
             scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir)
         return (scored, unreadable, model_failed, passing) | "Merge" >> beam.Flatten()
-
-
-def _batch_samples(batch: list[tuple[Sample, Any]]) -> list[Sample]:
-    return [sample for sample, _ in batch]

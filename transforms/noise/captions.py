@@ -22,7 +22,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from schemas.sample import Sample, Status
-from transforms.common.failures import FailedRows, Guarded
+from transforms.common.failures import FailedRows, Guarded, batch_samples
 from transforms.common.routing import SplitByStatus
 from transforms.embed.clip import (
     batching,
@@ -129,10 +129,6 @@ def _apply(element: tuple[Sample, str], identity: str) -> Sample:
     return sample.evolve(caption_pseudo=text, pseudo_source=identity)
 
 
-def _batch_samples(batch: list[tuple[Sample, Any]]) -> list[Sample]:
-    return [sample for sample, _ in batch]
-
-
 class GenerateCaptions(beam.PTransform):
     """Generated pseudo-captions for the samples the policy marked `generated`; others pass."""
 
@@ -152,7 +148,7 @@ class GenerateCaptions(beam.PTransform):
         written, dead = pixels | "Generate" >> on_accelerator(decoder, embed)
         # A failed decoder call fails its batch: each of its samples keeps its row.
         failed = dead.failed_inferences | "Failed" >> FailedRows(
-            STAGE, "generate", _batch_samples, self._progress_dir
+            STAGE, "generate", batch_samples, self._progress_dir
         )
         applied = written | "Apply" >> beam.Map(_apply, identity=f"model:{model_identity(embed)}")
         fallback = unwritable | "Fallback" >> beam.Map(_fallback)

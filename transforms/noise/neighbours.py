@@ -20,6 +20,7 @@ caption); `NeighbourAgreement("text")` gives the image agreement.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -35,14 +36,6 @@ Member = tuple[str, bytes, bytes]
 #: What one search gives a member: (uid, agreement, ((neighbour uid, cosine), ...)).
 Agreement = tuple[str, "float | None", tuple[tuple[str, float], ...]]
 Space = Literal["image", "text"]
-
-
-def _image(member: Member) -> bytes:
-    return member[1]
-
-
-def _text(member: Member) -> bytes:
-    return member[2]
 
 
 def _column(members: Iterable[Member], column: int) -> list[bytes]:
@@ -138,7 +131,7 @@ class NeighbourAgreement(beam.PTransform):
 
     def expand(self, members: beam.PCollection) -> beam.PCollection:
         centroids = members | "KMeans" >> KMeansCentroids(
-            embedding=_image if self._column == 1 else _text,
+            embedding=operator.itemgetter(self._column),
             sample_size=self._sample,
             cluster_size=self._cluster_size,
             seed=self._seed,

@@ -2,6 +2,13 @@
 
 Rows travel as Arrow record batches from the reader through the text stage, which works on
 whole batches, and as one `Sample` per row from the crawl on (it fetches one image at a time).
+
+The crawl and embed stages work sample by sample, without a shuffle. The deciding stages (dedup,
+noise) judge light views of the samples and emit verdicts (`transforms/common/verdicts.py`); the
+samples, with their image bytes and embeddings, go from the embed stage straight to the shard
+grouping, where they meet every verdict: their heavy bytes cross one shuffle. The noise stage
+judges the dedup stage's survivors: its views are the light samples with dedup's verdicts applied.
+A retry (`retry_from`) runs each stage as samples → samples instead, before `KeepSettled`.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import apache_beam as beam
 from pipeline.config import RunConfig
 from schemas.sample import samples_from_batch
 from transforms.common.outputs import WithSummary
+from transforms.common.routing import downloaded
+from transforms.common.verdicts import ApplyVerdicts, light
 from transforms.crawl import DownloadImages
-from transforms.dedup import DeduplicateImages
+from transforms.dedup import DeduplicateImages, JudgeDuplicates
 from transforms.embed import EmbedImages
-from transforms.noise import RepairCaptions
+from transforms.noise import JudgeCaptions, RepairCaptions
 from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
 from transforms.text import FilterText
 from transforms.write import WriteShards, WriteStats
@@ -35,6 +44,13 @@ STAGES: dict[str, StageFactory] = {
 }
 #: Stages that take and give row batches (they come first).
 BATCH_STAGES = ("text",)
+#: The deciding stages as judges: samples (or (light views, samples)) → verdicts.
+JUDGES: dict[str, StageFactory] = {
+    "dedup": lambda config, progress: JudgeDuplicates(
+        config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
+    ),
+    "noise": lambda config, progress: JudgeCaptions(config.noise, config.embed, progress),
+}
 
 
 def resource_hints(name: str, config: RunConfig) -> dict[str, str]:
@@ -83,21 +99,44 @@ def build_pipeline(
     summaries = []
     if retry_from is None:  # pairs harvested from web archives or pages
         summaries.append(read.summary | "HarvestSummary" >> beam.Map(lambda s: ("harvest", s)))
+    verdicts: list[beam.PCollection] = []
     for name in STAGES:
-        if name in config.run.stages and name not in BATCH_STAGES:
+        if name not in config.run.stages or name in BATCH_STAGES:
+            continue
+        label = name.capitalize()
+        hints = resource_hints(name, config)
+        if retry_from is None and name in JUDGES:
+            judged = _judge(name, config, progress_dir, samples, verdicts)
+            verdicts.append(judged.rows if isinstance(judged, WithSummary) else judged)
+        else:
             stage = STAGES[name](config, progress_dir)
-            hints = resource_hints(name, config)
-            out = samples | name.capitalize() >> (stage.with_resource_hints(**hints) if hints else stage)
-            if isinstance(out, WithSummary):  # a summary for stats.json under the stage's name
-                samples = out.rows
-                summaries.append(
-                    out.summary | f"{name.capitalize()}Summary" >> beam.Map(lambda s, n=name: (n, s))
-                )
-            else:
-                samples = out
+            judged = samples | label >> (stage.with_resource_hints(**hints) if hints else stage)
+            samples = judged.rows if isinstance(judged, WithSummary) else judged
+        if isinstance(judged, WithSummary):  # a summary for stats.json under the stage's name
+            summaries.append(judged.summary | f"{label}Summary" >> beam.Map(lambda s, n=name: (n, s)))
     if retry_from is not None:  # rows the previous run settled are written as they were
         samples = samples | "KeepSettled" >> KeepSettled(previous)
-    shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total)
+    shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total, verdicts)
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
     stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
     return shards | "WriteStats" >> WriteStats(output_dir, ["read", *stages], extra)
+
+
+def _judge(
+    name: str,
+    config: RunConfig,
+    progress_dir: str | None,
+    samples: beam.PCollection,
+    verdicts: list[beam.PCollection],
+) -> beam.PCollection | WithSummary:
+    """A deciding stage on `samples`. Dedup fingerprints the images before its first shuffle, so it
+    takes the samples; noise judges light views of the downloaded samples with the verdicts
+    before it applied, and is given the samples too for the steps that need the pixels."""
+    label = name.capitalize()
+    judge = JUDGES[name](config, progress_dir)
+    if name == "dedup":
+        return samples | label >> judge
+    views = samples | f"{label}Downloaded" >> beam.Filter(downloaded) | f"{label}Light" >> beam.Map(light)
+    if verdicts:
+        views = views | f"{label}Views" >> ApplyVerdicts(list(verdicts))
+    return (views, samples) | label >> judge

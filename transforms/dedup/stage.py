@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 
 from schemas.sample import Sample, Status
+from schemas.verdict import DEDUP, Verdict
 from transforms.common.failures import Guarded
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
+from transforms.common.verdicts import ApplyVerdicts, copy_order, light, verdict
 from transforms.crawl.config import ImageOptions
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.decontam import DecontaminateEval
@@ -94,9 +96,9 @@ def _resolve_groups(levels: list[beam.PCollection]) -> beam.PCollection:
     return roots
 
 
-class _ApplyFn(beam.DoFn):
-    """Joins each candidate with its decision and group. Rows repeating a uid (the same url and
-    caption) pass unchanged after the first: the writer rejects them as `duplicate_uid`."""
+class _VerdictFn(beam.DoFn):
+    """Joins each candidate's light view with its decision and group → its verdict. Rows repeating
+    a uid (the same url and caption) are judged once: the writer rejects the others as `duplicate_uid`."""
 
     def __init__(self, progress_dir: str | None):
         self._progress_dir = progress_dir
@@ -104,30 +106,39 @@ class _ApplyFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
 
-    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[Sample]:
+    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[Verdict]:
         uid, joined = element
-        samples = sorted(joined["sample"], key=lambda s: (s.sha256 or "", s.url or "", s.caption or ""))
-        if not samples:
+        if not joined["sample"]:
             return
+        first = min(joined["sample"], key=copy_order)
         decision: Decision | None = joined["removed"][0] if joined["removed"] else None
         group = joined["group"][0] if joined["group"] else (uid if joined["keeps"] else None)
-        first = samples[0]
         if decision is None:
             self._counter.add(kept=True)
-            yield first.evolve(dup_group=group)
+            after = first.evolve(dup_group=group)
         else:
             self._counter.add(kept=False, reason=decision.reason)
-            yield first.decided(Status.REJECTED, decision.reason, STAGE, decision.detail).evolve(
+            after = first.decided(Status.REJECTED, decision.reason, STAGE, decision.detail).evolve(
                 duplicate_of=decision.duplicate_of, dup_group=group
             )
-        yield from samples[1:]  # the same url and caption again: the writer marks it `duplicate_uid`
+        found = verdict(first, after, DEDUP, "kept")
+        if found is not None:
+            yield found
 
     def finish_bundle(self) -> None:
         self._counter.flush()
 
 
-class DeduplicateImages(beam.PTransform):
-    """Removes evaluation-set copies and exact, near and semantic duplicates, keeping one per group.
+def _failure_verdict(failed: Sample) -> Verdict:
+    """The verdict of a candidate the fingerprint step failed on (its row, `failed_row`)."""
+    fields = ("status", "reason", "stage", "error")
+    return Verdict(failed.uid, DEDUP, "kept", tuple((name, getattr(failed, name)) for name in fields))
+
+
+class JudgeDuplicates(beam.PTransform):
+    """Samples → the dedup stage's verdicts (`schemas.verdict.Verdict`, step `DEDUP`): every
+    removed sample's rejection, every group member's `dup_group`, every fingerprint failure.
+    Only light records cross its shuffles (see the module docstring).
 
     `image_options` (the crawl's) normalise the eval images; `embed` is the run's embed config, or
     None when the run does not embed (then the semantic level and eval embeddings are skipped).
@@ -148,7 +159,7 @@ class DeduplicateImages(beam.PTransform):
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
-        candidates, passing = samples | "Split" >> SplitByStatus(downloaded)
+        candidates = samples | "Candidates" >> beam.Filter(downloaded)
         fingerprinted, broken = candidates | "Fingerprint" >> Guarded(
             FingerprintFn(config.hash, self._image_options), STAGE, "fingerprint", self._progress_dir
         )
@@ -173,7 +184,7 @@ class DeduplicateImages(beam.PTransform):
             if name != "Eval":
                 grouped.append(decisions)
             fingerprints = _survivors(fingerprints, decisions, name)
-        keyed = fingerprinted | "KeyByUid" >> beam.Map(lambda pair: (pair[0].uid, pair[0]))
+        keyed = fingerprinted | "KeyByUid" >> beam.Map(lambda pair: (pair[0].uid, light(pair[0], False)))
         if removals:
             removed = (
                 removals | "AllRemovals" >> beam.Flatten() | "KeyRemoved" >> beam.Map(lambda d: (d.uid, d))
@@ -193,6 +204,28 @@ class DeduplicateImages(beam.PTransform):
         decided = (
             {"sample": keyed, "removed": removed, "group": groups, "keeps": keeps}
             | "JoinDecisions" >> beam.CoGroupByKey()
-            | "Apply" >> beam.ParDo(_ApplyFn(self._progress_dir))
+            | "Verdicts" >> beam.ParDo(_VerdictFn(self._progress_dir))
         )
-        return (decided, broken, passing) | "Merge" >> beam.Flatten()
+        failures = broken | "FailureVerdicts" >> beam.Map(_failure_verdict)
+        return (decided, failures) | "AllVerdicts" >> beam.Flatten()
+
+
+class DeduplicateImages(beam.PTransform):
+    """The dedup stage on its own: samples → the same samples, duplicates removed (`JudgeDuplicates`'
+    verdicts applied by uid). A full run applies the verdicts at the shard grouping instead."""
+
+    def __init__(
+        self,
+        config: DedupConfig,
+        image_options: ImageOptions,
+        embed: EmbedConfig | None,
+        progress_dir: str | None = None,
+    ):
+        super().__init__()
+        self._judge = JudgeDuplicates(config, image_options, embed, progress_dir)
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        candidates, passing = samples | "Split" >> SplitByStatus(downloaded)
+        verdicts = candidates | "Judge" >> self._judge
+        decided = candidates | "ApplyVerdicts" >> ApplyVerdicts(verdicts)
+        return (decided, passing) | "Merge" >> beam.Flatten()

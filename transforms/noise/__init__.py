@@ -1,6 +1,6 @@
 """The noise stage: how noisy each pair is, and its caption repaired rather than only dropped.
 
-- `stage.py`: `RepairCaptions`.
+- `stage.py`: `JudgeCaptions` (samples → verdicts) and `RepairCaptions` (samples → samples).
 - Signals: `mixture.py` (two-component fits), `neighbours.py` (cross-modal neighbour agreement).
 - Concepts: `concepts.py` (vocabulary, zero-shot concepts, BoW captions, the precision guard),
   `classify.py` (an ImageNet classifier as the concept source for photographs).
@@ -17,8 +17,8 @@ from transforms.common.exports import lazy_exports
 from transforms.noise.config import NoiseConfig
 
 if TYPE_CHECKING:
-    from transforms.noise.stage import RepairCaptions
+    from transforms.noise.stage import JudgeCaptions, RepairCaptions
 
-__all__ = ["NoiseConfig", "RepairCaptions"]
+__all__ = ["NoiseConfig", "RepairCaptions", "JudgeCaptions"]
 
-__getattr__ = lazy_exports(__name__, {"RepairCaptions": "stage"})
+__getattr__ = lazy_exports(__name__, {"RepairCaptions": "stage", "JudgeCaptions": "stage"})

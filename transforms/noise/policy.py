@@ -3,8 +3,9 @@
 - `repair`: one sample's verdict: kept as it is, completed with the visual concepts it misses,
   replaced by a neighbour's caption, a generated or a BoW caption, or rejected as `noisy_pair`;
   every change carries the evidence measured in the run.
-- `DecideFn`: `repair` over the joined sample, estimate, pseudo-caption source and classes, with
-  the concept bank and the precision guard's trusted terms as side inputs.
+- `DecideFn`: `repair` over the joined sample (its light view), estimate, pseudo-caption source
+  and classes, with the concept bank and the precision guard's trusted terms as side inputs; it
+  emits the change as a verdict (`transforms/common/verdicts.py`).
 - The pseudo-caption search (`pseudo_requests`, `pseudo_offers`, `BestSource`): the nearest clean
   neighbour whose caption a replaced sample may take.
 - `term_evidence` / `sum_pairs`: what the precision guard (`concepts.trust_terms`) counts.
@@ -19,7 +20,9 @@ import apache_beam as beam
 import numpy as np
 
 from schemas.sample import Sample, Status
+from schemas.verdict import NOISE, Verdict
 from transforms.common.progress import NAMESPACE, StageCounter
+from transforms.common.verdicts import copy_order, verdict
 from transforms.noise.captions import BOW, COMPLETED, GENERATED, NEIGHBOUR, ORIGINAL
 from transforms.noise.concepts import (
     ConceptBank,
@@ -110,7 +113,8 @@ def repair(
 
 
 class DecideFn(beam.DoFn):
-    """Joins each candidate with its estimate and pseudo-caption source; applies the policy."""
+    """Joins each candidate with its estimate and pseudo-caption source; applies the policy and
+    emits what it changed as a `Verdict` (step `NOISE`)."""
 
     def __init__(self, config: NoiseConfig, progress_dir: str | None, generates: bool):
         self._config = config
@@ -126,20 +130,20 @@ class DecideFn(beam.DoFn):
 
     def process(
         self, element: tuple[str, dict[str, list[Any]]], bank: ConceptBank, trusted: TrustedTerms
-    ) -> Iterator[Sample]:
+    ) -> Iterator[Verdict]:
         uid, joined = element
-        samples = sorted(joined["sample"], key=_copy_order)
-        if not samples:
+        if not joined["sample"]:
             return
-        first = samples[0]
+        first = min(joined["sample"], key=copy_order)  # copies of a uid are judged once
         estimate: Estimate | None = joined["estimate"][0] if joined["estimate"] else None
         source = joined["pseudo"][0] if joined["pseudo"] else None
         if estimate is None:  # no neighbours were searched for it (cannot happen for a candidate)
             self._counter.add_passed()
-            yield from samples
             return
-        yield self._decide(first, estimate, source, bank, trusted, image_classes(joined))
-        yield from samples[1:]  # the same url and caption again: the writer marks it `duplicate_uid`
+        repaired = self._decide(first, estimate, source, bank, trusted, image_classes(joined))
+        found = verdict(first, repaired, NOISE, "embedded")
+        if found is not None:
+            yield found
 
     def _decide(
         self,
@@ -161,11 +165,6 @@ class DecideFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._counter.flush()
-
-
-def _copy_order(sample: Sample) -> tuple[str, str]:
-    """Order of a uid's copies (the same url and caption); the first is the one judged."""
-    return sample.url or "", sample.caption or ""
 
 
 #: A classifier's best classes of one image: (class index, probability), best first.
@@ -209,7 +208,7 @@ def term_evidence(
     estimate: Estimate = joined["estimate"][0]
     if estimate.noise_prob > config.pseudo_max_noise:
         return
-    sample = min(joined["sample"], key=_copy_order)  # the copy `DecideFn` judges
+    sample = min(joined["sample"], key=copy_order)  # the copy `DecideFn` judges
     found = visual_concepts(sample, bank, config, image_classes(joined))
     original = sample.caption_clean if sample.caption_clean is not None else sample.caption
     missing, _ = missing_concepts(original, found)

@@ -52,13 +52,12 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from schemas.sample import Sample
+from schemas.verdict import CAPTION, Verdict
 from transforms.common.outputs import WithSummary
 from transforms.common.routing import SplitByStatus, embedded
+from transforms.common.verdicts import ApplyVerdicts, apply_verdicts, light
 from transforms.embed.clip import ClipTextHandler, on_accelerator
-from transforms.noise.captions import (
-    GenerateCaptions,
-    model_generates,
-)
+from transforms.noise.captions import GENERATED, GenerateCaptions, model_generates
 from transforms.noise.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
 from transforms.noise.concepts import (
     ConceptBank,
@@ -218,9 +217,16 @@ class _CandidateTerms(beam.PTransform):
         )
 
 
-class RepairCaptions(beam.PTransform):
-    """The noise stage (see the module docstring): the samples, and as summary one dict
-    (`noise_summary`) for stats.json."""
+class JudgeCaptions(beam.PTransform):
+    """The noise stage's judgement (see the module docstring): samples → their verdicts
+    (`schemas.verdict.Verdict`, steps `NOISE` and `CAPTION`), and as summary one dict
+    (`noise_summary`) for stats.json.
+
+    Its input is the samples, or (views, images): light views to judge (no image bytes:
+    `transforms.common.verdicts.light`) and the same samples with their images, for the two steps
+    that look at the pixels: the image classifier (`concept_model` other than CLIP) and the
+    caption decoder.
+    """
 
     def __init__(self, config: NoiseConfig, embed: EmbedConfig, progress_dir: str | None = None):
         super().__init__()
@@ -235,9 +241,14 @@ class RepairCaptions(beam.PTransform):
             self._concept_model = classifier_identity()
         self._generates = config.generate == "auto" and model_generates(embed)
 
-    def expand(self, samples: beam.PCollection) -> WithSummary:
+    def expand(self, samples: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> WithSummary:
         config = self._config
-        candidates, passing = samples | "Split" >> SplitByStatus(embedded)
+        if isinstance(samples, tuple):
+            samples, with_images = samples
+            candidates = samples | "Embedded" >> beam.Filter(embedded)
+            images = with_images | "EmbeddedImages" >> beam.Filter(embedded)
+        else:
+            candidates = images = samples | "Embedded" >> beam.Filter(embedded)
         members = candidates | "Members" >> beam.Map(_member)
         infos = candidates | "Infos" >> beam.Map(_info)
         searches = {
@@ -334,7 +345,7 @@ class RepairCaptions(beam.PTransform):
         }
         if config.concept_model != CLIP:  # the classifier's classes of each image
             classify = ClassifyImages(self._embed, config.concepts_k)
-            to_join["classes"] = candidates | "ClassifyImages" >> classify
+            to_join["classes"] = images | "ClassifyImages" >> classify
         joined = to_join | "JoinEstimates" >> beam.CoGroupByKey()
         # The precision guard: how often the clean pairs' captions name each visual concept.
         trusted = (
@@ -350,7 +361,8 @@ class RepairCaptions(beam.PTransform):
             trusted=beam.pvalue.AsSingleton(trusted),
         )
         if self._generates:
-            decided = decided | "Generate" >> GenerateCaptions(self._embed, self._progress_dir)
+            captioned = (decided, images) | "Generate" >> _GenerateVerdicts(self._embed, self._progress_dir)
+            decided = (decided, captioned) | "WithCaptions" >> beam.Flatten()
         concept_model = self._concept_model
         summary = mixtures[0] | "Summary" >> beam.Map(
             lambda clip, caption, image, bank_, trusted_: noise_summary(
@@ -361,4 +373,67 @@ class RepairCaptions(beam.PTransform):
             bank_=beam.pvalue.AsSingleton(bank),
             trusted_=beam.pvalue.AsSingleton(trusted),
         )
-        return WithSummary((decided, passing) | "Merge" >> beam.Flatten(), summary)
+        return WithSummary(decided, summary)
+
+
+def _marked(found: Verdict) -> bool:
+    return ("caption_source", GENERATED) in found.changes
+
+
+def _to_caption(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Sample]:
+    """The copy of a uid its noise verdict marked `generated`, with that verdict applied."""
+    _, joined = element
+    if joined["verdict"]:
+        for sample in apply_verdicts(joined["image"], joined["verdict"]):
+            if sample.caption_source == GENERATED:
+                yield sample
+
+
+#: The fields the caption decoder's step sets (`GenerateCaptions`).
+_CAPTION_FIELDS = ("caption_pseudo", "pseudo_source", "caption_source", "status", "reason", "stage", "error")
+
+
+def _caption_verdict(sample: Sample) -> Verdict:
+    return Verdict(sample.uid, CAPTION, "generated", tuple((f, getattr(sample, f)) for f in _CAPTION_FIELDS))
+
+
+class _GenerateVerdicts(beam.PTransform):
+    """(noise verdicts, candidates with their images) → the caption decoder's verdicts for the
+    samples marked `generated`. The decoder needs the pixels, so the candidates' images cross one
+    more shuffle here, and only when the run's model writes captions."""
+
+    def __init__(self, embed: EmbedConfig, progress_dir: str | None):
+        super().__init__()
+        self._embed = embed
+        self._progress_dir = progress_dir
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        verdicts, images = inputs
+        return (
+            {
+                "verdict": verdicts
+                | "Marked" >> beam.Filter(_marked)
+                | "KeyMarked" >> beam.Map(lambda v: (v.uid, v)),
+                "image": images | "KeyImages" >> beam.Map(lambda s: (s.uid, s)),
+            }
+            | "JoinImages" >> beam.CoGroupByKey()
+            | "ToCaption" >> beam.FlatMap(_to_caption)
+            | "Captions" >> GenerateCaptions(self._embed, self._progress_dir)
+            | "CaptionVerdicts" >> beam.Map(_caption_verdict)
+        )
+
+
+class RepairCaptions(beam.PTransform):
+    """The noise stage on its own: samples → the same samples with `JudgeCaptions`' verdicts
+    applied by uid, and its summary. A full run applies the verdicts at the shard grouping."""
+
+    def __init__(self, config: NoiseConfig, embed: EmbedConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._judge = JudgeCaptions(config, embed, progress_dir)
+
+    def expand(self, samples: beam.PCollection) -> WithSummary:
+        candidates, passing = samples | "Split" >> SplitByStatus(embedded)
+        views = candidates | "Light" >> beam.Map(light)
+        judged = (views, candidates) | "Judge" >> self._judge
+        decided = candidates | "ApplyVerdicts" >> ApplyVerdicts(judged.rows)
+        return WithSummary((decided, passing) | "Merge" >> beam.Flatten(), judged.summary)

@@ -41,11 +41,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.coders import decode_sample, decode_verdict, encode_sample, encode_verdict
 from schemas.layout import STATS_FILE, shard_name
 from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
+from schemas.verdict import Verdict
 from transforms.common.files import write_atomically
 from transforms.common.manifest import is_temp, list_files, read_manifest, write_manifest
 from transforms.common.progress import StageCounter
+from transforms.common.verdicts import apply_verdicts
 from transforms.write.config import OutputConfig
 
 _EMBEDDING_METADATA = pa.schema(
@@ -168,6 +171,26 @@ def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
     return out
 
 
+def _judged(joined: dict[str, list[bytes]]) -> list[Sample]:
+    """A shard's samples off the wire, with the stages' verdicts applied (one uid at a time)."""
+    samples = [decode_sample(encoded) for encoded in joined["sample"]]
+    if not joined["verdict"]:
+        return samples
+    verdicts: dict[str, list[Verdict]] = {}
+    for encoded in joined["verdict"]:
+        found = decode_verdict(encoded)
+        verdicts.setdefault(found.uid, []).append(found)
+    copies: dict[str, list[Sample]] = {}
+    for sample in samples:
+        copies.setdefault(sample.uid, []).append(sample)
+    out: list[Sample] = []
+    for uid, same in copies.items():
+        out += apply_verdicts(same, verdicts.pop(uid)) if uid in verdicts else same
+    if verdicts:  # a verdict names a uid that no sample has: a bug upstream, never silently skipped
+        raise ValueError(f"verdicts for {len(verdicts)} uid(s) without a sample, e.g. {min(verdicts)}")
+    return out
+
+
 class _WriteShardFn(beam.DoFn):
     def __init__(self, output_dir: str, config: OutputConfig, progress_dir: str | None):
         self._output_dir = output_dir.rstrip("/")
@@ -177,9 +200,9 @@ class _WriteShardFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter("write", self._progress_dir)
 
-    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[dict[str, Any]]:
-        index, grouped = element
-        samples = _dedup_sorted(grouped)
+    def process(self, element: tuple[int, dict[str, list[bytes]]]) -> Iterator[dict[str, Any]]:
+        index, joined = element
+        samples = _dedup_sorted(_judged(joined))
         name = shard_name(index)
         tar = tar_bytes(tar_members(samples))
         kept = sum(1 for s in samples if s.status == Status.SUCCESS and s.image is not None)
@@ -218,6 +241,11 @@ class WriteShards(beam.PTransform):
     fetched, and each sample can then go straight from the last stage into its shard's group
     instead of waiting, image and all, for a count over the finished crawl. Without it, the
     samples are counted here.
+
+    `verdicts` are the deciding stages' verdicts (`transforms/common/verdicts.py`): they are
+    grouped with the samples of their shard and applied there, so a sample's image bytes and
+    embeddings cross this one shuffle and no other. Samples and verdicts travel as bytes of their
+    coders (`schemas/coders.py`), not pickled.
     """
 
     def __init__(
@@ -226,25 +254,41 @@ class WriteShards(beam.PTransform):
         config: OutputConfig,
         progress_dir: str | None = None,
         total: beam.PCollection | None = None,
+        verdicts: list[beam.PCollection] | None = None,
     ):
         super().__init__()
         self._output_dir = output_dir
         self._config = config
         self._progress_dir = progress_dir
         self._total = total
+        self._verdicts = verdicts or []
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         total = (
             self._total if self._total is not None else samples | "Total" >> beam.combiners.Count.Globally()
         )
         per_shard = self._config.samples_per_shard
+        count = beam.pvalue.AsSingleton(total)
+
+        def wire_sample(sample: Sample, n: int) -> tuple[int, bytes]:
+            return shard_of(sample.uid, shard_count(n, per_shard)), encode_sample(sample)
+
+        def wire_verdict(found: Verdict, n: int) -> tuple[int, bytes]:
+            return shard_of(found.uid, shard_count(n, per_shard)), encode_verdict(found)
+
+        verdicts = (
+            self._verdicts | "AllVerdicts" >> beam.Flatten()
+            if self._verdicts
+            else samples.pipeline | "NoVerdicts" >> beam.Create([])
+        )
         return (
-            samples
-            | "AssignShard"
-            >> beam.Map(
-                lambda s, n: (shard_of(s.uid, shard_count(n, per_shard)), s), n=beam.pvalue.AsSingleton(total)
-            )
-            | "GroupShards" >> beam.GroupByKey()
+            {
+                "sample": samples
+                | "AssignShard" >> beam.Map(wire_sample, n=count).with_output_types(tuple[int, bytes]),
+                "verdict": verdicts
+                | "AssignVerdicts" >> beam.Map(wire_verdict, n=count).with_output_types(tuple[int, bytes]),
+            }
+            | "GroupShards" >> beam.CoGroupByKey()
             | "Write" >> beam.ParDo(_WriteShardFn(self._output_dir, self._config, self._progress_dir))
         )
 

@@ -45,6 +45,9 @@ class RunSection:
     stages: tuple[str, ...] = STAGE_NAMES
     #: Print a live progress line per stage during local runs.
     progress: bool = True
+    #: Count the elements and bytes entering every shuffle (`pipeline/shuffles.py`); the returned
+    #: stats hold them under `shuffles`. For pilot runs that size a large one.
+    measure_shuffles: bool = False
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGE_NAMES]

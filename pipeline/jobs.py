@@ -30,6 +30,8 @@ from pipeline.output.index import (
 from pipeline.output.report import write_report
 from pipeline.progress import ProgressPrinter
 from pipeline.runner import is_local, make_pipeline, translated_steps
+from pipeline.shuffles import NAMESPACE as SHUFFLE_NAMESPACE
+from pipeline.shuffles import measure_shuffles, shuffle_table
 from pipeline.stores import check_bucket, check_writable
 from schemas.layout import STATS_FILE
 from transforms.common.errors import InputError
@@ -103,6 +105,8 @@ def run_job(
     build_pipeline(
         pipeline, config, [] if retry_from else inputs, output_dir, progress_dir, retry_from, archives
     )
+    if config.run.measure_shuffles:
+        measure_shuffles(pipeline)
     if dry_run:
         graph_bytes = len(pipeline.to_runner_api().SerializeToString())
         steps = translated_steps(pipeline.run())
@@ -144,6 +148,8 @@ def run_job(
     stats["duration_s"] = round(elapsed, 3)
     stats["samples_per_s"] = round(stats["samples"] / elapsed, 1) if elapsed else None
     stats["metrics"] = _counters(result)
+    if config.run.measure_shuffles:
+        stats["shuffles"] = shuffle_table(_counters(result, SHUFFLE_NAMESPACE))
     stats["config"] = config.to_dict()
     alarm = failure_alarm(stats, config.crawl.max_failure_rate)  # the crawl's images, page mode's pages
     if alarm:
@@ -277,10 +283,10 @@ def _index_output(config: RunConfig, output_dir: str) -> IndexSummary | None:
     return summary
 
 
-def _counters(result: Any) -> dict[str, int]:
-    """Beam counters of the `winnow` namespace (`<stage>/total`, …) as the runner reports them."""
+def _counters(result: Any, namespace: str = NAMESPACE) -> dict[str, int]:
+    """Beam counters of `namespace` (`winnow`: `<stage>/total`, …) as the runner reports them."""
     try:
-        queried = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+        queried = result.metrics().query(MetricsFilter().with_namespace(namespace))
     except (NotImplementedError, AttributeError):  # some runners report no metrics
         return {}
     totals: dict[str, int] = {}

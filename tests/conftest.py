@@ -68,7 +68,8 @@ def shard_bytes(output: str) -> dict[str, bytes]:
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceRun:
-    """The default pipeline (`TEST_OVERRIDES`) on the sample web with the local runner, run once."""
+    """The default pipeline (`TEST_OVERRIDES`) on the sample web with the local runner, run once.
+    It measures its shuffles (`run.measure_shuffles`): `stats["shuffles"]`."""
 
     dir: str
     stats: dict
@@ -81,7 +82,8 @@ def reference_run(sample_web: SampleWeb, tmp_path_factory: pytest.TempPathFactor
     from pipeline.jobs import run_job
 
     output = str(tmp_path_factory.mktemp("reference"))
-    stats = run_job(load_config(overrides=TEST_OVERRIDES), [sample_web.urls], output)
+    config = load_config(overrides=[*TEST_OVERRIDES, "run.measure_shuffles=true"])
+    stats = run_job(config, [sample_web.urls], output)
     return ReferenceRun(output, stats)
 
 

@@ -371,3 +371,48 @@ def test_url_hosts_in_ascii_form():
     rules = TextConfig(blocked_domains=("BÜCHER.example.",)).rules()
     assert url_reason(url_facts("http://img.xn--bcher-kva.example/a.jpg"), rules) == "domain_blocked"
     assert url_reason(url_facts("http://bücher.example/a.jpg"), rules) == "domain_blocked"
+
+
+def _keyed_rows(batches: beam.PCollection, config: TextConfig, label: str) -> beam.PCollection:
+    return (
+        batches
+        | label >> FilterText(config)
+        | f"{label}Rows" >> beam.FlatMap(samples_from_batch)
+        | f"{label}Keyed" >> beam.Map(lambda s: (s.uid, repr(sorted(s.__dict__.items(), key=str))))
+    )
+
+
+def test_repeated_urls_too_many_to_hold_are_found_by_a_keyed_join():
+    rows = [sample(f"http://x.example/{i % 11}.jpg", f"caption number {i} here") for i in range(60)]
+    rows += [sample(f"http://y.example/{i}.jpg", f"a unique photo {i}") for i in range(30)]
+    rows += [sample(None, "no url at all"), sample("not a url", "broken")]
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        batches = p | beam.Create([batch_from_samples(rows[i : i + 9]) for i in range(0, len(rows), 9)])
+        held = _keyed_rows(batches, TextConfig(dedupe_urls=True), "Held")  # 11 repeated keys in memory
+        joined = _keyed_rows(batches, TextConfig(dedupe_urls=True, repeated_urls_in_memory=5), "Joined")
+        compared = (
+            {"held": held, "joined": joined}
+            | beam.CoGroupByKey()
+            | beam.Map(
+                lambda kv: (
+                    len(kv[1]["held"]),
+                    kv[1]["held"] == kv[1]["joined"],
+                    "duplicate_url" in str(kv[1]["held"]),
+                )
+            )
+        )
+        expected = [(1, True, False)] * (len(rows) - 49) + [(1, True, True)] * 49  # 60 rows of 11 URLs
+        assert_that(compared, equal_to(expected))
+
+
+def test_capped_keys_keep_all_keys_up_to_the_limit_and_none_beyond():
+    from transforms.text.counts import CappedKeys
+
+    parts = [np.array([5, 1], "<u8"), np.array([3], "<u8"), np.array([9, 7], "<u8")]
+    fn = CappedKeys(5)
+    acc = fn.merge_accumulators([fn.add_input(fn.create_accumulator(), p) for p in parts])
+    assert fn.extract_output(acc).tolist() == [1, 3, 5, 7, 9]
+    assert fn.extract_output(fn.create_accumulator()).tolist() == []
+    over = CappedKeys(4)
+    acc = over.merge_accumulators([over.add_input(over.create_accumulator(), p) for p in parts])
+    assert acc is None and over.extract_output(acc) is None

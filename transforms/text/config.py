@@ -85,10 +85,14 @@ class TextConfig:
     #: Hash partitions of the global counts (URL duplicates, boilerplate, vocabulary); raise it
     #: for billions of rows so each partition's combine stays a few hundred MB.
     shuffle_partitions: int = 64
+    #: Repeated URL keys (8 bytes each) held in each worker's memory to find the rows to group by
+    #: URL; above it, every row with a URL is grouped by URL instead (a keyed join, no side input).
+    repeated_urls_in_memory: int = 10_000_000
 
     def __post_init__(self) -> None:
         check = Check("text", self)
         check.at_least(1, "max_caption_chars", "lid_batch_size", "shuffle_partitions")
+        check.at_least(0, "repeated_urls_in_memory")
         check.between(0, 1, "min_lang_score")
         check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
         check.not_empty("languages", "blocked_domains", "blocked_extensions")

@@ -118,6 +118,34 @@ class UrlCounts(ChunkCombineFn):
         return keys[counts > 1]
 
 
+class CappedKeys(beam.CombineFn):
+    """Arrays of distinct keys (one per partition) → all of them as one sorted array, or None when
+    they are more than `limit`: a side input that stays bounded, whatever the input's size. The
+    accumulator drops its keys as soon as it passes the limit."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+
+    def create_accumulator(self) -> list[np.ndarray] | None:
+        return []
+
+    def add_input(self, acc: list[np.ndarray] | None, keys: np.ndarray) -> list[np.ndarray] | None:
+        return self.merge_accumulators([acc, [keys]])
+
+    def merge_accumulators(self, accs: Iterable[list[np.ndarray] | None]) -> list[np.ndarray] | None:
+        merged: list[np.ndarray] = []
+        for acc in accs:
+            if acc is None:
+                return None
+            merged += acc
+        return None if sum(len(keys) for keys in merged) > self._limit else merged
+
+    def extract_output(self, acc: list[np.ndarray] | None) -> np.ndarray | None:
+        if acc is None:
+            return None
+        return np.sort(np.concatenate(acc)) if acc else np.empty(0, "<u8")
+
+
 class CappedDistinctUrls(ChunkCombineFn):
     """Per caption hash: its distinct URL hashes, at most `cap` of them (enough to decide 'more
     than cap - 1', in memory bounded by cap per caption). Outputs the captions that reach `cap`."""

@@ -35,7 +35,9 @@ side inputs — never a join on all the rows:
 
 - repeated canonical URLs: URL keys (64-bit hashes) per hash partition, combined into a count
   per key; only keys named more than once are kept. The rows of those URLs (few, usually) are
-  grouped by hash partition after the caption rules, and each URL keeps its best row;
+  grouped by hash partition after the caption rules, and each URL keeps its best row. Beyond
+  `repeated_urls_in_memory` repeated keys the side input is not built: every row with a URL is
+  grouped by URL instead (a keyed join; the same verdicts);
 - boilerplate captions: (caption, URL) hash pairs per partition, combined with at most N + 1
   distinct URLs per caption (so a caption on millions of pages costs N + 1 entries) and the
   combine fanned out against hot partitions; only captions over N are kept;
@@ -61,6 +63,7 @@ from transforms.common.progress import StageCounter
 from transforms.text.config import Rules, TextConfig
 from transforms.text.counts import (
     CappedDistinctUrls,
+    CappedKeys,
     UrlCounts,
     Vocabulary,
     by_partition,
@@ -298,8 +301,8 @@ def decide(
 class _SortedCounts:
     """The run-wide counts as sorted hash arrays: repeated URLs, boilerplate captions, vocabulary."""
 
-    def __init__(self, duplicates: list, frequent: list, vocab: list):
-        self.repeated = np.sort(np.concatenate(duplicates)) if duplicates else np.empty(0, "<u8")
+    def __init__(self, duplicates: np.ndarray | None, frequent: list, vocab: list):
+        self.repeated = duplicates  # None: too many to hold, every row with a URL is grouped by URL
         self.frequent = np.sort(np.concatenate(frequent)) if frequent else np.empty(0, "<u8")
         self.vocab = np.sort(np.concatenate(vocab)) if vocab else np.empty(0, "<u8")
 
@@ -317,7 +320,7 @@ class _JudgeFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
 
-    def _load(self, duplicates: list, frequent: list, vocab: list) -> None:
+    def _load(self, duplicates: np.ndarray | None, frequent: list, vocab: list) -> None:
         """The side inputs as sorted arrays, built by the first DoFn instance of the process that
         needs them and shared by the others (`apache_beam.utils.shared`; a batch run has one window)."""
         arrays = self._shared.acquire(lambda: _SortedCounts(duplicates, frequent, vocab))
@@ -379,13 +382,15 @@ class _JudgeFn(beam.DoFn):
         codes[~pending] = 0
         return codes
 
-    def process(self, batch: pa.RecordBatch, duplicates: list, frequent: list, vocab: list) -> Iterator[Any]:
+    def process(
+        self, batch: pa.RecordBatch, duplicates: np.ndarray | None, frequent: list, vocab: list
+    ) -> Iterator[Any]:
         self._load(duplicates, frequent, vocab)
         codes = self.reasons(batch)
         url_hash = batch.column("url_hash")
-        repeated = member(
-            self._repeated, pc.fill_null(url_hash, 0).to_numpy()
-        ) & url_hash.is_valid().to_numpy(zero_copy_only=False)
+        repeated = url_hash.is_valid().to_numpy(zero_copy_only=False)
+        if self._repeated is not None:
+            repeated &= member(self._repeated, pc.fill_null(url_hash, 0).to_numpy())
         if repeated.any():
             rows = batch.filter(pa.array(repeated))
             rows = rows.append_column("code", pa.array(codes[repeated]))
@@ -460,13 +465,15 @@ class FilterText(beam.PTransform):
         partitions = self._config.shuffle_partitions
         prepared = batches | "Prepare" >> beam.ParDo(_PrepareFn(self._config))
         empty = batches.pipeline | "Nothing" >> beam.Create([])
-        duplicates = frequent = vocab = empty
+        frequent = vocab = empty
+        duplicates = batches.pipeline | "NoRepeatedUrls" >> beam.Create([np.empty(0, "<u8")])
         if rules.dedupe_urls:
             duplicates = (
                 prepared
                 | "UrlKeys" >> beam.FlatMap(url_entries, partitions)
                 | "CountUrls" >> beam.CombinePerKey(UrlCounts())
                 | "RepeatedUrls" >> beam.Values()
+                | "AtMost" >> beam.CombineGlobally(CappedKeys(self._config.repeated_urls_in_memory))
             )
         if rules.boilerplate_max_urls:
             frequent = (
@@ -482,7 +489,7 @@ class FilterText(beam.PTransform):
             vocab = prepared | "Vocabulary" >> Vocabulary(rules.vocab_size, partitions)
         judged = prepared | "Judge" >> beam.ParDo(
             _JudgeFn(self._config, self._progress_dir, partitions),
-            duplicates=beam.pvalue.AsList(duplicates),
+            duplicates=beam.pvalue.AsSingleton(duplicates),
             frequent=beam.pvalue.AsList(frequent),
             vocab=beam.pvalue.AsList(vocab),
         ).with_outputs(REPEATED, main="single")

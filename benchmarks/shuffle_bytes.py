@@ -55,11 +55,18 @@ def main() -> None:
         per_stage[stage] += row["bytes"]
         largest[stage] = max(largest.get(stage, (0, "")), (row["bytes"], label))
     kept = stats["status"].get("success", 0)
-    print(f"pairs={pairs} kept={kept} tar_bytes_per_kept={stats['shards']['tar_bytes'] / max(kept, 1):,.0f}")
-    print(f"{'stage':<14}{'bytes/pair':>12}  largest grouping")
+    downloaded = stats["stages"]["crawl"]["kept"]
+    print(
+        f"pairs={pairs} downloaded={downloaded} kept={kept} "
+        f"tar_bytes_per_kept={stats['shards']['tar_bytes'] / max(kept, 1):,.0f}"
+    )
+    print(f"{'stage':<14}{'bytes/pair':>12}{'/downloaded':>12}  largest grouping")
     for stage, total in sorted(per_stage.items(), key=lambda kv: -kv[1]):
         size, label = largest[stage]
-        print(f"{stage:<14}{total / pairs:>12,.0f}  {label} ({size / pairs:,.0f} B/pair)")
+        print(
+            f"{stage:<14}{total / pairs:>12,.0f}{total / max(downloaded, 1):>12,.0f}"
+            f"  {label} ({size / pairs:,.0f} B/pair)"
+        )
     print(f"{'all':<14}{sum(per_stage.values()) / pairs:>12,.0f}")
     images = sum(row["images"] for row in stats["shuffles"].values())
     print(f"samples with their image bytes entering a shuffle as objects: {images}")

@@ -8,6 +8,12 @@ Each stage's work is pairs reaching it / its per-core rate. The rates are the fi
 not measured here (no GPU) and is a parameter: measure it on the target GPU with
 `benchmarks/embed_throughput.py` and pass `--gpu-rate`. Prices are list prices given as
 parameters; pass yours. The result is a plan to check against a pilot run, not a quote.
+
+Shuffled bytes per stage are what a run measured entering its GroupByKeys
+(`benchmarks/shuffle_bytes.py`, `run.measure_shuffles`): the images cross one shuffle, at the shard
+grouping, so that stage's figure is the stored image size (`--image-kb`) plus a measured overhead;
+the dedup and noise stages move fingerprints, thumbnails, embeddings and light sample views. Measure
+your own with a pilot run (`--set run.measure_shuffles=true`: stats under `shuffles`).
 """
 
 from __future__ import annotations
@@ -27,13 +33,25 @@ DEDUP_PER_CORE = 4_300.0  # semantic level, 8,644 embeddings/s on 2 cores at 1M 
 NOISE_PER_CORE = 2_150.0  # two neighbour searches of the dedup's kind per pair: half the dedup rate
 CPU_EMBED_PER_CORE = 4.75  # ViT-B-32 on CPU: 9.5 images/s on 2 cores
 
+#: Bytes shuffled per pair reaching the stage, measured by `benchmarks/shuffle_bytes.py --samples
+#: 1000` (2026-12-05; default config, the shipped 128-d model; 825 of 1,000 pairs downloaded).
+#: Dedup's figure depends on how many pairs share a perceptual-hash band: the sample web's drawn
+#: shapes make many such candidates, photographs fewer. A wider model than the shipped 128-d one
+#: adds its embedding bytes at each join of dedup and noise: measure a pilot run.
+SHUFFLE_READ_TEXT = 279.0  # per input pair: row batches spread, URL and caption counts
+SHUFFLE_DEDUP = 16_463.0  # per downloaded pair: fingerprints through the levels, LSH, groups
+SHUFFLE_NOISE = 10_697.0  # per downloaded pair: light views, neighbour searches, the joins
+SHUFFLE_WRITE_OVERHEAD = 2_700.0  # per downloaded pair at the shard grouping, besides the image
+STORED_IMAGE_KB = 15.0  # the sample web's stored images (256 px); pass your own with --image-kb
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
     items: float
-    rate: float  # items per second per core (or per GPU)
+    rate: float  # items per second per core (or per GPU); inf: no compute worth counting
     on_gpu: bool = False
+    shuffle_bytes: float = 0.0
 
     @property
     def hours(self) -> float:
@@ -65,7 +83,7 @@ def plan(
     gb_hour: float = 0.003557,
     gpu_hour: float = 0.60,
     gpu_worker_vcpus: int = 8,
-    shuffle_kb_per_pair: float = 25.0,
+    image_kb: float = STORED_IMAGE_KB,
     shuffle_gb: float = 0.011,
 ) -> Plan:
     """Workers to finish in `hours`: CPU stages share the CPU pool, the embedding step has its own
@@ -73,11 +91,17 @@ def plan(
     fetched = pairs * text_keep
     downloaded = fetched * crawl_success
     stages = [
-        Stage("text", pairs, TEXT_PER_CORE),
+        Stage("text", pairs, TEXT_PER_CORE, shuffle_bytes=pairs * SHUFFLE_READ_TEXT),
         Stage("crawl", fetched, crawl_rate),
         Stage("embed", downloaded, gpu_rate, on_gpu=True),
-        Stage("dedup", downloaded, DEDUP_PER_CORE),
-        Stage("noise", downloaded, NOISE_PER_CORE),
+        Stage("dedup", downloaded, DEDUP_PER_CORE, shuffle_bytes=downloaded * SHUFFLE_DEDUP),
+        Stage("noise", downloaded, NOISE_PER_CORE, shuffle_bytes=downloaded * SHUFFLE_NOISE),
+        Stage(
+            "write",
+            downloaded,
+            math.inf,
+            shuffle_bytes=downloaded * (SHUFFLE_WRITE_OVERHEAD + image_kb * 1000),
+        ),
     ]
     cpu_core_hours = sum(s.hours for s in stages if not s.on_gpu)
     gpu_hours = sum(s.hours for s in stages if s.on_gpu)
@@ -86,9 +110,7 @@ def plan(
     wall = max(cpu_core_hours / (cpu_workers * vcpus_per_worker), gpu_hours / gpus)
     cpu_cost = cpu_workers * vcpus_per_worker * wall * (vcpu_hour + gb_per_vcpu * gb_hour)
     gpu_cost = gpus * wall * (gpu_hour + gpu_worker_vcpus * (vcpu_hour + gb_per_vcpu * gb_hour))
-    # Shuffled bytes: each downloaded image (256 px JPEG, ~20 KB) goes to its shard's group once;
-    # the dedup and noise stages shuffle embeddings (1 KB each for a 512-d model in float16).
-    shuffle_cost = downloaded * shuffle_kb_per_pair / 1e6 * shuffle_gb
+    shuffle_cost = sum(s.shuffle_bytes for s in stages) / 1e9 * shuffle_gb
     cpu_wall = cpu_core_hours / (cpu_workers * vcpus_per_worker)
     if gpu_hours / gpus >= cpu_wall:
         bound = "embed (GPU)"
@@ -108,6 +130,7 @@ def main() -> None:
     parser.add_argument(
         "--gpu-rate", type=float, default=2_000.0, help="embedded images/s per GPU (measure it)"
     )
+    parser.add_argument("--image-kb", type=float, default=STORED_IMAGE_KB, help="stored image size")
     parser.add_argument("--vcpus-per-worker", type=int, default=16)
     parser.add_argument("--vcpu-hour", type=float, default=0.056, help="price of a vCPU-hour")
     parser.add_argument("--gpu-hour", type=float, default=0.60, help="price of a GPU-hour")
@@ -121,11 +144,20 @@ def main() -> None:
         vcpus_per_worker=args.vcpus_per_worker,
         vcpu_hour=args.vcpu_hour,
         gpu_hour=args.gpu_hour,
+        image_kb=args.image_kb,
     )
     print(f"{args.pairs:,.0f} pairs, target {args.hours:g} h")
-    print(f"{'stage':<8}{'items':>16}{'per core/GPU/s':>16}{'core- or GPU-hours':>20}")
+    print(f"{'stage':<8}{'items':>16}{'per core/GPU/s':>16}{'core- or GPU-hours':>20}{'shuffled TB':>13}")
     for s in result.stages:
-        print(f"{s.name:<8}{s.items:>16,.0f}{s.rate:>16,.1f}{s.hours:>20,.1f}{'  (GPU)' if s.on_gpu else ''}")
+        rate = f"{s.rate:>16,.1f}" if math.isfinite(s.rate) else f"{'-':>16}"
+        print(
+            f"{s.name:<8}{s.items:>16,.0f}{rate}{s.hours:>20,.1f}{s.shuffle_bytes / 1e12:>13,.2f}"
+            f"{'  (GPU)' if s.on_gpu else ''}"
+        )
+    heaviest = max(result.stages, key=lambda s: s.shuffle_bytes)
+    total = sum(s.shuffle_bytes for s in result.stages)
+    share = heaviest.shuffle_bytes / total
+    print(f"shuffled: {total / 1e12:,.2f} TB in all, most by {heaviest.name} ({share:.0%})")
     print(
         f"plan: {result.cpu_workers} CPU workers x {args.vcpus_per_worker} vCPUs "
         f"+ {result.gpus} GPU workers, "

@@ -40,3 +40,23 @@ def test_the_script_prints_a_plan():
     )
     assert done.stdout.splitlines()[0] == "100,000,000 pairs, target 24 h"
     assert "bound by crawl" in done.stdout.splitlines()[-1]
+    assert done.stdout.splitlines()[-2].startswith("shuffled: ")
+
+
+def test_shuffled_bytes_per_stage_follow_the_measured_figures_and_the_image_size():
+    from deploy.sizing import SHUFFLE_DEDUP, SHUFFLE_NOISE, SHUFFLE_READ_TEXT, SHUFFLE_WRITE_OVERHEAD
+
+    result = plan(1e9, 72)
+    by_name = {s.name: s for s in result.stages}
+    downloaded = by_name["dedup"].items
+    assert by_name["text"].shuffle_bytes == pytest.approx(1e9 * SHUFFLE_READ_TEXT)
+    assert by_name["dedup"].shuffle_bytes == pytest.approx(downloaded * SHUFFLE_DEDUP)
+    assert by_name["noise"].shuffle_bytes == pytest.approx(downloaded * SHUFFLE_NOISE)
+    assert by_name["crawl"].shuffle_bytes == by_name["embed"].shuffle_bytes == 0  # no shuffle of theirs
+    # The images cross one shuffle: the write stage's bytes grow by one image per downloaded pair.
+    bigger = {s.name: s for s in plan(1e9, 72, image_kb=45).stages}
+    assert bigger["write"].shuffle_bytes - by_name["write"].shuffle_bytes == pytest.approx(
+        downloaded * 30_000
+    )
+    assert by_name["write"].shuffle_bytes == pytest.approx(downloaded * (SHUFFLE_WRITE_OVERHEAD + 15_000))
+    assert plan(1e9, 72, image_kb=45).cost > result.cost

@@ -1,5 +1,5 @@
 """No step of a full run gathers per-sample data onto one worker, but those named here, each bounded
-for the reason given (or, for the last two, a known limit). The walk: `pipeline/graph.py`."""
+for the reason given (or, in `KNOWN`, a limit kept for now). The walk: `pipeline/graph.py`."""
 
 from __future__ import annotations
 
@@ -22,18 +22,14 @@ BOUNDED = {
     "Dedup/Eval/Match": "the evaluation set's fingerprints",
     "Text/Judge/ParDo(_JudgeFn)#vocab": "the vocab_size most frequent n-grams",
 }
-#: Gathers that grow with the input, kept for now and sized in deploy/README.md: captions on more
-#: than `boilerplate_max_urls` pages (8 bytes each, shared once per process); near-duplicate links
-#: still unresolved after the label-propagation rounds (components more than 2^6 links across).
-KNOWN = {
-    "Text/Judge/ParDo(_JudgeFn)#boilerplate": "Text/FrequentCaptions/Values",
-    "Dedup/Near/Components/Remainder": "Dedup/Near/Components/Differing",
-}
+#: A gather that grows with the input, kept for now: near-duplicate links still unresolved after
+#: the label-propagation rounds (`common.unionfind.ConnectedComponents`), on one worker.
+KNOWN = {"Dedup/Near/Components/Remainder": "Dedup/Near/Components/Differing"}
 
 
 def _named(step: str, source: str) -> str:
-    if step == "Text/Judge/ParDo(_JudgeFn)":
-        return step + ("#vocab" if source.startswith("Text/Vocabulary") else "#boilerplate")
+    if step == "Text/Judge/ParDo(_JudgeFn)" and source.startswith("Text/Vocabulary"):
+        return step + "#vocab"
     return step
 
 

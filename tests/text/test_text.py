@@ -405,6 +405,28 @@ def test_repeated_urls_too_many_to_hold_are_found_by_a_keyed_join():
         assert_that(compared, equal_to(expected))
 
 
+def test_boilerplate_captions_too_many_to_hold_are_found_by_a_keyed_join():
+    rows = [
+        sample(f"http://x.example/{i}.jpg", f"click here {i % 3}") for i in range(24)
+    ]  # 3 captions, 8 pages each
+    rows += [sample(f"http://y.example/{i}.jpg", f"a unique photo of a dog {i}") for i in range(30)]
+    rows += [sample(f"http://z.example/{i}.jpg", "shared by two") for i in range(2)]
+    rows += [sample(None, "no url at all"), sample("http://w.example/a.jpg", "")]
+    config = TextConfig(dedupe_urls=True, boilerplate_max_urls=3)
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        batches = p | beam.Create([batch_from_samples(rows[i : i + 7]) for i in range(0, len(rows), 7)])
+        held = _keyed_rows(batches, config, "Held")
+        joined = _keyed_rows(batches, dataclasses.replace(config, boilerplate_in_memory=2), "Joined")
+        compared = (
+            {"held": held, "joined": joined}
+            | beam.CoGroupByKey()
+            | beam.Map(
+                lambda kv: (kv[1]["held"] == kv[1]["joined"], "boilerplate_caption" in str(kv[1]["held"]))
+            )
+        )
+        assert_that(compared, equal_to([(True, True)] * 24 + [(True, False)] * (len(rows) - 24)))
+
+
 def test_capped_keys_keep_all_keys_up_to_the_limit_and_none_beyond():
     from transforms.text.counts import CappedKeys
 

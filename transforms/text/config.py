@@ -88,11 +88,14 @@ class TextConfig:
     #: Repeated URL keys (8 bytes each) held in each worker's memory to find the rows to group by
     #: URL; above it, every row with a URL is grouped by URL instead (a keyed join, no side input).
     repeated_urls_in_memory: int = 10_000_000
+    #: Boilerplate caption keys (8 bytes each) held in each worker's memory; above it, each batch's
+    #: captions are looked up by a keyed join on their hash partition instead.
+    boilerplate_in_memory: int = 10_000_000
 
     def __post_init__(self) -> None:
         check = Check("text", self)
         check.at_least(1, "max_caption_chars", "lid_batch_size", "shuffle_partitions")
-        check.at_least(0, "repeated_urls_in_memory")
+        check.at_least(0, "repeated_urls_in_memory", "boilerplate_in_memory")
         check.between(0, 1, "min_lang_score")
         check.at_least(0, "min_words", "max_words", "min_chars", "boilerplate_max_urls", "vocab_size")
         check.not_empty("languages", "blocked_domains", "blocked_extensions")

@@ -40,7 +40,10 @@ side inputs — never a join on all the rows:
   grouped by URL instead (a keyed join; the same verdicts);
 - boilerplate captions: (caption, URL) hash pairs per partition, combined with at most N + 1
   distinct URLs per caption (so a caption on millions of pages costs N + 1 entries) and the
-  combine fanned out against hot partitions; only captions over N are kept;
+  combine fanned out against hot partitions; only captions over N are kept. Beyond
+  `boilerplate_in_memory` such captions the side input is not built: each batch sends its caption
+  hashes to their partition's set of boilerplate captions and gets the hits back (a keyed join;
+  the same verdicts);
 - the n-gram vocabulary (only with `vocab_size`): unigram and bigram counts per partition, the
   count of the `vocab_size`-th most frequent n-gram from a histogram of counts, and the n-grams at
   or above it (8 bytes each: 800 MB at ALIGN's 100 million).
@@ -301,9 +304,9 @@ def decide(
 class _SortedCounts:
     """The run-wide counts as sorted hash arrays: repeated URLs, boilerplate captions, vocabulary."""
 
-    def __init__(self, duplicates: np.ndarray | None, frequent: list, vocab: list):
+    def __init__(self, duplicates: np.ndarray | None, frequent: np.ndarray | None, vocab: list):
         self.repeated = duplicates  # None: too many to hold, every row with a URL is grouped by URL
-        self.frequent = np.sort(np.concatenate(frequent)) if frequent else np.empty(0, "<u8")
+        self.frequent = frequent  # None: too many to hold, batches come marked (`BOILERPLATE`)
         self.vocab = np.sort(np.concatenate(vocab)) if vocab else np.empty(0, "<u8")
 
 
@@ -320,7 +323,7 @@ class _JudgeFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
 
-    def _load(self, duplicates: np.ndarray | None, frequent: list, vocab: list) -> None:
+    def _load(self, duplicates: np.ndarray | None, frequent: np.ndarray | None, vocab: list) -> None:
         """The side inputs as sorted arrays, built by the first DoFn instance of the process that
         needs them and shared by the others (`apache_beam.utils.shared`; a batch run has one window)."""
         arrays = self._shared.acquire(lambda: _SortedCounts(duplicates, frequent, vocab))
@@ -335,6 +338,15 @@ class _JudgeFn(beam.DoFn):
         rows = np.repeat(np.arange(batch.num_rows), lengths)
         return np.bincount(rows, weights=~member(self._vocab, flat), minlength=batch.num_rows) > 0
 
+    def _boilerplate(self, batch: pa.RecordBatch, empty: np.ndarray) -> np.ndarray | None:
+        """Per row: is its caption on too many pages? From the batch's own mark (the keyed join)
+        when the run's boilerplate captions were too many to hold, else from the held set."""
+        if BOILERPLATE in batch.schema.names:
+            return batch.column(BOILERPLATE).to_numpy(zero_copy_only=False) & ~empty
+        if self._frequent is None or not len(self._frequent):
+            return None
+        return member(self._frequent, pc.fill_null(batch.column("caption_hash"), 0).to_numpy()) & ~empty
+
     def reasons(self, batch: pa.RecordBatch) -> np.ndarray:
         """Per row, the index in `_JUDGED` of the first caption rule it breaks (0: none);
         `duplicate_url` is decided among a URL's rows, later."""
@@ -345,12 +357,7 @@ class _JudgeFn(beam.DoFn):
         tokens = batch.column("num_tokens").to_numpy(zero_copy_only=False)
         checks: list[tuple[str, np.ndarray | None]] = [
             ("empty_caption", empty if rules.min_words or rules.min_chars or rules.languages else None),
-            (
-                "boilerplate_caption",
-                member(self._frequent, pc.fill_null(batch.column("caption_hash"), 0).to_numpy()) & ~empty
-                if len(self._frequent)
-                else None,
-            ),
+            ("boilerplate_caption", self._boilerplate(batch, empty)),
             ("too_few_words", tokens < rules.min_words if rules.min_words else None),
             ("too_many_words", tokens > rules.max_words if rules.max_words else None),
             (
@@ -383,7 +390,7 @@ class _JudgeFn(beam.DoFn):
         return codes
 
     def process(
-        self, batch: pa.RecordBatch, duplicates: np.ndarray | None, frequent: list, vocab: list
+        self, batch: pa.RecordBatch, duplicates: np.ndarray | None, frequent: np.ndarray | None, vocab: list
     ) -> Iterator[Any]:
         self._load(duplicates, frequent, vocab)
         codes = self.reasons(batch)
@@ -449,6 +456,78 @@ class _KeepBestOfUrlFn(beam.DoFn):
         self._counter.flush()
 
 
+#: The column a batch carries when its boilerplate captions were found by the keyed join.
+BOILERPLATE = "boilerplate"
+
+
+def _batch_key(batch: pa.RecordBatch) -> int:
+    """A key naming a batch by its rows (batches with the same rows get the same marks)."""
+    return xxh3_64_intdigest("\n".join(batch.column("uid").to_pylist()).encode())
+
+
+def _wanted(element: tuple[int, pa.RecordBatch], partitions: int) -> Iterator[tuple[int, Any]]:
+    """(partition, (batch key, the batch's distinct caption hashes of that partition))."""
+    key, batch = element
+    hashes = np.unique(batch.column("caption_hash").drop_null().to_numpy())
+    if not len(hashes):
+        return
+    for part, (chunk,) in by_partition(hashes, partitions, hashes):
+        yield part, (key, chunk)
+
+
+def _found(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tuple[int, np.ndarray]]:
+    """(batch key, its caption hashes that are boilerplate) for one partition."""
+    _, joined = element
+    frequent = joined["frequent"][0] if joined["frequent"] else np.empty(0, "<u8")
+    for key, hashes in joined["wanted"]:
+        yield key, hashes[member(np.sort(frequent), hashes)] if len(frequent) else hashes[:0]
+
+
+def _marked(element: tuple[int, dict[str, list[Any]]]) -> Iterator[pa.RecordBatch]:
+    """Each batch with its `BOILERPLATE` column: is the row's caption hash among those found."""
+    _, joined = element
+    found = np.sort(np.concatenate(joined["found"])) if joined["found"] else np.empty(0, "<u8")
+    for batch in joined["batch"]:
+        hashes = batch.column("caption_hash")
+        marks = member(found, pc.fill_null(hashes, 0).to_numpy()) & hashes.is_valid().to_numpy(
+            zero_copy_only=False
+        )
+        yield batch.append_column(BOILERPLATE, pa.array(marks))
+
+
+class _MarkBoilerplate(beam.PTransform):
+    """Prepared batches → the same batches. When the run's boilerplate captions are too many to
+    hold (`boilerplate_in_memory`; `frequent` is None), each batch is marked by a keyed join
+    instead: its caption hashes go to their partition's set of boilerplate captions, and the hits
+    come back to the batch. The batches otherwise pass untouched, to the side-input test."""
+
+    def __init__(self, frequent_parts: beam.PCollection, frequent: beam.PCollection, partitions: int):
+        super().__init__()
+        self._parts = frequent_parts
+        self._frequent = frequent
+        self._partitions = partitions
+
+    def expand(self, prepared: beam.PCollection) -> beam.PCollection:
+        def route(batch: pa.RecordBatch, frequent: np.ndarray | None) -> Iterator[Any]:
+            yield batch if frequent is not None else beam.pvalue.TaggedOutput("keyed", batch)
+
+        routed = prepared | "Route" >> beam.FlatMap(
+            route, beam.pvalue.AsSingleton(self._frequent)
+        ).with_outputs("keyed", main="held")
+        keyed = routed.keyed | "KeyBatches" >> beam.Map(lambda b: (_batch_key(b), b))
+        found = (
+            {"frequent": self._parts, "wanted": keyed | "Wanted" >> beam.FlatMap(_wanted, self._partitions)}
+            | "JoinCaptions" >> beam.CoGroupByKey()
+            | "Found" >> beam.FlatMap(_found)
+        )
+        marked = (
+            {"batch": keyed, "found": found}
+            | "JoinBatches" >> beam.CoGroupByKey()
+            | "Mark" >> beam.FlatMap(_marked)
+        )
+        return (routed.held, marked) | "Batches" >> beam.Flatten()
+
+
 class FilterText(beam.PTransform):
     """Cleans captions, identifies their language and rejects pairs not worth fetching.
 
@@ -465,8 +544,9 @@ class FilterText(beam.PTransform):
         partitions = self._config.shuffle_partitions
         prepared = batches | "Prepare" >> beam.ParDo(_PrepareFn(self._config))
         empty = batches.pipeline | "Nothing" >> beam.Create([])
-        frequent = vocab = empty
+        vocab = empty
         duplicates = batches.pipeline | "NoRepeatedUrls" >> beam.Create([np.empty(0, "<u8")])
+        frequent = batches.pipeline | "NoBoilerplate" >> beam.Create([np.empty(0, "<u8")])
         if rules.dedupe_urls:
             duplicates = (
                 prepared
@@ -476,21 +556,26 @@ class FilterText(beam.PTransform):
                 | "AtMost" >> beam.CombineGlobally(CappedKeys(self._config.repeated_urls_in_memory))
             )
         if rules.boilerplate_max_urls:
-            frequent = (
+            frequent_parts = (
                 prepared
                 | "CaptionUrls" >> beam.FlatMap(caption_entries, partitions)
                 | "DistinctUrls"
                 >> beam.CombinePerKey(CappedDistinctUrls(rules.boilerplate_max_urls + 1)).with_hot_key_fanout(
                     HOT_KEY_FANOUT
                 )
-                | "FrequentCaptions" >> beam.Values()
             )
+            frequent = (
+                frequent_parts
+                | "FrequentCaptions" >> beam.Values()
+                | "AtMostCaptions" >> beam.CombineGlobally(CappedKeys(self._config.boilerplate_in_memory))
+            )
+            prepared = prepared | "MarkBoilerplate" >> _MarkBoilerplate(frequent_parts, frequent, partitions)
         if rules.vocab_size:
             vocab = prepared | "Vocabulary" >> Vocabulary(rules.vocab_size, partitions)
         judged = prepared | "Judge" >> beam.ParDo(
             _JudgeFn(self._config, self._progress_dir, partitions),
             duplicates=beam.pvalue.AsSingleton(duplicates),
-            frequent=beam.pvalue.AsList(frequent),
+            frequent=beam.pvalue.AsSingleton(frequent),
             vocab=beam.pvalue.AsList(vocab),
         ).with_outputs(REPEATED, main="single")
         kept_of_url = (

@@ -34,7 +34,7 @@ class Gather:
     source: str
 
 
-def _is_list_combine(transform: beam.PTransform) -> bool:
+def _is_list_combine(transform: beam.PTransform | None) -> bool:
     if isinstance(transform, (combiners.ToList, combiners.ToDict, combiners.ToSet)):
         return True
     return isinstance(transform, beam.CombineGlobally) and isinstance(transform.fn, _LIST_FNS)
@@ -47,7 +47,7 @@ class _Walker(PipelineVisitor):
         self._reducing: list[str] = []  # the global combines being walked through
         self._producers: dict[int, str] = {}
 
-    def _label(self, pcoll: beam.PCollection) -> str:
+    def _label(self, pcoll: beam.pvalue.PValue) -> str:
         return self._producers.get(id(pcoll), str(pcoll.producer.full_label if pcoll.producer else pcoll))
 
     def enter_composite_transform(self, applied: AppliedPTransform) -> None:

@@ -65,7 +65,8 @@ class _FindGroupings(PipelineVisitor):
             _PROBE_PREFIX
         ):
             (pcoll,) = applied.main_inputs.values()
-            self.found.append((applied.full_label, pcoll))
+            if isinstance(pcoll, beam.PCollection):
+                self.found.append((applied.full_label, pcoll))
 
 
 def groupings(pipeline: beam.Pipeline) -> list[tuple[str, beam.PCollection]]:

@@ -210,22 +210,14 @@ class JudgeDuplicates(beam.PTransform):
         return (decided, failures) | "AllVerdicts" >> beam.Flatten()
 
 
-class DeduplicateImages(beam.PTransform):
+class DeduplicateImages(JudgeDuplicates):
     """The dedup stage on its own: samples → the same samples, duplicates removed (`JudgeDuplicates`'
-    verdicts applied by uid). A full run applies the verdicts at the shard grouping instead."""
-
-    def __init__(
-        self,
-        config: DedupConfig,
-        image_options: ImageOptions,
-        embed: EmbedConfig | None,
-        progress_dir: str | None = None,
-    ):
-        super().__init__()
-        self._judge = JudgeDuplicates(config, image_options, embed, progress_dir)
+    verdicts applied by uid). A full run applies the verdicts at the shard grouping instead.
+    It takes the judge's arguments."""
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         candidates, passing = samples | "Split" >> SplitByStatus(downloaded)
-        verdicts = candidates | "Judge" >> self._judge
+        judge = JudgeDuplicates(self._config, self._image_options, self._embed, self._progress_dir)
+        verdicts = candidates | "Judge" >> judge
         decided = candidates | "ApplyVerdicts" >> ApplyVerdicts(verdicts)
         return (decided, passing) | "Merge" >> beam.Flatten()

@@ -19,12 +19,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.build import BATCH_STAGES, build_pipeline
 from pipeline.config import ConfigError, RunConfig
-from pipeline.output.errors import AuditError
+from pipeline.output.errors import AuditError, IndexBudgetError
 from pipeline.output.index import (
     INDEX_DIR,
-    INDEX_FILES,
     IndexSummary,
     build_output_index,
+    index_files,
     remove_output_index,
 )
 from pipeline.output.report import write_report
@@ -156,11 +156,11 @@ def run_job(
         stats["alarm"] = alarm
         LOG.error("ALARM: %s", alarm)
     write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
-    summary = _index_output(config, output_dir)
+    summary = _index_output(config, output_dir, runner, beam_args, workers)
     if summary is not None:
         stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
         write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
-        record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in INDEX_FILES])
+        record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in index_files(summary.type)])
     stats["report"] = _write_report(output_dir, stats["samples"])
     return stats
 
@@ -264,16 +264,19 @@ def _write_report(output_dir: str, samples: int) -> str | None:
         return None
 
 
-def _index_output(config: RunConfig, output_dir: str) -> IndexSummary | None:
-    """Writes `<output>/index/` when asked for and the run embedded; otherwise removes an older one."""
+def _index_output(
+    config: RunConfig, output_dir: str, runner: str, beam_args: Sequence[str], workers: int | None
+) -> IndexSummary | None:
+    """Writes `<output>/index/` when asked for and the run embedded, with a second Beam job on the
+    run's runner and options; otherwise removes an older index."""
     if not (config.output.index and "embed" in config.run.stages):
         remove_output_index(output_dir)
         return None
     budget = int(config.output.index_memory_gb * _GIB)
     started = time.monotonic()
     try:
-        summary = build_output_index(output_dir, budget)
-    except ValueError as err:  # no index type fits the budget
+        summary = build_output_index(output_dir, budget, runner, beam_args, workers)
+    except IndexBudgetError as err:
         raise ConfigError(
             f"output.index_memory_gb={config.output.index_memory_gb}: {err} "
             "(the shards and stats.json are written; only the index is missing)"

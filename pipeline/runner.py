@@ -44,6 +44,18 @@ def translated_steps(result: Any) -> dict[str, dict[str, str]]:
     return dict(sorted(steps.items()))
 
 
+def related_job_args(beam_args: Sequence[str], suffix: str) -> list[str]:
+    """The Beam arguments of a second job of the same run (the output's index): the same, but a
+    named job gets `<name>-<suffix>` (Dataflow refuses two active jobs of one name)."""
+    args = list(beam_args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--job_name="):
+            args[i] = f"{arg}-{suffix}"
+        elif arg == "--job_name" and i + 1 < len(args):
+            args[i + 1] = f"{args[i + 1]}-{suffix}"
+    return args
+
+
 def make_pipeline(
     runner: str = "local", beam_args: Sequence[str] = (), workers: int | None = None
 ) -> beam.Pipeline:

@@ -11,5 +11,9 @@ class AuditError(ValueError):
     """An output folder that cannot be audited (no Parquet shards, unreadable files)."""
 
 
+class IndexBudgetError(ValueError):
+    """No FAISS index type fits the memory budget of an output's index (`output.index_memory_gb`)."""
+
+
 class SearchError(Exception):
     """An output that cannot be indexed or searched, or a query that cannot be made (the message says why)."""

@@ -6,8 +6,12 @@
   (a divisor of d, 8 bits per sub-quantizer) whose codes, ids and coarse centroids fit the budget.
 - `build_index`: normalises the embeddings (inner product = cosine), trains on at most a seeded
   random sample when the index type needs training, adds every row (row i gets id i) and sets
-  the search parameters (IVF `nprobe`, HNSW `efSearch`), which are saved with the index.
-- `write_index` (atomic: a temporary file, then a rename) and `read_index` for local paths.
+  the search parameters (IVF `nprobe`, HNSW `efSearch`), which are saved with the index. Its
+  steps are public for a build spread over workers (`pipeline/output/indexjob.py`): `new_index`,
+  `training_rows` (which rows of n the sample holds, sorted) and `train_index`.
+- `write_index` (atomic: a temporary file, then a rename) and `read_index` for local paths; an IVF
+  index whose inverted lists live in their own file (`OnDiskInvertedLists`, as faiss's on-disk
+  merge writes them) is read with that file named, and memory-mapped.
 - `search`: the `k` best (cosine scores, row ids) of each normalised query; id -1 where fewer.
 
 Only CPU indexes: searching a built index is cheap, and the CPU form is what is written.
@@ -58,27 +62,49 @@ def choose_index(n: int, d: int, memory_budget_bytes: int) -> str:
     raise ValueError(f"no index of {n} vectors of dimension {d} fits in {memory_budget_bytes} bytes")
 
 
+def needs_training(kind: str) -> bool:
+    """Whether an index of this `choose_index` type must be trained before vectors are added."""
+    return kind.startswith("IVF")
+
+
+def new_index(kind: str, d: int) -> faiss.Index:
+    """An empty inner-product index of type `kind`, with HNSW's search parameter set."""
+    index = faiss.index_factory(d, kind, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    return index
+
+
+def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
+    """The sorted rows (of `n`) an index of `nlist` coarse lists is trained on: enough per list and
+    per PQ code, at most all of them, chosen by a generator seeded with `seed`."""
+    size = min(n, max(_TRAIN_PER_LIST * nlist, _MIN_TRAIN))
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def train_index(index: faiss.Index, points: np.ndarray, seed: int = 0) -> None:
+    """Trains the empty IVF `index` on the normalised `points` (its k-means seeded) and sets `nprobe`."""
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    specific = faiss.downcast_index(ivf)
+    if isinstance(specific, faiss.IndexIVFPQ):
+        specific.pq.cp.seed = seed
+        # Polysemous training is slow and only serves Hamming-filtered search, which is not used.
+        specific.do_polysemous_training = False  # type: ignore[attr-defined]
+    index.train(points)
+    ivf.nprobe = min(ivf.nlist, max(_MIN_NPROBE, ivf.nlist // _NPROBE_DIVISOR))
+
+
 def build_index(embeddings: np.ndarray, memory_budget_bytes: int, seed: int = 0) -> faiss.Index:
     """An inner-product index of the normalised `embeddings` (row i has id i), trained if needed."""
     points = normalize(embeddings)
     n, d = points.shape
     if n == 0:
         raise ValueError("no embeddings to index")
-    index = faiss.index_factory(d, choose_index(n, d, memory_budget_bytes), faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = seed
-        specific = faiss.downcast_index(ivf)
-        if isinstance(specific, faiss.IndexIVFPQ):
-            specific.pq.cp.seed = seed
-            # Polysemous training is slow and only serves Hamming-filtered search, which is not used.
-            specific.do_polysemous_training = False  # type: ignore[attr-defined]
-        size = min(n, max(_TRAIN_PER_LIST * ivf.nlist, _MIN_TRAIN))
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-        index.train(points[rows])
-        ivf.nprobe = min(ivf.nlist, max(_MIN_NPROBE, ivf.nlist // _NPROBE_DIVISOR))
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = HNSW_EF_SEARCH
+    kind = choose_index(n, d, memory_budget_bytes)
+    index = new_index(kind, d)
+    if needs_training(kind):
+        train_index(index, points[training_rows(n, faiss.extract_index_ivf(index).nlist, seed)], seed)
     index.add(points)
     return index
 
@@ -93,9 +119,25 @@ def write_index(index: faiss.Index, path: str) -> None:
     os.replace(temporary, path)
 
 
-def read_index(path: str) -> faiss.Index:
-    """The index stored at the local `path`, search parameters included."""
-    return faiss.read_index(path)
+def read_index(path: str, ivfdata: str | None = None) -> faiss.Index:
+    """The index stored at the local `path`, search parameters included. `ivfdata`: the local file
+    of its on-disk inverted lists, memory-mapped read-only (the index names it by its base name only)."""
+    if ivfdata is None:
+        return faiss.read_index(path)
+    index = faiss.read_index(path, faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY)
+    lists = on_disk_lists(index)
+    lists.filename = ivfdata
+    lists.do_mmap()
+    return index
+
+
+def on_disk_lists(index: faiss.Index) -> faiss.OnDiskInvertedLists:
+    """The IVF `index`'s inverted lists kept in a file of their own; ValueError if it has none."""
+    lists = faiss.extract_index_ivf(index).invlists
+    found = faiss.downcast_InvertedLists(lists) if lists is not None else None
+    if not isinstance(found, faiss.OnDiskInvertedLists):
+        raise ValueError("the index does not keep its inverted lists in a file of their own")
+    return found
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

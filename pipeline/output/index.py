@@ -1,19 +1,15 @@
 """A searchable FAISS index of a finished output's kept samples, and search over it by text or image.
 
-Build (`build_output_index`, run by `winnow run` after the shards are written): reads
-`metadata/metadata_NNNNN.parquet` and the row-aligned `img_emb/img_emb_NNNNN.npy` one shard at a
-time, keeps the rows with status `success`, and writes into `OUTPUT/index/`:
+Build (`build_output_index`, run by `winnow run` after the shards are written): removes an earlier
+index, then runs a Beam job on the run's runner and options (`pipeline/output/indexjob.py`) that
+counts, trains, fills the index shard by shard on the workers and merges it into `OUTPUT/index/`
+(`pipeline/output/indexfiles.py`: `image.index`, with `image.ivfdata` for IVF, `ids.parquet`,
+`index.json`). Its type comes from the count and the memory budget
+(`pipeline.output.faissindex.choose_index`: Flat, HNSW32 or IVF-PQ, as autofaiss chooses). The
+launcher reads only the job's outcome: its memory does not grow with the output.
 
-- `image.index`: a FAISS inner-product index of their normalised image embeddings (row i has id
-  i); its type comes from the count and the memory budget (`pipeline.output.faissindex.choose_index`:
-  Flat, HNSW32 or IVF-PQ, as autofaiss chooses);
-- `ids.parquet`: row i of the index → uid, url, caption, clip_score, shard;
-- `index.json`: index type, count, dimension, the model identity (`clip_model`) and the budget.
-  It is written last and removed first, so an index without it is never read.
-
-The same output gives byte-identical files: shards are read in name order, and HNSW graph
-insertion, which depends on thread timing, runs on one thread. Remote outputs (s3://, gs://) are
-written through Beam's `FileSystems` from a local temporary file.
+The same output gives byte-identical files, whatever the number of workers. Remote outputs
+(s3://, gs://) are read and written through Beam's `FileSystems`.
 
 Search (`search_output`): embeds a text query with the text tower (cross-modal text → image, as in
 ALIGN) or an image file with the image tower, using the model named in `index.json` (or the one
@@ -28,25 +24,32 @@ import functools
 import io
 import json
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
-import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.output import faissindex
 from pipeline.output.errors import SearchError
-from schemas.sample import Status
+from pipeline.output.indexfiles import (
+    IDS_FILE,
+    INDEX_DIR,
+    INDEX_FILE,
+    INDEX_FILES,
+    INFO_FILE,
+    PARTS_DIR,
+    IndexSummary,
+    index_files,
+    is_local,
+    read_bytes,
+    read_faiss,
+)
+from pipeline.output.indexjob import BuildOutputIndex, IndexJob, read_outcome
+from pipeline.runner import make_pipeline, related_job_args
 from transforms.common.clustering import normalize
-from transforms.common.files import write_atomically
 from transforms.crawl.config import ImageOptions
 from transforms.crawl.imaging import ImageError, process_image
 from transforms.embed.clip import (
@@ -60,37 +63,26 @@ from transforms.embed.clip import (
 )
 from transforms.embed.config import SHIPPED_MODEL, EmbedConfig, EmbedError
 
-INDEX_DIR = "index"
-INDEX_FILE = "image.index"
-IDS_FILE = "ids.parquet"
-INFO_FILE = "index.json"
-#: The files of an output's index, in the order they are deleted (index.json first).
-INDEX_FILES = (INFO_FILE, INDEX_FILE, IDS_FILE)
-_METADATA_FILE = re.compile(r"/metadata_(\d{5,})\.parquet$")
-_SHARD_FILE = re.compile(r"/\d{5,}\.parquet$")
-_IDS_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("url", pa.string()),
-        pa.field("caption", pa.string()),
-        pa.field("clip_score", pa.float32()),
-        pa.field("shard", pa.string(), nullable=False),
-    ]
-)
+__all__ = [
+    "IDS_FILE",
+    "INDEX_DIR",
+    "INDEX_FILE",
+    "INDEX_FILES",
+    "INFO_FILE",
+    "Hit",
+    "IndexSummary",
+    "SearchError",
+    "build_output_index",
+    "index_files",
+    "query_model",
+    "read_index_info",
+    "remove_output_index",
+    "search_output",
+]
+
 # A query image is brought to the form the crawl stores (EXIF orientation, alpha on white, RGB),
 # unresized and losslessly re-encoded; the model's own geometry then resizes it.
 _QUERY_IMAGE = ImageOptions(resize_mode="no", encode_format="png", encode_quality=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexSummary:
-    """What `index.json` records about a written index."""
-
-    type: str
-    count: int
-    dim: int
-    model: str | None
-    memory_budget_bytes: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,39 +99,33 @@ class Hit:
 # ---------------------------------------------------------------- build
 
 
-def build_output_index(output_dir: str, memory_budget_bytes: int) -> IndexSummary | None:
-    """Indexes the kept samples' image embeddings of `output_dir` into `output_dir/index/`.
+def build_output_index(
+    output_dir: str,
+    memory_budget_bytes: int,
+    runner: str = "local",
+    beam_args: Sequence[str] = (),
+    workers: int | None = None,
+) -> IndexSummary | None:
+    """Indexes the kept samples' image embeddings of `output_dir` into `output_dir/index/` with a
+    Beam job on `runner` (`beam_args`, `workers` as for the run, `pipeline.runner.make_pipeline`).
 
     Returns None, and removes an earlier index, when the output holds no embeddings of a kept
     sample (a run without the embed stage, or with `embed.write_embeddings=false`). Raises
-    ValueError when no index type fits `memory_budget_bytes`, `SearchError` when an embedding
-    file does not match its metadata file.
+    `IndexBudgetError` (a ValueError) when no index type fits `memory_budget_bytes`; the job
+    fails (with `SearchError` in one process) when an embedding file does not match its metadata.
     """
     output_dir = output_dir.rstrip("/")
+    # Made first: it applies the filesystem options (S3 endpoint and keys) to this process too.
+    pipeline = make_pipeline(runner, related_job_args(beam_args, "index"), workers)
     remove_output_index(output_dir)
-    chunks: list[np.ndarray] = []
-    ids: list[pa.Table] = []
-    for shard, meta, embeddings in _kept_shards(output_dir):
-        chunks.append(embeddings)
-        ids.append(meta.append_column("shard", pa.array([shard] * meta.num_rows, pa.string())))
-    count = sum(len(chunk) for chunk in chunks)
-    if count == 0:
-        return None
-    embeddings = np.concatenate(chunks)
-    del chunks
-    dim = embeddings.shape[1]
-    kind = faissindex.choose_index(count, dim, memory_budget_bytes)
-    index = _build_deterministic(embeddings, memory_budget_bytes, kind)
-    summary = IndexSummary(kind, count, dim, _model_of(output_dir), memory_budget_bytes)
-
-    folder = f"{output_dir}/{INDEX_DIR}"
-    _write_faiss(index, f"{folder}/{INDEX_FILE}")
-    buffer = io.BytesIO()
-    pq.write_table(pa.concat_tables(ids).cast(_IDS_SCHEMA), buffer, compression="zstd")
-    write_atomically(f"{folder}/{IDS_FILE}", buffer.getvalue())
-    info = dataclasses.asdict(summary) | {"metric": "cosine"}
-    write_atomically(f"{folder}/{INFO_FILE}", json.dumps(info, indent=2, sort_keys=True).encode())
-    return summary
+    had_folder = is_local(output_dir) and os.path.isdir(f"{output_dir}/{INDEX_DIR}")
+    job = IndexJob(output_dir, memory_budget_bytes, uuid.uuid4().hex)
+    _ = pipeline | "Index" >> BuildOutputIndex(job)
+    pipeline.run().wait_until_finish()
+    try:
+        return read_outcome(job)
+    finally:
+        _remove_empty_folders(output_dir, had_folder)
 
 
 def remove_output_index(output_dir: str) -> None:
@@ -151,50 +137,17 @@ def remove_output_index(output_dir: str) -> None:
             FileSystems.delete([path])
 
 
-def _kept_shards(output_dir: str) -> Iterator[tuple[str, pa.Table, np.ndarray]]:
-    """(shard, metadata rows, float16 image embeddings) of each shard's kept samples, in shard order."""
-    matched = FileSystems.match([f"{output_dir}/metadata/metadata_*.parquet"])[0].metadata_list
-    shards = sorted(found.group(1) for m in matched if (found := _METADATA_FILE.search(m.path)))
-    for shard in shards:
-        meta = pq.read_table(io.BytesIO(_read(f"{output_dir}/metadata/metadata_{shard}.parquet")))
-        emb_path = f"{output_dir}/img_emb/img_emb_{shard}.npy"
-        if not FileSystems.exists(emb_path):
-            raise SearchError(f"{emb_path} is missing beside metadata_{shard}.parquet")
-        embeddings = np.load(io.BytesIO(_read(emb_path)), allow_pickle=False)
-        if embeddings.ndim != 2 or len(embeddings) != meta.num_rows:
-            raise SearchError(
-                f"{emb_path} holds {embeddings.shape} embeddings for {meta.num_rows} metadata rows"
-            )
-        kept = pc.equal(meta.column("status"), Status.SUCCESS)
-        if pc.any(kept).as_py():
-            rows = meta.select(["uid", "url", "caption", "clip_score"]).filter(kept)
-            yield shard, rows, embeddings[kept.to_numpy(zero_copy_only=False)]
-
-
-def _build_deterministic(embeddings: np.ndarray, memory_budget_bytes: int, kind: str) -> faiss.Index:
-    """`build_index`, with HNSW's graph built on one thread: parallel insertion (faiss's
-    `hnsw_add_vertices`, with per-node locks) links nodes in an order that depends on timing.
-    Flat adds in row order, and IVF-PQ's k-means and list assignment do not depend on the thread
-    count (the same bytes on 1 and 2 threads here)."""
-    if not kind.startswith("HNSW"):
-        return faissindex.build_index(embeddings, memory_budget_bytes)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        return faissindex.build_index(embeddings, memory_budget_bytes)
-    finally:
-        faiss.omp_set_num_threads(threads)
-
-
-def _model_of(output_dir: str) -> str | None:
-    """The `clip_model` of the output's kept samples (one run uses one model)."""
-    matched = FileSystems.match([f"{output_dir}/*.parquet"])[0].metadata_list
-    for path in sorted(m.path for m in matched if _SHARD_FILE.search(m.path)):
-        table = pq.read_table(io.BytesIO(_read(path)), columns=["clip_model"])
-        models = [m for m in table.column("clip_model").to_pylist() if m]
-        if models:
-            return str(models[0])
-    return None
+def _remove_empty_folders(output_dir: str, keep_index_folder: bool) -> None:
+    """The local parts folder the build left empty, and `index/` if the build made it for nothing
+    (object stores have no folders)."""
+    if not is_local(output_dir):
+        return
+    folders = [f"{output_dir}/{INDEX_DIR}/{PARTS_DIR}"] + (
+        [] if keep_index_folder else [f"{output_dir}/{INDEX_DIR}"]
+    )
+    for folder in folders:
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 # ---------------------------------------------------------------- search
@@ -227,8 +180,8 @@ def search_output(
     # The ids are read before the model runs: with Arrow's threads started after torch's, a
     # search process aborted at exit in 7 of 16 runs ("terminate called without an active
     # exception", as in apache/arrow#34314); in this order, in none of 60.
-    rows = pq.read_table(io.BytesIO(_read(f"{output_dir}/{INDEX_DIR}/{IDS_FILE}"))).to_pylist()
-    index = _read_faiss(f"{output_dir}/{INDEX_DIR}/{INDEX_FILE}")
+    rows = pq.read_table(io.BytesIO(read_bytes(f"{output_dir}/{INDEX_DIR}/{IDS_FILE}"))).to_pylist()
+    index = read_faiss(output_dir)
     query = _embed_query(config, text, image_path)
     if query.shape[0] != index.d:
         raise SearchError(
@@ -260,7 +213,7 @@ def read_index_info(output_dir: str) -> dict[str, Any]:
             f"{output_dir} has no index ({INDEX_DIR}/{INFO_FILE}); a run writes one with the embed "
             "stage and output.index=true"
         )
-    info: dict[str, Any] = json.loads(_read(path))
+    info: dict[str, Any] = json.loads(read_bytes(path))
     return info
 
 
@@ -317,7 +270,7 @@ def _query_encoder(config: EmbedConfig) -> tuple[Preprocessing, OpenClipModelHan
 
 def _query_pixels(image_path: str, geometry: Any) -> np.ndarray:
     try:
-        data = _read(image_path)
+        data = read_bytes(image_path)
     except OSError as err:
         raise SearchError(f"cannot read query image {image_path}: {err}") from err
     try:
@@ -325,40 +278,3 @@ def _query_pixels(image_path: str, geometry: Any) -> np.ndarray:
     except ImageError as err:
         raise SearchError(f"{image_path}: {err} ({err.reason})") from err
     return model_pixels(stored.data, geometry)  # as the embed stage does for a stored image
-
-
-# ---------------------------------------------------------------- files on any Beam filesystem
-
-
-def _is_local(path: str) -> bool:
-    return FileSystems.get_scheme(path) is None
-
-
-def _read(path: str) -> bytes:
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        data: bytes = handle.read()
-    return data
-
-
-def _write_faiss(index: faiss.Index, path: str) -> None:
-    if _is_local(path):
-        faissindex.write_index(index, path)
-        return
-    with tempfile.TemporaryDirectory(prefix="winnow-index-") as workdir:
-        local = os.path.join(workdir, INDEX_FILE)
-        faissindex.write_index(index, local)
-        with open(local, "rb") as source, FileSystems.create(path) as target:  # one upload
-            shutil.copyfileobj(source, target, 1 << 20)
-
-
-def _read_faiss(path: str) -> faiss.Index:
-    if _is_local(path):
-        return faissindex.read_index(path)
-    with tempfile.TemporaryDirectory(prefix="winnow-index-") as workdir:
-        local = os.path.join(workdir, INDEX_FILE)
-        source = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        with source, open(local, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-        return faissindex.read_index(local)

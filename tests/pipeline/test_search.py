@@ -27,13 +27,16 @@ from pipeline.output.index import (
     INDEX_DIR,
     SearchError,
     build_output_index,
+    index_files,
     query_model,
     read_index_info,
     search_output,
 )
+from pipeline.output.indexfiles import read_faiss
 from pipeline.summary import format_summary
 from schemas import Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows
+from tests.pipeline.test_indexjob import in_memory_build
 from transforms.embed.clip import model_identity
 from transforms.embed.config import SHIPPED_MODEL, EmbedConfig
 
@@ -50,7 +53,10 @@ def run(sample_web, tmp_path_factory):
 
 
 def index_bytes(out: str) -> dict[str, bytes]:
-    return {name: pathlib.Path(out, INDEX_DIR, name).read_bytes() for name in INDEX_FILES}
+    """Every file of the index folder, which holds nothing else (no part left by the build)."""
+    kind = read_index_info(out)["type"]
+    assert sorted(os.listdir(os.path.join(out, INDEX_DIR))) == sorted(index_files(kind))
+    return {name: pathlib.Path(out, INDEX_DIR, name).read_bytes() for name in index_files(kind)}
 
 
 def kept_rows(out: str) -> list[dict]:
@@ -240,7 +246,8 @@ def test_hnsw_and_ivfpq_find_stored_vectors_deterministically(tmp_path):
         summary = build_output_index(str(tmp_path), budget)
         assert summary is not None and (summary.type, summary.count, summary.dim) == (kind, count, d)
         first = index_bytes(str(tmp_path))
-        index = faissindex.read_index(str(tmp_path / INDEX_DIR / "image.index"))
+        assert ("image.ivfdata" in first) == kind.startswith("IVF")  # IVF lists merged on disk
+        index = read_faiss(str(tmp_path))
         ids = pq.read_table(tmp_path / INDEX_DIR / "ids.parquet").column("uid").to_pylist()
         assert ids == kept
         _, found = faissindex.search(index, stored[queries], 10)
@@ -302,8 +309,12 @@ def test_index_on_s3_is_the_same_and_searchable(run, s3, capsys):
     assert main(["search", "s3://winnow-search/out", "--text", caption, *beam_args]) == 2  # no index yet
     assert "has no index" in capsys.readouterr().err
 
-    summary = build_output_index("s3://winnow-search/out", BUDGET)
+    summary = build_output_index("s3://winnow-search/out", BUDGET, beam_args=beam_args)
     assert summary is not None and summary.count == read_index_info(out)["count"]
+    listed = client.list_objects_v2(Bucket="winnow-search", Prefix=f"out/{INDEX_DIR}/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted(
+        f"out/{INDEX_DIR}/{n}" for n in INDEX_FILES
+    )  # no part left
     for name, data in index_bytes(out).items():
         body = client.get_object(Bucket="winnow-search", Key=f"out/{INDEX_DIR}/{name}")["Body"].read()
         assert body == data, name
@@ -311,3 +322,35 @@ def test_index_on_s3_is_the_same_and_searchable(run, s3, capsys):
     remote = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     local = [dataclasses.asdict(h) for h in search_output(out, text=caption, k=2)]
     assert remote == local
+
+
+def test_an_ivf_index_on_s3_is_merged_there_and_searchable(s3, tmp_path):
+    """Parts, the on-disk merge and `image.ivfdata` through the object store: the ids and info of
+    an in-memory build, and its hits when searched from S3."""
+    endpoint, client = s3
+    vectors = np.random.default_rng(3).standard_normal((11_800, 8)).astype(np.float32)
+    local = tmp_path / "local"
+    synthetic_output(local, vectors)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.put_object(
+            Bucket="winnow-search", Key=f"ivf/{path.relative_to(local)}", Body=path.read_bytes()
+        )
+    beam_args = [
+        f"--s3_endpoint_url={endpoint}",
+        "--s3_access_key_id=testing",
+        "--s3_secret_access_key=testing",
+        "--s3_region_name=us-east-1",
+    ]
+    summary = build_output_index("s3://winnow-search/ivf", 150_000, beam_args=beam_args)
+    assert summary is not None and summary.type == "IVF512,PQ4"
+    listed = client.list_objects_v2(Bucket="winnow-search", Prefix=f"ivf/{INDEX_DIR}/")["Contents"]
+    names = sorted(o["Key"].removeprefix(f"ivf/{INDEX_DIR}/") for o in listed)
+    assert names == sorted(index_files(summary.type))  # no part left
+    expected_index, expected = in_memory_build(local, 150_000)
+    for name in ("ids.parquet", "index.json"):
+        body = client.get_object(Bucket="winnow-search", Key=f"ivf/{INDEX_DIR}/{name}")["Body"].read()
+        assert body == expected[name], name
+    queries = faissindex.normalize(vectors[1::100])
+    remote = faissindex.search(read_faiss("s3://winnow-search/ivf"), queries, 5)
+    here = faissindex.search(expected_index, queries, 5)
+    assert np.array_equal(remote[1], here[1]) and np.array_equal(remote[0], here[0])

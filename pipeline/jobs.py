@@ -212,6 +212,9 @@ def check_retry_source(previous: str, output_dir: str, config: RunConfig) -> Non
 RETRY_MAY_CHANGE = frozenset(
     {
         "run.progress",
+        "run.measure_shuffles",
+        "text.repeated_urls_in_memory",
+        "text.boilerplate_in_memory",
         "crawl.thread_count",
         "crawl.timeout",
         "crawl.deadline",

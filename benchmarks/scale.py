@@ -11,7 +11,9 @@ another image but an embedding within the dedup `epsilon`, and `--mismatched` ca
 text embeddings) of another pair. The pairs go through `DeduplicateImages` (exact, perceptual and
 semantic levels, no eval set) and `RepairCaptions` (default config; its concept vocabulary
 through the shipped model's text tower) on Beam's FnApiRunner with `--workers` SDK worker
-processes, and are counted by status and reason (Beam counters; nothing is written to disk).
+processes, and are counted by status and reason after each stage, with the distinct pairs of the
+output (Beam counters; nothing is written to disk): a size whose output does not hold every pair
+is flagged (`ROWS LOST`).
 
 Peak RSS per worker is the largest SDK worker process's `ru_maxrss`
 (`getrusage(RUSAGE_CHILDREN)` in the child, read after the workers exited); `/proc/<pid>/status`

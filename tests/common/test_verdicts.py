@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.sample import Sample, Status, make_uid
 from schemas.verdict import DEDUP, NOISE
-from transforms.common.verdicts import ApplyVerdicts, apply_verdicts, light, verdict
+from transforms.common.verdicts import ApplyVerdicts, apply_by_uid, apply_verdicts, light, verdict
 
 
 def downloaded(sha: str = "aa", caption: str = "a cat") -> Sample:
@@ -87,3 +87,13 @@ def test_apply_verdicts_joins_by_uid_in_a_pipeline():
         )
         expected = [("cat 0", None, True)] + [(f"cat {i}", i / 10, True) for i in range(1, 5)]
         assert_that(applied, equal_to(expected))
+
+
+def test_apply_by_uid_applies_each_uids_verdicts_and_refuses_an_orphan():
+    cat, dog = downloaded(caption="a cat"), downloaded(caption="a dog")
+    found = verdict(dog, dog.evolve(noise_prob=0.4), NOISE, "embedded")
+    assert found is not None
+    out = {s.caption: s.noise_prob for s in apply_by_uid([cat, dog], [found])}
+    assert out == {"a cat": None, "a dog": 0.4}
+    with pytest.raises(ValueError, match="without a sample"):
+        apply_by_uid([cat], [found])

@@ -12,6 +12,8 @@ uid, and is a samples → samples transform as before.
   order; a verdict goes to the first copy (`copy_order`) that passes its candidate test and has
   no verdict of that step yet. A sample that leaves `success` loses its image, as
   `Sample.decided` does.
+- `apply_by_uid(samples, verdicts)`: the same for the samples of many uids (a shard).
+- `fields_verdict(sample, fields, step, candidate)`: the verdict setting `fields` as `sample` has them.
 - `light(sample)`: the view a stage judges: the sample without its image bytes (and, with
   `embeddings=False`, without its embeddings).
 """
@@ -23,16 +25,12 @@ from typing import Any
 
 import apache_beam as beam
 
-from schemas.coders import register
 from schemas.sample import Sample, Status
 from schemas.verdict import Verdict
 from transforms.common.routing import embedded
 
-register()
-
 #: Fields a verdict never carries: they stay with the sample and move once.
-HEAVY = ("image", "image_embedding", "text_embedding")
-_HEAVY = frozenset(HEAVY)
+_HEAVY = frozenset({"image", "image_embedding", "text_embedding"})
 
 
 def _kept(sample: Sample) -> bool:
@@ -84,6 +82,12 @@ def verdict(before: Sample, after: Sample, step: int, candidate: str) -> Verdict
     return Verdict(before.uid, step, candidate, changes)
 
 
+def fields_verdict(sample: Sample, fields: Iterable[str], step: int, candidate: str) -> Verdict:
+    """The verdict setting `fields` to their values in `sample`: for a step whose result is a
+    sample but whose input is not at hand (a failed row, a written caption)."""
+    return Verdict(sample.uid, step, candidate, tuple((name, getattr(sample, name)) for name in fields))
+
+
 def apply(sample: Sample, found: Verdict) -> Sample:
     """`sample` with one verdict applied."""
     changed = sample.evolve(**dict(found.changes))
@@ -113,6 +117,23 @@ def apply_verdicts(copies: Iterable[Sample], verdicts: Iterable[Verdict]) -> lis
             raise ValueError(
                 f"verdict of step {found.step} for {found.uid}: no copy left that passes {found.candidate!r}"
             )
+    return out
+
+
+def apply_by_uid(samples: Iterable[Sample], verdicts: Iterable[Verdict]) -> list[Sample]:
+    """`samples` (any uids) with `verdicts` applied, one uid at a time. A verdict whose uid no
+    sample has is a bug upstream: it raises, never is skipped."""
+    found: dict[str, list[Verdict]] = {}
+    for each in verdicts:
+        found.setdefault(each.uid, []).append(each)
+    copies: dict[str, list[Sample]] = {}
+    for sample in samples:
+        copies.setdefault(sample.uid, []).append(sample)
+    out: list[Sample] = []
+    for uid, same in copies.items():
+        out += apply_verdicts(same, found.pop(uid)) if uid in found else same
+    if found:
+        raise ValueError(f"verdicts for {len(found)} uid(s) without a sample, e.g. {min(found)}")
     return out
 
 

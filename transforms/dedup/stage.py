@@ -36,7 +36,7 @@ from schemas.verdict import DEDUP, Verdict
 from transforms.common.failures import Guarded
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
-from transforms.common.verdicts import ApplyVerdicts, copy_order, light, verdict
+from transforms.common.verdicts import ApplyVerdicts, copy_order, fields_verdict, light, verdict
 from transforms.crawl.config import ImageOptions
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.decontam import DecontaminateEval
@@ -131,8 +131,7 @@ class _VerdictFn(beam.DoFn):
 
 def _failure_verdict(failed: Sample) -> Verdict:
     """The verdict of a candidate the fingerprint step failed on (its row, `failed_row`)."""
-    fields = ("status", "reason", "stage", "error")
-    return Verdict(failed.uid, DEDUP, "kept", tuple((name, getattr(failed, name)) for name in fields))
+    return fields_verdict(failed, ("status", "reason", "stage", "error"), DEDUP, "kept")
 
 
 class JudgeDuplicates(beam.PTransform):

@@ -55,7 +55,7 @@ from schemas.sample import Sample
 from schemas.verdict import CAPTION, Verdict
 from transforms.common.outputs import WithSummary
 from transforms.common.routing import SplitByStatus, embedded
-from transforms.common.verdicts import ApplyVerdicts, apply_verdicts, light
+from transforms.common.verdicts import ApplyVerdicts, apply_verdicts, fields_verdict, light
 from transforms.embed.clip import ClipTextHandler, on_accelerator
 from transforms.noise.captions import GENERATED, GenerateCaptions, model_generates
 from transforms.noise.classify import LABEL_LANGUAGE, ClassifyImages, class_names, classifier_identity
@@ -394,7 +394,7 @@ _CAPTION_FIELDS = ("caption_pseudo", "pseudo_source", "caption_source", "status"
 
 
 def _caption_verdict(sample: Sample) -> Verdict:
-    return Verdict(sample.uid, CAPTION, "generated", tuple((f, getattr(sample, f)) for f in _CAPTION_FIELDS))
+    return fields_verdict(sample, _CAPTION_FIELDS, CAPTION, "generated")
 
 
 class _GenerateVerdicts(beam.PTransform):

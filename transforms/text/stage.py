@@ -478,9 +478,9 @@ def _wanted(element: tuple[int, pa.RecordBatch], partitions: int) -> Iterator[tu
 def _found(element: tuple[int, dict[str, list[Any]]]) -> Iterator[tuple[int, np.ndarray]]:
     """(batch key, its caption hashes that are boilerplate) for one partition."""
     _, joined = element
-    frequent = joined["frequent"][0] if joined["frequent"] else np.empty(0, "<u8")
+    frequent = np.sort(joined["frequent"][0]) if joined["frequent"] else np.empty(0, "<u8")
     for key, hashes in joined["wanted"]:
-        yield key, hashes[member(np.sort(frequent), hashes)] if len(frequent) else hashes[:0]
+        yield key, hashes[member(frequent, hashes)]
 
 
 def _marked(element: tuple[int, dict[str, list[Any]]]) -> Iterator[pa.RecordBatch]:

@@ -48,7 +48,7 @@ from schemas.verdict import Verdict
 from transforms.common.files import write_atomically
 from transforms.common.manifest import is_temp, list_files, read_manifest, write_manifest
 from transforms.common.progress import StageCounter
-from transforms.common.verdicts import apply_verdicts
+from transforms.common.verdicts import apply_by_uid
 from transforms.write.config import OutputConfig
 
 _EMBEDDING_METADATA = pa.schema(
@@ -172,23 +172,11 @@ def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
 
 
 def _judged(joined: dict[str, list[bytes]]) -> list[Sample]:
-    """A shard's samples off the wire, with the stages' verdicts applied (one uid at a time)."""
+    """A shard's samples off the wire, with the stages' verdicts applied."""
     samples = [decode_sample(encoded) for encoded in joined["sample"]]
     if not joined["verdict"]:
         return samples
-    verdicts: dict[str, list[Verdict]] = {}
-    for encoded in joined["verdict"]:
-        found = decode_verdict(encoded)
-        verdicts.setdefault(found.uid, []).append(found)
-    copies: dict[str, list[Sample]] = {}
-    for sample in samples:
-        copies.setdefault(sample.uid, []).append(sample)
-    out: list[Sample] = []
-    for uid, same in copies.items():
-        out += apply_verdicts(same, verdicts.pop(uid)) if uid in verdicts else same
-    if verdicts:  # a verdict names a uid that no sample has: a bug upstream, never silently skipped
-        raise ValueError(f"verdicts for {len(verdicts)} uid(s) without a sample, e.g. {min(verdicts)}")
-    return out
+    return apply_by_uid(samples, (decode_verdict(encoded) for encoded in joined["verdict"]))
 
 
 class _WriteShardFn(beam.DoFn):

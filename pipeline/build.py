@@ -29,6 +29,7 @@ from transforms.noise import JudgeCaptions, RepairCaptions
 from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
 from transforms.text import FilterText
 from transforms.write import WriteShards, WriteStats
+from transforms.write.shards import ROWS_READ
 
 StageFactory = Callable[[RunConfig, "str | None"], beam.PTransform]
 
@@ -96,7 +97,9 @@ def build_pipeline(
             if name in config.run.stages:
                 batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
         samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
-    summaries = []
+    # Every row read must reach a shard: stats.json says how many were read, and the launcher
+    # fails the run when fewer (or more) were written (`pipeline.jobs.check_rows`).
+    summaries = [total | "RowsReadSummary" >> beam.Map(lambda n: (ROWS_READ, n))]
     if retry_from is None:  # pairs harvested from web archives or pages
         summaries.append(read.summary | "HarvestSummary" >> beam.Map(lambda s: ("harvest", s)))
     verdicts: list[beam.PCollection] = []

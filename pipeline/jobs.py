@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.build import BATCH_STAGES, build_pipeline
 from pipeline.config import ConfigError, RunConfig
-from pipeline.output.errors import AuditError, IndexBudgetError
+from pipeline.output.errors import AuditError, IndexBudgetError, RowsLostError
 from pipeline.output.index import (
     INDEX_DIR,
     IndexSummary,
@@ -41,6 +41,7 @@ from transforms.common.progress import NAMESPACE
 from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import resolve_device
 from transforms.read.lists import check_input, expand_inputs, holds_archives, is_directory
+from transforms.write.shards import ROWS_LOST, ROWS_READ
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
@@ -156,6 +157,7 @@ def run_job(
         stats["alarm"] = alarm
         LOG.error("ALARM: %s", alarm)
     write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
+    check_rows(stats, output_dir)
     summary = _index_output(config, output_dir, runner, beam_args, workers)
     if summary is not None:
         stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
@@ -163,6 +165,20 @@ def run_job(
         record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in index_files(summary.type)])
     stats["report"] = _write_report(output_dir, stats["samples"])
     return stats
+
+
+def check_rows(stats: dict[str, Any], output_dir: str) -> None:
+    """`RowsLostError` when the shards do not hold exactly the rows read (stats.json's
+    `rows_lost`, set by the job): stages never drop a row, so only the runner can have."""
+    lost = stats.get(ROWS_LOST)
+    if not lost:
+        return
+    read, written = stats[ROWS_READ], stats["samples"]
+    what = f"lost {lost}" if lost > 0 else f"wrote {-lost} twice"
+    raise RowsLostError(
+        f"{output_dir}: {read} rows were read and {written} written: the runner {what}; "
+        f"the shards are incomplete (stats.json: {ROWS_READ}, {ROWS_LOST})"
+    )
 
 
 def check_no_overlap(patterns: Sequence[str], files: Sequence[str], output_dir: str) -> None:

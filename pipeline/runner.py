@@ -4,19 +4,47 @@ Beam's `DirectRunner` first tries to download the Prism binary; Winnow's `local`
 portable FnApiRunner directly, so a local run never reaches for the network. `--workers N`
 runs it as N worker processes (0 = one per core). Every other name (`DataflowRunner`,
 `SparkRunner`, `FlinkRunner`, `PrismRunner`, ...) and every Beam option passes through.
+
+The worker processes get their input over Beam's gRPC data plane, whose runner side flushes its
+output streams on a one-second timer by default. That timer's flush (`get()`, then `_clear()`)
+does not exclude the thread writing the bundle's input, so a chunk written between the two is
+sent to no one: a bundle whose input takes longer than a second to write (hundreds of MB, as
+the shard grouping of a few hundred thousand pairs) silently loses rows (Beam 2.70 and 2.77 both;
+measured in `benchmarks/README.md`, "Local runner: rows lost by the data plane's timer").
+`LocalRunner` turns the timer off for its run: the streams then flush only from the writing
+thread, by size and at the end of the input.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
 
 LOCAL_RUNNERS = {"local", "direct", "directrunner", "fnapirunner", "bundlebaseddirectrunner"}
+
+
+class LocalRunner(FnApiRunner):
+    """Beam's FnApiRunner with the data plane's timed flushing off (see the module docstring):
+    the runner side of the gRPC data channels it creates buffers by size only."""
+
+    _timer_lock = threading.Lock()
+
+    def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
+        # Beam reads the module constant when it creates the data plane server, inside
+        # `run_pipeline`; it is restored afterwards, and the lock keeps concurrent runs apart.
+        with LocalRunner._timer_lock:
+            kept = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
+            worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+            try:
+                return super().run_pipeline(pipeline, options)
+            finally:
+                worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = kept
 
 
 def is_local(runner: str) -> bool:
@@ -68,4 +96,4 @@ def make_pipeline(
         args += [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"]
         if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
             args.append("--default_sdk_harness_log_level=WARNING")  # workers' lifecycle chatter
-    return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args))
+    return beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(args))

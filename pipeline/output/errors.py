@@ -1,4 +1,5 @@
-"""Errors about a finished output folder; the CLI shows them as one line and exits with 2.
+"""Errors about a finished output folder; the CLI shows them as one line and exits with 2
+(`RowsLostError`, a fault of the run itself rather than of what the user gave: 1).
 
 They live apart from the readers so that the CLI can catch them without importing the readers'
 libraries (FAISS, the CLIP model).
@@ -17,3 +18,8 @@ class IndexBudgetError(ValueError):
 
 class SearchError(Exception):
     """An output that cannot be indexed or searched, or a query that cannot be made (the message says why)."""
+
+
+class RowsLostError(RuntimeError):
+    """A finished run whose shards hold fewer (or more) rows than its read stage produced: the
+    runner lost (or repeated) rows. stats.json records `rows_read` and `rows_lost`."""

@@ -62,6 +62,11 @@ _EMBEDDING_METADATA = pa.schema(
 )
 
 
+#: stats.json keys: the rows the read stage produced, and (only when it differs from the rows
+#: written, `samples`) how many of them the shards lack (negative: rows written twice).
+ROWS_READ, ROWS_LOST = "rows_read", "rows_lost"
+
+
 def shard_count(total: int, samples_per_shard: int) -> int:
     return max(1, math.ceil(total / samples_per_shard))
 
@@ -335,6 +340,10 @@ def finalize_output(
         FileSystems.delete([f"{output_dir}/{name}" for name in stale])
     stats = summarize(sorted(shards, key=lambda s: s["shard"]), stages)
     stats.update(sorted(summaries))
+    if ROWS_READ in stats and stats[ROWS_READ] != stats["samples"]:
+        # A runner fault: stages never drop rows. Said here, where the shards are known, and
+        # raised by the launcher once the job is over.
+        stats[ROWS_LOST] = stats[ROWS_READ] - stats["samples"]
     write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
     write_manifest(output_dir, "complete", written)
     return stats

@@ -102,12 +102,11 @@ def main() -> int:
         f"\n{args.pairs} pairs ({args.payload} B values), {args.workers} worker processes, "
         f"data plane timer {args.timer_ms} ms, {args.runs} runs each"
     )
-    print("| runner | runs losing rows | values lost per run (of %d) |" % (2 * args.pairs))
+    print(f"| runner | runs losing rows | values lost per run (of {2 * args.pairs}) |")
     print("|---|---|---|")
     for name, values in lost.items():
-        print(
-            f"| {name} | {sum(1 for v in values if v)} of {len(values)} | {', '.join(f'{v:,}' for v in values)} |"
-        )
+        losing = sum(1 for v in values if v)
+        print(f"| {name} | {losing} of {len(values)} | {', '.join(f'{v:,}' for v in values)} |")
     return 0
 
 

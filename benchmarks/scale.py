@@ -10,7 +10,7 @@ carries them) around `--topics` topic directions, in the shipped model's dimensi
 another image but an embedding within the dedup `epsilon`, and `--mismatched` captions (and
 text embeddings) of another pair. The pairs go through `DeduplicateImages` (exact, perceptual and
 semantic levels, no eval set) and `RepairCaptions` (default config; its concept vocabulary
-through the shipped model's text tower) on Beam's FnApiRunner with `--workers` SDK worker
+through the shipped model's text tower) on Winnow's local runner (`LocalRunner`) with `--workers` SDK worker
 processes, and are counted by status and reason after each stage, with the distinct pairs of the
 output (Beam counters; nothing is written to disk): a size whose output does not hold every pair
 is flagged (`ROWS LOST`).

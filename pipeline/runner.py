@@ -33,18 +33,26 @@ class LocalRunner(FnApiRunner):
     """Beam's FnApiRunner with the data plane's timed flushing off (see the module docstring):
     the runner side of the gRPC data channels it creates buffers by size only."""
 
-    _timer_lock = threading.Lock()
+    _lock = threading.Lock()
+    _active = 0  # LocalRunner runs in progress in this process
+    _beams_value = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
 
     def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
         # Beam reads the module constant when it creates the data plane server, inside
-        # `run_pipeline`; it is restored afterwards, and the lock keeps concurrent runs apart.
-        with LocalRunner._timer_lock:
-            kept = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
-            worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
-            try:
-                return super().run_pipeline(pipeline, options)
-            finally:
-                worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = kept
+        # `run_pipeline`. The first run in progress sets it to 0 and the last one to end restores
+        # Beam's value, so concurrent runs neither wait for each other nor undo each other.
+        with LocalRunner._lock:
+            if LocalRunner._active == 0:
+                LocalRunner._beams_value = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
+                worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+            LocalRunner._active += 1
+        try:
+            return super().run_pipeline(pipeline, options)
+        finally:
+            with LocalRunner._lock:
+                LocalRunner._active -= 1
+                if LocalRunner._active == 0:
+                    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = LocalRunner._beams_value
 
 
 def is_local(runner: str) -> bool:

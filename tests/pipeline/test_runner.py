@@ -10,6 +10,8 @@ on Beam's own FnApiRunner this join loses rows in nearly every run, with `LocalR
 
 from __future__ import annotations
 
+import threading
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -52,4 +54,35 @@ def test_worker_processes_lose_no_rows_when_beam_flushes_on_a_timer(monkeypatch)
     counts = {c.key.metric.name: c.committed for c in counters}
     assert counts == {"left": PAIRS, "right": PAIRS, "keys": PAIRS}
     # The runner's setting is its own: Beam's module value is back once the run is over.
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1
+
+
+#: Shared by the two runs of the next test: Beam pickles a step's function, so a step reaches
+#: these by its module's name rather than carrying copies.
+_BOTH_RUNNING = threading.Barrier(2, timeout=60)
+_SEEN: list[int] = []
+
+
+def _meet(element):
+    _BOTH_RUNNING.wait()  # BrokenBarrierError if the other run cannot start meanwhile
+    _SEEN.append(worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
+    return element
+
+
+def _run_meeting() -> None:
+    pipeline = make_pipeline("local")
+    _ = pipeline | beam.Create([0]) | beam.Map(_meet)
+    pipeline.run().wait_until_finish()
+
+
+def test_runs_in_progress_together_all_run_untimed_and_restore_beams_value(monkeypatch):
+    """Two in-process runs that overlap (each waits inside a step until the other is there) both
+    see the timer off, neither waits for the other to end, and Beam's value is back after both."""
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1)
+    threads = [threading.Thread(target=_run_meeting) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert _SEEN == [0, 0]
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1

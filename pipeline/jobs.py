@@ -174,10 +174,10 @@ def check_rows(stats: dict[str, Any], output_dir: str) -> None:
     if not lost:
         return
     read, written = stats[ROWS_READ], stats["samples"]
-    what = f"lost {lost}" if lost > 0 else f"wrote {-lost} twice"
+    what = f"lost {lost}; the shards are incomplete" if lost > 0 else f"wrote {-lost} twice"
     raise RowsLostError(
-        f"{output_dir}: {read} rows were read and {written} written: the runner {what}; "
-        f"the shards are incomplete (stats.json: {ROWS_READ}, {ROWS_LOST})"
+        f"{output_dir}: {read} rows were read and {written} written: the runner {what} "
+        f"(stats.json: {ROWS_READ}, {ROWS_LOST})"
     )
 
 

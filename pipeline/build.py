@@ -13,6 +13,7 @@ A retry (`retry_from`) runs each stage as samples → samples instead, before `K
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import apache_beam as beam
@@ -70,13 +71,15 @@ def build_pipeline(
     progress_dir: str | None = None,
     retry_from: str | None = None,
     archives: bool | None = None,
+    pool: PoolSource | None = None,
 ) -> beam.PCollection:
     """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict.
 
     `inputs` are the paths, folders or globs given, matched when the job runs; `archives` says
     whether they hold web archives (None: matched here to find out). With `retry_from` (a previous
     output folder) its rows are the input instead of `inputs`,
-    and the row-batch stages, which those rows already passed, do not run again.
+    and the row-batch stages, which those rows already passed, do not run again. `pool` says
+    the inputs are a pool of downloaded shards: the crawl stage reads their images from the tars.
     """
     if retry_from is not None:
         previous = samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
@@ -112,7 +115,7 @@ def build_pipeline(
             judged = _judge(name, config, progress_dir, samples, verdicts)
             verdicts.append(judged.rows if isinstance(judged, WithSummary) else judged)
         else:
-            stage = STAGES[name](config, progress_dir)
+            stage = _stage(name, config, progress_dir, pool)
             judged = samples | label >> (stage.with_resource_hints(**hints) if hints else stage)
             samples = judged.rows if isinstance(judged, WithSummary) else judged
         if isinstance(judged, WithSummary):  # a summary for stats.json under the stage's name
@@ -123,6 +126,26 @@ def build_pipeline(
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
     stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
     return shards | "WriteStats" >> WriteStats(output_dir, ["read", *stages], extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSource:
+    """The run reads a pool of downloaded shards (`schemas/pools.py`)."""
+
+    #: The model identity whose embeddings the pool carries and the embed stage reuses; None
+    #: when the embed stage computes them.
+    embeddings: str | None = None
+
+
+def _stage(
+    name: str, config: RunConfig, progress_dir: str | None, pool: PoolSource | None
+) -> beam.PTransform:
+    """The stage `name`; with a pool, the crawl reads its tars and the embed stage its embeddings."""
+    if pool is not None and name == "crawl":
+        return DownloadImages(config.crawl, progress_dir, pool=True, embeddings=pool.embeddings)
+    if pool is not None and name == "embed":
+        return EmbedImages(config.embed, progress_dir, reuse_only=pool.embeddings is not None)
+    return STAGES[name](config, progress_dir)
 
 
 def _judge(

@@ -208,7 +208,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     parser.add_argument(
         "--input-format",
-        help="input.input_format: parquet, csv, tsv, jsonl, txt, or the web archives wat, warc, arc",
+        help="input.input_format: parquet, csv, tsv, jsonl, txt, the web archives wat, warc, arc, "
+        "or webdataset (a pool of downloaded shards: img2dataset, DataComp, Winnow)",
     )
 
 

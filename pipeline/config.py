@@ -27,6 +27,7 @@ from transforms.embed import EmbedConfig
 from transforms.noise import NoiseConfig
 from transforms.read import InputConfig
 from transforms.text import TextConfig
+from transforms.text.config import DATACOMP_IMAGE_RULES
 from transforms.write import OutputConfig
 
 #: Integers beyond this fit no Arrow column, numpy array or FAISS call.
@@ -73,6 +74,16 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         stages = self.run.stages
+        if self.text.preset == "datacomp_basic":
+            # DataComp's basic filter has image rules too; keys the crawl section sets win.
+            defaults = CrawlConfig()
+            unset = {
+                k: v
+                for k, v in DATACOMP_IMAGE_RULES.items()
+                if getattr(self.crawl, k) == getattr(defaults, k)
+            }
+            if unset:
+                object.__setattr__(self, "crawl", dataclasses.replace(self.crawl, **unset))
         if (
             "dedup" in stages
             and self.dedup.semantic

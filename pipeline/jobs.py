@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from pipeline.build import BATCH_STAGES, build_pipeline
+from pipeline.build import BATCH_STAGES, PoolSource, build_pipeline
 from pipeline.config import ConfigError, RunConfig
 from pipeline.output.errors import AuditError, IndexBudgetError, RowsLostError
 from pipeline.output.index import (
@@ -34,14 +34,16 @@ from pipeline.shuffles import NAMESPACE as SHUFFLE_NAMESPACE
 from pipeline.shuffles import measure_shuffles, shuffle_table
 from pipeline.stores import check_bucket, check_writable
 from schemas.layout import STATS_FILE
+from schemas.pools import available_embeddings
 from transforms.common.errors import InputError
 from transforms.common.files import write_atomically
 from transforms.common.manifest import claim_output, inside, normalized, record_files, require_complete
 from transforms.common.progress import NAMESPACE
 from transforms.crawl.stage import failure_alarm
-from transforms.embed.clip import resolve_device
-from transforms.read.lists import check_input, expand_inputs, holds_archives, is_directory
+from transforms.embed.clip import model_identity, resolve_device
+from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
 from transforms.write.shards import ROWS_LOST, ROWS_READ
+from transforms.write.uids import write_uids_file
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
@@ -103,8 +105,9 @@ def run_job(
     # The files are checked here but matched again when the job runs: the job graph holds the
     # patterns, not a list of every file.
     archives = holds_archives(files, config.input)
+    pool = previous_pool(retry_from) if retry_from is not None else pool_source(files, config)
     build_pipeline(
-        pipeline, config, [] if retry_from else inputs, output_dir, progress_dir, retry_from, archives
+        pipeline, config, [] if retry_from else inputs, output_dir, progress_dir, retry_from, archives, pool
     )
     if config.run.measure_shuffles:
         measure_shuffles(pipeline)
@@ -144,6 +147,8 @@ def run_job(
     with FileSystems.open(stats_path) as handle:
         stats: dict[str, Any] = json.loads(handle.read())
     stats["input_files"] = len(files)
+    if pool is not None:  # what a retry of this output needs to know
+        stats[POOL_KEY] = {"embeddings": pool.embeddings}
     if retry_from is not None:
         stats["retried_from"] = retry_from
     stats["duration_s"] = round(elapsed, 3)
@@ -158,6 +163,9 @@ def run_job(
         LOG.error("ALARM: %s", alarm)
     write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
     check_rows(stats, output_dir)
+    if config.output.uids_file:
+        stats["uids_file"] = write_uids_file(output_dir, config.output.uids_file)
+        write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
     summary = _index_output(config, output_dir, runner, beam_args, workers)
     if summary is not None:
         stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
@@ -165,6 +173,39 @@ def run_job(
         record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in index_files(summary.type)])
     stats["report"] = _write_report(output_dir, stats["samples"])
     return stats
+
+
+#: stats.json entry of a run that read a pool of downloaded shards.
+POOL_KEY = "pool"
+
+
+def pool_source(files: Sequence[str], config: RunConfig) -> PoolSource | None:
+    """How the run reads its pool, or None when no input is a pool shard (`*.tar`).
+
+    With the embed stage, the first shard's siblings say which models' embeddings the pool
+    carries: the configured model's are reused; only other models' is a `ConfigError` naming both,
+    unless `embed.recompute`."""
+    shards = [path for path in files if detect_format(path, config.input.input_format) == "webdataset"]
+    if not shards:
+        return None
+    if "embed" not in config.run.stages or config.embed.recompute:
+        return PoolSource(None)
+    wanted = model_identity(config.embed)
+    found = available_embeddings(shards[0])
+    if not found or wanted in found:
+        return PoolSource(wanted if found else None)
+    raise ConfigError(
+        f"embed.model: the pool's embeddings ({found[sorted(found)[0]]}) were made by "
+        f"{', '.join(sorted(found))}, not by {wanted}; set embed.model and embed.pretrained to "
+        "the pool's model, or embed.recompute: true to embed every image again"
+    )
+
+
+def previous_pool(previous: str) -> PoolSource | None:
+    """The pool a previous output read (its stats.json), for `--retry-failed` on it."""
+    with FileSystems.open(f"{previous}/{STATS_FILE}") as handle:
+        recorded = json.loads(handle.read()).get(POOL_KEY)
+    return PoolSource(recorded.get("embeddings")) if isinstance(recorded, dict) else None
 
 
 def check_rows(stats: dict[str, Any], output_dir: str) -> None:

@@ -27,6 +27,7 @@ Columns (all nullable unless noted):
 | image_bytes | crawl | size of the stored (re-encoded) image |
 | clip_score | embed | cosine of the image and text embeddings |
 | clip_model | embed | identity of the model that made the score (name/tag, or checkpoint @ digest) |
+| embedding_source | crawl | where a pool's embeddings were read (`pool:<file>#<arrays>`); null: computed |
 | dup_group | dedup | uid of the sample a duplicate group keeps, on every member, the kept one included |
 | duplicate_of | text, dedup | on a removed copy: the uid kept (same URL or image), or the eval image |
 | noise_prob | noise | probability that the caption does not describe the image, in [0, 1] |
@@ -122,6 +123,7 @@ class Sample:
     image_ext: str | None = None
     clip_score: float | None = None
     clip_model: str | None = None
+    embedding_source: str | None = None
     image_embedding: Any = dataclasses.field(default=None, repr=False)
     text_embedding: Any = dataclasses.field(default=None, repr=False)
     dup_group: str | None = None
@@ -184,6 +186,7 @@ METADATA_SCHEMA = pa.schema(
         pa.field("image_bytes", pa.int64()),
         pa.field("clip_score", pa.float32()),
         pa.field("clip_model", pa.string()),
+        pa.field("embedding_source", pa.string()),
         pa.field("dup_group", pa.string()),
         pa.field("duplicate_of", pa.string()),
         pa.field("noise_prob", pa.float32()),

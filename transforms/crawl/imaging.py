@@ -135,7 +135,7 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
         raise ImageError(
             "image_area_too_large", f"{width}x{height} exceeds Pillow's decompression-bomb limit"
         )
-    _check_shape(width, height, options)
+    check_shape(width, height, options)
     plan = plan_resize(width, height, options)
     # keep_ratio scales the short side to image_size: a thin strip would become enormous.
     target = plan.scaled if plan.crop is None else None
@@ -199,7 +199,7 @@ def _orientation(image: Image.Image) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _check_shape(width: int, height: int, options: ImageOptions) -> None:
+def check_shape(width: int, height: int, options: ImageOptions) -> None:
     if width <= 0 or height <= 0:
         raise ImageError("decode_error", f"image has an empty size {width}x{height}")
     if min(width, height) < options.min_image_size:

@@ -35,9 +35,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 from schemas.reasons import is_retryable_failure
 from schemas.sample import Sample, Status
 from transforms.common.progress import StageCounter
+from transforms.common.routing import SplitByStatus
 from transforms.crawl.config import CrawlConfig
 from transforms.crawl.fetch import Fetcher, FetchError
 from transforms.crawl.imaging import ImageError, process_image
+from transforms.crawl.pool import LoadPoolImages, in_pool
 
 LOG = logging.getLogger(__name__)
 STAGE = "crawl"
@@ -200,12 +202,29 @@ class _DownloadFn(beam.DoFn):
 
 
 class DownloadImages(beam.PTransform):
-    """Downloads, decodes, resizes and re-encodes the image of every pending sample."""
+    """Downloads, decodes, resizes and re-encodes the image of every pending sample.
 
-    def __init__(self, config: CrawlConfig, progress_dir: str | None = None):
+    With `pool` (the run reads a pool of downloaded shards), samples read from the pool take their
+    image from its tars instead (`transforms/crawl/pool.py`), with the pool's `embeddings` made by
+    that model identity when given; the others are fetched."""
+
+    def __init__(
+        self,
+        config: CrawlConfig,
+        progress_dir: str | None = None,
+        pool: bool = False,
+        embeddings: str | None = None,
+    ):
         super().__init__()
         self._config = config
         self._progress_dir = progress_dir
+        self._pool = pool
+        self._embeddings = embeddings
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        return samples | "Download" >> beam.ParDo(_DownloadFn(self._config, self._progress_dir))
+        download = beam.ParDo(_DownloadFn(self._config, self._progress_dir))
+        if not self._pool:
+            return samples | "Download" >> download
+        pooled, web = samples | "FromPool" >> SplitByStatus(in_pool)
+        loaded = pooled | "LoadFromPool" >> LoadPoolImages(self._config, self._embeddings, self._progress_dir)
+        return (loaded, web | "Download" >> download) | "Images" >> beam.Flatten()

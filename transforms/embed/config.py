@@ -37,8 +37,13 @@ class EmbedConfig:
     model_copies: int = 0
     #: Reject samples whose clip_score is below this (LAION: 0.28 with ViT-B/32); null = off.
     min_clip_score: float | None = None
-    #: Keep only this top fraction of the run by clip_score (DataComp: 0.3); null = off.
+    #: Keep only this top fraction of the run by clip_score (DataComp: 0.3; its exact rule, over
+    #: every score of the run); null = off.
     keep_fraction: float | None = None
+    #: A pool whose shards carry this model's embeddings (DataComp's `.npz`, Winnow's `img_emb/`)
+    #: has them reused, and a pool carrying only another model's is an error; true computes them
+    #: again with this model instead.
+    recompute: bool = False
     #: Carry the embeddings to the writer (img_emb/, text_emb/); false keeps only the score.
     write_embeddings: bool = True
     #: Accelerator resource hint of the embedding step alone, in Dataflow's form

@@ -16,17 +16,25 @@ Steps, each small:
    or one per machine with `large_model` / `model_copies`.
 3. `Score`: the cosine, the model identity, the embeddings onto the sample.
 4. `Decide` (only with a threshold): `clip_score` below `min_clip_score`, or outside the top
-   `keep_fraction` of the whole run (a threshold from Beam's approximate quantiles, handed in as a
-   side input: no second pass), is rejected with reason `low_clip_score` and the threshold used.
+   `keep_fraction` of every score of the run (DataComp's exact rule, `fraction_threshold`, handed
+   in as a side input: no second pass over the samples), is rejected with reason `low_clip_score`
+   and the threshold used.
+
+Samples read from a pool that carries the model's embeddings (`transforms/crawl/pool.py` set
+`embedding_source`) skip steps 1-3: their embeddings and score are the pool's, and with
+`reuse_only` (the launcher found the model's embeddings beside the shards) no model is loaded;
+a sample without them then fails with `embedding_missing`. The pool's scores of samples an
+earlier stage rejected count in the `keep_fraction` rank, as in DataComp's baselines.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from schemas.sample import Sample, Status
@@ -40,10 +48,6 @@ LOG = logging.getLogger(__name__)
 
 
 STAGE = "embed"
-
-
-#: Quantiles computed for `keep_fraction` (a threshold within 0.1 % of the rank asked for).
-QUANTILES = 1001
 
 
 class _ScoreFn(beam.DoFn):
@@ -75,12 +79,35 @@ class _ScoreFn(beam.DoFn):
         self._counter.flush()
 
 
-def threshold_from_quantiles(quantiles: list[float], keep_fraction: float) -> float:
-    """The score at rank (1 - keep_fraction) of the run, from evenly spaced quantiles."""
-    if not quantiles:
+def fraction_threshold(scores: np.ndarray, keep_fraction: float) -> float:
+    """DataComp's threshold for keeping the top `keep_fraction` (`baselines/apply_filter.py`,
+    `get_threshold`): the score at position ⌊n · fraction⌋ of the scores sorted from the highest;
+    samples scoring at least that are kept. -inf (keep all) when that position is past the end."""
+    n = int(len(scores) * keep_fraction)
+    if n >= len(scores):
         return float("-inf")
-    index = round((1.0 - keep_fraction) * (len(quantiles) - 1))
-    return float(quantiles[min(max(index, 0), len(quantiles) - 1)])
+    return float(-np.sort(-scores)[n])
+
+
+class _AllScores(beam.CombineFn):
+    """Every score of the run as one float64 array (8 bytes per scored sample, on one worker:
+    800 MB at 100 million; DataComp's own baselines hold them all in memory the same way)."""
+
+    def create_accumulator(self) -> list[np.ndarray]:
+        return []
+
+    def add_input(self, accumulator: list[np.ndarray], score: float) -> list[np.ndarray]:
+        accumulator.append(np.array([score], np.float64))
+        if len(accumulator) >= 4096:
+            accumulator[:] = [np.concatenate(accumulator)]
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        parts = [part for accumulator in accumulators for part in accumulator]
+        return [np.concatenate(parts)] if parts else []
+
+    def extract_output(self, accumulator: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(accumulator) if accumulator else np.empty(0, np.float64)
 
 
 class _DecideFn(beam.DoFn):
@@ -109,40 +136,95 @@ class _DecideFn(beam.DoFn):
 
 
 class DecideClipScore(beam.PTransform):
-    """Rejects scored samples below `min_clip_score` or outside the top `keep_fraction` of the
-    whole collection (approximate quantiles, applied as a side input)."""
+    """Rejects scored samples below `min_clip_score` or outside the top `keep_fraction` of every
+    score of the run (`fraction_threshold` over `scored` and `others`, applied as a side input).
 
-    def __init__(self, config: EmbedConfig, progress_dir: str | None = None):
+    `others` are samples not decided here that carry a score all the same (a pool's score of a
+    sample an earlier stage rejected): DataComp ranks the whole pool, so they count in the rank."""
+
+    def __init__(
+        self, config: EmbedConfig, progress_dir: str | None = None, others: beam.PCollection | None = None
+    ):
         super().__init__()
         self._config = config
         self._progress_dir = progress_dir
+        self._others = others
 
     def expand(self, scored: beam.PCollection) -> beam.PCollection:
         threshold = None
         if self._config.keep_fraction is not None:
+            ranked = [scored] if self._others is None else [scored, self._others]
             threshold = beam.pvalue.AsSingleton(
-                scored
-                | "Scores" >> beam.Map(lambda s: s.clip_score)
-                | "Quantiles" >> beam.ApproximateQuantiles.Globally(QUANTILES)
-                | "Threshold" >> beam.Map(threshold_from_quantiles, self._config.keep_fraction)
+                ranked
+                | "Ranked" >> beam.Flatten()
+                | "Scores" >> beam.FlatMap(lambda s: [s.clip_score] if s.clip_score is not None else [])
+                | "AllScores" >> beam.CombineGlobally(_AllScores())
+                | "Threshold" >> beam.Map(fraction_threshold, self._config.keep_fraction)
             )
         return scored | "Decide" >> beam.ParDo(
             _DecideFn(self._config.min_clip_score, self._progress_dir), quantile_threshold=threshold
         )
 
 
+class _ReuseFn(beam.DoFn):
+    """A sample whose embeddings came with it (a pool's): counted, embeddings kept if asked for;
+    one without them (`reuse_only`: the model is not loaded) fails with `embedding_missing`."""
+
+    def __init__(self, keep_embeddings: bool, progress_dir: str | None, decides: bool):
+        self._keep = keep_embeddings
+        self._progress_dir = progress_dir
+        self._decides = decides
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, sample: Sample) -> Iterator[Sample]:
+        if sample.embedding_source is None or sample.image_embedding is None:
+            self._counter.add(kept=False, reason="embedding_missing")
+            detail = "the pool has no embedding of this sample for the configured model"
+            yield sample.decided(Status.FAILED, "embedding_missing", STAGE, detail)
+            return
+        Metrics.counter(STAGE, "embeddings_reused").inc()
+        if not self._decides:
+            self._counter.add(kept=True)
+        if not self._keep:
+            sample = sample.evolve(image_embedding=None, text_embedding=None)
+        yield sample
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
 class EmbedImages(beam.PTransform):
     """Embeds every downloaded pair with CLIP, scores it and applies the configured threshold."""
 
-    def __init__(self, config: EmbedConfig, progress_dir: str | None = None):
+    def __init__(self, config: EmbedConfig, progress_dir: str | None = None, reuse_only: bool = False):
         super().__init__()
         self._config = config
         self._progress_dir = progress_dir
+        self._reuse_only = reuse_only
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
         decides = config.min_clip_score is not None or config.keep_fraction is not None
         todo, passing = samples | "Split" >> SplitByStatus(downloaded)
+        reuse = _ReuseFn(config.write_embeddings, self._progress_dir, decides)
+        if self._reuse_only:  # the pool holds this model's embeddings: no model is loaded
+            scored = todo | "Reuse" >> beam.ParDo(reuse)
+            failed: list[beam.PCollection] = []
+        else:
+            todo, carried = todo | "SplitCarried" >> SplitByStatus(lambda s: s.embedding_source is None)
+            scored, failed = self._embed(todo)
+            reused = carried | "Reuse" >> beam.ParDo(reuse)
+            scored = (scored, reused) | "Scored" >> beam.Flatten()
+        if decides:
+            scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir, passing)
+        return (scored, *failed, passing) | "Merge" >> beam.Flatten()
+
+    def _embed(self, todo: beam.PCollection) -> tuple[beam.PCollection, list[beam.PCollection]]:
+        """The samples embedded by the model, and those that failed on the way."""
+        config = self._config
+        decides = config.min_clip_score is not None or config.keep_fraction is not None
         identity = model_identity(config)
         prepared, unreadable = todo | "Preprocess" >> Guarded(
             PreprocessFn(config), STAGE, "preprocess", self._progress_dir
@@ -156,6 +238,4 @@ class EmbedImages(beam.PTransform):
         scored = embedded | "Score" >> beam.ParDo(
             _ScoreFn(identity, config.write_embeddings, self._progress_dir, decides)
         )
-        if decides:
-            scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir)
-        return (scored, unreadable, model_failed, passing) | "Merge" >> beam.Flatten()
+        return scored, [unreadable, model_failed]

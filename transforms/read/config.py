@@ -8,7 +8,9 @@ from typing import Literal
 
 from transforms.common.checks import Check
 
-InputFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "arc", "pages"]
+InputFormat = Literal[
+    "auto", "parquet", "csv", "tsv", "jsonl", "txt", "wat", "warc", "arc", "pages", "webdataset"
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +25,8 @@ class InputConfig:
     save_additional_columns: tuple[str, ...] = ()
     #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
     #: `.warc.gz` is `warc`, `.arc.gz` is `arc`, the Internet Archive's format before WARC).
+    #: `.tar` is `webdataset`: a pool of downloaded shards (img2dataset, DataComp, Winnow), read
+    #: with the siblings its tars have (`schemas/pools.py`); its images are not fetched again.
     #: `pages`: the list's URLs are web pages, fetched and harvested for
     #: their image/alt-text pairs (the list's own format is taken from its suffix).
     input_format: InputFormat = "auto"

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.pools import drop_siblings
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.common.errors import InputError, first_line
 from transforms.common.outputs import WithSummary
@@ -43,11 +44,19 @@ from transforms.crawl.config import CrawlConfig
 from transforms.read.config import InputConfig
 from transforms.read.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.read.pages import HarvestPages
+from transforms.read.pool import pool_batches
 from transforms.read.rows import Record, UnreadableFile, text_records
 
 LOG = logging.getLogger(__name__)
 
-_SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+_SUFFIX_FORMATS = {
+    ".tar": "webdataset",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+}
 _SUFFIX_FORMATS.update({".txt": "txt", ".wat": "wat", ".warc": "warc", ".arc": "arc"})
 #: Web archives: their pairs are harvested from pages (`transforms/read/harvest.py`), not read as rows.
 ARCHIVE_FORMATS = ("wat", "warc", "arc")
@@ -76,7 +85,8 @@ def match_input(pattern: str) -> list[str]:
         folder = pattern.rstrip("/") + "/"
         candidates = [folder + "**"]
     matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
-    return [path for path in matched if not _hidden(path, folder)]
+    # A pool's shard metadata (`NNNNN.parquet` beside `NNNNN.tar`) is read with its tar.
+    return drop_siblings(path for path in matched if not _hidden(path, folder))
 
 
 def _hidden(path: str, folder: str | None) -> bool:
@@ -107,8 +117,8 @@ def detect_format(path: str, configured: str = "auto") -> str:
 def read_columns(path: str, config: InputConfig) -> list[str]:
     """Column names of one input file, read cheaply (for checks before the pipeline starts)."""
     fmt = detect_format(path, config.input_format)
-    if fmt in ARCHIVE_FORMATS:
-        return []  # pages, not columns
+    if fmt in ARCHIVE_FORMATS or fmt == "webdataset":
+        return []  # pages, or a pool shard's own layout (`transforms/read/pool.py`)
     if fmt == "parquet":
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             return list(pq.ParquetFile(handle).schema_arrow.names)
@@ -176,6 +186,9 @@ def file_batches(
         return
     if fmt == "parquet":
         yield from _parquet_batches(path, config, batch_rows)
+        return
+    if fmt == "webdataset":
+        yield from pool_batches(path, config, batch_rows)
         return
     rows: list[Record] = []
     checked = False

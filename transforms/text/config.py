@@ -23,6 +23,7 @@ LID176_LANGUAGES = frozenset(
 
 
 _RULE_KEYS = (
+    "measure",
     "languages",
     "min_lang_score",
     "min_words",
@@ -34,13 +35,20 @@ _RULE_KEYS = (
 
 
 Preset = Literal["none", "datacomp_basic", "align", "laion"]
+Measure = Literal["winnow", "datacomp"]
+
+#: DataComp's basic filter's image rules (`crawl` keys), applied with the datacomp_basic preset
+#: unless the crawl section sets them: shorter side at least 200 px, aspect ratio at most 3.
+DATACOMP_IMAGE_RULES: dict[str, Any] = {"min_image_size": 200, "max_aspect_ratio": 3.0}
 
 
 #: Published recipes. Keys set in the config override these.
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # DataComp "basic filtering" (Gadre et al., 2023): English by fastText, > 2 words, > 5 characters.
-    "datacomp_basic": {"languages": ("en",), "min_words": 3, "min_chars": 6},
+    # Measured as its `baselines/apply_filter.py` does (`measure: datacomp`); the preset's image
+    # rules (shorter side >= 200 px, aspect ratio <= 3) are `DATACOMP_IMAGE_RULES`.
+    "datacomp_basic": {"measure": "datacomp", "languages": ("en",), "min_words": 3, "min_chars": 6},
     # ALIGN (Jia et al., 2021, §3): 3–20 unigrams; alt-text shared by more than 10 images dropped;
     # alt-text with a token outside the 100 million most frequent unigrams and bigrams dropped.
     "align": {"min_words": 3, "max_words": 20, "boilerplate_max_urls": 10, "vocab_size": 100_000_000},
@@ -55,6 +63,11 @@ class TextConfig:
 
     #: Named recipe: none, datacomp_basic, align, laion.
     preset: Preset = "none"
+    #: What the word, character and language rules read: `winnow` (the cleaned caption, words or
+    #: CJK characters, fastText with the script rule) or `datacomp` (the raw caption as DataComp's
+    #: baselines read it: `len(text.split())`, `len(text)`, fastText's top label of the text with
+    #: newlines as spaces). The datacomp_basic preset sets `datacomp`.
+    measure: Measure | None = None
     #: Allowed caption languages (fastText codes, e.g. [en] or [en, fr, zh]); empty = any.
     languages: tuple[str, ...] | None = None
     #: Minimum fastText probability of the top language.
@@ -125,6 +138,7 @@ class TextConfig:
             if value is not None:
                 merged[name] = value
         return Rules(
+            measure=str(merged.get("measure") or "winnow"),
             languages=frozenset(merged.get("languages") or ()),
             min_lang_score=float(merged.get("min_lang_score") or 0.0),
             min_words=int(merged.get("min_words") or 0),
@@ -144,6 +158,7 @@ class TextConfig:
 class Rules:
     """Resolved rules; 0 or empty means off."""
 
+    measure: str
     languages: frozenset[str]
     min_lang_score: float
     min_words: int

@@ -85,6 +85,12 @@ class LanguageIdentifier:
                 codes[i], probabilities[i] = best_of(names, probs, allowed)
         return codes, probabilities
 
+    def predict_plain(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        """fastText's top label and probability for each (one-line) text, with no script rule."""
+        labels, scores = self.model.predict(texts, k=1)
+        codes = [label[0][_LABEL_LEN:] for label in labels]
+        return codes, np.minimum(np.asarray(scores, dtype=np.float32).reshape(-1), 1.0)
+
     def _languages(self, script: str) -> frozenset[str] | None:
         if script == LATIN:
             if self._latin is None:

@@ -123,6 +123,7 @@ _PREPARED_SCHEMA = pa.schema(
     [
         *BATCH_SCHEMA,
         pa.field("url_hash", pa.uint64()),
+        pa.field("num_chars", pa.int32()),
         pa.field("caption_hash", pa.uint64()),
         pa.field("unigrams", pa.list_(pa.uint64())),
         pa.field("bigrams", pa.list_(pa.uint64())),
@@ -140,14 +141,21 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
     captions = batch.column("caption").to_pylist()
     limit = rules.max_caption_chars
     clean = [normalize_caption(c, limit) if c else "" for c in captions]
-    tokens = [count_tokens(c) if c else 0 for c in clean]
-    texts = [c for c in clean if c]
+    if rules.measure == "datacomp":  # DataComp's baselines read the raw caption
+        measured = [c.replace("\n", " ") if c else "" for c in captions]
+        tokens = [len(c.split()) if c else 0 for c in captions]
+        chars = [len(c) if c else 0 for c in captions]
+    else:
+        measured = clean
+        tokens = [count_tokens(c) if c else 0 for c in clean]
+        chars = [len(c) for c in clean]
+    texts = [c for c in measured if c]
     codes, probabilities = identify(texts) if texts else ([], np.empty(0, np.float32))
     if len(texts) == n:
         lang: list[str | None] = list(codes)
         score = np.asarray(probabilities, dtype=np.float32)
     else:
-        where = np.flatnonzero(np.fromiter((bool(c) for c in clean), bool, n))
+        where = np.flatnonzero(np.fromiter((bool(c) for c in measured), bool, n))
         lang = [None] * n
         for i, code in zip(where.tolist(), codes, strict=True):
             lang[i] = code
@@ -194,6 +202,7 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
 
     columns: dict[str, Any] = {name: batch.column(name) for name in BATCH_SCHEMA.names}
     columns.update(caption_clean=clean, num_tokens=tokens, lang=lang, lang_score=score, url_hash=url_hash)
+    columns["num_chars"] = chars
     if rejected:
         columns.update(status=status, reason=reason, stage=stage, error=error)
     if need_caption_hash:
@@ -225,8 +234,10 @@ class _PrepareFn(beam.DoFn):
 
     def _identify(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
         size, codes, scores = self._config.lid_batch_size, [], []
+        plain = self._rules.measure == "datacomp"  # fastText's own top label, as DataComp reads it
+        predict = self._model.predict_plain if plain else self._model.predict_clean
         for start in range(0, len(texts), size):
-            batch_codes, batch_scores = self._model.predict_clean(texts[start : start + size])
+            batch_codes, batch_scores = predict(texts[start : start + size])
             codes.extend(batch_codes)
             scores.append(batch_scores)
         return codes, np.concatenate(scores)
@@ -362,7 +373,7 @@ class _JudgeFn(beam.DoFn):
             ("too_many_words", tokens > rules.max_words if rules.max_words else None),
             (
                 "too_short",
-                pc.less(pc.utf8_length(clean), rules.min_chars).to_numpy(zero_copy_only=False)
+                pc.less(batch.column("num_chars"), rules.min_chars).to_numpy(zero_copy_only=False)
                 if rules.min_chars
                 else None,
             ),

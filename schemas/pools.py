@@ -1,0 +1,168 @@
+"""What a pool of downloaded shards holds, by name: the contract between a pool and its readers.
+
+A pool is a folder (local, s3://, gs://) of WebDataset tars as img2dataset writes them, `NNNNN.tar`
+holding `<key>.jpg` (or another image extension), `<key>.txt` and `<key>.json`, with siblings
+found by name:
+
+- `NNNNN.parquet` (img2dataset, DataComp, Winnow): one row per sample attempted: `key`, `url`,
+  `caption` (DataComp: `text`), `status`, `error_message`, sizes, `sha256`, and any saved columns
+  (DataComp: `uid`, `clip_b32_similarity_score`, `clip_l14_similarity_score`, `face_bboxes`).
+- `NNNNN_stats.json` (img2dataset): the shard's counts (not read: the Parquet has every row).
+- `NNNNN.npz` (DataComp): `b32_img`, `b32_txt`, `l14_img`, `l14_txt`, float16 embeddings,
+  row-aligned with the Parquet.
+- `img_emb/img_emb_NNNNN.npy`, `text_emb/text_emb_NNNNN.npy`, `metadata/metadata_NNNNN.parquet`
+  (Winnow, in clip-retrieval's layout): embeddings row-aligned with the metadata's `uid` column;
+  the model is the shard Parquet's `clip_model`.
+
+The WebDataset key of a member is its name up to the first dot of its base name, as `webdataset`
+splits it (`a/b.c.jpg` → key `a/b`, extension `c.jpg`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+TAR_SUFFIX = ".tar"
+#: Image members of a shard, by extension (lower case), as img2dataset and webdataset name them.
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm"})
+_HEX_UID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolEmbeddings:
+    """One set of precomputed embeddings a pool may carry, and the model that made them."""
+
+    #: The model identity, as `embed` writes it in `clip_model` (`name/pretrained tag`).
+    identity: str
+    #: Arrays of the `.npz` (DataComp), row-aligned with the shard's Parquet.
+    image_key: str
+    text_key: str
+    #: The Parquet column holding the score DataComp computed with this model (float32 before
+    #: storage, so its baselines threshold this column, not the cosine of the float16 arrays).
+    score_column: str
+
+
+#: DataComp CommonPool's embeddings (`.npz` per shard): OpenAI's CLIP ViT-B/32 and ViT-L/14.
+DATACOMP_EMBEDDINGS = (
+    PoolEmbeddings("ViT-B-32/openai", "b32_img", "b32_txt", "clip_b32_similarity_score"),
+    PoolEmbeddings("ViT-L-14/openai", "l14_img", "l14_txt", "clip_l14_similarity_score"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFiles:
+    """The files of one shard of a pool, by name (whether each exists is asked separately)."""
+
+    tar: str
+    parquet: str
+    npz: str
+    img_emb: str
+    text_emb: str
+    metadata: str
+
+
+def _split(path: str) -> tuple[str, str, str]:
+    """(folder, base name, separator) of a local path or an object-store URL."""
+    if "://" in path:
+        folder, _, name = path.rpartition("/")
+        return folder, name, "/"
+    folder, name = os.path.split(path)
+    return folder, name, os.sep
+
+
+def shard_files(tar: str) -> ShardFiles:
+    """The files of the shard whose tar is `tar`."""
+    folder, name, sep = _split(tar)
+    stem = name.removesuffix(TAR_SUFFIX)
+
+    def join(*parts: str) -> str:
+        return sep.join((folder, *parts)) if folder else sep.join(parts)
+
+    return ShardFiles(
+        tar=tar,
+        parquet=join(f"{stem}.parquet"),
+        npz=join(f"{stem}.npz"),
+        img_emb=join("img_emb", f"img_emb_{stem}.npy"),
+        text_emb=join("text_emb", f"text_emb_{stem}.npy"),
+        metadata=join("metadata", f"metadata_{stem}.parquet"),
+    )
+
+
+def drop_siblings(paths: Iterable[str]) -> list[str]:
+    """`paths` without the `.parquet` / `.npz` / `_stats.json` siblings of a tar among them (a
+    folder of a pool names its shards, not their metadata)."""
+    paths = list(paths)
+    siblings: set[str] = set()
+    for path in paths:
+        if path.endswith(TAR_SUFFIX):
+            folder, name, sep = _split(path)
+            stem = name.removesuffix(TAR_SUFFIX)
+            for sibling in (f"{stem}.parquet", f"{stem}.npz", f"{stem}_stats.json"):
+                siblings.add(sep.join((folder, sibling)) if folder else sibling)
+    return [path for path in paths if path not in siblings]
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member name, webdataset's way: the extension starts at the first
+    dot of the base name; ('', '') for a name without one."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return "", ""
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def pool_uid(value: object) -> str | None:
+    """The pool's own uid (DataComp's 32 hex digits) when `value` is one, else None."""
+    if isinstance(value, str) and _HEX_UID.match(value.lower()):
+        return value.lower()
+    return None
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
+def available_embeddings(tar: str) -> dict[str, str]:
+    """Identity → where, for each set of precomputed embeddings beside the shard `tar`."""
+    files = shard_files(tar)
+    found: dict[str, str] = {}
+    if exists(files.npz):
+        with np.load(io.BytesIO(read_bytes(files.npz))) as arrays:
+            names = set(arrays.files)
+        for embeddings in DATACOMP_EMBEDDINGS:
+            if {embeddings.image_key, embeddings.text_key} <= names:
+                found[embeddings.identity] = files.npz
+    if exists(files.img_emb) and exists(files.text_emb) and exists(files.metadata) and exists(files.parquet):
+        identity = recorded_model(files.parquet)
+        if identity:
+            found[identity] = files.img_emb
+    return found
+
+
+def recorded_model(parquet: str) -> str | None:
+    """The first `clip_model` a shard Parquet records (Winnow's output), or None."""
+    with FileSystems.open(parquet, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        file = pq.ParquetFile(handle)
+        if "clip_model" not in file.schema_arrow.names:
+            return None
+        column = file.read(columns=["clip_model"]).column(0).drop_null()
+    return str(column[0].as_py()) if len(column) else None
+
+
+def datacomp_embeddings(identity: str) -> PoolEmbeddings | None:
+    return next((e for e in DATACOMP_EMBEDDINGS if e.identity == identity), None)

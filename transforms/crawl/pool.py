@@ -1,0 +1,269 @@
+"""The crawl stage's pool mode: each image read from the pool's tar instead of fetched again.
+
+In: `Sample`s read from a pool (`transforms/read/pool.py`): `extra` names their shard
+(`__shard__`) and key (`__key__`). The samples of one shard are grouped (light rows: the images are
+not read yet), and the shard's tar is read once, front to back, for the keys still pending.
+
+Out: the same samples. A pending one becomes `success` with its image decoded, resized and
+re-encoded as the crawl does it (`crawl.resize_mode: no` keeps the pool's bytes as they are), its
+sizes and `sha256` (of the pool's bytes); or `failed` with the crawl's reasons (`decode_error`,
+`image_too_small`, ...), `image_missing` (no image member for the key) or `unreadable_file` (the
+tar cannot be read: retried by `--retry-failed`). Nothing is dropped.
+
+The image-size rules (`crawl.min_image_size`, `crawl.max_aspect_ratio`, `crawl.max_image_area`)
+apply to the pool's `original_width` / `original_height` when it records them (DataComp's basic
+filter reads those columns: a pool's stored images are often resized), else to the decoded image.
+
+`PoolEmbeddings` (when the embed stage's model made the pool's embeddings): every sample of the
+shard gets the pool's score for that model (`clip_score`; the pool's score column when it has one,
+else the cosine of the stored embeddings), `clip_model` and `embedding_source`; the loaded ones
+also get the embeddings, so the embed stage runs no model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.pools import (
+    IMAGE_EXTENSIONS,
+    datacomp_embeddings,
+    exists,
+    pool_uid,
+    read_bytes,
+    shard_files,
+    split_member,
+)
+from schemas.sample import Sample, Status
+from transforms.common.progress import StageCounter
+from transforms.crawl.config import CrawlConfig
+from transforms.crawl.imaging import ImageError, check_shape, process_image
+
+LOG = logging.getLogger(__name__)
+STAGE = "crawl"
+KEY, SHARD = "__key__", "__shard__"
+
+
+def in_pool(sample: Sample) -> bool:
+    """Whether the sample was read from a pool (its image is in a tar, not on the web)."""
+    return SHARD in sample.extra
+
+
+@dataclasses.dataclass
+class ShardEmbeddings:
+    """One shard's precomputed embeddings for one model: rows found by uid or by key."""
+
+    rows: dict[str, int]
+    image: np.ndarray
+    text: np.ndarray
+    #: `extra` entry holding the pool's own score for this model (None: the cosine is used).
+    score_column: str | None
+    source: str
+
+    def row(self, sample: Sample) -> int | None:
+        found = self.rows.get(sample.uid)
+        return found if found is not None else self.rows.get(str(sample.extra.get(KEY)))
+
+    def score(self, sample: Sample, row: int | None) -> float | None:
+        recorded = sample.extra.get(self.score_column) if self.score_column else None
+        if isinstance(recorded, int | float):
+            return float(recorded)
+        if row is None:
+            return None
+        return float(np.dot(self.image[row].astype(np.float32), self.text[row].astype(np.float32)))
+
+
+def shard_embeddings(tar: str, identity: str) -> ShardEmbeddings | None:
+    """The embeddings `identity` made for the shard `tar`, or None when the pool has none."""
+    files = shard_files(tar)
+    datacomp = datacomp_embeddings(identity)
+    if datacomp is not None and exists(files.npz) and exists(files.parquet):
+        with np.load(io.BytesIO(read_bytes(files.npz))) as arrays:
+            if {datacomp.image_key, datacomp.text_key} <= set(arrays.files):
+                name = files.npz.replace("\\", "/").rsplit("/", 1)[-1]
+                return ShardEmbeddings(
+                    _row_index(files.parquet),
+                    arrays[datacomp.image_key],
+                    arrays[datacomp.text_key],
+                    datacomp.score_column,
+                    f"pool:{name}#{datacomp.image_key},{datacomp.text_key}",
+                )
+    if exists(files.img_emb) and exists(files.text_emb) and exists(files.metadata):
+        name = files.img_emb.replace("\\", "/").rsplit("/", 1)[-1]
+        return ShardEmbeddings(
+            _row_index(files.metadata),
+            np.load(io.BytesIO(read_bytes(files.img_emb))),
+            np.load(io.BytesIO(read_bytes(files.text_emb))),
+            "clip_score",
+            f"pool:img_emb/{name}",
+        )
+    return None
+
+
+def _row_index(parquet: str) -> dict[str, int]:
+    """uid (or, without one, key) → row of a Parquet the embeddings are aligned with."""
+    table = pq.read_table(io.BytesIO(read_bytes(parquet)))
+    names = table.column_names
+    index: dict[str, int] = {}
+    if "uid" in names:
+        for row, uid in enumerate(table.column("uid").to_pylist()):
+            if pool_uid(uid):
+                index[pool_uid(uid)] = row  # type: ignore[index]
+    if "key" in names:
+        for row, key in enumerate(table.column("key").to_pylist()):
+            if key is not None:
+                index.setdefault(str(key), row)
+    return index
+
+
+def read_images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, bytes) of the first image member of each of `keys`, the tar read once."""
+    left = set(keys)
+    if not left:
+        return
+    with (
+        FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle,
+        tarfile.open(fileobj=handle, mode="r|") as archive,
+    ):
+        for member in archive:
+            key, ext = split_member(member.name)
+            if (
+                key not in left
+                or not member.isfile()
+                or ext.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS
+            ):
+                continue
+            extracted = archive.extractfile(member)
+            if extracted is not None:
+                left.discard(key)
+                yield key, ext, extracted.read()
+                if not left:
+                    return
+
+
+def load_image(sample: Sample, ext: str, data: bytes, config: CrawlConfig) -> Sample:
+    """The sample with its pool image decoded and stored as the crawl stores images, or failed."""
+    width, height = sample.extra.get("original_width"), sample.extra.get("original_height")
+    recorded = isinstance(width, int) and isinstance(height, int)
+    options = config
+    loaded = sample.evolve(sha256=hashlib.sha256(data).hexdigest())
+    try:
+        if recorded:  # the rules read the pool's original size; the stored image may be resized
+            check_shape(width, height, config)  # type: ignore[arg-type]
+            options = dataclasses.replace(
+                config, min_image_size=0, max_aspect_ratio=None, max_image_area=None
+            )
+        image = process_image(data, options)
+    except ImageError as err:
+        return loaded.decided(Status.FAILED, err.reason, STAGE, str(err))
+    keep = config.resize_mode == "no"
+    stored = data if keep else image.data
+    return loaded.evolve(
+        status=Status.SUCCESS,
+        reason=None,
+        stage=None,
+        error=None,
+        source_format=image.source_format,
+        original_width=width if recorded else image.original_width,
+        original_height=height if recorded else image.original_height,
+        width=image.original_width if keep else image.width,
+        height=image.original_height if keep else image.height,
+        image=stored,
+        image_bytes=len(stored),
+        image_ext=ext.lower() if keep else config.encode_format,
+    )
+
+
+class _LoadShardFn(beam.DoFn):
+    def __init__(self, config: CrawlConfig, embeddings: str | None, progress_dir: str | None):
+        self._config = config
+        self._embeddings = embeddings
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, element: tuple[str, Iterable[Sample]]) -> Iterator[Sample]:
+        tar, group = element
+        samples = sorted(group, key=lambda s: s.uid)
+        pending = {str(s.extra.get(KEY)): s for s in samples if s.status == Status.PENDING}
+        found: dict[str, tuple[str, bytes]] = {}
+        unreadable: str | None = None
+        try:
+            for key, ext, data in read_images(tar, set(pending)):
+                found[key] = (ext, data)
+        except (OSError, tarfile.TarError, EOFError) as err:
+            LOG.warning("%s: unreadable: %s", tar, err)
+            unreadable = f"{tar}: {err}"
+        embeddings = shard_embeddings(tar, self._embeddings) if self._embeddings else None
+        for sample in samples:
+            if sample.status == Status.PENDING:
+                sample = self._load(sample, found.get(str(sample.extra.get(KEY))), unreadable)
+                self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+            else:
+                self._counter.add_passed()
+            yield _with_embeddings(sample, embeddings, self._embeddings) if embeddings else sample
+
+    def _load(self, sample: Sample, member: tuple[str, bytes] | None, unreadable: str | None) -> Sample:
+        if member is not None:
+            return load_image(sample, member[0], member[1], self._config)
+        if unreadable is not None:
+            return sample.decided(Status.FAILED, "unreadable_file", STAGE, unreadable)
+        key = sample.extra.get(KEY)
+        return sample.decided(Status.FAILED, "image_missing", STAGE, f"no image member for key {key!r}")
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+def _with_embeddings(sample: Sample, embeddings: ShardEmbeddings, identity: str | None) -> Sample:
+    row = embeddings.row(sample)
+    score = embeddings.score(sample, row)
+    if score is None:
+        return sample
+    changes: dict[str, Any] = {
+        "clip_score": score,
+        "clip_model": identity,
+        "embedding_source": embeddings.source,
+    }
+    if row is not None and sample.status == Status.SUCCESS:
+        changes["image_embedding"] = _unit(embeddings.image[row])
+        changes["text_embedding"] = _unit(embeddings.text[row])
+    return sample.evolve(**changes)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """float16, L2-normalised as the embed stage stores embeddings."""
+    v = vector.astype(np.float32)
+    norm = float(np.linalg.norm(v))
+    return (v / norm if norm else v).astype(np.float16)
+
+
+class LoadPoolImages(beam.PTransform):
+    """Reads each pool sample's image from its shard's tar (one read per shard), as the crawl
+    would have stored it; with `embeddings` (a model identity) attaches the pool's embeddings."""
+
+    def __init__(self, config: CrawlConfig, embeddings: str | None = None, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._embeddings = embeddings
+        self._progress_dir = progress_dir
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        return (
+            samples
+            | "ByShard" >> beam.Map(lambda s: (str(s.extra[SHARD]), s))
+            | "GroupShard" >> beam.GroupByKey()
+            | "Load" >> beam.ParDo(_LoadShardFn(self._config, self._embeddings, self._progress_dir))
+        )

@@ -167,6 +167,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, where)
     if origin is Literal:
+        if value is False and "no" in args:  # YAML reads a bare `no` as false (`resize_mode: no`)
+            value = "no"
         if value not in args:
             raise ConfigError(f"{where}: invalid value {value!r}; choose one of {list(args)}")
         return value

@@ -43,7 +43,7 @@ from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import model_identity, resolve_device
 from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
 from transforms.write.shards import ROWS_LOST, ROWS_READ
-from transforms.write.uids import write_uids_file
+from transforms.write.uids import uids_path, write_uids_file
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
@@ -89,6 +89,8 @@ def run_job(
         check_no_overlap(inputs, files, output_dir)
         for path in files[:_CHECKED_FILES]:
             check_input(path, config.input)
+    if config.output.uids_file:
+        check_uids_file(output_dir, config.output.uids_file)
     if not dry_run:
         if FileSystems.get_scheme(output_dir) in (None, "file"):
             _make_local_folder(output_dir)
@@ -199,6 +201,14 @@ def pool_source(files: Sequence[str], config: RunConfig) -> PoolSource | None:
         f"{', '.join(sorted(found))}, not by {wanted}; set embed.model and embed.pretrained to "
         "the pool's model, or embed.recompute: true to embed every image again"
     )
+
+
+def check_uids_file(output_dir: str, uids_file: str) -> None:
+    """`ConfigError` when `output.uids_file` names a file outside the output that exists already:
+    Winnow writes into the output folder, or a new file, and overwrites nothing it did not write."""
+    path, inside = uids_path(output_dir, uids_file)
+    if not inside and FileSystems.exists(path):
+        raise ConfigError(f"output.uids_file: {path} exists; name a new file, or one inside the output folder")
 
 
 def previous_pool(previous: str) -> PoolSource | None:

@@ -7,8 +7,9 @@ RETRYABLE_IN_RUN = frozenset(
     {"timeout", "connection_error", "http_500", "http_502", "http_503", "http_504", "http_429"}
 )
 #: Failures worth another attempt in a later run (`winnow run --retry-failed`): transient ones,
-#: including DNS outages and robots.txt files that were unreachable.
-RETRYABLE_LATER = RETRYABLE_IN_RUN | {"dns_error", "ssl_error", "robots_unreachable"}
+#: including DNS outages, robots.txt files that were unreachable and a pool's tar that could not be
+#: read (`shard_unreadable`: an object store's outage, a copy still in progress).
+RETRYABLE_LATER = RETRYABLE_IN_RUN | {"dns_error", "ssl_error", "robots_unreachable", "shard_unreadable"}
 
 
 def is_retryable_failure(reason: str | None) -> bool:

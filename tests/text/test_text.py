@@ -109,6 +109,7 @@ def test_rules_reasons_and_url_hygiene():
     ]
     config = TextConfig(
         preset="datacomp_basic",
+        measure="winnow",  # the preset's rules, measured on the cleaned caption
         max_words=50,
         blocked_domains=("tracker.example",),
         blocked_extensions=("svg",),

@@ -7,8 +7,8 @@ not read yet), and the shard's tar is read once, front to back, for the keys sti
 Out: the same samples. A pending one becomes `success` with its image decoded, resized and
 re-encoded as the crawl does it (`crawl.resize_mode: no` keeps the pool's bytes as they are), its
 sizes and `sha256` (of the pool's bytes); or `failed` with the crawl's reasons (`decode_error`,
-`image_too_small`, ...), `image_missing` (no image member for the key) or `unreadable_file` (the
-tar cannot be read: retried by `--retry-failed`). Nothing is dropped.
+`image_too_small`, ...), `image_missing` (no image member for the key) or `shard_unreadable` (the
+tar cannot be read, or not to its end: `--retry-failed` reads it again). Nothing is dropped.
 
 The image-size rules (`crawl.min_image_size`, `crawl.max_aspect_ratio`, `crawl.max_image_area`)
 apply to the pool's `original_width` / `original_height` when it records them (DataComp's basic
@@ -219,7 +219,7 @@ class _LoadShardFn(beam.DoFn):
         if member is not None:
             return load_image(sample, member[0], member[1], self._config)
         if unreadable is not None:
-            return sample.decided(Status.FAILED, "unreadable_file", STAGE, unreadable)
+            return sample.decided(Status.FAILED, "shard_unreadable", STAGE, unreadable)
         key = sample.extra.get(KEY)
         return sample.decided(Status.FAILED, "image_missing", STAGE, f"no image member for key {key!r}")
 

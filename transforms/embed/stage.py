@@ -39,7 +39,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from schemas.sample import Sample, Status
 from transforms.common.failures import FailedRows, Guarded, batch_samples
-from transforms.common.progress import StageCounter
+from transforms.common.progress import NAMESPACE, StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, model_identity
 from transforms.embed.config import EmbedConfig
@@ -177,6 +177,7 @@ class _ReuseFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
+        self._reused = Metrics.counter(NAMESPACE, f"{STAGE}/embeddings_reused")
 
     def process(self, sample: Sample) -> Iterator[Sample]:
         if sample.embedding_source is None or sample.image_embedding is None:
@@ -184,7 +185,7 @@ class _ReuseFn(beam.DoFn):
             detail = "the pool has no embedding of this sample for the configured model"
             yield sample.decided(Status.FAILED, "embedding_missing", STAGE, detail)
             return
-        Metrics.counter(STAGE, "embeddings_reused").inc()
+        self._reused.inc()
         if not self._decides:
             self._counter.add(kept=True)
         if not self._keep:

@@ -141,21 +141,21 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
     captions = batch.column("caption").to_pylist()
     limit = rules.max_caption_chars
     clean = [normalize_caption(c, limit) if c else "" for c in captions]
-    if rules.measure == "datacomp":  # DataComp's baselines read the raw caption
-        measured = [c.replace("\n", " ") if c else "" for c in captions]
+    if rules.measure == "datacomp":  # DataComp's baselines read the raw caption, even an empty one
+        measured = [c.replace("\n", " ") if c is not None else None for c in captions]
         tokens = [len(c.split()) if c else 0 for c in captions]
         chars = [len(c) if c else 0 for c in captions]
     else:
-        measured = clean
+        measured = [c or None for c in clean]
         tokens = [count_tokens(c) if c else 0 for c in clean]
         chars = [len(c) for c in clean]
-    texts = [c for c in measured if c]
+    texts = [c for c in measured if c is not None]
     codes, probabilities = identify(texts) if texts else ([], np.empty(0, np.float32))
     if len(texts) == n:
         lang: list[str | None] = list(codes)
         score = np.asarray(probabilities, dtype=np.float32)
     else:
-        where = np.flatnonzero(np.fromiter((bool(c) for c in measured), bool, n))
+        where = np.flatnonzero(np.fromiter((c is not None for c in measured), bool, n))
         lang = [None] * n
         for i, code in zip(where.tolist(), codes, strict=True):
             lang[i] = code
@@ -367,7 +367,13 @@ class _JudgeFn(beam.DoFn):
         empty = pc.equal(pc.utf8_length(clean), 0).to_numpy(zero_copy_only=False)
         tokens = batch.column("num_tokens").to_numpy(zero_copy_only=False)
         checks: list[tuple[str, np.ndarray | None]] = [
-            ("empty_caption", empty if rules.min_words or rules.min_chars or rules.languages else None),
+            # DataComp has no such rule: its word, character and language rules judge empty captions.
+            (
+                "empty_caption",
+                empty
+                if (rules.min_words or rules.min_chars or rules.languages) and rules.measure != "datacomp"
+                else None,
+            ),
             ("boilerplate_caption", self._boilerplate(batch, empty)),
             ("too_few_words", tokens < rules.min_words if rules.min_words else None),
             ("too_many_words", tokens > rules.max_words if rules.max_words else None),

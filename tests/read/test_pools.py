@@ -1,0 +1,201 @@
+"""A pool of downloaded shards as input: a DataComp-shaped pool (tars, Parquet, `.npz`) through
+`winnow run`, DataComp's baselines reproduced uid for uid against a reference written here from
+its rules, the pool's embeddings reused, Winnow's own output read back, a damaged tar retried."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import fasttext
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from sampleweb.pool import write_datacomp_pool
+from schemas.layout import read_tar_images
+from tests.conftest import SampleWeb
+from transforms.text.langid import default_model_path
+
+CONFIGS = Path(__file__).parents[2] / "deploy" / "configs"
+
+
+@pytest.fixture(scope="module")
+def pool(sample_web: SampleWeb, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = str(tmp_path_factory.mktemp("datacomp-pool"))
+    write_datacomp_pool(sample_web.dir, folder, shards=2, seed=3)
+    return folder
+
+
+def _pool_rows(folder: str) -> dict[str, np.ndarray]:
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{folder}/*.parquet"))])
+    return {name: np.array(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
+
+
+def datacomp_selection(folder: str, rule: str) -> set[str]:
+    """The uids DataComp's `baselines/apply_filter.py` selects with `rule`, written from its rules
+    over the pool's Parquet files (all rows, as DataComp reads its metadata)."""
+    df = _pool_rows(folder)
+    text = [str(t) for t in df["text"]]
+    model = fasttext.load_model(default_model_path())
+    labels = model.predict([t.replace("\n", " ") for t in text], k=1)[0]
+    english = np.array([label[0].replace("__label__", "") == "en" for label in labels])
+    words = np.array([len(t.split()) for t in text])
+    chars = np.array([len(t) for t in text])
+    width = df["original_width"].astype(np.float64)
+    height = df["original_height"].astype(np.float64)
+    shorter, longer = np.minimum(width, height), np.maximum(width, height)
+    basic = english & (words > 2) & (chars > 5) & (shorter >= 200) & (longer / shorter <= 3.0)
+    l14 = df["clip_l14_similarity_score"].astype(np.float32)
+    threshold = -np.sort(-l14)[int(len(l14) * 0.3)]
+    top30 = l14 >= threshold
+    b32 = df["clip_b32_similarity_score"].astype(np.float32)
+    masks = {
+        "basic": basic,
+        "clip_score": top30,
+        "basic_clip_score": basic & top30,
+        "laion2b": english & (b32 >= 0.28),
+    }
+    return set(df["uid"][masks[rule]])
+
+
+def _output_rows(output: str) -> list[dict]:
+    paths = sorted(glob.glob(f"{output}/[0-9]*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in paths]).to_pylist()
+
+
+def _run(*args: str) -> int:
+    return main(["run", *args, "--set", "output.index=false"])
+
+
+@pytest.mark.parametrize(
+    ("config", "rule", "identity"),
+    [
+        ("datacomp-basic.yaml", "basic", None),
+        ("datacomp-clip-score.yaml", "clip_score", "ViT-L-14/openai"),
+        ("datacomp-clip-filter.yaml", "basic_clip_score", "ViT-L-14/openai"),
+        ("datacomp-laion2b.yaml", "laion2b", "ViT-B-32/openai"),
+    ],
+)
+def test_datacomp_baselines_select_the_uids_datacomps_rules_select(
+    pool: str, tmp_path: Path, config: str, rule: str, identity: str | None
+) -> None:
+    output = str(tmp_path / "out")
+    assert _run("--config", str(CONFIGS / config), "--input", f"{pool}/*.tar", "--output", output,
+                "--set", "output.uids_file=selected.npy") == 0  # fmt: skip
+    pool_rows = _pool_rows(pool)
+    downloaded = set(pool_rows["uid"][pool_rows["status"] == "success"])
+    expected = datacomp_selection(pool, rule) & downloaded
+    assert 0 < len(expected) < len(downloaded)  # the rule decides something on this pool
+
+    rows = _output_rows(output)
+    assert sorted(r["uid"] for r in rows) == sorted(pool_rows["uid"])  # one row per pool row, same uid
+    kept = {r["uid"] for r in rows if r["status"] == "success"}
+    assert kept == expected
+    for row in rows:  # every row names its place in the pool and why it was not kept
+        extra = json.loads(row["extra"])
+        assert extra["__shard__"].endswith(".tar") and extra["__key__"]
+        assert (row["status"] == "success") == (row["reason"] is None)
+    not_downloaded = {r["uid"] for r in rows if r["reason"] == "not_downloaded"}
+    assert not_downloaded == set(pool_rows["uid"]) - downloaded
+
+    selected = np.load(f"{output}/selected.npy")
+    assert selected.dtype == np.dtype("u8,u8")
+    pairs = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in expected], np.dtype("u8,u8"))
+    assert selected.tolist() == np.sort(pairs).tolist()
+
+    stats = json.loads(Path(output, "stats.json").read_text())
+    if identity is None:
+        assert all(r["clip_score"] is None for r in rows)
+        return
+    # The pool's embeddings were used: no model ran (the weights are not on this machine).
+    embedded = [r for r in rows if r["embedding_source"] is not None]
+    assert {r["clip_model"] for r in embedded} == {identity}
+    assert all(r["embedding_source"].startswith("pool:") for r in embedded)
+    reached = stats["stages"]["embed"]["total"]
+    assert stats["metrics"]["embed/embeddings_reused"] == reached > 0
+    arch = "l14" if "L-14" in identity else "b32"
+    assert len(np.load(glob.glob(f"{output}/img_emb/*.npy")[0])[0]) == {"l14": 768, "b32": 512}[arch]
+
+
+def test_a_pool_with_another_models_embeddings_is_an_error_unless_recomputed(
+    pool: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--input", f"{pool}/*.tar", "--stages", "crawl,embed", "--set", "crawl.resize_mode=no"]
+    assert _run(*args, "--output", str(tmp_path / "a")) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "ViT-B-32/openai, ViT-L-14/openai" in message and "winnow-tiny-clip" in message
+    assert "embed.recompute" in message
+
+    assert _run(*args, "--output", str(tmp_path / "b"), "--set", "embed.recompute=true") == 0
+    rows = _output_rows(str(tmp_path / "b"))
+    embedded = [r for r in rows if r["clip_score"] is not None]
+    assert len(embedded) == sum(r["status"] == "success" for r in rows) > 0
+    assert all(r["clip_model"].startswith("winnow-tiny-clip@") for r in embedded)
+    assert all(r["embedding_source"] is None for r in rows)
+
+
+def test_winnows_own_output_read_as_a_pool_keeps_the_same_samples(pool: str, tmp_path: Path) -> None:
+    config = str(CONFIGS / "datacomp-clip-filter.yaml")
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    assert _run("--config", config, "--input", f"{pool}/*.tar", "--output", first) == 0
+    assert _run("--config", config, "--input", f"{first}/*.tar", "--output", second) == 0
+    kept = [{r["uid"] for r in _output_rows(out) if r["status"] == "success"} for out in (first, second)]
+    assert kept[0] == kept[1] and kept[0]
+    again = [r for r in _output_rows(second) if r["status"] == "success"]
+    # The first run's embeddings (its img_emb/ files, model in its Parquet) were reused.
+    assert all(r["embedding_source"].startswith("pool:img_emb/") for r in again)
+    before = {r["uid"]: r for r in _output_rows(first)}
+    stored = {
+        key: hashlib.sha256(data).hexdigest()
+        for t in glob.glob(f"{first}/*.tar")
+        for key, _, data in read_tar_images(t)
+    }
+    for row in again:  # the image the first run stored is the one the second read
+        assert row["sha256"] == stored[row["uid"]]
+        assert (row["original_width"], row["original_height"]) == (
+            before[row["uid"]]["original_width"],
+            before[row["uid"]]["original_height"],
+        )
+
+
+def test_a_tar_that_cannot_be_read_fails_its_rows_and_retry_failed_reads_it_again(
+    pool: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "pool"
+    shutil.copytree(pool, copy)
+    tar = sorted(copy.glob("*.tar"))[1]
+    intact = tar.read_bytes()
+    tar.write_bytes(intact[: len(intact) // 2])  # a copy cut short
+    config = str(CONFIGS / "datacomp-clip-score.yaml")
+    first, retried, whole = (str(tmp_path / name) for name in ("first", "retried", "whole"))
+    _run("--config", config, "--input", f"{copy}/*.tar", "--output", first)  # exit 3: the alarm
+    rows = _output_rows(first)
+    cut = [r for r in rows if r["reason"] == "shard_unreadable"]
+    assert cut and all(json.loads(r["extra"])["__shard__"] == str(tar) for r in cut)
+    assert len(rows) == len(_pool_rows(pool)["uid"])
+
+    tar.write_bytes(intact)
+    assert _run("--config", config, "--retry-failed", first, "--output", retried) == 0
+    assert _run("--config", config, "--input", f"{copy}/*.tar", "--output", whole) == 0
+    outcome = [{r["uid"]: (r["status"], r["reason"]) for r in _output_rows(out)} for out in (retried, whole)]
+    assert outcome[0] == outcome[1]
+    assert not any(reason == "shard_unreadable" for _, reason in outcome[0].values())
+
+
+def test_a_uids_file_outside_the_output_is_never_overwritten(pool: str, tmp_path: Path) -> None:
+    existing = tmp_path / "mine.npy"
+    existing.write_bytes(b"not Winnow's")
+    args = ["--input", f"{pool}/*.tar", "--stages", "crawl", "--output", str(tmp_path / "o")]
+    assert _run(*args, "--set", f"output.uids_file={existing}") == 2
+    assert existing.read_bytes() == b"not Winnow's"
+    fresh = tmp_path / "fresh.npy"
+    assert _run(*args, "--set", f"output.uids_file={fresh}", "--set", "crawl.resize_mode=no") == 0
+    assert len(np.load(fresh)) == sum(r["status"] == "success" for r in _output_rows(str(tmp_path / "o")))
+    assert os.path.exists(tmp_path / "o" / "stats.json")

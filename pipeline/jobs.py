@@ -208,7 +208,9 @@ def check_uids_file(output_dir: str, uids_file: str) -> None:
     Winnow writes into the output folder, or a new file, and overwrites nothing it did not write."""
     path, inside = uids_path(output_dir, uids_file)
     if not inside and FileSystems.exists(path):
-        raise ConfigError(f"output.uids_file: {path} exists; name a new file, or one inside the output folder")
+        raise ConfigError(
+            f"output.uids_file: {path} exists; name a new file, or one inside the output folder"
+        )
 
 
 def previous_pool(previous: str) -> PoolSource | None:

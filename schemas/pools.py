@@ -58,6 +58,16 @@ DATACOMP_EMBEDDINGS = (
 )
 
 
+#: Pool columns the crawl stage's pool mode reads from `extra`, carried whatever
+#: `input.save_additional_columns` names: the original size (the image rules) and the scores.
+READ_COLUMNS = (
+    "original_width",
+    "original_height",
+    "clip_score",
+    *(embeddings.score_column for embeddings in DATACOMP_EMBEDDINGS),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardFiles:
     """The files of one shard of a pool, by name (whether each exists is asked separately)."""

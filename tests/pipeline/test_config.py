@@ -120,7 +120,9 @@ def test_deploy_configs_load():
         import open_clip
 
         config = load_config(str(path))
-        # Every production config names a real model and weights from open_clip's registry.
+        if "embed" not in config.run.stages:
+            continue
+        # Every production config that embeds names a real model and weights from open_clip's registry.
         assert (config.embed.model, config.embed.pretrained) in open_clip.list_pretrained()
 
 

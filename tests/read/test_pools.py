@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import fasttext
@@ -20,6 +22,7 @@ import pytest
 from pipeline.cli import main
 from sampleweb.pool import write_datacomp_pool
 from schemas.layout import read_tar_images
+from schemas.sample import make_uid
 from tests.conftest import SampleWeb
 from transforms.text.langid import default_model_path
 
@@ -199,3 +202,75 @@ def test_a_uids_file_outside_the_output_is_never_overwritten(pool: str, tmp_path
     assert _run(*args, "--set", f"output.uids_file={fresh}", "--set", "crawl.resize_mode=no") == 0
     assert len(np.load(fresh)) == sum(r["status"] == "success" for r in _output_rows(str(tmp_path / "o")))
     assert os.path.exists(tmp_path / "o" / "stats.json")
+
+
+IMG2DATASET_POOL = Path(__file__).parents[1] / "data" / "img2dataset-pool"
+
+
+def _tar_members(path: str) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_an_img2dataset_download_is_read_as_img2dataset_wrote_it(tmp_path: Path) -> None:
+    """img2dataset's own output (`tests/data/make_img2dataset_pool.py`), given as a folder: its
+    Parquet and stats beside the tar are the shard's metadata, not inputs of their own."""
+    output = str(tmp_path / "out")
+    args = [
+        "--stages",
+        "crawl",
+        "--set",
+        "crawl.resize_mode=no",
+        "--set",
+        "input.save_additional_columns=[license]",
+    ]
+    assert _run("--input", str(IMG2DATASET_POOL), "--output", output, *args) == 0
+    written = pq.read_table(IMG2DATASET_POOL / "00000.parquet").to_pylist()
+    members = _tar_members(str(IMG2DATASET_POOL / "00000.tar"))
+    rows = {json.loads(r["extra"])["__key__"]: r for r in _output_rows(output)}
+    assert sorted(rows) == sorted(r["key"] for r in written)
+    stored = {name: data for t in glob.glob(f"{output}/*.tar") for name, data in _tar_members(t).items()}
+    for source in written:
+        row = rows[source["key"]]
+        assert row["uid"] == make_uid(source["url"], source["caption"])
+        assert (row["url"], row["caption"]) == (source["url"], source["caption"])
+        assert json.loads(row["extra"])["license"] == source["license"]
+        if source["status"] != "success":
+            assert (row["status"], row["reason"]) == ("failed", "not_downloaded")
+            assert source["error_message"] in row["error"]
+            continue
+        image = members[f"{source['key']}.jpg"]
+        assert row["status"] == "success"
+        assert stored[f"{row['uid']}.jpg"] == image  # resize_mode: no keeps the pool's bytes
+        assert row["sha256"] == hashlib.sha256(image).hexdigest()
+        assert (row["width"], row["height"]) == (source["width"], source["height"])
+        assert (row["original_width"], row["original_height"]) == (
+            source["original_width"],
+            source["original_height"],
+        )
+    assert {r["status"] for r in written} == {"success", "failed_to_download"}
+
+
+def test_a_tar_alone_gives_a_row_per_key_from_its_txt_and_json(tmp_path: Path) -> None:
+    alone = tmp_path / "pool"
+    alone.mkdir()
+    members = _tar_members(str(IMG2DATASET_POOL / "00000.tar"))
+    keys = sorted({name.split(".", 1)[0] for name in members})
+    with tarfile.open(alone / "00000.tar", "w") as tar:
+        for name, data in sorted(members.items()):
+            if name == f"{keys[0]}.jpg":
+                continue  # a sample whose image is missing
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    output = str(tmp_path / "out")
+    assert _run("--input", str(alone / "00000.tar"), "--output", output, "--stages", "crawl") == 0
+    rows = {json.loads(r["extra"])["__key__"]: r for r in _output_rows(output)}
+    assert sorted(rows) == keys
+    for key in keys:
+        metadata = json.loads(members[f"{key}.json"])
+        assert rows[key]["caption"] == members[f"{key}.txt"].decode()
+        assert rows[key]["url"] == metadata["url"]
+        assert json.loads(rows[key]["extra"])["original_width"] == metadata["original_width"]
+    assert (rows[keys[0]]["status"], rows[keys[0]]["reason"]) == ("failed", "image_missing")
+    assert all(rows[k]["status"] == "success" for k in keys[1:])

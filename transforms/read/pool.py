@@ -8,7 +8,8 @@ Each row keeps:
 - `uid`: the pool's own (DataComp's 32 hex digits) when it has one, so selections compare uid
   for uid; else Winnow's (`make_uid` of url and caption).
 - `extra`: `__key__` (the sample's key in the tar) and `__shard__` (the tar), then the pool's
-  other columns with a value (`input.save_additional_columns`, when set, names the ones kept).
+  other columns with a value (`input.save_additional_columns`, when set, names the ones kept,
+  with the sizes and scores the crawl stage reads, `schemas.pools.READ_COLUMNS`).
   A Winnow output's own `extra` is merged in.
 - `status`: pending, for the crawl stage to take the image from the tar (`transforms/crawl/pool.py`).
   A sample the pool records as not downloaded (img2dataset's `status` other than `success`) is
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.pools import IMAGE_EXTENSIONS, exists, pool_uid, shard_files, split_member
+from schemas.pools import IMAGE_EXTENSIONS, READ_COLUMNS, exists, pool_uid, shard_files, split_member
 from schemas.sample import Sample, Status, batch_from_samples, make_uid
 from transforms.read.config import InputConfig
 
@@ -62,7 +63,11 @@ def _parquet_rows(tar: str, parquet: str, config: InputConfig) -> Iterator[Sampl
     names = table.column_names
     caption_col = next((c for c in (config.caption_col, "caption", "text") if c and c in names), None)
     url_col = config.url_col if config.url_col in names else None
-    kept = set(config.save_additional_columns) or set(names)
+    kept = (
+        (set(config.save_additional_columns) | set(READ_COLUMNS))
+        if config.save_additional_columns
+        else set(names)
+    )
     skip = {url_col, caption_col, "uid", "key", "extra", *_STATUS_COLUMNS}
     carried = [c for c in names if c in kept and c not in skip]
     columns = {name: table.column(name).to_pylist() for name in names}
@@ -121,7 +126,11 @@ def _tar_samples(tar: str, members: dict[str, dict[str, bytes]], config: InputCo
         metadata = _json_object(parts.get("json"))
         caption, readable = _text(parts.get("txt"))
         url = metadata.get(config.url_col) if isinstance(metadata.get(config.url_col), str) else None
-        kept = set(config.save_additional_columns) or set(metadata)
+        kept = (
+            (set(config.save_additional_columns) | set(READ_COLUMNS))
+            if config.save_additional_columns
+            else set(metadata)
+        )
         extra = {k: _jsonable(v) for k, v in metadata.items() if k in kept and k not in ("url", "uid", "key")}
         extra[KEY], extra[SHARD] = key, tar
         sample = Sample(pool_uid(metadata.get("uid")) or make_uid(url, caption), url, caption, extra)

@@ -37,7 +37,10 @@ class Gather:
 def _is_list_combine(transform: beam.PTransform | None) -> bool:
     if isinstance(transform, (combiners.ToList, combiners.ToDict, combiners.ToSet)):
         return True
-    return isinstance(transform, beam.CombineGlobally) and isinstance(transform.fn, _LIST_FNS)
+    if not isinstance(transform, beam.CombineGlobally):
+        return False
+    # A CombineFn of Winnow's that keeps every element says so (`gathers_every_element`).
+    return isinstance(transform.fn, _LIST_FNS) or getattr(transform.fn, "gathers_every_element", False)
 
 
 class _Walker(PipelineVisitor):

@@ -183,3 +183,46 @@ print(sum(p.numel() for p in model.parameters()))
     assert int(parameters) > 10_000_000  # the real weights were read from the copy
     assert not Path(copies[0]).exists()  # removed when the process exited
     assert list(tmp_path.glob("winnow-model-*")) == []
+
+
+def test_a_pool_on_s3_is_curated_as_the_same_pool_on_disk(sample_web, s3, tmp_path):
+    """A DataComp-shaped pool's tars, Parquet and `.npz` read from S3: the same selection, the
+    embeddings reused from the `.npz` on S3, as from the same files on disk."""
+    from pathlib import Path
+
+    from sampleweb.pool import write_datacomp_pool
+
+    endpoint, client = s3
+    pool = tmp_path / "pool"
+    write_datacomp_pool(sample_web.dir, str(pool), shards=2, seed=5)
+    for path in sorted(pool.iterdir()):
+        client.put_object(Bucket=BUCKET, Key=f"pool/{path.name}", Body=path.read_bytes())
+    config = str(Path(__file__).parents[2] / "deploy" / "configs" / "datacomp-clip-filter.yaml")
+    s3_args = [
+        f"--s3_endpoint_url={endpoint}",
+        "--s3_access_key_id=testing",
+        "--s3_secret_access_key=testing",
+        "--s3_region_name=us-east-1",
+    ]
+    outcome = {}
+    for name, pattern, extra in (("s3", f"s3://{BUCKET}/pool/*.tar", s3_args), ("disk", f"{pool}/*.tar", [])):
+        output = tmp_path / name
+        args = [
+            "run",
+            "--config",
+            config,
+            "--input",
+            pattern,
+            "--output",
+            str(output),
+            "--set",
+            "output.index=false",
+        ]
+        assert main([*args, *extra]) == 0
+        rows = [row for p in sorted(output.glob("[0-9]*.parquet")) for row in pq.read_table(p).to_pylist()]
+        outcome[name] = {
+            r["uid"]: (r["status"], r["reason"], r["clip_score"], r["embedding_source"]) for r in rows
+        }
+    assert outcome["s3"] == outcome["disk"]
+    kept = [v for v in outcome["s3"].values() if v[0] == "success"]
+    assert kept and {v[3] for v in kept} <= {f"pool:0000000{i}.npz#l14_img,l14_txt" for i in (0, 1)}

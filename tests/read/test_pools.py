@@ -148,7 +148,9 @@ def test_winnows_own_output_read_as_a_pool_keeps_the_same_samples(pool: str, tmp
     config = str(CONFIGS / "datacomp-clip-filter.yaml")
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     assert _run("--config", config, "--input", f"{pool}/*.tar", "--output", first) == 0
-    assert _run("--config", config, "--input", f"{first}/*.tar", "--output", second) == 0
+    # The first output given as a folder: its tars are the shards; its Parquet, embeddings, stats
+    # and report beside them are not inputs of their own.
+    assert _run("--config", config, "--input", first, "--output", second) == 0
     kept = [{r["uid"] for r in _output_rows(out) if r["status"] == "success"} for out in (first, second)]
     assert kept[0] == kept[1] and kept[0]
     again = [r for r in _output_rows(second) if r["status"] == "success"]
@@ -274,3 +276,22 @@ def test_a_tar_alone_gives_a_row_per_key_from_its_txt_and_json(tmp_path: Path) -
         assert json.loads(rows[key]["extra"])["original_width"] == metadata["original_width"]
     assert (rows[keys[0]]["status"], rows[keys[0]]["reason"]) == ("failed", "image_missing")
     assert all(rows[k]["status"] == "success" for k in keys[1:])
+
+
+def test_two_rows_naming_one_key_keep_both_rows(tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    shutil.copytree(IMG2DATASET_POOL, pool)
+    table = pq.read_table(pool / "00000.parquet")
+    first = table.slice(0, 1).to_pylist()[0]
+    twin = {**first, "caption": first["caption"] + " (again)"}
+    pq.write_table(
+        pa.concat_tables([table, pa.Table.from_pylist([twin], schema=table.schema)]), pool / "00000.parquet"
+    )
+    output = str(tmp_path / "out")
+    assert _run("--input", str(pool), "--output", output, "--stages", "crawl") == 0
+    rows = [r for r in _output_rows(output) if json.loads(r["extra"])["__key__"] == first["key"]]
+    assert sorted((r["status"], r["reason"]) for r in rows) == [
+        ("failed", "duplicate_key"),
+        ("success", None),
+    ]
+    assert len(_output_rows(output)) == table.num_rows + 1

@@ -7,7 +7,8 @@ not read yet), and the shard's tar is read once, front to back, for the keys sti
 Out: the same samples. A pending one becomes `success` with its image decoded, resized and
 re-encoded as the crawl does it (`crawl.resize_mode: no` keeps the pool's bytes as they are), its
 sizes and `sha256` (of the pool's bytes); or `failed` with the crawl's reasons (`decode_error`,
-`image_too_small`, ...), `image_missing` (no image member for the key) or `shard_unreadable` (the
+`image_too_small`, ...), `image_missing` (no image member for the key), `duplicate_key` (a
+second row naming a key: the first in uid order gets the image) or `shard_unreadable` (the
 tar cannot be read, or not to its end: `--retry-failed` reads it again). Nothing is dropped.
 
 The image-size rules (`crawl.min_image_size`, `crawl.max_aspect_ratio`, `crawl.max_image_area`)
@@ -195,33 +196,44 @@ class _LoadShardFn(beam.DoFn):
         self._counter = StageCounter(STAGE, self._progress_dir)
 
     def process(self, element: tuple[str, Iterable[Sample]]) -> Iterator[Sample]:
+        """The shard's samples: the decided ones first, then each pending one as the tar's read
+        reaches its image (one image in memory at a time), then those the tar did not hold."""
         tar, group = element
         samples = sorted(group, key=lambda s: s.uid)
-        pending = {str(s.extra.get(KEY)): s for s in samples if s.status == Status.PENDING}
-        found: dict[str, tuple[str, bytes]] = {}
+        embeddings = shard_embeddings(tar, self._embeddings) if self._embeddings else None
+        pending: dict[str, Sample] = {}
+        for sample in samples:
+            key = str(sample.extra.get(KEY))
+            if sample.status == Status.PENDING and key in pending:  # the pool names a key twice
+                detail = f"key {key!r} is also the key of {pending[key].uid}, which is given its image"
+                yield self._finish(
+                    sample.decided(Status.FAILED, "duplicate_key", STAGE, detail), embeddings, True
+                )
+            elif sample.status == Status.PENDING:
+                pending[key] = sample
+            else:
+                self._counter.add_passed()
+                yield self._finish(sample, embeddings)
         unreadable: str | None = None
         try:
             for key, ext, data in read_images(tar, set(pending)):
-                found[key] = (ext, data)
+                yield self._finish(load_image(pending.pop(key), ext, data, self._config), embeddings, True)
         except (OSError, tarfile.TarError, EOFError) as err:
             LOG.warning("%s: unreadable: %s", tar, err)
             unreadable = f"{tar}: {err}"
-        embeddings = shard_embeddings(tar, self._embeddings) if self._embeddings else None
-        for sample in samples:
-            if sample.status == Status.PENDING:
-                sample = self._load(sample, found.get(str(sample.extra.get(KEY))), unreadable)
-                self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+        for key, sample in sorted(pending.items()):
+            if unreadable is not None:
+                failed = sample.decided(Status.FAILED, "shard_unreadable", STAGE, unreadable)
             else:
-                self._counter.add_passed()
-            yield _with_embeddings(sample, embeddings, self._embeddings) if embeddings else sample
+                failed = sample.decided(
+                    Status.FAILED, "image_missing", STAGE, f"no image member for key {key!r}"
+                )
+            yield self._finish(failed, embeddings, True)
 
-    def _load(self, sample: Sample, member: tuple[str, bytes] | None, unreadable: str | None) -> Sample:
-        if member is not None:
-            return load_image(sample, member[0], member[1], self._config)
-        if unreadable is not None:
-            return sample.decided(Status.FAILED, "shard_unreadable", STAGE, unreadable)
-        key = sample.extra.get(KEY)
-        return sample.decided(Status.FAILED, "image_missing", STAGE, f"no image member for key {key!r}")
+    def _finish(self, sample: Sample, embeddings: ShardEmbeddings | None, counted: bool = False) -> Sample:
+        if counted:
+            self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+        return _with_embeddings(sample, embeddings, self._embeddings) if embeddings else sample
 
     def finish_bundle(self) -> None:
         self._counter.flush()

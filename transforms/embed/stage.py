@@ -93,6 +93,9 @@ class _AllScores(beam.CombineFn):
     """Every score of the run as one float64 array (8 bytes per scored sample, on one worker:
     800 MB at 100 million; DataComp's own baselines hold them all in memory the same way)."""
 
+    #: `pipeline/graph.py` lists it among the steps that gather per-sample data onto one worker.
+    gathers_every_element = True
+
     def create_accumulator(self) -> list[np.ndarray]:
         return []
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.pools import drop_siblings
+from schemas.pools import TAR_SUFFIX, drop_siblings
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.common.errors import InputError, first_line
 from transforms.common.outputs import WithSummary
@@ -85,8 +85,13 @@ def match_input(pattern: str) -> list[str]:
         folder = pattern.rstrip("/") + "/"
         candidates = [folder + "**"]
     matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
+    visible = [path for path in matched if not _hidden(path, folder)]
+    if folder is not None and any(path.endswith(TAR_SUFFIX) for path in visible):
+        # A folder of tars is a pool (a Winnow output among them): its shards are the inputs, and
+        # their Parquet, embeddings and stats are read with them.
+        return [path for path in visible if path.endswith(TAR_SUFFIX)]
     # A pool's shard metadata (`NNNNN.parquet` beside `NNNNN.tar`) is read with its tar.
-    return drop_siblings(path for path in matched if not _hidden(path, folder))
+    return drop_siblings(visible)
 
 
 def _hidden(path: str, folder: str | None) -> bool:

@@ -135,6 +135,8 @@ class PoolSource:
     #: The model identity whose embeddings the pool carries and the embed stage reuses; None
     #: when the embed stage computes them.
     embeddings: str | None = None
+    #: The clip-retrieval output holding them (`input.embeddings`), or None: beside the shards.
+    clip_retrieval: str | None = None
 
 
 def _stage(
@@ -142,7 +144,13 @@ def _stage(
 ) -> beam.PTransform:
     """The stage `name`; with a pool, the crawl reads its tars and the embed stage its embeddings."""
     if pool is not None and name == "crawl":
-        return DownloadImages(config.crawl, progress_dir, pool=True, embeddings=pool.embeddings)
+        return DownloadImages(
+            config.crawl,
+            progress_dir,
+            pool=True,
+            embeddings=pool.embeddings,
+            clip_retrieval=pool.clip_retrieval,
+        )
     if pool is not None and name == "embed":
         return EmbedImages(config.embed, progress_dir, reuse_only=pool.embeddings is not None)
     return STAGES[name](config, progress_dir)

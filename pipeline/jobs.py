@@ -39,6 +39,7 @@ from transforms.common.errors import InputError
 from transforms.common.files import write_atomically
 from transforms.common.manifest import claim_output, inside, normalized, record_files, require_complete
 from transforms.common.progress import NAMESPACE
+from transforms.crawl.pool import clip_retrieval_partitions
 from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import model_identity, resolve_device
 from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
@@ -150,7 +151,7 @@ def run_job(
         stats: dict[str, Any] = json.loads(handle.read())
     stats["input_files"] = len(files)
     if pool is not None:  # what a retry of this output needs to know
-        stats[POOL_KEY] = {"embeddings": pool.embeddings}
+        stats[POOL_KEY] = {"embeddings": pool.embeddings, "clip_retrieval": pool.clip_retrieval}
     if retry_from is not None:
         stats["retried_from"] = retry_from
     stats["duration_s"] = round(elapsed, 3)
@@ -193,14 +194,33 @@ def pool_source(files: Sequence[str], config: RunConfig) -> PoolSource | None:
     if "embed" not in config.run.stages or config.embed.recompute:
         return PoolSource(None)
     wanted = model_identity(config.embed)
-    found = available_embeddings(shards[0])
-    if not found or wanted in found:
-        return PoolSource(wanted if found else None)
+    if config.input.embeddings:
+        found = {config.input.embeddings_model: config.input.embeddings}
+        check_clip_retrieval(config.input.embeddings)
+    else:
+        found = available_embeddings(shards[0])
+    if not found:
+        return PoolSource(None)
+    if wanted in found:
+        return PoolSource(wanted, config.input.embeddings or None)
     raise ConfigError(
         f"embed.model: the pool's embeddings ({found[sorted(found)[0]]}) were made by "
         f"{', '.join(sorted(found))}, not by {wanted}; set embed.model and embed.pretrained to "
         "the pool's model, or embed.recompute: true to embed every image again"
     )
+
+
+def check_clip_retrieval(folder: str) -> None:
+    """`InputError` unless `folder` holds a clip-retrieval output: its partitions' three files."""
+    parts = clip_retrieval_partitions(folder)
+    if not parts:
+        raise InputError(
+            f"input.embeddings: {folder} has no metadata/metadata_*.parquet (clip-retrieval's output)"
+        )
+    for part in parts:
+        for path in part[1:]:
+            if not FileSystems.exists(path):
+                raise InputError(f"input.embeddings: {path} is missing beside {part[0]}")
 
 
 def check_uids_file(output_dir: str, uids_file: str) -> None:
@@ -217,7 +237,9 @@ def previous_pool(previous: str) -> PoolSource | None:
     """The pool a previous output read (its stats.json), for `--retry-failed` on it."""
     with FileSystems.open(f"{previous}/{STATS_FILE}") as handle:
         recorded = json.loads(handle.read()).get(POOL_KEY)
-    return PoolSource(recorded.get("embeddings")) if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    return PoolSource(recorded.get("embeddings"), recorded.get("clip_retrieval"))
 
 
 def check_rows(stats: dict[str, Any], output_dir: str) -> None:

@@ -147,6 +147,57 @@ def write_datacomp_pool(web_dir: str, out_dir: str, shards: int = 2, seed: int =
     return counts
 
 
+def write_clip_retrieval_output(
+    pool_dir: str, out_dir: str, width: int = 512, partitions: int = 2, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """What `clip-retrieval inference --input_format webdataset --enable_metadata True` writes for
+    the pool's tars (its `writer.py`): per partition N, `img_emb/img_emb_N.npy` and
+    `text_emb/text_emb_N.npy` (float16, L2-normalised) and `metadata/metadata_N.parquet`
+    (`image_path` = the WebDataset key, `caption`, then the `.json` fields), rows aligned. Samples
+    without a `.jpg` or `.txt` are skipped, as clip-retrieval's reader skips them. Random unit
+    vectors stand in for a model's. Returns key → (image, text) embeddings."""
+    rows: list[dict[str, Any]] = []
+    for name in sorted(os.listdir(pool_dir)):
+        if not name.endswith(".tar"):
+            continue
+        members: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(os.path.join(pool_dir, name)) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    members.setdefault(key, {})[ext] = extracted.read()
+        for key, parts in members.items():
+            if "jpg" in parts and "txt" in parts:
+                metadata = json.loads(parts.get("json", b"{}"))
+                extra = {k: v for k, v in metadata.items() if k not in ("caption", "image_path")}
+                rows.append({"image_path": key, "caption": parts["txt"].decode(), **extra})
+    rng = np.random.default_rng(seed)
+    vectors = {}
+    for row in rows:
+        pair = rng.standard_normal((2, width))
+        vectors[row["image_path"]] = (pair / np.linalg.norm(pair, axis=1, keepdims=True)).astype(np.float16)
+    digits = len(str(partitions))
+    per = -(-len(rows) // partitions)
+    for folder in ("img_emb", "text_emb", "metadata"):
+        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    for part in range(partitions):
+        chunk = rows[part * per : (part + 1) * per]
+        number = str(part).zfill(digits)
+        keys = [row["image_path"] for row in chunk]
+        np.save(
+            os.path.join(out_dir, "img_emb", f"img_emb_{number}.npy"), np.stack([vectors[k][0] for k in keys])
+        )
+        np.save(
+            os.path.join(out_dir, "text_emb", f"text_emb_{number}.npy"),
+            np.stack([vectors[k][1] for k in keys]),
+        )
+        pq.write_table(
+            pa.Table.from_pylist(chunk), os.path.join(out_dir, "metadata", f"metadata_{number}.parquet")
+        )
+    return vectors
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a DataComp-shaped pool from a sample web.")
     parser.add_argument("web_dir")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from sampleweb.pool import write_datacomp_pool
+from sampleweb.pool import write_clip_retrieval_output, write_datacomp_pool
 from schemas.layout import read_tar_images
 from schemas.sample import make_uid
 from tests.conftest import SampleWeb
@@ -295,3 +295,35 @@ def test_two_rows_naming_one_key_keep_both_rows(tmp_path: Path) -> None:
         ("success", None),
     ]
     assert len(_output_rows(output)) == table.num_rows + 1
+
+
+def test_a_clip_retrieval_output_of_the_pool_gives_its_embeddings(tmp_path: Path, capsys) -> None:
+    """clip-retrieval's embeddings of an img2dataset download (its layout, `sampleweb/pool.py`),
+    joined by WebDataset key: reused, row for row, and declared by the model that made them."""
+    folder = tmp_path / "embeddings"
+    vectors = write_clip_retrieval_output(str(IMG2DATASET_POOL), str(folder), width=512, partitions=2)
+    output = str(tmp_path / "out")
+    args = [
+        "--input", str(IMG2DATASET_POOL), "--stages", "crawl,embed", "--set", "crawl.resize_mode=no",
+        "--set", f"input.embeddings={folder}", "--set", "input.embeddings_model=ViT-B-32/openai",
+    ]  # fmt: skip
+    assert _run(*args, "--output", str(tmp_path / "other")) == 2  # the run's model is another
+    assert "ViT-B-32/openai" in capsys.readouterr().err
+    model = ["--set", "embed.model=ViT-B-32", "--set", "embed.pretrained=openai"]
+    assert _run(*args, *model, "--output", output) == 0
+    rows = _output_rows(output)
+    kept = [r for r in rows if r["status"] == "success"]
+    assert kept and len(kept) == len(vectors)
+    for row in kept:
+        image, text = vectors[json.loads(row["extra"])["__key__"]]
+        assert row["embedding_source"] in ("clip-retrieval:img_emb_0.npy", "clip-retrieval:img_emb_1.npy")
+        assert row["clip_model"] == "ViT-B-32/openai"
+        assert row["clip_score"] == pytest.approx(
+            float(np.dot(image.astype(np.float32), text.astype(np.float32))), abs=1e-3
+        )
+    metadata = pa.concat_tables([pq.read_table(p) for p in sorted(glob.glob(f"{output}/metadata/*.parquet"))])
+    written = np.concatenate([np.load(p) for p in sorted(glob.glob(f"{output}/img_emb/*.npy"))])
+    by_uid = {r["uid"]: json.loads(r["extra"])["__key__"] for r in kept}
+    for uid, vector in zip(metadata.column("uid").to_pylist(), written, strict=True):
+        expected = vectors[by_uid[uid]][0].astype(np.float32)
+        assert np.allclose(vector.astype(np.float32), expected / np.linalg.norm(expected), atol=2e-3)

@@ -233,6 +233,8 @@ class _LoadShardFn(beam.DoFn):
     def _finish(self, sample: Sample, embeddings: ShardEmbeddings | None, counted: bool = False) -> Sample:
         if counted:
             self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+        if sample.status != Status.SUCCESS and sample.image_embedding is not None:
+            sample = sample.evolve(image_embedding=None, text_embedding=None)  # joined, then not loaded
         return _with_embeddings(sample, embeddings, self._embeddings) if embeddings else sample
 
     def finish_bundle(self) -> None:
@@ -262,20 +264,105 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return (v / norm if norm else v).astype(np.float16)
 
 
+def clip_retrieval_partitions(folder: str) -> list[tuple[str, str, str]]:
+    """(metadata, image embeddings, text embeddings) of each partition of a clip-retrieval output
+    (`metadata/metadata_N.parquet`, `img_emb/img_emb_N.npy`, `text_emb/text_emb_N.npy`)."""
+    folder = folder.rstrip("/")
+    matched = FileSystems.match([f"{folder}/metadata/metadata_*.parquet"])[0].metadata_list
+    parts = []
+    for path in sorted(m.path for m in matched):
+        number = path.rsplit("metadata_", 1)[1].removesuffix(".parquet")
+        parts.append(
+            (path, f"{folder}/img_emb/img_emb_{number}.npy", f"{folder}/text_emb/text_emb_{number}.npy")
+        )
+    return parts
+
+
+def partition_embeddings(
+    paths: tuple[str, str, str],
+) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray, str]]]:
+    """(WebDataset key, (image embedding, text embedding, source)) of each row of one partition:
+    clip-retrieval's `image_path` is the sample's `__key__`, rows aligned with the `.npy` files."""
+    metadata, image_path, text_path = paths
+    keys = pq.read_table(io.BytesIO(read_bytes(metadata)), columns=["image_path"]).column(0).to_pylist()
+    image, text = np.load(io.BytesIO(read_bytes(image_path))), np.load(io.BytesIO(read_bytes(text_path)))
+    if not len(keys) == len(image) == len(text):
+        raise ValueError(f"{metadata}: {len(keys)} rows, but {len(image)} and {len(text)} embeddings")
+    source = "clip-retrieval:" + image_path.replace("\\", "/").rsplit("/", 1)[-1]
+    for row, key in enumerate(keys):
+        yield str(key), (image[row], text[row], source)
+
+
+def _attach(element: tuple[str, dict[str, list[Any]]], identity: str) -> Iterator[Sample]:
+    """The samples of one key, with the embeddings clip-retrieval made for that key (if any)."""
+    _, grouped = element
+    found = sorted(grouped["embeddings"], key=lambda e: e[2])[:1]  # a key twice: the first partition's
+    for sample in grouped["samples"]:
+        if not found:
+            yield sample
+            continue
+        image, text, source = _unit(found[0][0]), _unit(found[0][1]), found[0][2]
+        changes: dict[str, Any] = {
+            "clip_score": float(np.dot(image.astype(np.float32), text.astype(np.float32))),
+            "clip_model": identity,
+            "embedding_source": source,
+        }
+        if sample.status == Status.PENDING:
+            changes.update(image_embedding=image, text_embedding=text)
+        yield sample.evolve(**changes)
+
+
+class JoinClipRetrieval(beam.PTransform):
+    """Pool samples → the same samples with the embeddings a clip-retrieval output holds for their
+    key (`input.embeddings`), made by the model `identity`; a sample without any is unchanged."""
+
+    def __init__(self, folder: str, identity: str):
+        super().__init__()
+        self._folder = folder
+        self._identity = identity
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        embeddings = (
+            samples.pipeline
+            | "Folder" >> beam.Create([self._folder])
+            | "Partitions" >> beam.FlatMap(clip_retrieval_partitions)
+            | "Spread" >> beam.Reshuffle()
+            | "Rows" >> beam.FlatMap(partition_embeddings)
+        )
+        keyed = samples | "ByKey" >> beam.Map(lambda s: (str(s.extra.get(KEY)), s))
+        return (
+            {"samples": keyed, "embeddings": embeddings}
+            | "Join" >> beam.CoGroupByKey()
+            | "Attach" >> beam.FlatMap(_attach, self._identity)
+        )
+
+
 class LoadPoolImages(beam.PTransform):
     """Reads each pool sample's image from its shard's tar (one read per shard), as the crawl
-    would have stored it; with `embeddings` (a model identity) attaches the pool's embeddings."""
+    would have stored it; with `embeddings` (a model identity) attaches the pool's embeddings,
+    from beside the shards or, with `clip_retrieval` (a folder), from clip-retrieval's output."""
 
-    def __init__(self, config: CrawlConfig, embeddings: str | None = None, progress_dir: str | None = None):
+    def __init__(
+        self,
+        config: CrawlConfig,
+        embeddings: str | None = None,
+        progress_dir: str | None = None,
+        clip_retrieval: str | None = None,
+    ):
         super().__init__()
         self._config = config
         self._embeddings = embeddings
         self._progress_dir = progress_dir
+        self._clip_retrieval = clip_retrieval
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        beside = self._embeddings
+        if self._clip_retrieval and self._embeddings:
+            samples = samples | "ClipRetrieval" >> JoinClipRetrieval(self._clip_retrieval, self._embeddings)
+            beside = None  # the embeddings come from the clip-retrieval folder only
         return (
             samples
             | "ByShard" >> beam.Map(lambda s: (str(s.extra[SHARD]), s))
             | "GroupShard" >> beam.GroupByKey()
-            | "Load" >> beam.ParDo(_LoadShardFn(self._config, self._embeddings, self._progress_dir))
+            | "Load" >> beam.ParDo(_LoadShardFn(self._config, beside, self._progress_dir))
         )

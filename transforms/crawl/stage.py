@@ -206,7 +206,8 @@ class DownloadImages(beam.PTransform):
 
     With `pool` (the run reads a pool of downloaded shards), samples read from the pool take their
     image from its tars instead (`transforms/crawl/pool.py`), with the pool's `embeddings` made by
-    that model identity when given; the others are fetched."""
+    that model identity when given (from `clip_retrieval`, a clip-retrieval output folder, when
+    given); the others are fetched."""
 
     def __init__(
         self,
@@ -214,17 +215,20 @@ class DownloadImages(beam.PTransform):
         progress_dir: str | None = None,
         pool: bool = False,
         embeddings: str | None = None,
+        clip_retrieval: str | None = None,
     ):
         super().__init__()
         self._config = config
         self._progress_dir = progress_dir
         self._pool = pool
         self._embeddings = embeddings
+        self._clip_retrieval = clip_retrieval
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         download = beam.ParDo(_DownloadFn(self._config, self._progress_dir))
         if not self._pool:
             return samples | "Download" >> download
         pooled, web = samples | "FromPool" >> SplitByStatus(in_pool)
-        loaded = pooled | "LoadFromPool" >> LoadPoolImages(self._config, self._embeddings, self._progress_dir)
+        load = LoadPoolImages(self._config, self._embeddings, self._progress_dir, self._clip_retrieval)
+        loaded = pooled | "LoadFromPool" >> load
         return (loaded, web | "Download" >> download) | "Images" >> beam.Flatten()

@@ -35,11 +35,20 @@ class InputConfig:
     #: Charset of CSV, TSV and txt lists: `auto` (UTF-8, else the charset detected on the lines
     #: that are not UTF-8) or a codec name (`latin-1`, `cp1251`, `gb18030`…).
     encoding: str = "auto"
+    #: A pool's embeddings as `clip-retrieval inference` wrote them (a folder with `img_emb/`,
+    #: `text_emb/`, `metadata/`; its `image_path` is the WebDataset key): joined to the pool's
+    #: samples by key and reused when `embeddings_model` is the embed stage's model. "" = none.
+    embeddings: str = ""
+    #: The model that made `embeddings`, as the embed stage names models (`ViT-B-32/openai`:
+    #: clip-retrieval's `--clip_model ViT-B/32`).
+    embeddings_model: str = ""
 
     def __post_init__(self) -> None:
         check = Check("input", self)
         check.not_empty("url_col", "save_additional_columns")
         check.at_least(1, "max_record_bytes")
+        if bool(self.embeddings) != bool(self.embeddings_model):
+            raise ValueError("input.embeddings and input.embeddings_model go together: set both or neither")
         if self.encoding != "auto":
             try:
                 codecs.lookup(self.encoding)

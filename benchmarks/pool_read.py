@@ -67,7 +67,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         web, pool = os.path.join(tmp, "web"), os.path.join(tmp, "pool")
         generate_corpus(web, samples=args.samples, seed=0)
-        counts = write_datacomp_pool(web, pool, shards=args.shards, seed=0)
+        counts = write_datacomp_pool(web, pool, shards=args.shards, seed=0, max_side=None)
         size = sum(os.path.getsize(os.path.join(pool, f)) for f in os.listdir(pool) if f.endswith(".tar"))
         print(f"pool: {counts['samples']} rows, {counts['downloaded']} images, {size / 1e6:.0f} MB of tars")
         base = [winnow, "run", "--input", f"{pool}/*.tar", "--set", "output.index=false"]

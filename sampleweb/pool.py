@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from sampleweb.corpus import FILES_DIR, MANIFEST_NAME
 from sampleweb.layout import file_name
@@ -76,8 +77,26 @@ def _original_size(rng: np.random.Generator) -> tuple[int, int]:
     return (long, short) if rng.random() < 0.5 else (short, long)
 
 
-def write_datacomp_pool(web_dir: str, out_dir: str, shards: int = 2, seed: int = 0) -> dict[str, int]:
-    """Writes the pool of the sample web's fetchable samples into `out_dir`; returns counts."""
+def _stored(data: bytes, max_side: int | None) -> bytes:
+    """The image as the pool stores it: its longer side cut to `max_side` (img2dataset's
+    `keep_ratio_largest`), in its own format; None keeps the bytes."""
+    if max_side is None:
+        return data
+    with Image.open(io.BytesIO(data)) as image:
+        if max(image.size) <= max_side:
+            return data
+        fmt = image.format
+        image.thumbnail((max_side, max_side))
+        out = io.BytesIO()
+        image.save(out, format=fmt)
+        return out.getvalue()
+
+
+def write_datacomp_pool(
+    web_dir: str, out_dir: str, shards: int = 2, seed: int = 0, max_side: int | None = 256
+) -> dict[str, int]:
+    """Writes the pool of the sample web's fetchable samples into `out_dir`; returns counts.
+    `max_side` resizes the stored images as a downloader would (None: the sample web's own)."""
     manifest = pq.read_table(os.path.join(web_dir, MANIFEST_NAME)).to_pylist()
     rows = [r for r in manifest if r["fault"] is None]
     rng = np.random.default_rng(seed)
@@ -103,7 +122,7 @@ def write_datacomp_pool(web_dir: str, out_dir: str, shards: int = 2, seed: int =
                 }
                 failed = rng.random() < FAILED_SHARE
                 path = os.path.join(web_dir, FILES_DIR, file_name(row["id"], row["format"]))
-                data = b"" if failed else Path(path).read_bytes()
+                data = b"" if failed else _stored(Path(path).read_bytes(), max_side)
                 record = {
                     "uid": uid,
                     "key": key,
@@ -204,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-side", type=int, default=256, help="0 keeps the sample web's images")
     args = parser.parse_args(argv)
-    print(json.dumps(write_datacomp_pool(args.web_dir, args.out_dir, args.shards, args.seed)))
+    counts = write_datacomp_pool(args.web_dir, args.out_dir, args.shards, args.seed, args.max_side or None)
+    print(json.dumps(counts))
     return 0
 
 

@@ -25,6 +25,7 @@ import io
 import os
 import re
 from collections.abc import Iterable
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -129,6 +130,25 @@ def split_member(name: str) -> tuple[str, str]:
     if not dot or not stem:
         return "", ""
     return (f"{folder}/{stem}" if folder else stem), ext
+
+
+class TailKeepingReader:
+    """A binary handle that keeps the last bytes read: a tar read to its end should end with its
+    end-of-archive blocks (zeros); `tarfile` reads a tar cut at a member boundary as a shorter
+    archive without a word, so a reader checks `ended_with_marker` itself."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self._tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        if data:
+            self._tail = (self._tail + data)[-1024:]
+        return data
+
+    def ended_with_marker(self) -> bool:
+        return len(self._tail) >= 512 and self._tail[-512:].count(0) == 512
 
 
 def pool_uid(value: object) -> str | None:

@@ -327,3 +327,22 @@ def test_a_clip_retrieval_output_of_the_pool_gives_its_embeddings(tmp_path: Path
     for uid, vector in zip(metadata.column("uid").to_pylist(), written, strict=True):
         expected = vectors[by_uid[uid]][0].astype(np.float32)
         assert np.allclose(vector.astype(np.float32), expected / np.linalg.norm(expected), atol=2e-3)
+
+
+@pytest.mark.parametrize("cut", ["at a member", "inside a member"])
+def test_a_tar_alone_cut_short_says_so_in_a_row_of_its_own(tmp_path: Path, cut: str) -> None:
+    """`tarfile` reads a tar cut at a member boundary as a shorter archive: the reader checks for
+    the end-of-archive blocks itself, and a member cut short is caught by its length."""
+    data = (IMG2DATASET_POOL / "00000.tar").read_bytes()
+    with tarfile.open(IMG2DATASET_POOL / "00000.tar") as tar:
+        middle = tar.getmembers()[len(tar.getmembers()) // 2]
+    end = middle.offset if cut == "at a member" else middle.offset_data + 100
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "00000.tar").write_bytes(data[:end])
+    output = str(tmp_path / "out")
+    assert _run("--input", str(pool), "--output", output, "--stages", "crawl") == 0
+    rows = _output_rows(output)
+    broken = [r for r in rows if r["reason"] == "unreadable_file"]
+    assert len(broken) == 1 and broken[0]["error"].startswith(str(pool / "00000.tar"))
+    assert 0 < len(rows) - 1 < 48  # the samples read before the cut keep their rows

@@ -39,6 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.pools import (
     IMAGE_EXTENSIONS,
+    TailKeepingReader,
     datacomp_embeddings,
     exists,
     pool_uid,
@@ -133,24 +134,28 @@ def read_images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
     left = set(keys)
     if not left:
         return
-    with (
-        FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle,
-        tarfile.open(fileobj=handle, mode="r|") as archive,
-    ):
-        for member in archive:
-            key, ext = split_member(member.name)
-            if (
-                key not in left
-                or not member.isfile()
-                or ext.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS
-            ):
-                continue
-            extracted = archive.extractfile(member)
-            if extracted is not None:
+    with FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        reader = TailKeepingReader(handle)
+        with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                key, ext = split_member(member.name)
+                image = ext.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+                if key not in left or not member.isfile() or not image:
+                    continue
+                extracted = archive.extractfile(member)
+                if extracted is None:
+                    continue
+                data = extracted.read()
+                if len(data) < member.size:  # a stream read past the end of a cut tar is short
+                    raise tarfile.ReadError(
+                        f"{member.name}: {len(data)} of {member.size} bytes: the tar was cut short"
+                    )
                 left.discard(key)
-                yield key, ext, extracted.read()
+                yield key, ext, data
                 if not left:
                     return
+        if not reader.ended_with_marker():
+            raise tarfile.ReadError("the tar ends without its end-of-archive blocks: it was cut short")
 
 
 def load_image(sample: Sample, ext: str, data: bytes, config: CrawlConfig) -> Sample:

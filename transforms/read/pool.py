@@ -31,7 +31,15 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.pools import IMAGE_EXTENSIONS, READ_COLUMNS, exists, pool_uid, shard_files, split_member
+from schemas.pools import (
+    IMAGE_EXTENSIONS,
+    READ_COLUMNS,
+    TailKeepingReader,
+    exists,
+    pool_uid,
+    shard_files,
+    split_member,
+)
 from schemas.sample import Sample, Status, batch_from_samples, make_uid
 from transforms.read.config import InputConfig
 
@@ -100,17 +108,20 @@ def _tar_rows(tar: str, config: InputConfig) -> Iterator[Sample]:
     """One row per key of a tar without a Parquet: `.txt` caption, `.json` metadata."""
     members: dict[str, dict[str, bytes]] = {}
     try:
-        with (
-            FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle,
-            tarfile.open(fileobj=handle, mode="r|") as archive,
-        ):
-            for member in archive:
-                key, ext = split_member(member.name)
-                if not key or not member.isfile():
-                    continue
-                wanted = ext in ("txt", "json")
-                data = archive.extractfile(member).read() if wanted else b""  # type: ignore[union-attr]
-                members.setdefault(key, {})[ext.lower()] = data
+        with FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            reader = TailKeepingReader(handle)
+            with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+                for member in archive:
+                    key, ext = split_member(member.name)
+                    if not key or not member.isfile():
+                        continue
+                    wanted = ext in ("txt", "json")
+                    data = archive.extractfile(member).read() if wanted else b""  # type: ignore[union-attr]
+                    if wanted and len(data) < member.size:  # read past the end of a cut tar
+                        raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
+                    members.setdefault(key, {})[ext.lower()] = data
+            if not reader.ended_with_marker():
+                raise tarfile.ReadError("the tar ends without its end-of-archive blocks: it was cut short")
     except (OSError, tarfile.TarError, EOFError) as err:
         LOG.warning("%s: unreadable after %d samples: %s", tar, len(members), err)
         yield from _tar_samples(tar, members, config)

@@ -153,6 +153,10 @@ def test_winnows_own_output_read_as_a_pool_keeps_the_same_samples(pool: str, tmp
     assert _run("--config", config, "--input", first, "--output", second) == 0
     kept = [{r["uid"] for r in _output_rows(out) if r["status"] == "success"} for out in (first, second)]
     assert kept[0] == kept[1] and kept[0]
+    # The audit reads a pool run as any run: its report names the pool's own failure reason.
+    os.remove(f"{first}/report.html")
+    assert main(["audit", first]) == 0
+    assert "not_downloaded" in Path(first, "report.html").read_text(encoding="utf-8")
     again = [r for r in _output_rows(second) if r["status"] == "success"]
     # The first run's embeddings (its img_emb/ files, model in its Parquet) were reused.
     assert all(r["embedding_source"].startswith("pool:img_emb/") for r in again)

@@ -33,6 +33,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 TAR_SUFFIX = ".tar"
+#: `extra` entries of a sample read from a pool: its key in the tar and the tar (webdataset's
+#: `__key__`; the shard as given in the input).
+KEY, SHARD = "__key__", "__shard__"
 #: Image members of a shard, by extension (lower case), as img2dataset and webdataset name them.
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm"})
 _HEX_UID = re.compile(r"^[0-9a-f]{32}$")

@@ -39,6 +39,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.pools import (
     IMAGE_EXTENSIONS,
+    KEY,
+    SHARD,
     TailKeepingReader,
     datacomp_embeddings,
     exists,
@@ -54,7 +56,6 @@ from transforms.crawl.imaging import ImageError, check_shape, process_image
 
 LOG = logging.getLogger(__name__)
 STAGE = "crawl"
-KEY, SHARD = "__key__", "__shard__"
 
 
 def in_pool(sample: Sample) -> bool:

@@ -33,7 +33,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.pools import (
     IMAGE_EXTENSIONS,
+    KEY,
     READ_COLUMNS,
+    SHARD,
     TailKeepingReader,
     exists,
     pool_uid,
@@ -45,8 +47,6 @@ from transforms.read.config import InputConfig
 
 LOG = logging.getLogger(__name__)
 STAGE = "read"
-#: Where each sample sits in the pool (carried in `extra`, read by the crawl stage's pool mode).
-KEY, SHARD = "__key__", "__shard__"
 #: Pool columns that become `Sample` fields rather than `extra` entries.
 _STATUS_COLUMNS = ("status", "error_message", "reason", "error")
 

@@ -24,7 +24,8 @@ import dataclasses
 import io
 import os
 import re
-from collections.abc import Iterable
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -93,6 +94,11 @@ def _split(path: str) -> tuple[str, str, str]:
     return folder, name, os.sep
 
 
+def base_name(path: str) -> str:
+    """The file name of a local path or an object-store URL."""
+    return _split(path)[1]
+
+
 def shard_files(tar: str) -> ShardFiles:
     """The files of the shard whose tar is `tar`."""
     folder, name, sep = _split(tar)
@@ -152,6 +158,39 @@ class TailKeepingReader:
 
     def ended_with_marker(self) -> bool:
         return len(self._tail) >= 512 and self._tail[-512:].count(0) == 512
+
+
+def is_image(ext: str) -> bool:
+    """Whether a member's extension (`jpg`, `seg.png`) names an image."""
+    return ext.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+
+
+def stream_members(tar: str, read: Callable[[str, str], bool]) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, extension, bytes) of each file member of `tar`, front to back; the bytes only of the
+    members `read(key, extension)` picks (None for the others).
+
+    A tar cut short raises `tarfile.ReadError`, also where `tarfile` alone would not: cut between
+    members (it reads that as a shorter archive; the end-of-archive blocks are checked here) or
+    inside a member's data (a stream returns it short; its length is checked)."""
+    with FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        reader = TailKeepingReader(handle)
+        with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                key, ext = split_member(member.name)
+                if not key or not member.isfile():
+                    continue
+                if not read(key, ext):
+                    yield key, ext, None
+                    continue
+                extracted = archive.extractfile(member)
+                data = extracted.read() if extracted is not None else b""
+                if len(data) < member.size:
+                    raise tarfile.ReadError(
+                        f"{member.name}: {len(data)} of {member.size} bytes: the tar was cut short"
+                    )
+                yield key, ext, data
+        if not reader.ended_with_marker():
+            raise tarfile.ReadError("the tar ends without its end-of-archive blocks: it was cut short")
 
 
 def pool_uid(value: object) -> str | None:

@@ -34,20 +34,19 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.pools import (
-    IMAGE_EXTENSIONS,
     KEY,
     SHARD,
-    TailKeepingReader,
+    base_name,
     datacomp_embeddings,
     exists,
+    is_image,
     pool_uid,
     read_bytes,
     shard_files,
-    split_member,
+    stream_members,
 )
 from schemas.sample import Sample, Status
 from transforms.common.progress import StageCounter
@@ -94,36 +93,36 @@ def shard_embeddings(tar: str, identity: str) -> ShardEmbeddings | None:
     if datacomp is not None and exists(files.npz) and exists(files.parquet):
         with np.load(io.BytesIO(read_bytes(files.npz))) as arrays:
             if {datacomp.image_key, datacomp.text_key} <= set(arrays.files):
-                name = files.npz.replace("\\", "/").rsplit("/", 1)[-1]
                 return ShardEmbeddings(
                     _row_index(files.parquet),
                     arrays[datacomp.image_key],
                     arrays[datacomp.text_key],
                     datacomp.score_column,
-                    f"pool:{name}#{datacomp.image_key},{datacomp.text_key}",
+                    f"pool:{base_name(files.npz)}#{datacomp.image_key},{datacomp.text_key}",
                 )
     if exists(files.img_emb) and exists(files.text_emb) and exists(files.metadata):
-        name = files.img_emb.replace("\\", "/").rsplit("/", 1)[-1]
         return ShardEmbeddings(
             _row_index(files.metadata),
             np.load(io.BytesIO(read_bytes(files.img_emb))),
             np.load(io.BytesIO(read_bytes(files.text_emb))),
             "clip_score",
-            f"pool:img_emb/{name}",
+            f"pool:img_emb/{base_name(files.img_emb)}",
         )
     return None
 
 
 def _row_index(parquet: str) -> dict[str, int]:
     """uid (or, without one, key) → row of a Parquet the embeddings are aligned with."""
-    table = pq.read_table(io.BytesIO(read_bytes(parquet)))
-    names = table.column_names
+    file = pq.ParquetFile(io.BytesIO(read_bytes(parquet)))
+    columns = [name for name in ("uid", "key") if name in file.schema_arrow.names]
+    table = file.read(columns=columns)
     index: dict[str, int] = {}
-    if "uid" in names:
-        for row, uid in enumerate(table.column("uid").to_pylist()):
-            if pool_uid(uid):
-                index[pool_uid(uid)] = row  # type: ignore[index]
-    if "key" in names:
+    if "uid" in columns:
+        for row, value in enumerate(table.column("uid").to_pylist()):
+            uid = pool_uid(value)
+            if uid:
+                index[uid] = row
+    if "key" in columns:
         for row, key in enumerate(table.column("key").to_pylist()):
             if key is not None:
                 index.setdefault(str(key), row)
@@ -135,28 +134,13 @@ def read_images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
     left = set(keys)
     if not left:
         return
-    with FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        reader = TailKeepingReader(handle)
-        with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
-            for member in archive:
-                key, ext = split_member(member.name)
-                image = ext.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
-                if key not in left or not member.isfile() or not image:
-                    continue
-                extracted = archive.extractfile(member)
-                if extracted is None:
-                    continue
-                data = extracted.read()
-                if len(data) < member.size:  # a stream read past the end of a cut tar is short
-                    raise tarfile.ReadError(
-                        f"{member.name}: {len(data)} of {member.size} bytes: the tar was cut short"
-                    )
-                left.discard(key)
-                yield key, ext, data
-                if not left:
-                    return
-        if not reader.ended_with_marker():
-            raise tarfile.ReadError("the tar ends without its end-of-archive blocks: it was cut short")
+    for key, ext, data in stream_members(tar, lambda key, ext: key in left and is_image(ext)):
+        if data is None:
+            continue
+        left.discard(key)
+        yield key, ext, data
+        if not left:
+            return
 
 
 def load_image(sample: Sample, ext: str, data: bytes, config: CrawlConfig) -> Sample:
@@ -252,14 +236,24 @@ def _with_embeddings(sample: Sample, embeddings: ShardEmbeddings, identity: str 
     score = embeddings.score(sample, row)
     if score is None:
         return sample
-    changes: dict[str, Any] = {
-        "clip_score": score,
-        "clip_model": identity,
-        "embedding_source": embeddings.source,
-    }
+    vectors = None
     if row is not None and sample.status == Status.SUCCESS:
-        changes["image_embedding"] = _unit(embeddings.image[row])
-        changes["text_embedding"] = _unit(embeddings.text[row])
+        vectors = _unit(embeddings.image[row]), _unit(embeddings.text[row])
+    return _carrying(sample, identity, embeddings.source, score, vectors)
+
+
+def _carrying(
+    sample: Sample,
+    identity: str | None,
+    source: str,
+    score: float,
+    vectors: tuple[np.ndarray, np.ndarray] | None,
+) -> Sample:
+    """The sample with a pool's score made by `identity`, where it came from, and (for a sample
+    still to be kept) the image and text embeddings."""
+    changes: dict[str, Any] = {"clip_score": score, "clip_model": identity, "embedding_source": source}
+    if vectors is not None:
+        changes.update(image_embedding=vectors[0], text_embedding=vectors[1])
     return sample.evolve(**changes)
 
 
@@ -294,7 +288,7 @@ def partition_embeddings(
     image, text = np.load(io.BytesIO(read_bytes(image_path))), np.load(io.BytesIO(read_bytes(text_path)))
     if not len(keys) == len(image) == len(text):
         raise ValueError(f"{metadata}: {len(keys)} rows, but {len(image)} and {len(text)} embeddings")
-    source = "clip-retrieval:" + image_path.replace("\\", "/").rsplit("/", 1)[-1]
+    source = "clip-retrieval:" + base_name(image_path)
     for row, key in enumerate(keys):
         yield str(key), (image[row], text[row], source)
 
@@ -308,14 +302,9 @@ def _attach(element: tuple[str, dict[str, list[Any]]], identity: str) -> Iterato
             yield sample
             continue
         image, text, source = _unit(found[0][0]), _unit(found[0][1]), found[0][2]
-        changes: dict[str, Any] = {
-            "clip_score": float(np.dot(image.astype(np.float32), text.astype(np.float32))),
-            "clip_model": identity,
-            "embedding_source": source,
-        }
-        if sample.status == Status.PENDING:
-            changes.update(image_embedding=image, text_embedding=text)
-        yield sample.evolve(**changes)
+        score = float(np.dot(image.astype(np.float32), text.astype(np.float32)))
+        vectors = (image, text) if sample.status == Status.PENDING else None
+        yield _carrying(sample, identity, source, score, vectors)
 
 
 class JoinClipRetrieval(beam.PTransform):

@@ -31,17 +31,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.pools import (
-    IMAGE_EXTENSIONS,
-    KEY,
-    READ_COLUMNS,
-    SHARD,
-    TailKeepingReader,
-    exists,
-    pool_uid,
-    shard_files,
-    split_member,
-)
+from schemas.pools import KEY, READ_COLUMNS, SHARD, exists, is_image, pool_uid, shard_files, stream_members
 from schemas.sample import Sample, Status, batch_from_samples, make_uid
 from transforms.read.config import InputConfig
 
@@ -108,20 +98,8 @@ def _tar_rows(tar: str, config: InputConfig) -> Iterator[Sample]:
     """One row per key of a tar without a Parquet: `.txt` caption, `.json` metadata."""
     members: dict[str, dict[str, bytes]] = {}
     try:
-        with FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            reader = TailKeepingReader(handle)
-            with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
-                for member in archive:
-                    key, ext = split_member(member.name)
-                    if not key or not member.isfile():
-                        continue
-                    wanted = ext in ("txt", "json")
-                    data = archive.extractfile(member).read() if wanted else b""  # type: ignore[union-attr]
-                    if wanted and len(data) < member.size:  # read past the end of a cut tar
-                        raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
-                    members.setdefault(key, {})[ext.lower()] = data
-            if not reader.ended_with_marker():
-                raise tarfile.ReadError("the tar ends without its end-of-archive blocks: it was cut short")
+        for key, ext, data in stream_members(tar, lambda key, ext: ext in ("txt", "json")):
+            members.setdefault(key, {})[ext.lower()] = data or b""
     except (OSError, tarfile.TarError, EOFError) as err:
         LOG.warning("%s: unreadable after %d samples: %s", tar, len(members), err)
         yield from _tar_samples(tar, members, config)
@@ -147,7 +125,7 @@ def _tar_samples(tar: str, members: dict[str, dict[str, bytes]], config: InputCo
         sample = Sample(pool_uid(metadata.get("uid")) or make_uid(url, caption), url, caption, extra)
         if not readable:
             yield sample.decided(Status.REJECTED, "caption_not_text", STAGE, "the .txt member is not UTF-8")
-        elif not any(ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS for ext in parts):
+        elif not any(is_image(ext) for ext in parts):
             yield sample.decided(Status.FAILED, "image_missing", STAGE, f"no image member for key {key!r}")
         else:
             yield _decided(sample, metadata, key)

@@ -28,6 +28,7 @@ from transforms.dedup import DeduplicateImages, JudgeDuplicates
 from transforms.embed import EmbedImages
 from transforms.noise import JudgeCaptions, RepairCaptions
 from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
+from transforms.safety import CheckSafety, SafetyProbe, ScreenUrls
 from transforms.text import FilterText
 from transforms.write import WriteShards, WriteStats
 from transforms.write.shards import ROWS_READ
@@ -37,7 +38,8 @@ StageFactory = Callable[[RunConfig, "str | None"], beam.PTransform]
 #: Stages in pipeline order, named after their modules in `transforms/`.
 STAGES: dict[str, StageFactory] = {
     "text": lambda config, progress: FilterText(config.text, progress),
-    "crawl": lambda config, progress: DownloadImages(config.crawl, progress),
+    "crawl": lambda config, progress: DownloadImages(config.crawl, progress, probe=_probe(config)),
+    "safety": lambda config, progress: CheckSafety(config.safety, progress),
     "embed": lambda config, progress: EmbedImages(config.embed, progress),
     "dedup": lambda config, progress: DeduplicateImages(
         config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
@@ -111,6 +113,8 @@ def build_pipeline(
             continue
         label = name.capitalize()
         hints = resource_hints(name, config)
+        if name == "crawl" and _screens_urls(config):  # the URL blocklist, before anything is fetched
+            samples = samples | "ScreenUrls" >> ScreenUrls(config.safety, progress_dir)
         if retry_from is None and name in JUDGES:
             judged = _judge(name, config, progress_dir, samples, verdicts)
             verdicts.append(judged.rows if isinstance(judged, WithSummary) else judged)
@@ -139,6 +143,18 @@ class PoolSource:
     clip_retrieval: str | None = None
 
 
+def _probe(config: RunConfig) -> SafetyProbe | None:
+    """What the crawl measures for the safety stage (hashes of the original, faces), if anything."""
+    if "safety" not in config.run.stages or not config.safety.probes_images:
+        return None
+    kinds = frozenset({"md5", "sha1"}) if config.safety.hash_blocklist else frozenset()
+    return SafetyProbe(config.safety, kinds)
+
+
+def _screens_urls(config: RunConfig) -> bool:
+    return "safety" in config.run.stages and config.safety.url_blocklist is not None
+
+
 def _stage(
     name: str, config: RunConfig, progress_dir: str | None, pool: PoolSource | None
 ) -> beam.PTransform:
@@ -150,6 +166,7 @@ def _stage(
             pool=True,
             embeddings=pool.embeddings,
             clip_retrieval=pool.clip_retrieval,
+            probe=_probe(config),
         )
     if pool is not None and name == "embed":
         return EmbedImages(config.embed, progress_dir, reuse_only=pool.embeddings is not None)

@@ -26,6 +26,7 @@ from transforms.dedup import DedupConfig
 from transforms.embed import EmbedConfig
 from transforms.noise import NoiseConfig
 from transforms.read import InputConfig
+from transforms.safety import SafetyConfig
 from transforms.text import TextConfig
 from transforms.text.config import DATACOMP_IMAGE_RULES
 from transforms.write import OutputConfig
@@ -66,6 +67,7 @@ class RunConfig:
     input: InputConfig = InputConfig()
     text: TextConfig = TextConfig()
     crawl: CrawlConfig = CrawlConfig()
+    safety: SafetyConfig = SafetyConfig()
     embed: EmbedConfig = EmbedConfig()
     dedup: DedupConfig = DedupConfig()
     noise: NoiseConfig = NoiseConfig()
@@ -84,6 +86,11 @@ class RunConfig:
             }
             if unset:
                 object.__setattr__(self, "crawl", dataclasses.replace(self.crawl, **unset))
+        if "safety" in stages and self.safety.active and "crawl" not in stages:
+            raise ConfigError(
+                "the safety stage checks the images the crawl stage fetches: add crawl to run.stages "
+                "or leave the safety section unset"
+            )
         if (
             "dedup" in stages
             and self.dedup.semantic

@@ -43,6 +43,7 @@ from transforms.crawl.pool import clip_retrieval_partitions
 from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import model_identity, resolve_device
 from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
+from transforms.safety import SafetyConfig
 from transforms.write.shards import ROWS_LOST, ROWS_READ
 from transforms.write.uids import uids_path, write_uids_file
 
@@ -92,6 +93,8 @@ def run_job(
             check_input(path, config.input)
     if config.output.uids_file:
         check_uids_file(output_dir, config.output.uids_file)
+    if "safety" in config.run.stages:
+        check_safety(config.safety)
     if not dry_run:
         if FileSystems.get_scheme(output_dir) in (None, "file"):
             _make_local_folder(output_dir)
@@ -221,6 +224,26 @@ def check_clip_retrieval(folder: str) -> None:
         for path in part[1:]:
             if not FileSystems.exists(path):
                 raise InputError(f"input.embeddings: {path} is missing beside {part[0]}")
+
+
+def check_safety(config: SafetyConfig) -> None:
+    """`ConfigError` naming the file and line of a blocklist entry that is not one, or the model
+    or detector that cannot be loaded, before anything runs."""
+    from transforms.safety.blocklists import BlocklistError, read_blocklists
+    from transforms.safety.faces import FaceDetector, FaceError
+    from transforms.safety.nsfw import model_path
+
+    try:
+        read_blocklists(config)
+    except BlocklistError as err:
+        raise ConfigError(f"safety: {err}") from None
+    if config.face_detector is not None:
+        try:
+            FaceDetector(config.face_detector)
+        except FaceError as err:
+            raise ConfigError(str(err)) from None
+    if config.nsfw_model is not None and not FileSystems.exists(model_path(config.nsfw_model)):
+        raise ConfigError(f"safety.nsfw_model: no ONNX file at {config.nsfw_model}")
 
 
 def check_uids_file(output_dir: str, uids_file: str) -> None:

@@ -25,6 +25,9 @@ Columns (all nullable unless noted):
 | width, height | crawl | size of the stored image |
 | sha256 | crawl | hex digest of the downloaded bytes |
 | image_bytes | crawl | size of the stored (re-encoded) image |
+| blocklist | safety | the list a `blocklisted` row matched: url, domain, md5, sha1, sha256, pdq |
+| nsfw_score | safety | the NSFW model's probability that the image is not safe for work, in [0, 1] |
+| face_bboxes | safety | faces on the stored image, normalised [x0, y0, x1, y1] (DataComp's convention) |
 | clip_score | embed | cosine of the image and text embeddings |
 | clip_model | embed | identity of the model that made the score (name/tag, or checkpoint @ digest) |
 | embedding_source | crawl | where a pool's embeddings were read (`pool:<file>#<arrays>`); null: computed |
@@ -41,6 +44,8 @@ Columns (all nullable unless noted):
 | caption_bow | noise | bag-of-words caption of the visual concepts, frequent terms down-weighted |
 | caption_source | noise | the caption in the tar's `.txt`: original, completed, generated, neighbour or bow |
 
+The crawl carries what a probe measured of the original image (`probes`: digests, PDQ, faces) to
+the safety stage, which turns it into columns and drops it; it is never written.
 The embed stage also carries `image_embedding` / `text_embedding` (L2-normalised float16) to the
 writer, which stores them beside the shard as `.npy` files rather than in the Parquet.
 """
@@ -121,6 +126,10 @@ class Sample:
     image_bytes: int | None = None
     image: bytes | None = dataclasses.field(default=None, repr=False)
     image_ext: str | None = None
+    probes: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
+    blocklist: str | None = None
+    nsfw_score: float | None = None
+    face_bboxes: list[list[float]] | None = None
     clip_score: float | None = None
     clip_model: str | None = None
     embedding_source: str | None = None
@@ -156,9 +165,11 @@ class Sample:
         return new
 
     def decided(self, status: str, reason: str | None, stage: str, error: str | None = None) -> Sample:
-        """A copy carrying a decision; the image is dropped unless the sample succeeded."""
-        image = self.image if status == Status.SUCCESS else None
-        return self.evolve(status=status, reason=reason, stage=stage, error=error, image=image)
+        """A copy carrying a decision; the image (and what was measured of it) is dropped unless
+        the sample succeeded."""
+        if status == Status.SUCCESS:
+            return self.evolve(status=status, reason=reason, stage=stage, error=error)
+        return self.evolve(status=status, reason=reason, stage=stage, error=error, image=None, probes=None)
 
 
 METADATA_SCHEMA = pa.schema(
@@ -184,6 +195,9 @@ METADATA_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("sha256", pa.string()),
         pa.field("image_bytes", pa.int64()),
+        pa.field("blocklist", pa.string()),
+        pa.field("nsfw_score", pa.float32()),
+        pa.field("face_bboxes", pa.list_(pa.list_(pa.float32()))),
         pa.field("clip_score", pa.float32()),
         pa.field("clip_model", pa.string()),
         pa.field("embedding_source", pa.string()),
@@ -260,6 +274,8 @@ def sample_to_metadata_row(sample: Sample) -> dict[str, Any]:
     for name in _FLOAT32_FIELDS:  # as the Parquet stores them, so the tar's .json says the same
         if row[name] is not None:
             row[name] = _float32(row[name])
+    if sample.face_bboxes is not None:  # as the Parquet stores them
+        row["face_bboxes"] = [[_float32(v) for v in box] for box in sample.face_bboxes]
     if sample.concepts is not None:
         row["concepts"] = [{"term": term, "score": _float32(score)} for term, score in sample.concepts]
     row["key"] = sample.uid if sample.status == Status.SUCCESS and sample.image is not None else None

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -69,6 +71,31 @@ class ImageError(Exception):
         self.reason = reason
 
 
+#: A box in normalised image coordinates, [x0, y0, x1, y1] in [0, 1] (DataComp's `face_bboxes`).
+Box = Sequence[float]
+
+
+class ImageProbe(Protocol):
+    """What a later stage measures of an image while the crawl holds its pixels (the safety stage's
+    hashes and faces): the crawl decodes each image once, and a hash of the original must see the
+    original, not the stored crop. The crawl records what the probe returns in `Sample.probes`."""
+
+    def source(self, data: bytes, image: Image.Image) -> dict[str, Any]:
+        """Measures the bytes as fetched and the decoded original (EXIF orientation applied, RGB)."""
+        ...
+
+    def given_boxes(self, extra: dict[str, Any]) -> list[list[float]] | None:
+        """Boxes the input gives for this sample (on the original), or None."""
+        ...
+
+    def stored(
+        self, image: Image.Image, boxes: list[list[float]] | None
+    ) -> tuple[Image.Image, dict[str, Any]]:
+        """The image to store instead of `image` (resized, not yet encoded) and what was measured;
+        `boxes` are the given boxes mapped onto `image`."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessedImage:
     data: bytes
@@ -77,6 +104,8 @@ class ProcessedImage:
     original_width: int
     original_height: int
     source_format: str
+    #: What the probe measured (`ImageProbe`); empty without one.
+    probed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +145,16 @@ def plan_resize(width: int, height: int, options: ImageOptions) -> ResizePlan:
     return ResizePlan(None, None, None, False)
 
 
-def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
-    """Decodes `data`, applies EXIF orientation, alpha on white, the resize plan, and re-encodes."""
+def process_image(
+    data: bytes,
+    options: ImageOptions,
+    probe: ImageProbe | None = None,
+    extra: dict[str, Any] | None = None,
+) -> ProcessedImage:
+    """Decodes `data`, applies EXIF orientation, alpha on white, the resize plan, and re-encodes.
+
+    A `probe` sees the fetched bytes and the decoded original, then the resized image before it is
+    encoded, which it may replace (a face blurred); `extra` is the sample's input columns."""
     try:
         opened = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
@@ -154,8 +191,42 @@ def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
         except (OSError, SyntaxError, ValueError) as err:  # Pillow reports broken data as these
             raise ImageError("decode_error", f"cannot decode {source_format}: {err}") from err
         image = opened
-    out = _apply_plan(_to_rgb(_orient(image, orientation)), plan, options)
-    return ProcessedImage(_encode(out, options), out.width, out.height, width, height, source_format)
+    original = _to_rgb(_orient(image, orientation))
+    out = _apply_plan(original, plan, options)
+    if probe is None:
+        return ProcessedImage(_encode(out, options), out.width, out.height, width, height, source_format)
+    probed = probe.source(data, original)
+    given = probe.given_boxes(extra or {})
+    boxes = None if given is None else stored_boxes(given, width, height, plan)
+    out, measured = probe.stored(out, boxes)
+    probed.update(measured)
+    return ProcessedImage(_encode(out, options), out.width, out.height, width, height, source_format, probed)
+
+
+def stored_boxes(boxes: Sequence[Box], width: int, height: int, plan: ResizePlan) -> list[list[float]]:
+    """Normalised boxes on a `width`×`height` original mapped onto the image the plan stores:
+    clipped to it, and dropped when none of a box is left (a centre crop cut it off)."""
+    if plan.scaled is None:
+        scaled_w, scaled_h = width, height
+    else:
+        scaled_w, scaled_h = plan.scaled
+    left, top, right, bottom = plan.crop or (0, 0, scaled_w, scaled_h)
+    out_w, out_h = right - left, bottom - top
+    pad_x = pad_y = 0
+    if plan.canvas is not None:
+        pad_x, pad_y = (plan.canvas - out_w) // 2, (plan.canvas - out_h) // 2
+        out_w = out_h = plan.canvas
+    mapped = []
+    for x0, y0, x1, y1 in boxes:
+        box = [
+            min(max((x0 * scaled_w - left + pad_x) / out_w, 0.0), 1.0),
+            min(max((y0 * scaled_h - top + pad_y) / out_h, 0.0), 1.0),
+            min(max((x1 * scaled_w - left + pad_x) / out_w, 0.0), 1.0),
+            min(max((y1 * scaled_h - top + pad_y) / out_h, 0.0), 1.0),
+        ]
+        if box[2] > box[0] and box[3] > box[1]:
+            mapped.append(box)
+    return mapped
 
 
 def _decode_webp(data: bytes, has_alpha: bool) -> Image.Image:

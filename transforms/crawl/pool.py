@@ -51,7 +51,7 @@ from schemas.pools import (
 from schemas.sample import Sample, Status
 from transforms.common.progress import StageCounter
 from transforms.crawl.config import CrawlConfig
-from transforms.crawl.imaging import ImageError, check_shape, process_image
+from transforms.crawl.imaging import ImageError, ImageProbe, check_shape, process_image
 
 LOG = logging.getLogger(__name__)
 STAGE = "crawl"
@@ -143,8 +143,11 @@ def read_images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
             return
 
 
-def load_image(sample: Sample, ext: str, data: bytes, config: CrawlConfig) -> Sample:
-    """The sample with its pool image decoded and stored as the crawl stores images, or failed."""
+def load_image(
+    sample: Sample, ext: str, data: bytes, config: CrawlConfig, probe: ImageProbe | None = None
+) -> Sample:
+    """The sample with its pool image decoded and stored as the crawl stores images, or failed.
+    With `resize_mode: no` the pool's bytes are kept, unless the probe changed the pixels."""
     width, height = sample.extra.get("original_width"), sample.extra.get("original_height")
     recorded = isinstance(width, int) and isinstance(height, int)
     options = config
@@ -155,10 +158,10 @@ def load_image(sample: Sample, ext: str, data: bytes, config: CrawlConfig) -> Sa
             options = dataclasses.replace(
                 config, min_image_size=0, max_aspect_ratio=None, max_image_area=None
             )
-        image = process_image(data, options)
+        image = process_image(data, options, probe, sample.extra)
     except ImageError as err:
         return loaded.decided(Status.FAILED, err.reason, STAGE, str(err))
-    keep = config.resize_mode == "no"
+    keep = config.resize_mode == "no" and not image.probed.get("blurred")
     stored = data if keep else image.data
     return loaded.evolve(
         status=Status.SUCCESS,
@@ -173,14 +176,22 @@ def load_image(sample: Sample, ext: str, data: bytes, config: CrawlConfig) -> Sa
         image=stored,
         image_bytes=len(stored),
         image_ext=ext.lower() if keep else config.encode_format,
+        probes=image.probed or None,
     )
 
 
 class _LoadShardFn(beam.DoFn):
-    def __init__(self, config: CrawlConfig, embeddings: str | None, progress_dir: str | None):
+    def __init__(
+        self,
+        config: CrawlConfig,
+        embeddings: str | None,
+        progress_dir: str | None,
+        probe: ImageProbe | None,
+    ):
         self._config = config
         self._embeddings = embeddings
         self._progress_dir = progress_dir
+        self._probe = probe
 
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
@@ -207,7 +218,8 @@ class _LoadShardFn(beam.DoFn):
         unreadable: str | None = None
         try:
             for key, ext, data in read_images(tar, set(pending)):
-                yield self._finish(load_image(pending.pop(key), ext, data, self._config), embeddings, True)
+                loaded = load_image(pending.pop(key), ext, data, self._config, self._probe)
+                yield self._finish(loaded, embeddings, True)
         except (OSError, tarfile.TarError, EOFError) as err:
             LOG.warning("%s: unreadable: %s", tar, err)
             unreadable = f"{tar}: {err}"
@@ -335,7 +347,8 @@ class JoinClipRetrieval(beam.PTransform):
 class LoadPoolImages(beam.PTransform):
     """Reads each pool sample's image from its shard's tar (one read per shard), as the crawl
     would have stored it; with `embeddings` (a model identity) attaches the pool's embeddings,
-    from beside the shards or, with `clip_retrieval` (a folder), from clip-retrieval's output."""
+    from beside the shards or, with `clip_retrieval` (a folder), from clip-retrieval's output.
+    A `probe` measures each image as the crawl's does (`ImageProbe`)."""
 
     def __init__(
         self,
@@ -343,9 +356,11 @@ class LoadPoolImages(beam.PTransform):
         embeddings: str | None = None,
         progress_dir: str | None = None,
         clip_retrieval: str | None = None,
+        probe: ImageProbe | None = None,
     ):
         super().__init__()
         self._config = config
+        self._probe = probe
         self._embeddings = embeddings
         self._progress_dir = progress_dir
         self._clip_retrieval = clip_retrieval
@@ -359,5 +374,5 @@ class LoadPoolImages(beam.PTransform):
             samples
             | "ByShard" >> beam.Map(lambda s: (str(s.extra[SHARD]), s))
             | "GroupShard" >> beam.GroupByKey()
-            | "Load" >> beam.ParDo(_LoadShardFn(self._config, beside, self._progress_dir))
+            | "Load" >> beam.ParDo(_LoadShardFn(self._config, beside, self._progress_dir, self._probe))
         )

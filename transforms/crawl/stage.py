@@ -38,7 +38,7 @@ from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus
 from transforms.crawl.config import CrawlConfig
 from transforms.crawl.fetch import Fetcher, FetchError
-from transforms.crawl.imaging import ImageError, process_image
+from transforms.crawl.imaging import ImageError, ImageProbe, process_image
 from transforms.crawl.pool import LoadPoolImages, in_pool
 
 LOG = logging.getLogger(__name__)
@@ -50,11 +50,13 @@ def download_sample(
     fetcher: Fetcher,
     config: CrawlConfig,
     cpu_slots: AbstractContextManager[object] | None = None,
+    probe: ImageProbe | None = None,
 ) -> Sample:
     """Fetches and processes one sample's image; every failure becomes a status and reason.
 
     `cpu_slots` (a semaphore) bounds how many threads decode at once, so that many threads can
-    wait on the network while only about one per core competes for the CPU.
+    wait on the network while only about one per core competes for the CPU. A `probe` measures
+    the image for a later stage while it is decoded (`Sample.probes`).
     """
     assert sample.url is not None
     try:
@@ -69,7 +71,7 @@ def download_sample(
     )
     try:
         with cpu_slots or contextlib.nullcontext():
-            image = process_image(fetched.data, config)
+            image = process_image(fetched.data, config, probe, sample.extra)
     except ImageError as err:
         return fetched_sample.decided(Status.FAILED, err.reason, STAGE, str(err))
     return fetched_sample.evolve(
@@ -85,6 +87,7 @@ def download_sample(
         image=image.data,
         image_bytes=len(image.data),
         image_ext=config.encode_format,
+        probes=image.probed or None,
     )
 
 
@@ -148,9 +151,10 @@ class Crawler:
 class _DownloadFn(beam.DoFn):
     """Keeps up to 2 × thread_count downloads in flight and emits each as soon as it is done."""
 
-    def __init__(self, config: CrawlConfig, progress_dir: str | None):
+    def __init__(self, config: CrawlConfig, progress_dir: str | None, probe: ImageProbe | None):
         self._config = config
         self._progress_dir = progress_dir
+        self._probe = probe
         self._shared = Shared()  # one Crawler per process, whatever the number of DoFn instances
 
     def setup(self) -> None:
@@ -182,7 +186,7 @@ class _DownloadFn(beam.DoFn):
     def _download(self, sample: Sample) -> None:
         try:
             crawler = self._crawler
-            result = download_sample(sample, crawler.fetcher, self._config, crawler.cpu_slots)
+            result = download_sample(sample, crawler.fetcher, self._config, crawler.cpu_slots, self._probe)
         except Exception as err:  # recorded as data: one bad image must not fail a bundle of thousands
             LOG.exception("unexpected error while downloading %s", sample.url)
             result = sample.decided(Status.FAILED, "internal_error", STAGE, f"{type(err).__name__}: {err}")
@@ -207,7 +211,8 @@ class DownloadImages(beam.PTransform):
     With `pool` (the run reads a pool of downloaded shards), samples read from the pool take their
     image from its tars instead (`transforms/crawl/pool.py`), with the pool's `embeddings` made by
     that model identity when given (from `clip_retrieval`, a clip-retrieval output folder, when
-    given); the others are fetched."""
+    given); the others are fetched. A `probe` measures each image for a later stage (the safety
+    stage's hashes and faces) while the crawl holds its pixels."""
 
     def __init__(
         self,
@@ -216,19 +221,23 @@ class DownloadImages(beam.PTransform):
         pool: bool = False,
         embeddings: str | None = None,
         clip_retrieval: str | None = None,
+        probe: ImageProbe | None = None,
     ):
         super().__init__()
         self._config = config
+        self._probe = probe
         self._progress_dir = progress_dir
         self._pool = pool
         self._embeddings = embeddings
         self._clip_retrieval = clip_retrieval
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        download = beam.ParDo(_DownloadFn(self._config, self._progress_dir))
+        download = beam.ParDo(_DownloadFn(self._config, self._progress_dir, self._probe))
         if not self._pool:
             return samples | "Download" >> download
         pooled, web = samples | "FromPool" >> SplitByStatus(in_pool)
-        load = LoadPoolImages(self._config, self._embeddings, self._progress_dir, self._clip_retrieval)
+        load = LoadPoolImages(
+            self._config, self._embeddings, self._progress_dir, self._clip_retrieval, self._probe
+        )
         loaded = pooled | "LoadFromPool" >> load
         return (loaded, web | "Download" >> download) | "Images" >> beam.Flatten()

@@ -42,12 +42,16 @@ from schemas.sample import Status, chosen_caption
 
 STAGE_ORDER = ("read", *STAGE_NAMES, "write")
 KEPT = "kept"  # the gallery category of successful samples
+#: The reason of a sample on a safety blocklist: counted, never shown (no row, domain or thumbnail).
+BLOCKLISTED = "blocklisted"
 PENDING = Status.PENDING  # the category of rows no stage decided (a run without the crawl, say)
 #: A sample uid (or a `dup_group`) as errors cite it.
 UID = re.compile(r"\b[0-9a-f]{32}\b")
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/:?#]+)"
 _BATCH_ROWS = 65_536
 _MAX_DOMAINS = 200_000  # beyond this, the rarest domains are pruned and domain counts are approximate
+#: The safety stage's columns (`schemas/sample.py`).
+_SAFETY_COLUMNS = ("blocklist", "nsfw_score", "face_bboxes")
 _SAMPLE_COLUMNS = (
     "uid", "url", "caption", "caption_clean", "status", "reason", "stage", "error",
     "clip_score", "dup_group", "duplicate_of", "key",
@@ -92,6 +96,19 @@ class FunnelStep:
 
 
 @dataclasses.dataclass
+class Safety:
+    """What the safety stage found: counts only (a blocked sample is never shown)."""
+
+    blocklists: dict[str, int]  # list (url, domain, md5, sha1, sha256, pdq) → samples blocked
+    reasons: dict[str, int]  # blocklisted / nsfw / too_many_faces → samples
+    nsfw: Histogram | None  # nsfw_score of the scored samples (kept / not kept)
+    max_nsfw: float | None
+    with_faces: int  # samples with at least one face box
+    faces: int  # face boxes in all
+    blurred: int | None  # images blurred (stats.json), None when not recorded
+
+
+@dataclasses.dataclass
 class Audit:
     output: str
     stats: dict[str, Any]
@@ -111,6 +128,7 @@ class Audit:
     thumbnails: dict[str, str]  # uid → data: URI
     rows: dict[str, dict[str, Any]]  # uid → every sample row the audit shows or links to
     warnings: list[str]
+    safety: Safety | None = None  # None: the output has no safety columns set
 
     def status_counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter()
@@ -171,6 +189,7 @@ def audit_output(
         thumbnails=read_thumbnails(output, with_image),
         rows=by_uid,
         warnings=_check_stats(stats, scan.outcomes),
+        safety=scan.safety(stats, config),
     )
 
 
@@ -251,6 +270,28 @@ class _Scan:
         self._groups: list[np.ndarray] = []  # keys of the current shard's rows with a dup_group
         self._group_keys = np.zeros(0, np.uint64)
         self._group_rows = np.zeros(0, np.int64)
+        self.blocklists: Counter[str] = Counter()
+        self.nsfw = Histogram.empty(0.0, 0.025, 40)
+        self.with_faces = self.faces = 0
+        self.has_safety = False
+
+    def safety(self, stats: dict[str, Any], config: dict[str, Any] | None) -> Safety | None:
+        """The safety section, or None when no safety column was ever set."""
+        if not self.has_safety:
+            return None
+        reasons = {r: n for (_, stage, r), n in self.outcomes.items() if stage == "safety"}
+        found = stats.get("safety")
+        summary: dict[str, Any] = found if isinstance(found, dict) else {}
+        max_nsfw = ((config or {}).get("safety") or {}).get("max_nsfw")
+        return Safety(
+            blocklists=dict(sorted(self.blocklists.items())),
+            reasons=dict(sorted(reasons.items())),
+            nsfw=self.nsfw if self.nsfw.total else None,
+            max_nsfw=float(max_nsfw) if isinstance(max_nsfw, int | float) else None,
+            with_faces=self.with_faces,
+            faces=self.faces,
+            blurred=summary.get("blurred") if isinstance(summary.get("blurred"), int) else None,
+        )
 
     def read_shard(self, output: str, shard: str) -> None:
         with _open(f"{output}/{shard}.parquet") as handle:
@@ -259,9 +300,11 @@ class _Scan:
             if "noise_prob" in names and "noise_prob" not in self.histograms:
                 self.histograms["noise_prob"] = Histogram.empty(0.0, 0.025, 41)
             wanted = {*_SAMPLE_COLUMNS, "num_tokens", "lang", "original_width", "original_height"}
-            wanted |= {"clip_model", "noise_prob"}
+            wanted |= {"clip_model", "noise_prob", *_SAFETY_COLUMNS}
             for batch in parquet.iter_batches(_BATCH_ROWS, columns=sorted(wanted & names)):
-                self._add(_with_columns(batch, wanted), shard)
+                table = _with_columns(batch, wanted)
+                self._add(table, shard)
+                self._add_safety(table, shard)
         self._compact_groups()
 
     def _add(self, batch: pa.Table, shard: str) -> None:
@@ -287,7 +330,9 @@ class _Scan:
         for row in table.group_by(["model"]).aggregate([([], "count_all")]).to_pylist():
             if row["model"] is not None:
                 self.models[row["model"]] += row["count_all"]
-        for row in table.group_by(["domain", "outcome"]).aggregate([([], "count_all")]).to_pylist():
+        # A blocked sample's host is not shown either.
+        shown = table.filter(pc.not_equal(table["outcome"], BLOCKLISTED))
+        for row in shown.group_by(["domain", "outcome"]).aggregate([([], "count_all")]).to_pylist():
             self.domains.setdefault(row["domain"], Counter())[row["outcome"]] += row["count_all"]
         self._prune_domains()
         for name, values in self._measures(batch).items():
@@ -296,6 +341,23 @@ class _Scan:
         if groups:
             self._groups.append(hash64(groups, self.seed))
         self._sample(batch, outcome, shard)
+
+    def _add_safety(self, batch: pa.Table, shard: str) -> None:
+        """Counts per blocklist, the NSFW scores, the faces (never a row of a blocked sample)."""
+        blocked = batch["blocklist"].drop_null()
+        for row in pc.value_counts(blocked).to_pylist():
+            self.blocklists[row["values"]] += row["counts"]
+        scores = pc.cast(batch["nsfw_score"], pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        kept = pc.equal(batch["status"], "success").to_numpy(zero_copy_only=False)
+        self.nsfw.add(scores, kept)
+        lengths = pc.list_value_length(batch["face_bboxes"]).to_numpy(zero_copy_only=False)
+        lengths = np.nan_to_num(lengths.astype(np.float64)).astype(np.int64)
+        self.with_faces += int((lengths > 0).sum())
+        self.faces += int(lengths.sum())
+        decided = pc.sum(pc.equal(pc.fill_null(batch["stage"], ""), "safety")).as_py() or 0
+        measured = (~np.isnan(scores)).any() or batch["face_bboxes"].null_count < len(batch)
+        if len(blocked) or measured or decided:
+            self.has_safety = True
 
     def _measures(self, batch: pa.Table) -> dict[str, np.ndarray]:
         def floats(column: str) -> np.ndarray:
@@ -320,6 +382,8 @@ class _Scan:
         encoded = pc.dictionary_encode(outcome).combine_chunks()
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         for code, name in enumerate(encoded.dictionary.to_pylist()):
+            if name == BLOCKLISTED:  # counted, never shown
+                continue
             k = self.kept_k if name == KEPT else self.reason_k
             index = np.flatnonzero(codes == code)
             index = index[np.argsort(hashes[index], kind="stable")[:k]]
@@ -430,9 +494,11 @@ def _with_columns(batch: pa.RecordBatch, names: set[str]) -> pa.Table:
     """The batch as a table with every wanted column, all-null where an older output lacks one."""
     table = pa.Table.from_batches([batch])
     for name in sorted(names - set(table.column_names)):
-        kind = pa.float64() if name in ("clip_score", "noise_prob") else pa.string()
+        kind = pa.float64() if name in ("clip_score", "noise_prob", "nsfw_score") else pa.string()
         if name in ("num_tokens", "original_width", "original_height"):
             kind = pa.int32()
+        if name == "face_bboxes":
+            kind = pa.list_(pa.list_(pa.float32()))
         table = table.append_column(name, pa.nulls(table.num_rows, kind))
     return table
 

@@ -149,6 +149,7 @@ def render_report(audit: Audit, compare: Audit | None = None) -> str:
             _warnings(audit),
             _section("Funnel", _funnel(audit, "")),
             _section("Distributions", _distributions(audit)),
+            _safety(audit),
             _section("Domains", _domains(audit, "")),
             _section("Kept samples", _gallery(audit)),
             _section("Rejected and failed samples", _rejections(audit)),
@@ -388,6 +389,45 @@ def _distributions(audit: Audit) -> str:
     )
     figures.append(_group_sizes(audit))
     return f'<div class="charts">{"".join(figures)}</div>'
+
+
+def _safety(audit: Audit) -> str:
+    """Counts per blocklist and reason, the NSFW histogram with its threshold, faces and blurring.
+    Never a row, caption, host or picture of a blocked sample."""
+    safety = audit.safety
+    if safety is None:
+        return ""
+    lists = "".join(
+        f'<tr><td class="url">{_e(name)}</td><td class="n">{_count(f"blocklist:{name}", n)}</td></tr>'
+        for name, n in safety.blocklists.items()
+    )
+    reasons = "".join(
+        f'<tr><td class="url">{_e(reason)}</td><td class="n">{_count(f"safety:{reason}", n)}</td></tr>'
+        for reason, n in safety.reasons.items()
+    )
+    blurred = "not recorded" if safety.blurred is None else f"{safety.blurred:,}"
+    faces = (
+        f"<p>{_count('faces', safety.faces)} face boxes on "
+        f"{_count('with_faces', safety.with_faces, _plural(safety.with_faces, 'sample'))}; "
+        f"images blurred: {_count('blurred', safety.blurred or 0, blurred)}.</p>"
+    )
+    parts = [
+        '<p class="muted">A blocked sample is counted here and nowhere else: the report shows no '
+        "row, caption, host or picture of it.</p>",
+        "<h3>blocklists</h3>"
+        + (f"<table>{lists}</table>" if lists else "<p class=muted>nothing blocked</p>"),
+        "<h3>rejected by the safety stage</h3>"
+        + (f"<table>{reasons}</table>" if reasons else "<p class=muted>none</p>"),
+        f"<h3>faces</h3>{faces}",
+    ]
+    if safety.nsfw is not None:
+        marks = (
+            [(safety.max_nsfw, f"safety.max_nsfw = {safety.max_nsfw}", _THRESHOLD)] if safety.max_nsfw else []
+        )
+        series = [("kept", _KEPT, safety.nsfw.kept), ("not kept", _DROP, safety.nsfw.other)]
+        svg = _histogram_svg(safety.nsfw, series, marks, "{:.2f}", stacked=True)
+        parts.append(f'<div class="charts">{_figure("NSFW score", safety.nsfw.total, svg, series)}</div>')
+    return _section("Safety", "".join(parts))
 
 
 def _overlays(a: Audit, b: Audit) -> str:

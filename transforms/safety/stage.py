@@ -21,7 +21,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.utils.shared import Shared
 
 from schemas.sample import Sample, Status
@@ -148,10 +148,9 @@ class _DecideNsfwFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
 
-    def process(self, element: tuple[Sample, PredictionResult]) -> Iterator[Sample]:
-        sample, result = element
-        score: float = result.inference  # type: ignore[assignment]
-        yield decide_nsfw(sample, float(score), self._max_nsfw, self._counter)
+    def process(self, element: tuple[Sample, float]) -> Iterator[Sample]:
+        sample, score = element
+        yield decide_nsfw(sample, score, self._max_nsfw, self._counter)
 
     def finish_bundle(self) -> None:
         self._counter.flush()

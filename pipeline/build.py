@@ -28,7 +28,8 @@ from transforms.dedup import DeduplicateImages, JudgeDuplicates
 from transforms.embed import EmbedImages
 from transforms.noise import JudgeCaptions, RepairCaptions
 from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
-from transforms.safety import CheckSafety, SafetyProbe, ScreenUrls
+from transforms.safety import CheckSafety, SafetyProbe, ScoreNsfwFromEmbeddings, ScreenUrls
+from transforms.safety.config import is_head
 from transforms.text import FilterText
 from transforms.write import WriteShards, WriteStats
 from transforms.write.shards import ROWS_READ
@@ -122,6 +123,8 @@ def build_pipeline(
             stage = _stage(name, config, progress_dir, pool)
             judged = samples | label >> (stage.with_resource_hints(**hints) if hints else stage)
             samples = judged.rows if isinstance(judged, WithSummary) else judged
+            if name == "embed" and "safety" in config.run.stages and is_head(config.safety.nsfw_model):
+                samples = samples | "SafetyNsfwHead" >> ScoreNsfwFromEmbeddings(config.safety, progress_dir)
         if isinstance(judged, WithSummary):  # a summary for stats.json under the stage's name
             summaries.append(judged.summary | f"{label}Summary" >> beam.Map(lambda s, n=name: (n, s)))
     if retry_from is not None:  # rows the previous run settled are written as they were

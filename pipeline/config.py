@@ -27,6 +27,7 @@ from transforms.embed import EmbedConfig
 from transforms.noise import NoiseConfig
 from transforms.read import InputConfig
 from transforms.safety import SafetyConfig
+from transforms.safety.config import is_head
 from transforms.text import TextConfig
 from transforms.text.config import DATACOMP_IMAGE_RULES
 from transforms.write import OutputConfig
@@ -90,6 +91,11 @@ class RunConfig:
             raise ConfigError(
                 "the safety stage checks the images the crawl stage fetches: add crawl to run.stages "
                 "or leave the safety section unset"
+            )
+        if "safety" in stages and is_head(self.safety.nsfw_model) and "embed" not in stages:
+            raise ConfigError(
+                "safety.nsfw_model is a CLIP head: it scores the embed stage's image embeddings, "
+                "so run.stages needs embed"
             )
         if (
             "dedup" in stages

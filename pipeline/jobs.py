@@ -44,6 +44,7 @@ from transforms.crawl.stage import failure_alarm
 from transforms.embed.clip import model_identity, resolve_device
 from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
 from transforms.safety import SafetyConfig
+from transforms.safety.config import is_head
 from transforms.write.shards import ROWS_LOST, ROWS_READ
 from transforms.write.uids import uids_path, write_uids_file
 
@@ -94,7 +95,7 @@ def run_job(
     if config.output.uids_file:
         check_uids_file(output_dir, config.output.uids_file)
     if "safety" in config.run.stages:
-        check_safety(config.safety)
+        check_safety(config.safety, model_identity(config.embed) if is_head(config.safety.nsfw_model) else "")
     if not dry_run:
         if FileSystems.get_scheme(output_dir) in (None, "file"):
             _make_local_folder(output_dir)
@@ -226,11 +227,13 @@ def check_clip_retrieval(folder: str) -> None:
                 raise InputError(f"input.embeddings: {path} is missing beside {part[0]}")
 
 
-def check_safety(config: SafetyConfig) -> None:
+def check_safety(config: SafetyConfig, identity: str) -> None:
     """`ConfigError` naming the file and line of a blocklist entry that is not one, or the model
-    or detector that cannot be loaded, before anything runs."""
+    or detector that cannot be loaded, or a CLIP head fitted to another model than `identity`
+    (the run's embedding model), before anything runs."""
     from transforms.safety.blocklists import BlocklistError, read_blocklists
     from transforms.safety.faces import FaceDetector, FaceError
+    from transforms.safety.head import HeadError, load_head
     from transforms.safety.nsfw import model_path
 
     try:
@@ -242,7 +245,17 @@ def check_safety(config: SafetyConfig) -> None:
             FaceDetector(config.face_detector)
         except FaceError as err:
             raise ConfigError(str(err)) from None
-    if config.nsfw_model is not None and not FileSystems.exists(model_path(config.nsfw_model)):
+    if is_head(config.nsfw_model):
+        try:
+            head = load_head(str(config.nsfw_model))
+        except HeadError as err:
+            raise ConfigError(str(err)) from None
+        if head.clip_model != identity:
+            raise ConfigError(
+                f"safety.nsfw_model: the CLIP head {config.nsfw_model} reads {head.clip_model} "
+                f"embeddings, but this run embeds with {identity}"
+            )
+    elif config.nsfw_model is not None and not FileSystems.exists(model_path(config.nsfw_model)):
         raise ConfigError(f"safety.nsfw_model: no ONNX file at {config.nsfw_model}")
 
 

@@ -64,10 +64,12 @@ DATACOMP_EMBEDDINGS = (
 
 
 #: Pool columns the crawl stage's pool mode reads from `extra`, carried whatever
-#: `input.save_additional_columns` names: the original size (the image rules) and the scores.
+#: `input.save_additional_columns` names: the original size (the image rules), the scores and
+#: DataComp's `face_bboxes` (the safety stage blurs and counts them instead of detecting).
 READ_COLUMNS = (
     "original_width",
     "original_height",
+    "face_bboxes",
     "clip_score",
     *(embeddings.score_column for embeddings in DATACOMP_EMBEDDINGS),
 )

@@ -350,3 +350,30 @@ def test_a_tar_alone_cut_short_says_so_in_a_row_of_its_own(tmp_path: Path, cut: 
     broken = [r for r in rows if r["reason"] == "unreadable_file"]
     assert len(broken) == 1 and broken[0]["error"].startswith(str(pool / "00000.tar"))
     assert 0 < len(rows) - 1 < 48  # the samples read before the cut keep their rows
+
+
+def test_a_pools_face_boxes_are_blurred_as_given_and_other_images_kept_as_they_were(
+    pool: str, tmp_path: Path
+) -> None:
+    """DataComp ships `face_bboxes`; with `safety.blur_faces` they are blurred (no detector runs)
+    and recorded, and an image without a box keeps the pool's bytes (`crawl.resize_mode: no`)."""
+    output = str(tmp_path / "out")
+    settings = ["safety.blur_faces=true", "crawl.resize_mode=no", "run.stages=[crawl, safety]"]
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    assert _run("--input", f"{pool}/*.tar", "--output", output, *overrides) == 0
+    table = _pool_rows(pool)
+    given = dict(zip(table["uid"].tolist(), table["face_bboxes"].tolist(), strict=True))
+    pool_images = {key: data for t in glob.glob(f"{pool}/*.tar") for key, _, data in read_tar_images(t)}
+    stored = {key: data for t in glob.glob(f"{output}/*.tar") for key, _, data in read_tar_images(t)}
+    rows = [r for r in _output_rows(output) if r["status"] == "success"]
+    blurred = [r for r in rows if r["face_bboxes"]]
+    assert blurred and len(blurred) < len(rows)
+    for row in rows:
+        key = json.loads(row["extra"])["__key__"]
+        expected = given[row["uid"]] or []
+        assert len(row["face_bboxes"]) == len(expected), row["uid"]
+        assert not expected or np.allclose(row["face_bboxes"], expected), row["uid"]
+        if row["face_bboxes"]:
+            assert stored[row["uid"]] != pool_images[key]
+        else:
+            assert stored[row["uid"]] == pool_images[key]

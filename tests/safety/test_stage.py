@@ -17,17 +17,18 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from skimage import data
 
 from pipeline.config import ConfigError, load_config
 from pipeline.jobs import run_job
+from schemas.sample import Sample, Status
 from tests.conftest import TEST_OVERRIDES, read_output_rows
 from transforms.crawl.imaging import process_image
 from transforms.safety import pdq_hash
 from transforms.safety.stage import decide_nsfw
-from schemas.sample import Sample, Status
 
 #: The astronaut's face (Eileen Collins) in `skimage.data.astronaut()`, annotated by eye on the
 #: 512 × 512 photograph: normalised [x0, y0, x1, y1].
@@ -175,7 +176,14 @@ def test_each_list_blocks_its_samples_with_its_name(blocklist_run):
             assert row["status"] == "success" and row["blocklist"] is None, row
     assert rows["listed url zebra-0451"]["http_status"] is None  # never fetched
     assert rows["listed host zebra-0452"]["http_status"] is None
-    assert stats["safety"]["blocklisted"] == {"domain": 1, "md5": 1, "pdq": 2, "sha1": 1, "sha256": 1, "url": 1}
+    assert stats["safety"]["blocklisted"] == {
+        "domain": 1,
+        "md5": 1,
+        "pdq": 2,
+        "sha1": 1,
+        "sha256": 1,
+        "url": 1,
+    }
 
 
 def test_hashes_are_truncated_in_the_evidence(blocklist_run):
@@ -214,7 +222,9 @@ def faces_run(photo_web, tmp_path_factory):
     work = tmp_path_factory.mktemp("faces")
     rows = [{"url": f"{base}/{name}.jpg", "caption": f"a photograph of the {name}"} for name in
             ("astronaut", "chelsea", "rocket", "coins", "two-faces")]  # fmt: skip
-    rows.append({"url": f"{base}/coffee.jpg", "caption": "a cup of coffee", "face_bboxes": json.dumps(COFFEE_GIVEN)})
+    rows.append(
+        {"url": f"{base}/coffee.jpg", "caption": "a cup of coffee", "face_bboxes": json.dumps(COFFEE_GIVEN)}
+    )
     settings = [
         "safety.face_detector=opencv", "safety.blur_faces=true", "safety.max_faces=1",
         "safety.nsfw_model=open-nsfw", "safety.max_nsfw=0.9", "safety.nsfw_batch_size=4",
@@ -308,7 +318,9 @@ def test_the_nsfw_threshold_decides_with_its_reason():
 def test_a_bad_list_line_stops_the_run_naming_file_and_line(tmp_path, photo_web):
     bad = _lines(str(tmp_path / "digests.txt"), ["d41d8cd98f00b204e9800998ecf8427e", "not-a-digest"])
     config = load_config(overrides=[*TEST_OVERRIDES, f"safety.hash_blocklist={bad}"])
-    listed = _url_list(str(tmp_path / "list.csv"), [{"url": f"{photo_web[1]}/coffee.jpg", "caption": "a cup"}])
+    listed = _url_list(
+        str(tmp_path / "list.csv"), [{"url": f"{photo_web[1]}/coffee.jpg", "caption": "a cup"}]
+    )
     with pytest.raises(ConfigError, match=r"digests.txt:4: not an MD5, SHA-1 or SHA-256"):
         run_job(config, [listed], str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "00000.parquet")
@@ -322,3 +334,59 @@ def test_config_rules():
     with pytest.raises(ConfigError, match=r"safety.pdq_max_distance \(200\) must be between 0 and 95"):
         load_config(overrides=["safety.pdq_max_distance=200"])
     assert load_config(overrides=["run.stages=[text, safety]"]).safety.active is False
+
+
+def _head(path: str, clip_model: str, dim: int = 128) -> list[np.ndarray]:
+    """A two-layer head with seeded weights (the mechanics, not a trained detector): its layers."""
+    rng = np.random.default_rng(5)
+    layers = [rng.normal(0, 1, (dim, 8)), rng.normal(0, 0.1, 8), rng.normal(0, 1, (8, 1)), np.zeros(1)]
+    np.savez(path, weight_0=layers[0], bias_0=layers[1], weight_1=layers[2], bias_1=layers[3],
+             clip_model=np.array(clip_model))  # fmt: skip
+    return layers
+
+
+def test_a_clip_head_scores_the_embed_stages_vectors_without_a_second_image_pass(photo_web, tmp_path):
+    from transforms.embed.clip import model_identity
+
+    _, base, _ = photo_web
+    identity = model_identity(load_config().embed)
+    weight_0, bias_0, weight_1, bias_1 = _head(str(tmp_path / "head.npz"), identity)
+    rows = [{"url": f"{base}/{name}.jpg", "caption": f"a photograph of the {name}"}
+            for name in ("coffee", "chelsea", "rocket", "camera", "horse", "coins")]  # fmt: skip
+    output = str(tmp_path / "out")
+    settings = [
+        f"safety.nsfw_model={tmp_path / 'head.npz'}",
+        "safety.max_nsfw=0.5",
+        "run.stages=[crawl, safety, embed]",
+    ]
+    stats = run_job(
+        load_config(overrides=[*TEST_OVERRIDES, *CROP, *settings]),
+        [_url_list(str(tmp_path / "l.csv"), rows)],
+        output,
+    )
+    found = {row["uid"]: row for row in read_output_rows(output)}
+    scored = [row for row in found.values() if row["nsfw_score"] is not None]
+    assert len(scored) == 6 and stats["stages"]["safety"]["total"] == 6
+    # The reference: the same layers applied to the embeddings the run wrote.
+    uids = pq.read_table(os.path.join(output, "metadata", "metadata_00000.parquet")).column("uid").to_pylist()
+    vectors = np.load(os.path.join(output, "img_emb", "img_emb_00000.npy")).astype(np.float64)
+    embedded = dict(zip(uids, vectors, strict=True))
+    for row in scored:
+        hidden = np.maximum(embedded[row["uid"]] @ weight_0 + bias_0, 0) @ weight_1 + bias_1
+        expected = 1 / (1 + np.exp(-hidden[0]))
+        assert row["nsfw_score"] == pytest.approx(expected, abs=1e-6)
+        assert (row["status"] == "rejected") == (expected > 0.5), row
+        if row["status"] == "rejected":
+            assert (row["reason"], row["stage"]) == ("nsfw", "safety")
+
+
+def test_a_clip_head_for_another_model_is_refused_before_the_run(photo_web, tmp_path):
+    _head(str(tmp_path / "head.npz"), "ViT-L-14/openai")
+    listed = _url_list(str(tmp_path / "l.csv"), [{"url": f"{photo_web[1]}/coffee.jpg", "caption": "a cup"}])
+    config = load_config(overrides=[*TEST_OVERRIDES, f"safety.nsfw_model={tmp_path / 'head.npz'}"])
+    with pytest.raises(
+        ConfigError, match="reads ViT-L-14/openai embeddings, but this run embeds with winnow-tiny-clip"
+    ):
+        run_job(config, [listed], str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="CLIP head: it scores the embed stage's image embeddings"):
+        load_config(overrides=[f"safety.nsfw_model={tmp_path / 'head.npz'}", "run.stages=[crawl, safety]"])

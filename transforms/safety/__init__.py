@@ -6,7 +6,8 @@
 - `blocklists.py`: the URL, digest and PDQ lists; `hashindex.py`: PDQ hashes found within a
   Hamming distance without scanning the list (multi-index hashing); `pdq.py`: Meta's PDQ hash.
 - `faces.py`: face detection (OpenCV) and img2dataset's blurring; `nsfw.py`: the Open-NSFW
-  classifier through `RunInference`.
+  classifier through `RunInference`; `head.py`: a CLIP head over the embed stage's vectors
+  (`ScoreNsfwFromEmbeddings`, after the embed stage).
 - `config.py`: the `safety` section.
 
 The config is imported at once, the transforms when first asked for (`common/exports.py`).
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from transforms.safety.hashindex import HammingIndex, read_hash_list
     from transforms.safety.pdq import PdqHash, pdq_hash
     from transforms.safety.probe import SafetyProbe
-    from transforms.safety.stage import CheckSafety, ScreenUrls
+    from transforms.safety.stage import CheckSafety, ScoreNsfwFromEmbeddings, ScreenUrls
 
 __all__ = [
     "BlocklistError",
@@ -33,6 +34,7 @@ __all__ = [
     "PdqHash",
     "SafetyConfig",
     "SafetyProbe",
+    "ScoreNsfwFromEmbeddings",
     "ScreenUrls",
     "pdq_hash",
     "read_blocklists",
@@ -51,5 +53,6 @@ __getattr__ = lazy_exports(
         "SafetyProbe": "probe",
         "CheckSafety": "stage",
         "ScreenUrls": "stage",
+        "ScoreNsfwFromEmbeddings": "stage",
     },
 )

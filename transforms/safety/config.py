@@ -15,6 +15,12 @@ OPEN_NSFW = "open-nsfw"
 OPENCV_FACES = "opencv"
 
 
+def is_head(name: str | None) -> bool:
+    """Whether `safety.nsfw_model` names a CLIP head (an `.npz` file, `head.py`) rather than an
+    image classifier."""
+    return name is not None and name.lower().endswith(".npz")
+
+
 @dataclasses.dataclass(frozen=True)
 class SafetyConfig:
     """The `safety` section."""
@@ -31,7 +37,8 @@ class SafetyConfig:
     #: differ in about 128 bits, so a larger radius would block them).
     pdq_max_distance: int = PDQ_THRESHOLD
     #: NSFW scorer: `open-nsfw` (Yahoo's classifier, ONNX, offline), a path to an ONNX file with
-    #: the same input and output, or null (no `nsfw_score`).
+    #: the same input and output, a CLIP head (`.npz`: scores the embed stage's image embeddings,
+    #: after that stage), or null (no `nsfw_score`).
     nsfw_model: str | None = None
     #: Images scored per model call.
     nsfw_batch_size: int = 32

@@ -30,7 +30,8 @@ from transforms.common.outputs import WithSummary
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.safety.blocklists import Blocklists, read_blocklists
-from transforms.safety.config import SafetyConfig
+from transforms.safety.config import SafetyConfig, is_head
+from transforms.safety.head import ClipHead, load_head
 from transforms.safety.nsfw import LoadedScorer, NsfwModelHandler, nsfw_identity, preprocess
 
 LOG = logging.getLogger(__name__)
@@ -169,6 +170,12 @@ def decide_nsfw(
     return scored
 
 
+def _facts(sample: Sample) -> tuple[str | None, int, bool, bool]:
+    """(blocklist, faces, kept, scored) of a sample: what `_Tally` counts."""
+    faces = len(sample.face_bboxes) if sample.face_bboxes else 0
+    return sample.blocklist, faces, sample.status == Status.SUCCESS, sample.nsfw_score is not None
+
+
 class _Tally(beam.CombineFn):
     """The stage's section of stats.json: what it looked for and what it found."""
 
@@ -178,15 +185,16 @@ class _Tally(beam.CombineFn):
     def create_accumulator(self) -> dict[str, Any]:
         return {"blocklisted": {}, "with_faces": 0, "faces": 0, "blurred": 0, "nsfw_scored": 0}
 
-    def add_input(self, acc: dict[str, Any], sample: Sample) -> dict[str, Any]:
-        if sample.blocklist is not None:
-            acc["blocklisted"][sample.blocklist] = acc["blocklisted"].get(sample.blocklist, 0) + 1
-        if sample.face_bboxes:
+    def add_input(self, acc: dict[str, Any], facts: tuple[str | None, int, bool, bool]) -> dict[str, Any]:
+        blocklist, faces, kept, scored = facts
+        if blocklist is not None:
+            acc["blocklisted"][blocklist] = acc["blocklisted"].get(blocklist, 0) + 1
+        if faces:
             acc["with_faces"] += 1
-            acc["faces"] += len(sample.face_bboxes)
-            if self._config.blur_faces and sample.status == Status.SUCCESS:
+            acc["faces"] += faces
+            if self._config.blur_faces and kept:
                 acc["blurred"] += 1
-        if sample.nsfw_score is not None:
+        if scored:
             acc["nsfw_scored"] += 1
         return acc
 
@@ -229,11 +237,12 @@ class CheckSafety(beam.PTransform):
 
     def expand(self, samples: beam.PCollection) -> WithSummary:
         config = self._config
-        scores = config.nsfw_model is not None
+        scores = config.nsfw_model is not None and not is_head(config.nsfw_model)
         judged = samples | "Judge" >> beam.ParDo(_JudgeFn(config, self._progress_dir, scores))
         if scores:
             judged = judged | "Nsfw" >> _ScoreNsfw(config, self._progress_dir)
-        summary = judged | "Tally" >> beam.CombineGlobally(_Tally(config))
+        # Light facts only: no image bytes cross the combine's shuffle.
+        summary = judged | "Facts" >> beam.Map(_facts) | "Tally" >> beam.CombineGlobally(_Tally(config))
         return WithSummary(judged, summary)
 
 
@@ -257,3 +266,56 @@ class _ScoreNsfw(beam.PTransform):
         failed = dead.failed_inferences | "ModelFailed" >> model_failed
         decided = scored | "Decide" >> beam.ParDo(_DecideNsfwFn(config.max_nsfw, progress))
         return (decided, unreadable, failed, passing) | "Merge" >> beam.Flatten()
+
+
+class _Head:
+    """The CLIP head, one copy per worker process (`Shared`)."""
+
+    def __init__(self, head: ClipHead):
+        self.head = head
+
+
+class _HeadScoreFn(beam.DoFn):
+    def __init__(self, config: SafetyConfig, progress_dir: str | None):
+        self._config = config
+        self._progress_dir = progress_dir
+        self._shared = Shared()
+
+    def setup(self) -> None:
+        path = self._config.nsfw_model
+        assert path is not None
+        self._head = self._shared.acquire(lambda: _Head(load_head(path))).head
+        self._counter = StageCounter(STAGE, self._progress_dir)
+
+    def process(self, sample: Sample) -> Iterator[Sample]:
+        if sample.status != Status.SUCCESS or sample.image_embedding is None:
+            yield sample
+            return
+        # The launch checks the run's model; a pool's reused embeddings might still differ.
+        if sample.clip_model != self._head.clip_model:
+            raise ValueError(
+                f"the CLIP head reads {self._head.clip_model} embeddings; "
+                f"{sample.uid} has {sample.clip_model}'s"
+            )
+        score = float(self._head.score(np.asarray(sample.image_embedding)[None])[0])
+        yield decide_nsfw(sample, score, self._config.max_nsfw, self._counter)
+
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+class ScoreNsfwFromEmbeddings(beam.PTransform):
+    """NSFW scores of the embedded samples from a CLIP head (`head.py`) over their image
+    embeddings, after the embed stage: no second pass over the pixels. A sample the head cannot
+    score (another model's embedding) becomes a failed row (`internal_error`)."""
+
+    def __init__(self, config: SafetyConfig, progress_dir: str | None = None):
+        super().__init__()
+        self._config = config
+        self._progress_dir = progress_dir
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        scored, failed = samples | "Score" >> Guarded(
+            _HeadScoreFn(self._config, self._progress_dir), STAGE, "nsfw_head", self._progress_dir
+        )
+        return (scored, failed) | "Merge" >> beam.Flatten()

@@ -226,3 +226,31 @@ def test_a_pool_on_s3_is_curated_as_the_same_pool_on_disk(sample_web, s3, tmp_pa
     assert outcome["s3"] == outcome["disk"]
     kept = [v for v in outcome["s3"].values() if v[0] == "success"]
     assert kept and {v[3] for v in kept} <= {f"pool:0000000{i}.npz#l14_img,l14_txt" for i in (0, 1)}
+
+
+def test_safety_lists_are_read_from_s3(s3):
+    """The blocklists are read as every input is: through Beam's filesystems, here a real S3 API."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.safety import SafetyConfig, read_blocklists
+
+    endpoint, client = s3
+    pdq = "ab" * 32
+    files = {
+        "safety/urls.txt": "https://blocked.example/a.jpg\nbad.example\n",
+        "safety/digests.txt": "# md5\nd41d8cd98f00b204e9800998ecf8427e\n",
+        "safety/pdq.txt": f"{pdq}\n",
+    }
+    for key, text in files.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=text.encode())
+    FileSystems.set_options(PipelineOptions(_s3_args(endpoint)))
+    config = SafetyConfig(*(f"s3://{BUCKET}/{key}" for key in files))
+    lists = read_blocklists(config)
+    assert lists.urls is not None and lists.urls.match("https://BLOCKED.example:443/a.jpg#x") == "url"
+    assert (
+        lists.urls.match("http://cdn.bad.example/b.png") == "domain"
+        and lists.urls.match("http://ok.example/") is None
+    )
+    assert lists.digests == {"md5": frozenset({"d41d8cd98f00b204e9800998ecf8427e"})}
+    assert lists.match_pdq(pdq) is not None and lists.match_pdq("00" * 32) is None

@@ -54,7 +54,9 @@ def _blocked(sample: Sample, blocklist: str, detail: str) -> Sample:
     return blocked.decided(Status.REJECTED, BLOCKLISTED, STAGE, detail)
 
 
-class _ScreenFn(beam.DoFn):
+class _ListsFn(beam.DoFn):
+    """A DoFn holding the run's blocklists (one copy per worker process) and the stage's counter."""
+
     def __init__(self, config: SafetyConfig, progress_dir: str | None):
         self._config = config
         self._progress_dir = progress_dir
@@ -64,6 +66,11 @@ class _ScreenFn(beam.DoFn):
         self._lists = self._shared.acquire(lambda: _Lists(read_blocklists(self._config))).lists
         self._counter = StageCounter(STAGE, self._progress_dir)
 
+    def finish_bundle(self) -> None:
+        self._counter.flush()
+
+
+class _ScreenFn(_ListsFn):
     def process(self, sample: Sample) -> Iterator[Sample]:
         if sample.status == Status.PENDING and self._lists.urls is not None:
             matched = self._lists.urls.match(sample.url)
@@ -73,9 +80,6 @@ class _ScreenFn(beam.DoFn):
                 yield _blocked(sample, matched, f"the {what} is on the URL blocklist")
                 return
         yield sample
-
-    def finish_bundle(self) -> None:
-        self._counter.flush()
 
 
 class ScreenUrls(beam.PTransform):
@@ -91,18 +95,12 @@ class ScreenUrls(beam.PTransform):
         return samples | "Screen" >> beam.ParDo(_ScreenFn(self._config, self._progress_dir))
 
 
-class _JudgeFn(beam.DoFn):
+class _JudgeFn(_ListsFn):
     """Blocklists and faces of each downloaded sample, from what the crawl's probe measured."""
 
     def __init__(self, config: SafetyConfig, progress_dir: str | None, scored_later: bool):
-        self._config = config
-        self._progress_dir = progress_dir
+        super().__init__(config, progress_dir)
         self._scored_later = scored_later
-        self._shared = Shared()
-
-    def setup(self) -> None:
-        self._lists = self._shared.acquire(lambda: _Lists(read_blocklists(self._config))).lists
-        self._counter = StageCounter(STAGE, self._progress_dir)
 
     def process(self, sample: Sample) -> Iterator[Sample]:
         if sample.status != Status.SUCCESS:
@@ -130,9 +128,6 @@ class _JudgeFn(beam.DoFn):
             detail = f"{len(boxes)} faces found ({probes.get('faces_from')}), above safety.max_faces {limit}"
             return sample.decided(Status.REJECTED, TOO_MANY_FACES, STAGE, detail)
         return sample
-
-    def finish_bundle(self) -> None:
-        self._counter.flush()
 
 
 class _PrepareFn(beam.DoFn):

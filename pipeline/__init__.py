@@ -2,4 +2,4 @@
 
 #: The stages a run may select (`--stages`, `run.stages`), in pipeline order, named after
 #: their packages in `transforms/`.
-STAGE_NAMES = ("text", "crawl", "safety", "embed", "dedup", "noise")
+STAGE_NAMES = ("text", "crawl", "safety", "embed", "dedup", "noise", "balance")

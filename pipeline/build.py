@@ -20,6 +20,8 @@ import apache_beam as beam
 
 from pipeline.config import RunConfig
 from schemas.sample import samples_from_batch
+from transforms.balance import BalanceConcepts, JudgeBalance
+from transforms.balance.stage import candidate as balance_candidate
 from transforms.common.outputs import WithSummary
 from transforms.common.routing import downloaded
 from transforms.common.verdicts import ApplyVerdicts, light
@@ -46,6 +48,7 @@ STAGES: dict[str, StageFactory] = {
         config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
     ),
     "noise": lambda config, progress: RepairCaptions(config.noise, config.embed, progress),
+    "balance": lambda config, progress: BalanceConcepts(config.balance, progress),
 }
 #: Stages that take and give row batches (they come first).
 BATCH_STAGES = ("text",)
@@ -55,6 +58,7 @@ JUDGES: dict[str, StageFactory] = {
         config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
     ),
     "noise": lambda config, progress: JudgeCaptions(config.noise, config.embed, progress),
+    "balance": lambda config, progress: JudgeBalance(config.balance, progress),
 }
 
 
@@ -190,6 +194,16 @@ def _judge(
     judge = JUDGES[name](config, progress_dir)
     if name == "dedup":
         return samples | label >> judge
+    if name == "balance":  # captions only: the samples kept so far, or not yet fetched
+        views = samples | f"{label}Candidates" >> beam.Filter(balance_candidate)
+        views = views | f"{label}Light" >> beam.Map(light)  # the noise verdicts find embedded copies
+        if verdicts:
+            views = (
+                views
+                | f"{label}Views" >> ApplyVerdicts(list(verdicts))
+                | f"{label}Still" >> beam.Filter(balance_candidate)
+            )
+        return views | label >> judge
     views = samples | f"{label}Downloaded" >> beam.Filter(downloaded) | f"{label}Light" >> beam.Map(light)
     if verdicts:
         views = views | f"{label}Views" >> ApplyVerdicts(list(verdicts))

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from pipeline import STAGE_NAMES
+from transforms.balance import BalanceConfig
 from transforms.common.checks import control_character
 from transforms.crawl import CrawlConfig
 from transforms.dedup import DedupConfig
@@ -45,7 +46,7 @@ class RunSection:
     """How the job runs, independent of any one stage."""
 
     #: Stages to run, in pipeline order, named after their modules in `transforms/`.
-    stages: tuple[str, ...] = STAGE_NAMES
+    stages: tuple[str, ...] = tuple(s for s in STAGE_NAMES if s != "balance")
     #: Print a live progress line per stage during local runs.
     progress: bool = True
     #: Count the elements and bytes entering every shuffle (`pipeline/shuffles.py`); the returned
@@ -72,6 +73,7 @@ class RunConfig:
     embed: EmbedConfig = EmbedConfig()
     dedup: DedupConfig = DedupConfig()
     noise: NoiseConfig = NoiseConfig()
+    balance: BalanceConfig = BalanceConfig()
     output: OutputConfig = OutputConfig()
     run: RunSection = RunSection()
 
@@ -87,6 +89,11 @@ class RunConfig:
             }
             if unset:
                 object.__setattr__(self, "crawl", dataclasses.replace(self.crawl, **unset))
+        if "balance" in stages and self.balance.entries is None:
+            raise ConfigError(
+                "the balance stage needs its metadata entries: set balance.entries "
+                "(MetaCLIP's metadata.json, or lang<TAB>entry lines)"
+            )
         if "safety" in stages and self.safety.active and "crawl" not in stages:
             raise ConfigError(
                 "the safety stage checks the images the crawl stage fetches: add crawl to run.stages "
@@ -185,6 +192,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: invalid value {value!r}; choose one of {list(args)}")
         return value
+    if origin is dict:  # a mapping of names to values, e.g. balance.t_per_language: {de: 40000}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _coerce(args[0], str(k), where): _coerce(args[1], str(v) if args[1] is str else v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -94,6 +94,8 @@ def run_job(
             check_input(path, config.input)
     if config.output.uids_file:
         check_uids_file(output_dir, config.output.uids_file)
+    if "balance" in config.run.stages:
+        check_entries(str(config.balance.entries))
     if "safety" in config.run.stages:
         check_safety(config.safety, model_identity(config.embed) if is_head(config.safety.nsfw_model) else "")
     if not dry_run:
@@ -225,6 +227,16 @@ def check_clip_retrieval(folder: str) -> None:
         for path in part[1:]:
             if not FileSystems.exists(path):
                 raise InputError(f"input.embeddings: {path} is missing beside {part[0]}")
+
+
+def check_entries(path: str) -> None:
+    """`ConfigError` naming the file and line of a balance entries file that cannot be used."""
+    from transforms.balance.entries import EntriesError, read_entries
+
+    try:
+        read_entries(path)
+    except EntriesError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_safety(config: SafetyConfig, identity: str) -> None:

@@ -43,6 +43,8 @@ Columns (all nullable unless noted):
 | pseudo_source | noise | where `caption_pseudo` comes from: `neighbour:<uid>` or `model:<identity>` |
 | caption_bow | noise | bag-of-words caption of the visual concepts, frequent terms down-weighted |
 | caption_source | noise | the caption in the tar's `.txt`: original, completed, generated, neighbour or bow |
+| matched_entries | balance | the metadata entries the caption matched (at most `balance.max_matched`) |
+| balance_prob | balance | the caption's keep probability, 1 − ∏(1 − pₑ) over its matched entries |
 
 The crawl carries what a probe measured of the original image (`probes`: digests, PDQ, faces) to
 the safety stage, which turns it into columns and drops it; it is never written.
@@ -147,6 +149,8 @@ class Sample:
     pseudo_source: str | None = None
     caption_bow: str | None = None
     caption_source: str | None = None
+    matched_entries: list[str] | None = None
+    balance_prob: float | None = None
 
     def chosen_caption(self) -> str | None:
         """The caption a training set gets (the tar's `.txt`): the noise stage's choice, else the
@@ -213,6 +217,8 @@ METADATA_SCHEMA = pa.schema(
         pa.field("pseudo_source", pa.string()),
         pa.field("caption_bow", pa.string()),
         pa.field("caption_source", pa.string()),
+        pa.field("matched_entries", pa.list_(pa.string())),
+        pa.field("balance_prob", pa.float32()),
         pa.field("key", pa.string()),
     ]
 )

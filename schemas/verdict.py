@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 #: The steps that emit verdicts, in the order their verdicts are applied (the pipeline's order).
-DEDUP, NOISE, CAPTION = 0, 1, 2
+DEDUP, NOISE, CAPTION, BALANCE = 0, 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)

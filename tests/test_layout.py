@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "transforms", "schemas")
-STAGES = ("read", "text", "crawl", "safety", "embed", "dedup", "noise", "write")
+STAGES = ("read", "text", "crawl", "safety", "embed", "dedup", "noise", "balance", "write")
 
 #: The only imports from one stage package into another, and why each is there.
 STAGE_EXCEPTIONS = {

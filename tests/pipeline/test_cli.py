@@ -78,7 +78,18 @@ def test_config_prints_every_key_with_overrides():
     printed = yaml.safe_load(result.stdout)
     assert printed["crawl"]["image_size"] == 64
     assert printed["run"]["stages"] == ["crawl"]
-    assert set(printed) == {"input", "text", "crawl", "safety", "embed", "dedup", "noise", "output", "run"}
+    assert set(printed) == {
+        "input",
+        "text",
+        "crawl",
+        "safety",
+        "embed",
+        "dedup",
+        "noise",
+        "balance",
+        "output",
+        "run",
+    }
 
 
 def test_run_on_a_user_list_with_extra_columns(sample_web, tmp_path):

@@ -37,6 +37,10 @@ def _kept(sample: Sample) -> bool:
     return sample.status == Status.SUCCESS
 
 
+def _balanced(sample: Sample) -> bool:
+    return sample.status in (Status.SUCCESS, Status.PENDING)
+
+
 def _generated(sample: Sample) -> bool:
     return sample.status == Status.SUCCESS and sample.caption_source == "generated"
 
@@ -48,6 +52,7 @@ CANDIDATES: dict[str, Callable[[Sample], bool]] = {
     "kept": _kept,
     "embedded": embedded,
     "generated": _generated,
+    "balanced": _balanced,
 }
 
 

@@ -1,0 +1,40 @@
+"""The `balance` section: MetaCLIP's metadata balancing (entries, the threshold t, the draws)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from transforms.common.checks import Check
+
+#: MetaCLIP-400M's threshold (Xu et al., 2023); Meta CLIP 2 uses 170,000 for English at 2.5B pairs.
+METACLIP_T = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceConfig:
+    """The `balance` section."""
+
+    #: The metadata entries (local, s3://, gs://): MetaCLIP's `metadata.json` (a JSON list of
+    #: strings, matched in every caption) or lines of `lang<TAB>entry` (an entry is matched only
+    #: in captions of its language, as in Meta CLIP 2). Required by the balance stage.
+    entries: str | None = None
+    #: An entry matched by more than t captions keeps each with probability t / count.
+    t: int = METACLIP_T
+    #: t for some languages (`{de: 40000}`); `auto` as a language's value derives it from the
+    #: counts so that its tail share equals English's at `t` (Meta CLIP 2's rule). Others use `t`.
+    t_per_language: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Match entries case-sensitively, as MetaCLIP does.
+    case_sensitive: bool = True
+    #: Seed of the draws (a caption's draw for an entry is a hash of seed, uid and entry).
+    seed: int = 0
+    #: At most this many matched entries are written per row (`matched_entries`); all are used.
+    max_matched: int = 32
+
+    def __post_init__(self) -> None:
+        check = Check("balance", self)
+        check.at_least(1, "t", "max_matched")
+        check.seed("seed")
+        check.not_empty("entries")
+        for lang, value in self.t_per_language.items():
+            if value != "auto" and not (value.isdigit() and int(value) >= 1):
+                raise ValueError(f"balance.t_per_language.{lang} ({value!r}) must be a count >= 1 or auto")

@@ -150,6 +150,7 @@ def render_report(audit: Audit, compare: Audit | None = None) -> str:
             _section("Funnel", _funnel(audit, "")),
             _section("Distributions", _distributions(audit)),
             _safety(audit),
+            _balance(audit),
             _section("Domains", _domains(audit, "")),
             _section("Kept samples", _gallery(audit)),
             _section("Rejected and failed samples", _rejections(audit)),
@@ -428,6 +429,35 @@ def _safety(audit: Audit) -> str:
         svg = _histogram_svg(safety.nsfw, series, marks, "{:.2f}", stacked=True)
         parts.append(f'<div class="charts">{_figure("NSFW score", safety.nsfw.total, svg, series)}</div>')
     return _section("Safety", "".join(parts))
+
+
+def _balance(audit: Audit) -> str:
+    """MetaCLIP's figure: metadata entries by how many captions matched them, before and after
+    balancing (log2 bins), with each t drawn, and the head entries."""
+    found = audit.stats.get("balance")
+    if not isinstance(found, dict) or "count_bins_before" not in found:
+        return ""
+    before, after = found["count_bins_before"], found["count_bins_after"]
+    hist = Histogram(0.0, 1.0, list(before), list(after))
+    marks = [
+        (math.log2(t), f"t = {t:,} ({lang})", _THRESHOLD) for lang, t in sorted(found["t"].items()) if t > 0
+    ]
+    series = [("before", _A, list(before)), ("after", _B, list(after))]
+    svg = _histogram_svg(hist, series, marks, "2^{:.0f}", stacked=False)
+    figure = _figure("metadata entries by captions matched (log2 bins: 2^k to 2^(k+1))", None, svg, series)
+    head = "".join(
+        f'<tr><td class="url">{_e(row["entry"])}</td><td>{_e(row["lang"])}</td>'
+        f'<td class="n">{row["count"]:,}</td><td class="n">{row["kept"]:,}</td></tr>'
+        for row in found.get("head", [])
+    )
+    note = (
+        f"<p>{_count('balance:entries_matched', found['entries_matched'])} of {found['entries']:,} entries "
+        f"matched; {_count('balance:entries_over_t', found['entries_over_t'])} over their t. Matches: "
+        f"{found['matches_before']:,} before, {found['matches_after']:,} after.</p>"
+    )
+    columns = "<tr><th>entry</th><th>lang</th><th>matched</th><th>kept</th></tr>"
+    table = f"<h3>head entries</h3><table>{columns}{head}</table>"
+    return _section("Balance", f'{note}<div class="charts">{figure}</div>{table}')
 
 
 def _overlays(a: Audit, b: Audit) -> str:

@@ -195,3 +195,16 @@ def test_config_rules(tmp_path, sample_web):
     config = load_config(overrides=["run.stages=[text, balance]", f"balance.entries={bad}"])
     with pytest.raises(ConfigError, match=r"entries.tsv:2: expected `lang<TAB>entry`"):
         run_job(config, [sample_web.urls], str(tmp_path / "out"))
+
+
+def test_the_report_draws_entry_counts_before_and_after_with_t(sample_web, entries_file, tmp_path):
+    _balanced(sample_web, entries_file, str(tmp_path / "out"))
+    with open(tmp_path / "out" / "stats.json") as handle:
+        stats = json.load(handle)["balance"]
+    assert stats["t"] == {"*": 15} and stats["entries"] == 40 and stats["entries_over_t"] > 0
+    assert sum(stats["count_bins_before"]) == stats["entries_matched"]
+    assert stats["matches_after"] < stats["matches_before"]
+    head = stats["head"][0]
+    assert head["count"] > 15 and head["kept"] < head["count"]
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert ">Balance<" in report and "t = 15 (*)" in report and f">{head['entry']}<" in report

@@ -60,7 +60,9 @@ def main() -> int:
         chosen = [entries[i] if rng.random() < 0.5 else filler[int(rng.integers(len(filler)))]
                   for i in rng.choice(len(entries), n, p=zipf)]  # fmt: skip
         captions.append(" ".join(chosen[:-1]) + ", " + chosen[-1] + ".")
-    print(f"{len(entries):,} entries, {len(captions):,} captions of {np.mean([len(c) for c in captions]):.0f} chars")
+    print(
+        f"{len(entries):,} entries, {len(captions):,} captions of {np.mean([len(c) for c in captions]):.0f} chars"
+    )
 
     started = time.perf_counter()
     matcher = EntryMatcher([("*", e) for e in entries])

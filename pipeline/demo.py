@@ -19,6 +19,7 @@ def run_demo(
 ) -> str:
     """Generates (or reuses) the sample web, crawls it, and returns a printable summary."""
     from sampleweb import generate_corpus, serve_in_subprocess, write_url_lists
+    from sampleweb.metadata import write_metadata
 
     web = os.path.join(workdir, "web")
     output = os.path.join(workdir, "shards")
@@ -26,6 +27,7 @@ def run_demo(
     if not os.path.exists(marker):
         generate_corpus(web, samples, seed)
         open(marker, "w").close()
+    write_metadata(web)  # the entries a run with the balance stage needs
     with serve_in_subprocess(web, port=port) as base_url:
         urls, truth = write_url_lists(web, base_url)
         stats = run_job(config, [urls], output, workers=workers, show_progress=True)

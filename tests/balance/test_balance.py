@@ -208,3 +208,20 @@ def test_the_report_draws_entry_counts_before_and_after_with_t(sample_web, entri
     assert head["count"] > 15 and head["kept"] < head["count"]
     report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert ">Balance<" in report and "t = 15 (*)" in report and f">{head['entry']}<" in report
+
+
+def test_the_sample_webs_metadata_names_its_concepts_in_every_language(tmp_path):
+    from sampleweb.captions import LANGUAGES
+    from sampleweb.metadata import write_metadata
+
+    entries = parse_entries(open(write_metadata(str(tmp_path))).read(), "metadata.tsv")
+    assert {lang for lang, _ in entries} == set(LANGUAGES) and len(entries) == len(set(entries))
+    matcher = EntryMatcher(entries)
+    found = {
+        "en": "A small red circle on a blue background",
+        "fr": "Un petit cercle rouge sur un fond bleu",
+        "de": "Ein kleiner roter Kreis auf blauem Hintergrund",
+        "zh": "蓝色背景上有一个红色的小圆形",
+    }
+    for lang, caption in found.items():
+        assert matcher.match(caption, lang), (lang, caption)

@@ -214,7 +214,8 @@ def test_the_sample_webs_metadata_names_its_concepts_in_every_language(tmp_path)
     from sampleweb.captions import LANGUAGES
     from sampleweb.metadata import write_metadata
 
-    entries = parse_entries(open(write_metadata(str(tmp_path))).read(), "metadata.tsv")
+    with open(write_metadata(str(tmp_path)), encoding="utf-8") as handle:
+        entries = parse_entries(handle.read(), "metadata.tsv")
     assert {lang for lang, _ in entries} == set(LANGUAGES) and len(entries) == len(set(entries))
     matcher = EntryMatcher(entries)
     found = {

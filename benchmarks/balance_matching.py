@@ -97,7 +97,8 @@ def main() -> int:
     print(f"  matches per caption: {np.mean([len(f) for f in found]):.2f}")
     winnow_rate, bare_rate, loop_rate = rates.values()
     print(
-        f"Winnow / bare automaton: {winnow_rate / bare_rate:.2f}; Winnow / loop: {winnow_rate / loop_rate:,.0f}x"
+        f"Winnow / bare automaton: {winnow_rate / bare_rate:.2f}; "
+        f"Winnow / loop: {winnow_rate / loop_rate:,.0f}x"
     )
     return 0
 

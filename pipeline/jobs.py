@@ -94,7 +94,7 @@ def run_job(
             check_input(path, config.input)
     if config.output.uids_file:
         check_uids_file(output_dir, config.output.uids_file)
-    if "balance" in config.run.stages:
+    if "balance" in config.run.stages and config.balance.entries != "auto":
         check_entries(str(config.balance.entries))
     if "safety" in config.run.stages:
         check_safety(config.safety, model_identity(config.embed) if is_head(config.safety.nsfw_model) else "")

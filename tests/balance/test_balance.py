@@ -226,3 +226,67 @@ def test_the_sample_webs_metadata_names_its_concepts_in_every_language(tmp_path)
     }
     for lang, caption in found.items():
         assert matcher.match(caption, lang), (lang, caption)
+
+
+def test_auto_entries_are_frequent_content_words_and_strong_pairs():
+    from transforms.balance.auto import caption_grams, select_entries
+
+    assert caption_grams("A red circle on the blue background", "en") == {
+        ("red",), ("circle",), ("blue",), ("background",), ("red", "circle"), ("blue", "background"),
+    }  # fmt: skip
+    assert ("的",) not in caption_grams("一个红色的圆形", "zh") and ("红色",) in caption_grams(
+        "一个红色的圆形", "zh"
+    )
+    counts = {
+        ("en", ()): 100, ("en", ("hot",)): 10, ("en", ("dog",)): 10, ("en", ("hot", "dog")): 9,
+        ("en", ("red",)): 50, ("en", ("car",)): 50, ("en", ("red", "car")): 25, ("en", ("rare",)): 2,
+    }  # fmt: skip
+    # PMI(hot dog) = log2(100·9 / (10·10)) = 3.17 bits; PMI(red car) = log2(100·25 / 2,500) = 0.
+    assert select_entries(counts.items(), 5, 3.0) == [
+        ("en", "car"),
+        ("en", "dog"),
+        ("en", "hot"),
+        ("en", "hot dog"),
+        ("en", "red"),
+    ]
+
+
+def test_auto_entries_and_per_language_t_in_a_run(sample_web, tmp_path):
+    from sampleweb.metadata import write_metadata
+    from transforms.balance.stage import thresholds
+
+    output = str(tmp_path / "auto")
+    overrides = [*TEST_OVERRIDES, "run.stages=[text, balance]", "balance.entries=auto", "balance.t=10"]
+    stats = run_job(load_config(overrides=overrides), [sample_web.urls], output)["balance"]
+    heads = {row["entry"] for row in stats["head"]}
+    assert {"background", "circle"} & heads and stats["entries_over_t"] > 0
+    assert all(len(e.split()) <= 2 for e in heads)
+    rows = read_output_rows(output)
+    assert any(r["reason"] == "balanced_out" for r in rows) and any(
+        r["stage"] is None and r["matched_entries"] for r in rows
+    )
+
+    # Meta CLIP 2's rule: German and Chinese t derived from English's tail share at t = 40.
+    entries = write_metadata(str(tmp_path))
+    overrides = [*TEST_OVERRIDES, "run.stages=[text, balance]", f"balance.entries={entries}", "balance.t=40",
+                 "balance.t_per_language={de: auto, zh: auto, fr: 7}"]  # fmt: skip
+    config = load_config(overrides=overrides)
+    stats = run_job(config, [sample_web.urls], str(tmp_path / "ml"))["balance"]
+    with open(entries, encoding="utf-8") as handle:
+        listed = parse_entries(handle.read(), "metadata.tsv")
+    matcher = EntryMatcher(listed)
+    counts = np.zeros(len(listed), np.int64)
+    for row in read_output_rows(str(tmp_path / "ml")):
+        if row["stage"] in (None, "balance"):
+            counts[matcher.match(row["caption_clean"], row["lang"])] += 1
+    langs = np.array([lang for lang, _ in listed], dtype=object)
+    expected = thresholds(config.balance, langs, counts)
+    assert stats["t"] == expected and expected["fr"] == 7 and expected["en"] == 40
+    share = tail_share(counts[langs == "en"], 40)
+    assert 0 < share < 1
+    for lang in ("de", "zh"):
+        assert (
+            tail_share(counts[langs == lang], expected[lang])
+            >= share
+            > tail_share(counts[langs == lang], expected[lang] - 1)
+        )

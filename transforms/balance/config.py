@@ -6,6 +6,8 @@ import dataclasses
 
 from transforms.common.checks import Check
 
+#: `balance.entries` value that builds the entries from the run's captions.
+AUTO = "auto"
 #: MetaCLIP-400M's threshold (Xu et al., 2023); Meta CLIP 2 uses 170,000 for English at 2.5B pairs.
 METACLIP_T = 20_000
 
@@ -16,7 +18,8 @@ class BalanceConfig:
 
     #: The metadata entries (local, s3://, gs://): MetaCLIP's `metadata.json` (a JSON list of
     #: strings, matched in every caption) or lines of `lang<TAB>entry` (an entry is matched only
-    #: in captions of its language, as in Meta CLIP 2). Required by the balance stage.
+    #: in captions of its language, as in Meta CLIP 2); or `auto`: built from the run's captions
+    #: (`auto.py`). Required by the balance stage.
     entries: str | None = None
     #: An entry matched by more than t captions keeps each with probability t / count.
     t: int = METACLIP_T
@@ -29,10 +32,14 @@ class BalanceConfig:
     seed: int = 0
     #: At most this many matched entries are written per row (`matched_entries`); all are used.
     max_matched: int = 32
+    #: `entries: auto`: a word or word pair must be in at least this many captions of its language.
+    auto_min_count: int = 5
+    #: `entries: auto`: a word pair's least pointwise mutual information, in bits.
+    auto_min_pmi: float = 3.0
 
     def __post_init__(self) -> None:
         check = Check("balance", self)
-        check.at_least(1, "t", "max_matched")
+        check.at_least(1, "t", "max_matched", "auto_min_count")
         check.seed("seed")
         check.not_empty("entries")
         for lang, value in self.t_per_language.items():

@@ -56,6 +56,8 @@ def threshold_for_share(counts: np.ndarray, share: float) -> int:
     values = np.sort(np.asarray(counts, np.float64)[np.asarray(counts) > 0])
     if not len(values):
         return 1
+    if share <= 0:  # no tail to match: below the rarest entry, every matched entry is over t
+        return max(1, int(values[0]))
     cumulative = np.cumsum(values) / values.sum()
     # tail_share(t) for t just above values[i] is cumulative[i] (entries equal to values[i] included).
     index = int(np.searchsorted(cumulative, share - 1e-12, side="left"))

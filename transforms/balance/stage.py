@@ -15,6 +15,9 @@ The steps (`matching.py`, `sampling.py`):
 3. `Probabilities`: p per entry from its count and its language's t, derived for `auto` languages;
    the array reaches every worker as one side input.
 4. `Decide`: the seeded draws per caption, and the verdict.
+
+With `balance.entries: auto` the entries are first built from the candidates' captions
+(`auto.py`) and reach these steps as one side input.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import xxhash
 from apache_beam.utils.shared import Shared
 
 from schemas.sample import Sample, Status
 from schemas.verdict import BALANCE, Verdict
-from transforms.balance.config import BalanceConfig
+from transforms.balance.auto import AutoEntries
+from transforms.balance.config import AUTO, BalanceConfig
 from transforms.balance.entries import ANY, read_entries
 from transforms.balance.matching import EntryMatcher
 from transforms.balance.sampling import decide, entry_probabilities, tail_share, threshold_for_share
@@ -56,15 +61,22 @@ def candidate(sample: Sample) -> bool:
 class _Entries:
     """The run's entries and their automata, once per worker process (`Shared`)."""
 
-    def __init__(self, config: BalanceConfig):
-        assert config.entries is not None
-        self.entries = read_entries(config.entries)
-        self.matcher = EntryMatcher(self.entries, config.case_sensitive)
+    def __init__(self, entries: list[tuple[str, str]], case_sensitive: bool):
+        self.entries = entries
+        self.matcher = EntryMatcher(self.entries, case_sensitive)
         self.langs = np.array([lang for lang, _ in self.entries], dtype=object)
 
 
-def _shared_entries(shared: Shared, config: BalanceConfig) -> _Entries:
-    return shared.acquire(lambda: _Entries(config))
+def _shared_entries(
+    shared: Shared, config: BalanceConfig, built: list[tuple[str, str]] | None = None
+) -> _Entries:
+    """The entries of the file `balance.entries`, or `built` (`entries: auto`, a side input: the
+    automaton is built once per process for each distinct list, found by a digest of it)."""
+    if built is None:
+        assert config.entries is not None
+        return shared.acquire(lambda: _Entries(read_entries(str(config.entries)), config.case_sensitive))
+    digest = xxhash.xxh3_128_hexdigest("\x00".join(f"{lang}\x01{entry}" for lang, entry in built).encode())
+    return shared.acquire(lambda: _Entries(built, config.case_sensitive), tag=digest)
 
 
 class _MatchFn(beam.DoFn):
@@ -72,36 +84,46 @@ class _MatchFn(beam.DoFn):
         self._config = config
         self._shared = Shared()
 
-    def setup(self) -> None:
-        self._entries = _shared_entries(self._shared, self._config)
-
-    def process(self, view: Sample) -> Iterator[tuple[Sample, tuple[int, ...]]]:
+    def process(
+        self, view: Sample, built: list[tuple[str, str]] | None = None
+    ) -> Iterator[tuple[Sample, tuple[int, ...]]]:
         text = view.caption_clean if view.caption_clean is not None else view.caption
-        yield view, tuple(self._entries.matcher.match(text, view.lang))
+        matcher = _shared_entries(self._shared, self._config, built).matcher
+        yield view, tuple(matcher.match(text, view.lang))
 
 
 class _CountEntries(beam.CombineFn):
-    """Entry id tuples → int64 counts per entry (the entries' size)."""
-
-    def __init__(self, size: int):
-        self._size = size
+    """Entry id tuples → int64 counts per entry, as long as the highest id seen needs (a per-entry
+    count array, partial sums merged across workers: the combine Beam lifts before its shuffle)."""
 
     def create_accumulator(self) -> np.ndarray:
-        return np.zeros(self._size, np.int64)
+        return np.zeros(0, np.int64)
 
     def add_input(self, counts: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
         if ids:
+            if ids[-1] >= len(counts):  # ids are sorted
+                counts = np.concatenate(
+                    [counts, np.zeros(max(ids[-1] + 1 - len(counts), len(counts)), np.int64)]
+                )
             counts[list(ids)] += 1
         return counts
 
     def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
-        total = self.create_accumulator()
-        for counts in accumulators:
-            total += counts
+        found = list(accumulators)
+        total = np.zeros(max((len(c) for c in found), default=0), np.int64)
+        for counts in found:
+            total[: len(counts)] += counts
         return total
 
     def extract_output(self, counts: np.ndarray) -> np.ndarray:
         return counts
+
+
+def _sized(counts: np.ndarray, size: int) -> np.ndarray:
+    """`counts` as one count per entry: padded with zeros, or cut where the array grew past them."""
+    if len(counts) >= size:
+        return counts[:size]
+    return np.concatenate([counts, np.zeros(size - len(counts), np.int64)])
 
 
 def thresholds(config: BalanceConfig, langs: np.ndarray, counts: np.ndarray) -> dict[str, int]:
@@ -125,8 +147,9 @@ class _Probabilities:
         self._config = config
         self._shared = Shared()
 
-    def __call__(self, counts: np.ndarray) -> np.ndarray:
-        langs = _shared_entries(self._shared, self._config).langs
+    def __call__(self, counts: np.ndarray, built: list[tuple[str, str]] | None = None) -> np.ndarray:
+        langs = _shared_entries(self._shared, self._config, built).langs
+        counts = _sized(counts, len(langs))
         per_lang = thresholds(self._config, langs, counts)
         t = np.array([per_lang[lang] for lang in langs.tolist()], np.float64)
         return entry_probabilities(counts, t)
@@ -139,15 +162,18 @@ class _DecideFn(beam.DoFn):
         self._shared = Shared()
 
     def setup(self) -> None:
-        self._entries = _shared_entries(self._shared, self._config).entries
         self._counter = StageCounter(STAGE, self._progress_dir)
 
     def process(
-        self, element: tuple[Sample, tuple[int, ...]], probabilities: np.ndarray
+        self,
+        element: tuple[Sample, tuple[int, ...]],
+        probabilities: np.ndarray,
+        built: list[tuple[str, str]] | None = None,
     ) -> Iterator[Verdict | beam.pvalue.TaggedOutput]:
         view, ids = element
+        entries = _shared_entries(self._shared, self._config, built).entries
         kept, prob = decide(self._config.seed, view.uid, ids, probabilities)
-        matched = [self._entries[i][1] for i in ids[: self._config.max_matched]]
+        matched = [entries[i][1] for i in ids[: self._config.max_matched]]
         judged = view.evolve(matched_entries=matched, balance_prob=prob)
         if not ids:
             judged = judged.evolve(
@@ -179,8 +205,11 @@ class _Summary:
         self._config = config
         self._shared = Shared()
 
-    def __call__(self, before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
-        entries = _shared_entries(self._shared, self._config)
+    def __call__(
+        self, before: np.ndarray, after: np.ndarray, built: list[tuple[str, str]] | None = None
+    ) -> dict[str, Any]:
+        entries = _shared_entries(self._shared, self._config, built)
+        before, after = _sized(before, len(entries.entries)), _sized(after, len(entries.entries))
         per_lang = thresholds(self._config, entries.langs, before)
         t = np.array([per_lang[lang] for lang in entries.langs.tolist()], np.int64)
         head = np.argsort(-before, kind="stable")[:_HEAD]
@@ -216,23 +245,25 @@ class JudgeBalance(beam.PTransform):
 
     def expand(self, views: beam.PCollection) -> WithSummary:
         config = self._config
-        assert config.entries is not None
-        size = len(read_entries(config.entries))
-        matched = views | "Match" >> beam.ParDo(_MatchFn(config))
+        side: list[Any] = []  # `entries: auto`: the list built from the captions, as a side input
+        if config.entries == AUTO:
+            side = [beam.pvalue.AsSingleton(views | "AutoEntries" >> AutoEntries(config))]
+        matched = views | "Match" >> beam.ParDo(_MatchFn(config), *side)
         counts = (
             matched
             | "Ids" >> beam.Map(lambda pair: pair[1])
-            | "CountEntries" >> beam.CombineGlobally(_CountEntries(size))
+            | "CountEntries" >> beam.CombineGlobally(_CountEntries())
         )
-        probabilities = counts | "Probabilities" >> beam.Map(_Probabilities(config))
+        probabilities = counts | "Probabilities" >> beam.Map(_Probabilities(config), *side)
         decide_fn = _DecideFn(config, self._progress_dir)
         decided = matched | "Decide" >> beam.ParDo(
-            decide_fn, beam.pvalue.AsSingleton(probabilities)
+            decide_fn, beam.pvalue.AsSingleton(probabilities), *side
         ).with_outputs(KEPT_IDS, main="verdicts")
-        verdicts = decided.verdicts
-        kept_counts = decided[KEPT_IDS] | "CountKept" >> beam.CombineGlobally(_CountEntries(size))
-        summary = counts | "Summary" >> beam.Map(_Summary(config), beam.pvalue.AsSingleton(kept_counts))
-        return WithSummary(verdicts, summary)
+        kept_counts = decided[KEPT_IDS] | "CountKept" >> beam.CombineGlobally(_CountEntries())
+        summary = counts | "Summary" >> beam.Map(
+            _Summary(config), beam.pvalue.AsSingleton(kept_counts), *side
+        )
+        return WithSummary(decided.verdicts, summary)
 
 
 class BalanceConcepts(beam.PTransform):

@@ -40,6 +40,7 @@ class BalanceConfig:
     def __post_init__(self) -> None:
         check = Check("balance", self)
         check.at_least(1, "t", "max_matched", "auto_min_count")
+        check.at_least(0.0, "auto_min_pmi")
         check.seed("seed")
         check.not_empty("entries")
         for lang, value in self.t_per_language.items():

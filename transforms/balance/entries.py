@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from transforms.common.files import read_text_file
 
 #: The language of entries matched in every caption.
 ANY = "*"
@@ -47,11 +46,7 @@ def parse_entries(text: str, where: str) -> list[tuple[str, str]]:
 
 def read_entries(path: str) -> list[tuple[str, str]]:
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            data = handle.read()
-    except OSError as err:
-        raise EntriesError(f"balance.entries: cannot read {path}: {err}") from None
-    try:
-        return parse_entries(data.decode("utf-8"), path)
-    except UnicodeDecodeError as err:
-        raise EntriesError(f"{path}: not UTF-8 text ({err})") from None
+        text = read_text_file(path)
+    except ValueError as err:
+        raise EntriesError(f"balance.entries: {err}") from None
+    return parse_entries(text, path)

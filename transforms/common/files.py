@@ -3,7 +3,7 @@
 `write_atomically` writes a local file under a temporary name (`TEMP_PREFIX`) and renames it into
 place; on an object store one upload is visible only when complete. A temporary file a crashed run
 left behind is recognised by its name (`transforms/common/manifest.py`) and only such files are
-ever cleaned up.
+ever cleaned up. `read_text_file` reads a small text file (a list, a config) from any of them.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 #: What a write in progress is called until it is renamed: `_tmp-<32 hex>-<name>`.
@@ -33,3 +34,17 @@ def write_atomically(path: str, data: bytes) -> None:
     with open(temp, "wb") as handle:
         handle.write(data)
     os.replace(temp, path)  # atomic, and replaces a file only
+
+
+def read_text_file(path: str) -> str:
+    """A whole UTF-8 text file (local, s3://, gs://), never decompressed by its name.
+    `ValueError` says why it cannot be read: missing, unreadable, or not UTF-8."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            data = handle.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from None

@@ -20,9 +20,8 @@ import dataclasses
 import hashlib
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from transforms.common.files import read_text_file
 from transforms.common.urls import HostError, canonical_host, canonical_url, domain_matches
 from transforms.safety.config import SafetyConfig
 from transforms.safety.hashindex import HammingIndex, HashListError, parse_hash_lines
@@ -47,14 +46,9 @@ def digests(data: bytes, kinds: frozenset[str]) -> dict[str, str]:
 
 def _lines(path: str) -> list[str]:
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            data = handle.read()
-    except OSError as err:
-        raise BlocklistError(f"cannot read blocklist {path}: {err}") from err
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise BlocklistError(f"{path}: not UTF-8 text ({err})") from err
+        return read_text_file(path).splitlines()
+    except ValueError as err:
+        raise BlocklistError(f"blocklist: {err}") from None
 
 
 def _entries(path: str) -> list[tuple[int, str]]:

@@ -67,28 +67,49 @@ class _Entries:
         self.langs = np.array([lang for lang, _ in self.entries], dtype=object)
 
 
-def _shared_entries(
-    shared: Shared, config: BalanceConfig, built: list[tuple[str, str]] | None = None
-) -> _Entries:
-    """The entries of the file `balance.entries`, or `built` (`entries: auto`, a side input: the
-    automaton is built once per process for each distinct list, found by a digest of it)."""
-    if built is None:
-        assert config.entries is not None
-        return shared.acquire(lambda: _Entries(read_entries(str(config.entries)), config.case_sensitive))
-    digest = xxhash.xxh3_128_hexdigest("\x00".join(f"{lang}\x01{entry}" for lang, entry in built).encode())
-    return shared.acquire(lambda: _Entries(built, config.case_sensitive), tag=digest)
+class _EntriesOf:
+    """A step's view of the run's entries: those of the file `balance.entries`, or `built` (the
+    `entries: auto` side input). The automaton is built once per process for each distinct list
+    (`Shared`, tagged by a digest of it), and looked up again only when the side input's object
+    changes, not per element: the digest of a 500,000-entry list costs milliseconds."""
+
+    def __init__(self, config: BalanceConfig):
+        self._config = config
+        self._shared = Shared()
+        self._built: list[tuple[str, str]] | None = None
+        self._entries: _Entries | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_built": None, "_entries": None}
+
+    def __call__(self, built: list[tuple[str, str]] | None = None) -> _Entries:
+        if self._entries is None or built is not self._built:
+            self._entries = self._acquire(built)
+            self._built = built
+        return self._entries
+
+    def _acquire(self, built: list[tuple[str, str]] | None) -> _Entries:
+        config = self._config
+        if built is None:
+            assert config.entries is not None
+            return self._shared.acquire(
+                lambda: _Entries(read_entries(str(config.entries)), config.case_sensitive)
+            )
+        digest = xxhash.xxh3_128_hexdigest(
+            "\x00".join(f"{lang}\x01{entry}" for lang, entry in built).encode()
+        )
+        return self._shared.acquire(lambda: _Entries(built, config.case_sensitive), tag=digest)
 
 
 class _MatchFn(beam.DoFn):
     def __init__(self, config: BalanceConfig):
-        self._config = config
-        self._shared = Shared()
+        self._entries = _EntriesOf(config)
 
     def process(
         self, view: Sample, built: list[tuple[str, str]] | None = None
     ) -> Iterator[tuple[Sample, tuple[int, ...]]]:
         text = view.caption_clean if view.caption_clean is not None else view.caption
-        matcher = _shared_entries(self._shared, self._config, built).matcher
+        matcher = self._entries(built).matcher
         yield view, tuple(matcher.match(text, view.lang))
 
 
@@ -145,10 +166,10 @@ class _Probabilities:
 
     def __init__(self, config: BalanceConfig):
         self._config = config
-        self._shared = Shared()
+        self._entries = _EntriesOf(config)
 
     def __call__(self, counts: np.ndarray, built: list[tuple[str, str]] | None = None) -> np.ndarray:
-        langs = _shared_entries(self._shared, self._config, built).langs
+        langs = self._entries(built).langs
         counts = _sized(counts, len(langs))
         per_lang = thresholds(self._config, langs, counts)
         t = np.array([per_lang[lang] for lang in langs.tolist()], np.float64)
@@ -159,7 +180,7 @@ class _DecideFn(beam.DoFn):
     def __init__(self, config: BalanceConfig, progress_dir: str | None):
         self._config = config
         self._progress_dir = progress_dir
-        self._shared = Shared()
+        self._entries = _EntriesOf(config)
 
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
@@ -171,7 +192,7 @@ class _DecideFn(beam.DoFn):
         built: list[tuple[str, str]] | None = None,
     ) -> Iterator[Verdict | beam.pvalue.TaggedOutput]:
         view, ids = element
-        entries = _shared_entries(self._shared, self._config, built).entries
+        entries = self._entries(built).entries
         kept, prob = decide(self._config.seed, view.uid, ids, probabilities)
         matched = [entries[i][1] for i in ids[: self._config.max_matched]]
         judged = view.evolve(matched_entries=matched, balance_prob=prob)
@@ -203,12 +224,12 @@ class _Summary:
 
     def __init__(self, config: BalanceConfig):
         self._config = config
-        self._shared = Shared()
+        self._entries = _EntriesOf(config)
 
     def __call__(
         self, before: np.ndarray, after: np.ndarray, built: list[tuple[str, str]] | None = None
     ) -> dict[str, Any]:
-        entries = _shared_entries(self._shared, self._config, built)
+        entries = self._entries(built)
         before, after = _sized(before, len(entries.entries)), _sized(after, len(entries.entries))
         per_lang = thresholds(self._config, entries.langs, before)
         t = np.array([per_lang[lang] for lang in entries.langs.tolist()], np.int64)

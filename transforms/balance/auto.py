@@ -15,53 +15,31 @@ entries come out sorted by language and entry, so their ids are the same on ever
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
-import re
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import apache_beam as beam
 
 from schemas.sample import Sample
 from transforms.balance.config import BalanceConfig
+from transforms.common.words import WORD, jieba, stop_words
 
-_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", re.UNICODE)
 #: Languages cut into words with jieba.
 _SEGMENTED = ("zh",)
-
-
-@functools.cache
-def _stop_words(lang: str) -> frozenset[str]:
-    import stopwordsiso
-
-    if not stopwordsiso.has_lang(lang):
-        return frozenset()
-    return frozenset(w.lower() for w in stopwordsiso.stopwords(lang))
-
-
-@functools.cache
-def _jieba() -> Any:
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba
 
 
 def tokens(text: str, lang: str) -> list[str]:
     """The words of a caption, in order, case kept."""
     if lang in _SEGMENTED:
-        return [w for w in _jieba().lcut(text) if _WORD.fullmatch(w)]
-    return _WORD.findall(text)
+        return [w for w in jieba().lcut(text) if WORD.fullmatch(w)]
+    return WORD.findall(text)
 
 
 def caption_grams(text: str | None, lang: str | None) -> set[tuple[str, ...]]:
     """The distinct unigrams `(a,)` and bigrams `(a, b)` of a caption, stop words left out."""
     if not text or not lang:
         return set()
-    stops = _stop_words(lang)
+    stops = stop_words(lang)
     shortest = 1 if lang in _SEGMENTED else 2
     content = [w if w.lower() not in stops and len(w) >= shortest else None for w in tokens(text, lang)]
     grams: set[tuple[str, ...]] = {(w,) for w in content if w}

@@ -26,13 +26,13 @@ such words, with very frequent words down-weighted. Winnow does both per languag
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from transforms.common.words import WORD, jieba, stop_words
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +40,14 @@ log = logging.getLogger(__name__)
 SEGMENTED = ("zh", "ja")
 #: Stop words a pair of content words may span, by language (default 0).
 _PAIR_GAPS = {"zh": 2, "ja": 2}
-_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", re.UNICODE)
 _FINAL_PUNCTUATION = ".!?;:,。！？；：，、 \t"
-
-
-@functools.cache
-def stop_words(lang: str) -> frozenset[str]:
-    """stopwords-iso's list for `lang` (lower-cased); empty for a language it lacks."""
-    import stopwordsiso
-
-    words = stopwordsiso.stopwords(lang) if stopwordsiso.has_lang(lang) else set()
-    return frozenset(word.lower() for word in words)
-
-
-@functools.cache
-def _jieba() -> Any:
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba
 
 
 def words(text: str, lang: str | None) -> list[str]:
     """Lower-cased words of `text`: jieba's cut for Chinese and Japanese, letters runs otherwise."""
     if lang in SEGMENTED:
-        return [w.lower() for w in _jieba().lcut(text) if _WORD.fullmatch(w)]
-    return [w.lower() for w in _WORD.findall(text)]
+        return [w.lower() for w in jieba().lcut(text) if WORD.fullmatch(w)]
+    return [w.lower() for w in WORD.findall(text)]
 
 
 def _join(parts: Sequence[str], lang: str | None) -> str:

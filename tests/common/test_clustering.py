@@ -48,6 +48,18 @@ def test_kmeans_centroids_in_beam_equal_the_direct_fit_on_the_same_sample():
         assert_that(found, check)
 
 
+def test_kmeans_centroids_of_no_members_are_empty():
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        members = p | beam.Create([("0000", b"")]) | beam.Filter(lambda _: False)
+        found = members | KMeansCentroids(lambda m: m[1], sample_size=200, cluster_size=50)
+
+        def check(centroids):
+            (got,) = centroids
+            assert got.vectors.shape[0] == 0 and len(got.expected_sizes) == 0
+
+        assert_that(found, check)
+
+
 def test_split_cluster_covers_each_pair_once() -> None:
     for n, size in [(10, 3), (9, 3), (1, 4), (7, 100)]:
         covered = []

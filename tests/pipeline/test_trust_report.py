@@ -65,6 +65,20 @@ def test_item11_page_mode_outage_raises_the_alarm_and_keeps_a_row_per_page(tmp_p
     assert stats["alarm"] and stats["harvest"]["skipped_records"] == {"connection_error": 4}
 
 
+def test_default_stages_run_to_the_end_when_no_image_downloads(tmp_path):
+    """Dedup and noise train their k-means on no members at all: every row still comes out."""
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: every image fails to connect
+    listed = tmp_path / "list.csv"
+    captions = ["a red kite over a green hill", "two brown dogs on a sandy beach", "an old blue boat"]
+    listed.write_text("url,caption\n" + "".join(f"{dead}/{i}.jpg,{c}\n" for i, c in enumerate(captions)))
+    output = tmp_path / "out"
+    result = winnow("run", "--input", str(listed), "--output", str(output), *overrides())
+    assert result.returncode == 3, result.stderr  # an outage: the alarm, and the rows
+    rows = read_output_rows(str(output))
+    assert sorted(r["caption"] for r in rows) == sorted(captions)
+    assert {(r["status"], r["stage"], r["reason"]) for r in rows} == {("failed", "crawl", "connection_error")}
+
+
 def test_item11_every_listed_page_has_a_row(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _PagesHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -37,7 +37,9 @@ def normalize(embeddings: np.ndarray) -> np.ndarray:
 
 
 def vectors(embeddings: Sequence[bytes]) -> np.ndarray:
-    """(n, d) float32 from float16 embedding bytes (the form samples carry them in)."""
+    """(n, d) float32 from float16 embedding bytes (the form samples carry them in); (0, 0) for none."""
+    if not embeddings:
+        return np.zeros((0, 0), dtype=np.float32)
     return (
         np.frombuffer(b"".join(embeddings), dtype=np.float16).reshape(len(embeddings), -1).astype(np.float32)
     )

@@ -7,6 +7,9 @@ wall-clock from start to exit, so start-up counts for both. Prints images/s for 
 
     make bench-setup   # img2dataset in its own environment (.venv-bench)
     .venv/bin/python benchmarks/crawl_vs_img2dataset.py --samples 5000 --repeats 2
+
+`--large-jpegs` generates the web with JPEG photos only, long side 1,024-3,000 px (median 1,600),
+the size of the photos a web crawl mostly meets, where decoding dominates the work.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sampleweb import generate_corpus, serve_in_subprocess, write_url_lists
+from sampleweb.corpus import CorpusConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,6 +117,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--large-jpegs", action="store_true", help="JPEG only, long side 1,024-3,000 px")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "build", "bench-crawl"))
     parser.add_argument("--img2dataset", default=os.path.join(ROOT, ".venv-bench", "bin", "img2dataset"))
     parser.add_argument("--winnow", default=os.path.join(ROOT, ".venv", "bin", "winnow"))
@@ -121,9 +126,13 @@ def main() -> int:
         print(f"img2dataset not found at {args.img2dataset}; run `make bench-setup`", file=sys.stderr)
         return 2
 
-    web = os.path.join(args.workdir, f"web-{args.samples}-{args.seed}")
+    kind = "large-jpegs" if args.large_jpegs else "mixed"
+    web = os.path.join(args.workdir, f"web-{kind}-{args.samples}-{args.seed}")
     if not os.path.exists(os.path.join(web, "manifest.parquet")):
-        generate_corpus(web, args.samples, args.seed)
+        large = CorpusConfig(
+            formats=(("jpeg", 1.0),), median_long_side=1600, min_long_side=1024, max_long_side=3000
+        )
+        generate_corpus(web, args.samples, args.seed, large if args.large_jpegs else None)
     commands = {
         "img2dataset": lambda out: img2dataset_command(args.img2dataset, urls, out, args),
         "winnow": lambda out: winnow_command(args.winnow, urls, out, args),

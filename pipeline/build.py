@@ -26,38 +26,61 @@ from transforms.common.outputs import WithSummary
 from transforms.common.routing import downloaded
 from transforms.common.verdicts import ApplyVerdicts, light
 from transforms.crawl import DownloadImages
-from transforms.dedup import DeduplicateImages, JudgeDuplicates
-from transforms.embed import EmbedImages
-from transforms.noise import JudgeCaptions, RepairCaptions
 from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
-from transforms.safety import CheckSafety, SafetyProbe, ScoreNsfwFromEmbeddings, ScreenUrls
 from transforms.safety.config import is_head
+from transforms.safety.probe import SafetyProbe
 from transforms.text import FilterText
 from transforms.write import WriteShards, WriteStats
 from transforms.write.shards import ROWS_READ
 
 StageFactory = Callable[[RunConfig, "str | None"], beam.PTransform]
 
+# The model stages (safety's checks, embed, dedup's decontamination, noise) import their modules
+# when a run has them: those load torch and Beam's RunInference, seconds of start-up that a run
+# without them (a plain download, a text filter) does not pay.
+
+
+def _safety(config: RunConfig, progress: str | None) -> beam.PTransform:
+    from transforms.safety import CheckSafety
+
+    return CheckSafety(config.safety, progress)
+
+
+def _embed(config: RunConfig, progress: str | None) -> beam.PTransform:
+    from transforms.embed import EmbedImages
+
+    return EmbedImages(config.embed, progress)
+
+
+def _dedup(config: RunConfig, progress: str | None, judge: bool = False) -> beam.PTransform:
+    from transforms.dedup import DeduplicateImages, JudgeDuplicates
+
+    embed = config.embed if "embed" in config.run.stages else None
+    return (JudgeDuplicates if judge else DeduplicateImages)(config.dedup, config.crawl, embed, progress)
+
+
+def _noise(config: RunConfig, progress: str | None, judge: bool = False) -> beam.PTransform:
+    from transforms.noise import JudgeCaptions, RepairCaptions
+
+    return (JudgeCaptions if judge else RepairCaptions)(config.noise, config.embed, progress)
+
+
 #: Stages in pipeline order, named after their modules in `transforms/`.
 STAGES: dict[str, StageFactory] = {
     "text": lambda config, progress: FilterText(config.text, progress),
     "crawl": lambda config, progress: DownloadImages(config.crawl, progress, probe=_probe(config)),
-    "safety": lambda config, progress: CheckSafety(config.safety, progress),
-    "embed": lambda config, progress: EmbedImages(config.embed, progress),
-    "dedup": lambda config, progress: DeduplicateImages(
-        config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
-    ),
-    "noise": lambda config, progress: RepairCaptions(config.noise, config.embed, progress),
+    "safety": _safety,
+    "embed": _embed,
+    "dedup": _dedup,
+    "noise": _noise,
     "balance": lambda config, progress: BalanceConcepts(config.balance, progress),
 }
 #: Stages that take and give row batches (they come first).
 BATCH_STAGES = ("text",)
 #: The deciding stages as judges: samples (or (light views, samples)) → verdicts.
 JUDGES: dict[str, StageFactory] = {
-    "dedup": lambda config, progress: JudgeDuplicates(
-        config.dedup, config.crawl, config.embed if "embed" in config.run.stages else None, progress
-    ),
-    "noise": lambda config, progress: JudgeCaptions(config.noise, config.embed, progress),
+    "dedup": lambda config, progress: _dedup(config, progress, judge=True),
+    "noise": lambda config, progress: _noise(config, progress, judge=True),
     "balance": lambda config, progress: JudgeBalance(config.balance, progress),
 }
 
@@ -119,6 +142,8 @@ def build_pipeline(
         label = name.capitalize()
         hints = resource_hints(name, config)
         if name == "crawl" and _screens_urls(config):  # the URL blocklist, before anything is fetched
+            from transforms.safety import ScreenUrls
+
             samples = samples | "ScreenUrls" >> ScreenUrls(config.safety, progress_dir)
         if retry_from is None and name in JUDGES:
             judged = _judge(name, config, progress_dir, samples, verdicts)
@@ -128,6 +153,8 @@ def build_pipeline(
             judged = samples | label >> (stage.with_resource_hints(**hints) if hints else stage)
             samples = judged.rows if isinstance(judged, WithSummary) else judged
             if name == "embed" and "safety" in config.run.stages and is_head(config.safety.nsfw_model):
+                from transforms.safety import ScoreNsfwFromEmbeddings
+
                 samples = samples | "SafetyNsfwHead" >> ScoreNsfwFromEmbeddings(config.safety, progress_dir)
         if isinstance(judged, WithSummary):  # a summary for stats.json under the stage's name
             summaries.append(judged.summary | f"{label}Summary" >> beam.Map(lambda s, n=name: (n, s)))
@@ -176,6 +203,8 @@ def _stage(
             probe=_probe(config),
         )
     if pool is not None and name == "embed":
+        from transforms.embed import EmbedImages
+
         return EmbedImages(config.embed, progress_dir, reuse_only=pool.embeddings is not None)
     return STAGES[name](config, progress_dir)
 

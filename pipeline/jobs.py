@@ -41,7 +41,6 @@ from transforms.common.manifest import claim_output, inside, normalized, record_
 from transforms.common.progress import NAMESPACE
 from transforms.crawl.pool import clip_retrieval_partitions
 from transforms.crawl.stage import failure_alarm
-from transforms.embed.clip import model_identity, resolve_device
 from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
 from transforms.safety import SafetyConfig
 from transforms.safety.config import is_head
@@ -97,6 +96,8 @@ def run_job(
     if "balance" in config.run.stages and config.balance.entries != "auto":
         check_entries(str(config.balance.entries))
     if "safety" in config.run.stages:
+        from transforms.embed.clip import model_identity  # the model code loads only for runs that need it
+
         check_safety(config.safety, model_identity(config.embed) if is_head(config.safety.nsfw_model) else "")
     if not dry_run:
         if FileSystems.get_scheme(output_dir) in (None, "file"):
@@ -106,6 +107,8 @@ def run_job(
 
     local = is_local(runner)
     if local and "embed" in config.run.stages:
+        from transforms.embed.clip import resolve_device
+
         resolve_device(config.embed.device)  # `cuda` on a machine without it: say so before starting
     progress_dir = tempfile.mkdtemp(prefix="winnow-progress-") if local and config.run.progress else None
     run_stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
@@ -199,6 +202,8 @@ def pool_source(files: Sequence[str], config: RunConfig) -> PoolSource | None:
         return None
     if "embed" not in config.run.stages or config.embed.recompute:
         return PoolSource(None)
+    from transforms.embed.clip import model_identity
+
     wanted = model_identity(config.embed)
     if config.input.embeddings:
         found = {config.input.embeddings_model: config.input.embeddings}

@@ -26,7 +26,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -52,16 +52,10 @@ from pipeline.runner import make_pipeline, related_job_args
 from transforms.common.clustering import normalize
 from transforms.crawl.config import ImageOptions
 from transforms.crawl.imaging import ImageError, process_image
-from transforms.embed.clip import (
-    ClipExample,
-    LoadedClip,
-    OpenClipModelHandler,
-    Preprocessing,
-    model_identity,
-    model_pixels,
-    preprocessing,
-)
 from transforms.embed.config import SHIPPED_MODEL, EmbedConfig, EmbedError
+
+if TYPE_CHECKING:  # the model code (and torch) loads only when a query needs it
+    from transforms.embed.clip import LoadedClip, OpenClipModelHandler, Preprocessing
 
 __all__ = [
     "IDS_FILE",
@@ -172,6 +166,8 @@ def search_output(
     """
     if (text is None) == (image_path is None):
         raise SearchError("give exactly one query: a text or an image file")
+    from transforms.embed.clip import model_identity
+
     if k < 1:
         raise SearchError(f"k must be >= 1, got {k}")
     output_dir = output_dir.rstrip("/")
@@ -225,6 +221,8 @@ def query_model(identity: str | None, model: str | None = None, pretrained: str 
     if not identity:
         raise SearchError("the index does not say which model made it; pass --model (and --pretrained)")
     if identity.startswith(f"{SHIPPED_MODEL}@"):
+        from transforms.embed.clip import model_identity
+
         config = EmbedConfig(model=SHIPPED_MODEL, batch_size=1)
         current = model_identity(config)
         if current != identity:
@@ -243,6 +241,8 @@ def query_model(identity: str | None, model: str | None = None, pretrained: str 
 
 def _embed_query(config: EmbedConfig, text: str | None, image_path: str | None) -> np.ndarray:
     """The L2-normalised float32 embedding of the query, made as the embed stage makes its own."""
+    from transforms.embed.clip import ClipExample
+
     prep, handler, loaded = _query_encoder(config)
     if text is not None:
         import torch
@@ -261,6 +261,8 @@ def _embed_query(config: EmbedConfig, text: str | None, image_path: str | None) 
 @functools.lru_cache(maxsize=1)
 def _query_encoder(config: EmbedConfig) -> tuple[Preprocessing, OpenClipModelHandler, LoadedClip]:
     """The model's preprocessing, handler and loaded model; the last one stays loaded for the next query."""
+    from transforms.embed.clip import OpenClipModelHandler, preprocessing
+
     try:
         handler = OpenClipModelHandler(config)
         return preprocessing(config), handler, handler.load_model()
@@ -269,6 +271,8 @@ def _query_encoder(config: EmbedConfig) -> tuple[Preprocessing, OpenClipModelHan
 
 
 def _query_pixels(image_path: str, geometry: Any) -> np.ndarray:
+    from transforms.embed.clip import model_pixels
+
     try:
         data = read_bytes(image_path)
     except OSError as err:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import apache_beam as beam
 
 from pipeline.config import RunConfig
-from schemas.sample import samples_from_batch
+from schemas.sample import Sample, samples_from_batch
 from transforms.balance import BalanceConcepts, JudgeBalance
 from transforms.balance.stage import candidate as balance_candidate
 from transforms.common.outputs import WithSummary
@@ -111,6 +111,7 @@ def build_pipeline(
     and the row-batch stages, which those rows already passed, do not run again. `pool` says
     the inputs are a pool of downloaded shards: the crawl stage reads their images from the tars.
     """
+    rows = None  # row batches written as they are (see `WriteShards`)
     if retry_from is not None:
         previous = samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
@@ -129,7 +130,11 @@ def build_pipeline(
         for name in BATCH_STAGES:
             if name in config.run.stages:
                 batches = batches | name.capitalize() >> STAGES[name](config, progress_dir)
-        samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
+        if any(name not in BATCH_STAGES for name in config.run.stages):
+            samples = batches | "Samples" >> beam.FlatMap(samples_from_batch)
+        else:  # no stage works sample by sample: the rows go to their shards as Arrow batches
+            rows = batches
+            samples = pipeline | "NoSamples" >> beam.Create([]).with_output_types(Sample)
     # Every row read must reach a shard: stats.json says how many were read, and the launcher
     # fails the run when fewer (or more) were written (`pipeline.jobs.check_rows`).
     summaries = [total | "RowsReadSummary" >> beam.Map(lambda n: (ROWS_READ, n))]
@@ -160,7 +165,8 @@ def build_pipeline(
             summaries.append(judged.summary | f"{label}Summary" >> beam.Map(lambda s, n=name: (n, s)))
     if retry_from is not None:  # rows the previous run settled are written as they were
         samples = samples | "KeepSettled" >> KeepSettled(previous)
-    shards = samples | "WriteShards" >> WriteShards(output_dir, config.output, progress_dir, total, verdicts)
+    writer = WriteShards(output_dir, config.output, progress_dir, total, verdicts, rows)
+    shards = samples | "WriteShards" >> writer
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
     stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
     return shards | "WriteStats" >> WriteStats(output_dir, ["read", *stages], extra)

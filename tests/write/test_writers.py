@@ -178,3 +178,39 @@ def test_tar_member_names_are_generated_keys_never_urls_or_captions():
         # The caption travels inside the member, not in its name.
         texts = {archive.extractfile(n).read().decode() for n in names if n.endswith(".txt")}
     assert texts == {caption for _, caption in hostile}
+
+
+def _written(tmp_path, name: str, rows: list[Sample], as_batches: bool) -> dict[str, bytes]:
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing import test_pipeline
+
+    from schemas.sample import batch_from_samples
+    from transforms.write import WriteShards
+    from transforms.write.config import OutputConfig
+
+    out = tmp_path / name
+    out.mkdir()
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
+        total = p | "Total" >> beam.Create([len(rows)])
+        if as_batches:  # three uneven batches, as a reader's
+            parts = [rows[:40], rows[40:41], rows[41:]]
+            batches = p | "Batches" >> beam.Create([batch_from_samples(part) for part in parts])
+            samples = p | "None" >> beam.Create([]).with_output_types(Sample)
+        else:
+            batches, samples = None, p | "Samples" >> beam.Create(rows)
+        _ = samples | WriteShards(str(out), OutputConfig(samples_per_shard=25), total=total, rows=batches)
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def test_rows_sent_as_batches_write_the_same_files_as_samples(tmp_path):
+    rows = [sample(i, ok=False) for i in range(60)]  # rows a run without a fetch writes
+    rows[7] = rows[7].decided(Status.REJECTED, "too_few_words", "text", "1 word")
+    rows[9] = dataclasses.replace(rows[3])  # a repeated pair: marked `duplicate_uid` in its shard
+    by_sample = _written(tmp_path, "samples", rows, as_batches=False)
+    by_batch = _written(tmp_path, "batches", rows, as_batches=True)
+    assert sorted(by_sample) == sorted(by_batch) and len(by_sample) == 3  # three Parquet shards
+    assert by_sample == by_batch
+    read = [r for data in by_batch.values() for r in pq.read_table(io.BytesIO(data)).to_pylist()]
+    assert sorted(r["uid"] for r in read) == sorted(s.uid for s in rows)
+    assert sum(r["reason"] == "duplicate_uid" for r in read) == 1

@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.coders import decode_sample, decode_verdict, encode_sample, encode_verdict
 from schemas.layout import STATS_FILE, shard_name
-from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row
+from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row, samples_from_batch
 from schemas.verdict import Verdict
 from transforms.common.files import write_atomically
 from transforms.common.manifest import is_temp, list_files, read_manifest, write_manifest
@@ -176,9 +176,31 @@ def _dedup_sorted(samples: Iterable[Sample]) -> list[Sample]:
     return out
 
 
+def rows_by_shard(batch: pa.RecordBatch, shards: int) -> Iterator[tuple[int, bytes]]:
+    """A row batch split by shard (`shard_of` each row's uid): (shard, the shard's rows as Arrow
+    IPC stream bytes), one per shard the batch has rows for, in shard order."""
+    members: dict[int, list[int]] = {}
+    for row, uid in enumerate(batch.column("uid").to_pylist()):
+        members.setdefault(shard_of(uid, shards), []).append(row)
+    for shard in sorted(members):
+        sink = pa.BufferOutputStream()
+        part = batch.take(pa.array(members[shard], pa.int32()))
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_batch(part)
+        yield shard, sink.getvalue().to_pybytes()
+
+
+def _rows_of(encoded: bytes) -> list[Sample]:
+    with pa.ipc.open_stream(encoded) as reader:
+        return [sample for batch in reader for sample in samples_from_batch(batch)]
+
+
 def _judged(joined: dict[str, list[bytes]]) -> list[Sample]:
-    """A shard's samples off the wire, with the stages' verdicts applied."""
+    """A shard's samples off the wire (one by one, or as row batches), with the stages' verdicts
+    applied."""
     samples = [decode_sample(encoded) for encoded in joined["sample"]]
+    for encoded in joined.get("rows", ()):
+        samples += _rows_of(encoded)
     if not joined["verdict"]:
         return samples
     return apply_by_uid(samples, (decode_verdict(encoded) for encoded in joined["verdict"]))
@@ -239,6 +261,10 @@ class WriteShards(beam.PTransform):
     grouped with the samples of their shard and applied there, so a sample's image bytes and
     embeddings cross this one shuffle and no other. Samples and verdicts travel as bytes of their
     coders (`schemas/coders.py`), not pickled.
+
+    `rows` are row batches (`schemas.sample.BATCH_SCHEMA`) written as well: a run in which no stage
+    works sample by sample (no stage, or the text stage alone) sends its rows to their shards as
+    Arrow batches, one per (batch, shard), instead of one element per row. The files are the same.
     """
 
     def __init__(
@@ -248,6 +274,7 @@ class WriteShards(beam.PTransform):
         progress_dir: str | None = None,
         total: beam.PCollection | None = None,
         verdicts: list[beam.PCollection] | None = None,
+        rows: beam.PCollection | None = None,
     ):
         super().__init__()
         self._output_dir = output_dir
@@ -255,6 +282,7 @@ class WriteShards(beam.PTransform):
         self._progress_dir = progress_dir
         self._total = total
         self._verdicts = verdicts or []
+        self._rows = rows
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         total = (
@@ -269,18 +297,26 @@ class WriteShards(beam.PTransform):
         def wire_verdict(found: Verdict, n: int) -> tuple[int, bytes]:
             return shard_of(found.uid, shard_count(n, per_shard)), encode_verdict(found)
 
+        def wire_rows(batch: pa.RecordBatch, n: int) -> Iterator[tuple[int, bytes]]:
+            return rows_by_shard(batch, shard_count(n, per_shard))
+
         verdicts = (
             self._verdicts | "AllVerdicts" >> beam.Flatten()
             if self._verdicts
             else samples.pipeline | "NoVerdicts" >> beam.Create([])
         )
+        wired = {
+            "sample": samples
+            | "AssignShard" >> beam.Map(wire_sample, n=count).with_output_types(tuple[int, bytes]),
+            "verdict": verdicts
+            | "AssignVerdicts" >> beam.Map(wire_verdict, n=count).with_output_types(tuple[int, bytes]),
+        }
+        if self._rows is not None:
+            wired["rows"] = self._rows | "AssignRowShards" >> beam.FlatMap(
+                wire_rows, n=count
+            ).with_output_types(tuple[int, bytes])
         return (
-            {
-                "sample": samples
-                | "AssignShard" >> beam.Map(wire_sample, n=count).with_output_types(tuple[int, bytes]),
-                "verdict": verdicts
-                | "AssignVerdicts" >> beam.Map(wire_verdict, n=count).with_output_types(tuple[int, bytes]),
-            }
+            wired
             | "GroupShards" >> beam.CoGroupByKey()
             | "Write" >> beam.ParDo(_WriteShardFn(self._output_dir, self._config, self._progress_dir))
         )

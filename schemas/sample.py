@@ -236,7 +236,7 @@ _BATCH_FIELDS = tuple(BATCH_SCHEMA.names)
 def batch_from_samples(samples: list[Sample]) -> pa.RecordBatch:
     """The row batch holding `samples` (`BATCH_SCHEMA`); fields past the text stage are not carried."""
     columns: dict[str, list[Any]] = {name: [getattr(s, name) for s in samples] for name in _BATCH_FIELDS}
-    columns["extra"] = [_extra_json(s.extra) for s in samples]
+    columns["extra"] = [extra_json(s.extra) for s in samples]
     return pa.RecordBatch.from_pydict(columns, schema=BATCH_SCHEMA)
 
 
@@ -258,7 +258,8 @@ def samples_from_columns(columns: dict[str, list[Any]]) -> list[Sample]:
     return samples
 
 
-def _extra_json(extra: dict[str, Any]) -> str | None:
+def extra_json(extra: dict[str, Any]) -> str | None:
+    """`extra` as the Parquet and the row batches hold it: JSON with sorted keys, null when empty."""
     return json.dumps(extra, sort_keys=True, ensure_ascii=False) if extra else None
 
 
@@ -276,7 +277,7 @@ def _float32(value: float) -> float:
 def sample_to_metadata_row(sample: Sample) -> dict[str, Any]:
     """The Parquet row of a sample (`METADATA_SCHEMA`); `key` is set only for samples in the tar."""
     row = {name: getattr(sample, name) for name in METADATA_SCHEMA.names if hasattr(sample, name)}
-    row["extra"] = _extra_json(sample.extra)
+    row["extra"] = extra_json(sample.extra)
     for name in _FLOAT32_FIELDS:  # as the Parquet stores them, so the tar's .json says the same
         if row[name] is not None:
             row[name] = _float32(row[name])

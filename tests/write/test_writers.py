@@ -207,10 +207,24 @@ def test_rows_sent_as_batches_write_the_same_files_as_samples(tmp_path):
     rows = [sample(i, ok=False) for i in range(60)]  # rows a run without a fetch writes
     rows[7] = rows[7].decided(Status.REJECTED, "too_few_words", "text", "1 word")
     rows[9] = dataclasses.replace(rows[3])  # a repeated pair: marked `duplicate_uid` in its shard
+    rows[11] = dataclasses.replace(rows[11], extra={"zh": "图片", "a": [1, 2]}, lang_score=0.123456789)
+    for i in (20, 21):  # pending pairs (no stage ran), one of them the text stage's marked copy
+        rows[i] = Sample(uid=rows[i].uid, url=rows[i].url, caption="a kite", extra={})
+    rows[21] = rows[21].decided(Status.REJECTED, "duplicate_url", "text", "copy")
+    rows[21] = dataclasses.replace(rows[21], uid=rows[20].uid, duplicate_of=rows[20].uid)
+    # One uid, two outcomes: the sort (status, then reason) decides which row is kept.
+    rows[41] = dataclasses.replace(rows[40], extra={}).decided(
+        Status.REJECTED, "too_few_words", "text", "1 word"
+    )
     by_sample = _written(tmp_path, "samples", rows, as_batches=False)
     by_batch = _written(tmp_path, "batches", rows, as_batches=True)
     assert sorted(by_sample) == sorted(by_batch) and len(by_sample) == 3  # three Parquet shards
     assert by_sample == by_batch
     read = [r for data in by_batch.values() for r in pq.read_table(io.BytesIO(data)).to_pylist()]
     assert sorted(r["uid"] for r in read) == sorted(s.uid for s in rows)
-    assert sum(r["reason"] == "duplicate_uid" for r in read) == 1
+    # rows[9] and rows[41]; the copy the text stage marked (rows[21]) is not
+    assert sum(r["reason"] == "duplicate_uid" for r in read) == 2
+    assert json.loads(next(r["extra"] for r in read if r["uid"] == rows[11].uid)) == {
+        "zh": "图片",
+        "a": [1, 2],
+    }

@@ -38,12 +38,20 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.coders import decode_sample, decode_verdict, encode_sample, encode_verdict
 from schemas.layout import STATS_FILE, shard_name
-from schemas.sample import METADATA_SCHEMA, Sample, Status, sample_to_metadata_row, samples_from_batch
+from schemas.sample import (
+    METADATA_SCHEMA,
+    Sample,
+    Status,
+    extra_json,
+    sample_to_metadata_row,
+    samples_from_batch,
+)
 from schemas.verdict import Verdict
 from transforms.common.files import write_atomically
 from transforms.common.manifest import is_temp, list_files, read_manifest, write_manifest
@@ -190,6 +198,50 @@ def rows_by_shard(batch: pa.RecordBatch, shards: int) -> Iterator[tuple[int, byt
         yield shard, sink.getvalue().to_pybytes()
 
 
+def _rows_table(encoded: Iterable[bytes]) -> pa.Table:
+    """Row batches off the wire (Arrow IPC) as one `METADATA_SCHEMA` table, in the order and with
+    the `duplicate_uid` marks `_dedup_sorted` gives the same rows as samples; columns the batches do
+    not carry are null (no stage after the reader's and the text stage's set them)."""
+    batches = [batch for data in encoded for batch in pa.ipc.open_stream(data)]
+    table = pa.Table.from_batches(batches).combine_chunks()
+    n = table.num_rows
+    status, reason = table.column("status"), table.column("reason")
+    marked_dup = pc.fill_null(
+        pc.and_(pc.equal(reason, "duplicate_url"), pc.is_valid(table.column("duplicate_of"))), False
+    )
+    order = pc.sort_indices(
+        pa.table({
+            "uid": table.column("uid"),
+            "copy": pc.is_valid(table.column("duplicate_of")),
+            "failed": pc.not_equal(status, Status.SUCCESS),
+            "reason": pc.fill_null(reason, ""),
+        }),
+        sort_keys=[(key, "ascending") for key in ("uid", "copy", "failed", "reason")],
+    )  # fmt: skip
+    table = table.take(order)
+    uids = np.array(table.column("uid").to_pylist(), dtype=object)
+    repeated = np.zeros(n, dtype=bool)
+    repeated[1:] = uids[1:] == uids[:-1]
+    repeated &= ~np.asarray(marked_dup.take(order).to_pylist(), dtype=bool)
+    columns = {name: table.column(name) for name in table.column_names}
+    if repeated.any():  # as `Sample.decided(REJECTED, "duplicate_uid", "write", ...)` marks them
+        mask = pa.array(repeated)
+        for name, value in (
+            ("status", Status.REJECTED), ("reason", "duplicate_uid"), ("stage", "write"),
+            ("error", "same url and caption as a kept row"),
+        ):  # fmt: skip
+            columns[name] = pc.if_else(mask, pa.scalar(value, pa.string()), columns[name])
+    # `extra` as `sample_to_metadata_row` writes it: sorted keys, null when empty.
+    columns["extra"] = pa.array(
+        [extra_json(json.loads(text)) if text else None for text in columns["extra"].to_pylist()],
+        pa.string(),
+    )
+    return pa.table(
+        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in METADATA_SCHEMA],
+        schema=METADATA_SCHEMA,
+    )
+
+
 def _rows_of(encoded: bytes) -> list[Sample]:
     with pa.ipc.open_stream(encoded) as reader:
         return [sample for batch in reader for sample in samples_from_batch(batch)]
@@ -217,6 +269,9 @@ class _WriteShardFn(beam.DoFn):
 
     def process(self, element: tuple[int, dict[str, list[bytes]]]) -> Iterator[dict[str, Any]]:
         index, joined = element
+        if joined.get("rows") and not joined["sample"] and not joined["verdict"]:
+            yield self._write_rows(index, joined["rows"])
+            return
         samples = _dedup_sorted(_judged(joined))
         name = shard_name(index)
         tar = tar_bytes(tar_members(samples))
@@ -242,6 +297,34 @@ class _WriteShardFn(beam.DoFn):
             "samples": len(samples),
             "kept": kept,
             "tar_bytes": len(tar) if kept else 0,
+            "counts": sorted([*key, n] for key, n in counts.items()),
+        }
+
+    def _write_rows(self, index: int, encoded: list[bytes]) -> dict[str, Any]:
+        """A shard of row batches only (a run without a per-sample stage): its Parquet written
+        from the Arrow rows, without a `Sample` per row. The rows have no image: no tar, no
+        embeddings."""
+        name = shard_name(index)
+        table = _rows_table(encoded)
+        buffer = io.BytesIO()
+        compression = self._config.parquet_compression
+        pq.write_table(table, buffer, compression=None if compression == "none" else compression)
+        write_atomically(f"{self._output_dir}/{name}.parquet", buffer.getvalue())
+        keys = zip(*(table.column(c).to_pylist() for c in ("stage", "status", "reason")), strict=True)
+        counts = Counter((stage or "", status, reason or "") for stage, status, reason in keys)
+        for (stage, status, reason), n in counts.items():
+            for _ in range(n):
+                if stage in ("", "write"):
+                    self._counter.add(kept=status == Status.SUCCESS, reason=reason or None)
+                else:
+                    self._counter.add_passed()
+        self._counter.flush()
+        return {
+            "shard": name,
+            "files": [f"{name}.parquet"],
+            "samples": table.num_rows,
+            "kept": 0,
+            "tar_bytes": 0,
             "counts": sorted([*key, n] for key, n in counts.items()),
         }
 

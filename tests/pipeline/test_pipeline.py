@@ -141,22 +141,37 @@ def test_stages_subset_without_crawl_writes_metadata_only(sample_web, tmp_path):
     assert len(read_output_rows(str(tmp_path))) == stats["samples"]
 
 
-def test_a_row_lost_between_read_and_write_fails_the_run(sample_web, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("path", ["samples", "batches"])
+def test_a_row_lost_between_read_and_write_fails_the_run(sample_web, tmp_path, monkeypatch, capsys, path):
     """Stages never drop a row, so a shard set short of the rows read is a runner fault: the run
     says so in stats.json and fails (exit 1), never reports success over incomplete shards. The
-    loss is made here by a sample step that skips one URL's row."""
+    loss is made here by a step that skips one URL's row: the one that makes a `Sample` per row
+    (a run with a per-sample stage), or the one that splits row batches by shard (a run without)."""
+    import pyarrow.compute as pc
+
     import pipeline.build
     from pipeline.cli import main
     from pipeline.output.errors import RowsLostError
     from schemas.sample import samples_from_batch
+    from transforms.write import shards
 
     victim = sample_web.truth_rows()[7]["url"]
+    if path == "samples":
+        stages = "run.stages=[safety]"  # no check configured: every row passes through it untouched
 
-    def losing(batch):
-        return [s for s in samples_from_batch(batch) if s.url != victim]
+        def losing(batch):
+            return [s for s in samples_from_batch(batch) if s.url != victim]
 
-    monkeypatch.setattr(pipeline.build, "samples_from_batch", losing)
-    config = load_config(overrides=[*TEST_OVERRIDES, "run.stages=[]"])
+        monkeypatch.setattr(pipeline.build, "samples_from_batch", losing)
+    else:
+        stages = "run.stages=[]"
+        real = shards.rows_by_shard
+
+        def losing_rows(batch, n):
+            return real(batch.filter(pc.fill_null(pc.not_equal(batch.column("url"), victim), True)), n)
+
+        monkeypatch.setattr(shards, "rows_by_shard", losing_rows)
+    config = load_config(overrides=[*TEST_OVERRIDES, stages])
     with pytest.raises(RowsLostError, match=r"were read and .* written: the runner lost 1;"):
         run_job(config, [sample_web.urls], str(tmp_path / "out"))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
@@ -171,7 +186,7 @@ def test_a_row_lost_between_read_and_write_fails_the_run(sample_web, tmp_path, m
             "--output",
             str(tmp_path / "cli"),
             "--set",
-            "run.stages=[]",
+            stages,
             *[arg for o in TEST_OVERRIDES for arg in ("--set", o)],
         ]
     )

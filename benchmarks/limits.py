@@ -64,6 +64,7 @@ from transforms.crawl.config import ImageOptions  # noqa: E402
 from transforms.crawl.imaging import ImageError, process_image  # noqa: E402
 from transforms.dedup import DedupConfig, DeduplicateImages  # noqa: E402
 from transforms.dedup.fingerprints import fingerprint  # noqa: E402
+from transforms.dedup.perceptual import hash_bands  # noqa: E402
 from transforms.embed.clip import load_clip, model_pixels, preprocessing  # noqa: E402
 from transforms.embed.config import EmbedConfig  # noqa: E402
 from transforms.noise import NoiseConfig, RepairCaptions  # noqa: E402
@@ -202,8 +203,8 @@ def dedup_core(samples: list[Sample], config: DedupConfig, options: ImageOptions
     for f in prints:
         exact.setdefault(f.sha256, []).append(f.uid)
         exact.setdefault(f.pixels, []).append(f.uid)
-        for band in range(4):  # 4 bands of 16 bits: pigeonhole for hash distances <= 3
-            near.setdefault((band, (f.hash64 >> (16 * band)) & 0xFFFF), []).append(f.uid)
+        for key in hash_bands(f.hash64, config.bands):  # the stage's own bands of the perceptual hash
+            near.setdefault(key, []).append(f.uid)
     vectors = _f32([s.image_embedding for s in samples])
     k = cluster_count(len(vectors), len(vectors), config.cluster_size, config.clusters)
     ids, _ = assign(vectors, train_centroids(vectors, k, seed=config.seed, niter=config.kmeans_iterations))
@@ -233,27 +234,30 @@ def judged_limits(count: int, workdir: str) -> list[tuple[str, float, str]]:
     dedup, noise, options = DedupConfig(), NoiseConfig(), ImageOptions()
     output = OutputConfig(samples_per_shard=1000)
 
-    cores = {
-        "dedup": lambda: dedup_core(samples, dedup, options),
-        "noise": lambda: noise_core(samples, noise),
-        "write": lambda: (tar_bytes(tar_members(samples)), parquet_bytes(samples, "zstd")),
-    }
-    stages = {  # a new transform per run
-        "dedup": lambda: DeduplicateImages(dedup, options, embed),
-        "noise": lambda: RepairCaptions(noise, embed),
-        "write": lambda: WriteShards(tempfile.mkdtemp(dir=workdir), output),
+    # name: (what its core does, the core, a new stage transform per run)
+    parts = {
+        "dedup": (
+            "hashing + FAISS",
+            lambda: dedup_core(samples, dedup, options),
+            lambda: DeduplicateImages(dedup, options, embed),
+        ),
+        "noise": (
+            "neighbours + mixtures + concepts",
+            lambda: noise_core(samples, noise),
+            lambda: RepairCaptions(noise, embed),
+        ),
+        "write": (
+            "tar + Parquet",
+            lambda: (tar_bytes(tar_members(samples)), parquet_bytes(samples, "zstd")),
+            lambda: WriteShards(tempfile.mkdtemp(dir=workdir), output),
+        ),
     }
     rows = []
-    for name, core in cores.items():
+    for name, (what, core, stage) in parts.items():
         core_rate = count / timed(core)
-        took = embed_throughput.time_through(samples, stages[name]())
-        rate = (count - len(small)) / (took - embed_throughput.time_through(small, stages[name]()))
-        what = {
-            "dedup": "hashing + FAISS",
-            "noise": "neighbours + mixtures + concepts",
-            "write": "tar + Parquet",
-        }
-        rows.append((f"{name}: {what[name]} only, one process", core_rate, ""))
+        took = embed_throughput.time_through(samples, stage())
+        rate = (count - len(small)) / (took - embed_throughput.time_through(small, stage()))
+        rows.append((f"{name}: {what} only, one process", core_rate, ""))
         rows.append((f"{name} stage through Beam", rate, f"{rate / core_rate:.2f} of the limit"))
     return rows
 

@@ -180,7 +180,9 @@ def test_tar_member_names_are_generated_keys_never_urls_or_captions():
     assert texts == {caption for _, caption in hostile}
 
 
-def _written(tmp_path, name: str, rows: list[Sample], as_batches: bool) -> dict[str, bytes]:
+def _written(
+    tmp_path, name: str, rows: list[Sample], as_batches: bool, mixed: bool = False
+) -> dict[str, bytes]:
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing import test_pipeline
@@ -193,7 +195,10 @@ def _written(tmp_path, name: str, rows: list[Sample], as_batches: bool) -> dict[
     out.mkdir()
     with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
         total = p | "Total" >> beam.Create([len(rows)])
-        if as_batches:  # three uneven batches, as a reader's
+        if mixed:  # the first half as samples, the rest as batches, into the same shards
+            batches = p | "Batches" >> beam.Create([batch_from_samples(rows[30:])])
+            samples = p | "Samples" >> beam.Create(rows[:30])
+        elif as_batches:  # three uneven batches, as a reader's
             parts = [rows[:40], rows[40:41], rows[41:]]
             batches = p | "Batches" >> beam.Create([batch_from_samples(part) for part in parts])
             samples = p | "None" >> beam.Create([]).with_output_types(Sample)
@@ -220,6 +225,7 @@ def test_rows_sent_as_batches_write_the_same_files_as_samples(tmp_path):
     by_batch = _written(tmp_path, "batches", rows, as_batches=True)
     assert sorted(by_sample) == sorted(by_batch) and len(by_sample) == 3  # three Parquet shards
     assert by_sample == by_batch
+    assert _written(tmp_path, "mixed", rows, as_batches=True, mixed=True) == by_sample
     read = [r for data in by_batch.values() for r in pq.read_table(io.BytesIO(data)).to_pylist()]
     assert sorted(r["uid"] for r in read) == sorted(s.uid for s in rows)
     # rows[9] and rows[41]; the copy the text stage marked (rows[21]) is not

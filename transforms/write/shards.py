@@ -198,17 +198,22 @@ def rows_by_shard(batch: pa.RecordBatch, shards: int) -> Iterator[tuple[int, byt
         yield shard, sink.getvalue().to_pybytes()
 
 
+def _batches_of(encoded: Iterable[bytes]) -> list[pa.RecordBatch]:
+    """The row batches of `rows_by_shard`'s IPC stream bytes."""
+    batches: list[pa.RecordBatch] = []
+    for data in encoded:
+        with pa.ipc.open_stream(data) as reader:
+            batches += list(reader)
+    return batches
+
+
 def _rows_table(encoded: Iterable[bytes]) -> pa.Table:
     """Row batches off the wire (Arrow IPC) as one `METADATA_SCHEMA` table, in the order and with
     the `duplicate_uid` marks `_dedup_sorted` gives the same rows as samples; columns the batches do
     not carry are null (no stage after the reader's and the text stage's set them)."""
-    batches = [batch for data in encoded for batch in pa.ipc.open_stream(data)]
-    table = pa.Table.from_batches(batches).combine_chunks()
+    table = pa.Table.from_batches(_batches_of(encoded)).combine_chunks()
     n = table.num_rows
     status, reason = table.column("status"), table.column("reason")
-    marked_dup = pc.fill_null(
-        pc.and_(pc.equal(reason, "duplicate_url"), pc.is_valid(table.column("duplicate_of"))), False
-    )
     order = pc.sort_indices(
         pa.table({
             "uid": table.column("uid"),
@@ -219,10 +224,13 @@ def _rows_table(encoded: Iterable[bytes]) -> pa.Table:
         sort_keys=[(key, "ascending") for key in ("uid", "copy", "failed", "reason")],
     )  # fmt: skip
     table = table.take(order)
+    marked = pc.and_(
+        pc.equal(table.column("reason"), "duplicate_url"), pc.is_valid(table.column("duplicate_of"))
+    )
     uids = np.array(table.column("uid").to_pylist(), dtype=object)
     repeated = np.zeros(n, dtype=bool)
     repeated[1:] = uids[1:] == uids[:-1]
-    repeated &= ~np.asarray(marked_dup.take(order).to_pylist(), dtype=bool)
+    repeated &= ~np.asarray(pc.fill_null(marked, False).to_pylist(), dtype=bool)
     columns = {name: table.column(name) for name in table.column_names}
     if repeated.any():  # as `Sample.decided(REJECTED, "duplicate_uid", "write", ...)` marks them
         mask = pa.array(repeated)
@@ -242,17 +250,12 @@ def _rows_table(encoded: Iterable[bytes]) -> pa.Table:
     )
 
 
-def _rows_of(encoded: bytes) -> list[Sample]:
-    with pa.ipc.open_stream(encoded) as reader:
-        return [sample for batch in reader for sample in samples_from_batch(batch)]
-
-
 def _judged(joined: dict[str, list[bytes]]) -> list[Sample]:
     """A shard's samples off the wire (one by one, or as row batches), with the stages' verdicts
     applied."""
     samples = [decode_sample(encoded) for encoded in joined["sample"]]
-    for encoded in joined.get("rows", ()):
-        samples += _rows_of(encoded)
+    for batch in _batches_of(joined.get("rows", ())):
+        samples += samples_from_batch(batch)
     if not joined["verdict"]:
         return samples
     return apply_by_uid(samples, (decode_verdict(encoded) for encoded in joined["verdict"]))

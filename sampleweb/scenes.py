@@ -118,7 +118,8 @@ def _distance(a: RGB, b: RGB) -> float:
     return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
 
 
-def _object_colors(background: str) -> list[str]:
+def object_colors(background: str) -> list[str]:
+    """The colours an object may have on ``background``: far from it and from its second tone."""
     bg = COLORS[background]
     tone = second_tone(bg)
     return [
@@ -140,7 +141,7 @@ def random_scene(rng: np.random.Generator) -> Scene:
     pattern = _pick(rng, PATTERNS)
     count = int(rng.choice(len(_OBJECT_COUNT_WEIGHTS), p=_OBJECT_COUNT_WEIGHTS)) + 1
     positions = [POSITIONS[int(i)] for i in rng.permutation(len(POSITIONS))[:count]]
-    palette = _object_colors(background)
+    palette = object_colors(background)
     objects: list[SceneObject] = []
     used: set[tuple[str, str]] = set()
     for position in positions:

@@ -1,0 +1,112 @@
+"""Scoring a trained checkpoint with clip_benchmark on eval sets in its WebDataset layout.
+
+Contract:
+
+* An eval set is a folder in clip_benchmark's WebDataset layout (``test/nshards.txt``,
+  ``test/0.tar`` …, ``dataset_type.txt``; ``classnames.txt`` and
+  ``zeroshot_classification_templates.txt`` for a classification), as ``winnow corpus`` writes under
+  ``<out>/eval`` and as DataComp's 38 evaluation sets are published.  :func:`find_eval_sets` takes
+  the folder given and its direct sub-folders that hold such a set.
+* The datasets are loaded by ``clip_benchmark.datasets.builder.build_dataset("wds/<name>")`` and
+  scored by clip_benchmark's own metrics (``zeroshot_classification.evaluate``,
+  ``zeroshot_retrieval.evaluate``), with the checkpoint loaded through open_clip and the
+  preprocessing it was trained with.
+* Metric names: ``zeroshot_acc`` (top-1 accuracy of the classification, or of the mean over several
+  classification sets), ``zeroshot_acc5``, ``retrieval_r5`` (mean of image and text retrieval
+  recall@5 over the retrieval sets), ``image_r5``, ``text_r5``; and the same per set, prefixed
+  ``<set name>/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The metrics every evaluation reports, in table order.
+HEADLINE = ("zeroshot_acc", "zeroshot_acc5", "retrieval_r5", "image_r5", "text_r5")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One clip_benchmark WebDataset folder."""
+
+    name: str
+    root: str
+    kind: str  # classification | retrieval
+
+
+def find_eval_sets(folder: str) -> list[EvalSet]:
+    """The eval sets in ``folder`` and its direct sub-folders; ``ValueError`` when there is none."""
+    candidates = [folder] + sorted(
+        os.path.join(folder, name) for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))
+    )
+    found = []
+    for root in candidates:
+        if not os.path.exists(os.path.join(root, "test", "nshards.txt")):
+            continue
+        kind_path = os.path.join(root, "dataset_type.txt")
+        kind = open(kind_path).read().strip().lower() if os.path.exists(kind_path) else "classification"
+        if kind not in ("classification", "retrieval"):
+            raise ValueError(f"--eval: {kind_path} says {kind!r}; expected classification or retrieval")
+        if kind == "classification" and not os.path.exists(os.path.join(root, "classnames.txt")):
+            raise ValueError(f"--eval: {root} is a classification set without classnames.txt")
+        name = "concepts" if root == folder else os.path.basename(root)
+        found.append(EvalSet(name=name, root=root, kind=kind))
+    if not found:
+        raise ValueError(f"--eval: {folder} holds no eval set in clip_benchmark's layout (test/nshards.txt)")
+    return found
+
+
+def score_checkpoint(
+    model_name: str, checkpoint: str, sets: Sequence[EvalSet], batch_size: int = 256
+) -> dict[str, float]:
+    """clip_benchmark's metrics of ``checkpoint`` on ``sets`` (the names above)."""
+    import open_clip
+    import torch
+    from clip_benchmark.datasets.builder import build_dataset
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint, device=device)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    metrics: dict[str, float] = {}
+    for eval_set in sets:
+        task = "zeroshot_classification" if eval_set.kind == "classification" else "zeroshot_retrieval"
+        dataset = build_dataset(
+            f"wds/{eval_set.name}", root=eval_set.root, transform=preprocess, split="test", task=task
+        )
+        # as clip_benchmark's CLI loads a wds/ set: its own batches, no further collation
+        loader = torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, num_workers=0)
+        if eval_set.kind == "classification":
+            found = zeroshot_classification.evaluate(
+                model, loader, tokenizer, dataset.classes, dataset.templates, device, amp=False
+            )
+            metrics[f"{eval_set.name}/zeroshot_acc"] = float(found["acc1"])
+            metrics[f"{eval_set.name}/zeroshot_acc5"] = float(found["acc5"])
+        else:
+            found = zeroshot_retrieval.evaluate(model, loader, tokenizer, device, amp=False, recall_k_list=[5])
+            metrics[f"{eval_set.name}/image_r5"] = float(found["image_retrieval_recall@5"])
+            metrics[f"{eval_set.name}/text_r5"] = float(found["text_retrieval_recall@5"])
+    return {**headline(metrics, sets), **metrics}
+
+
+def headline(metrics: dict[str, float], sets: Sequence[EvalSet]) -> dict[str, float]:
+    """The headline metrics: means over the sets of each kind."""
+
+    def mean(kind: str, metric: str) -> float | None:
+        values = [metrics[f"{s.name}/{metric}"] for s in sets if s.kind == kind]
+        return float(np.mean(values)) if values else None
+
+    found = {
+        "zeroshot_acc": mean("classification", "zeroshot_acc"),
+        "zeroshot_acc5": mean("classification", "zeroshot_acc5"),
+        "image_r5": mean("retrieval", "image_r5"),
+        "text_r5": mean("retrieval", "text_r5"),
+    }
+    if found["image_r5"] is not None and found["text_r5"] is not None:
+        found["retrieval_r5"] = (found["image_r5"] + found["text_r5"]) / 2
+    return {name: value for name, value in found.items() if value is not None}

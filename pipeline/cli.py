@@ -188,6 +188,35 @@ def _parser() -> argparse.ArgumentParser:
     corpus.add_argument("--seed", type=int, default=0)
     corpus.set_defaults(handler=_cmd_corpus)
 
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[verbose],
+        help="train a CLIP model on each output with open_clip's trainer and score it with clip_benchmark",
+    )
+    evaluate.add_argument("outputs", nargs="*", metavar="OUTPUT", help="output folders of runs (local)")
+    evaluate.add_argument(
+        "--eval", required=True, metavar="EVAL_DIR", help="eval set(s) in clip_benchmark's WebDataset layout"
+    )
+    evaluate.add_argument("--samples-seen", type=int, default=20_000, help="samples each model trains on")
+    evaluate.add_argument("--seeds", type=int, default=3, help="trainings per output (seeds 0..K-1)")
+    evaluate.add_argument(
+        "--model",
+        default="winnow-tiny-clip",
+        help="architecture trained from scratch: an open_clip model name or a model config .json",
+    )
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--workdir", help="checkpoints and logs (default: beside --report)")
+    evaluate.add_argument("--report", default="evaluation.json", help="the JSON file written")
+    evaluate.add_argument(
+        "--ablate",
+        action="store_true",
+        help="run the pipeline once per curation configuration on --input, then evaluate every output",
+    )
+    evaluate.add_argument("--input", action="append", help="with --ablate: the input (repeatable)")
+    evaluate.add_argument("--workers", type=int, help="with --ablate: local worker processes")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
     serve = sub.add_parser("serve", parents=[verbose], help="serve a generated sample web on loopback")
     serve.add_argument("dir")
     serve.add_argument("--port", type=int, default=8000)
@@ -333,6 +362,7 @@ def _cut(text: str | None, width: int) -> str:
 
 def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import generate_corpus
+    from sampleweb.evalset import EVAL_DIR, write_eval_set
 
     if args.samples < 1:
         raise UsageError(f"--samples ({args.samples}) must be >= 1")
@@ -343,7 +373,62 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
     except FileExistsError as err:
         raise UsageError(str(err)) from err
     print(f"wrote {args.samples} samples to {args.out} ({summary})")
+    print(write_eval_set(os.path.join(args.out, EVAL_DIR), args.seed))
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipeline.evaluate import EvaluateConfig, evaluate_outputs, format_table, write_json
+    from pipeline.evaluate.train import TrainingError, TrainRecipe
+
+    if beam_args:
+        raise UsageError(f"unexpected argument(s) {beam_args}")
+    if args.ablate == bool(args.outputs):
+        raise UsageError("give either OUTPUT folders or --ablate with --input")
+    if args.ablate and not args.input:
+        raise UsageError("--ablate needs --input: the pairs every configuration curates")
+    if not args.ablate and (args.input or args.config or args.set or args.stages):
+        raise UsageError("--input, --config, --set and --stages go with --ablate")
+    if not os.path.isdir(args.eval):
+        raise UsageError(f"--eval: {args.eval} is not a folder")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size ({args.batch_size}) must be >= 1")
+    try:
+        config = EvaluateConfig(
+            samples_seen=args.samples_seen,
+            seeds=args.seeds,
+            model=args.model,
+            recipe=TrainRecipe(batch_size=args.batch_size, precision=_precision()),
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    workdir = args.workdir or os.path.join(os.path.dirname(os.path.abspath(args.report)), "evaluation")
+    outputs, labels = list(args.outputs), None
+    if args.ablate:
+        from pipeline.evaluate.ablate import ablation_configs, run_ablations
+
+        if args.stages:
+            raise UsageError("--stages does not go with --ablate: each configuration sets its stages")
+        runs = run_ablations(ablation_configs(args.config, list(args.set)), args.input, workdir, args.workers)
+        labels = [name for name, _ in runs]
+        outputs = [output for _, output in runs]
+    try:
+        rows = evaluate_outputs(outputs, args.eval, config, workdir, labels)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    except TrainingError as err:
+        print(f"winnow: {err}", file=sys.stderr)
+        return 1
+    write_json(rows, args.report, args.eval, config)
+    print(format_table(rows))
+    print(f"evaluation: {args.report}")
+    return 0
+
+
+def _precision() -> str:
+    import torch
+
+    return "amp" if torch.cuda.is_available() else "fp32"
 
 
 def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:

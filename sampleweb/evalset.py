@@ -38,8 +38,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from sampleweb.captions import describe
-from sampleweb.scenes import COLORS, PATTERNS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, object_colors
-from sampleweb.scenes import random_scene, render
+from sampleweb.scenes import (
+    COLORS,
+    PATTERNS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    SceneObject,
+    object_colors,
+    random_scene,
+    render,
+)
 
 EVAL_DIR = "eval"
 RETRIEVAL_DIR = "retrieval"
@@ -169,4 +179,3 @@ def write_eval_set(
         classification_images=per_class * len(names),
         retrieval_images=retrieval_pairs,
     )
-

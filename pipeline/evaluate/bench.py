@@ -8,8 +8,9 @@ Contract:
   ``<out>/eval`` and as DataComp's 38 evaluation sets are published.  :func:`find_eval_sets` takes
   the folder given and its direct sub-folders that hold such a set.
 * The datasets are loaded by ``clip_benchmark.datasets.builder.build_dataset("wds/<name>")`` and
-  scored by clip_benchmark's own metrics (``zeroshot_classification.evaluate``,
-  ``zeroshot_retrieval.evaluate``), with the checkpoint loaded through open_clip and the
+  scored by clip_benchmark's own code: the classifier from the templates and class names
+  (``zero_shot_classifier``), the logits (``run_classification``) and the retrieval recall
+  (``zeroshot_retrieval.evaluate``), with the checkpoint loaded through open_clip and the
   preprocessing it was trained with.
 * Metric names: ``zeroshot_acc`` (top-1 accuracy of the classification, or of the mean over several
   classification sets), ``zeroshot_acc5``, ``retrieval_r5`` (mean of image and text retrieval
@@ -48,7 +49,10 @@ def find_eval_sets(folder: str) -> list[EvalSet]:
         if not os.path.exists(os.path.join(root, "test", "nshards.txt")):
             continue
         kind_path = os.path.join(root, "dataset_type.txt")
-        kind = open(kind_path).read().strip().lower() if os.path.exists(kind_path) else "classification"
+        kind = "classification"  # clip_benchmark's default when the file is missing
+        if os.path.exists(kind_path):
+            with open(kind_path, encoding="utf-8") as handle:
+                kind = handle.read().strip().lower()
         if kind not in ("classification", "retrieval"):
             raise ValueError(f"--eval: {kind_path} says {kind!r}; expected classification or retrieval")
         if kind == "classification" and not os.path.exists(os.path.join(root, "classnames.txt")):
@@ -70,7 +74,9 @@ def score_checkpoint(
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint, device=device)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=checkpoint, device=device
+    )
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     metrics: dict[str, float] = {}
@@ -82,16 +88,30 @@ def score_checkpoint(
         # as clip_benchmark's CLI loads a wds/ set: its own batches, no further collation
         loader = torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, num_workers=0)
         if eval_set.kind == "classification":
-            found = zeroshot_classification.evaluate(
-                model, loader, tokenizer, dataset.classes, dataset.templates, device, amp=False
+            classifier = zeroshot_classification.zero_shot_classifier(
+                model, tokenizer, dataset.classes, dataset.templates, device, amp=False
             )
-            metrics[f"{eval_set.name}/zeroshot_acc"] = float(found["acc1"])
-            metrics[f"{eval_set.name}/zeroshot_acc5"] = float(found["acc5"])
+            logits, target = zeroshot_classification.run_classification(
+                model, classifier, loader, device, amp=False
+            )
+            acc1, acc5 = top_k_accuracy(logits, target, (1, 5))
+            metrics[f"{eval_set.name}/zeroshot_acc"] = acc1
+            metrics[f"{eval_set.name}/zeroshot_acc5"] = acc5
         else:
-            found = zeroshot_retrieval.evaluate(model, loader, tokenizer, device, amp=False, recall_k_list=[5])
+            found = zeroshot_retrieval.evaluate(
+                model, loader, tokenizer, device, amp=False, recall_k_list=[5]
+            )
             metrics[f"{eval_set.name}/image_r5"] = float(found["image_retrieval_recall@5"])
             metrics[f"{eval_set.name}/text_r5"] = float(found["text_retrieval_recall@5"])
     return {**headline(metrics, sets), **metrics}
+
+
+def top_k_accuracy(logits, target, topk: Sequence[int]) -> list[float]:
+    """Share of images whose class is among the k highest logits: clip_benchmark's ``accuracy``,
+    whose last step (``float`` of a one-element array) NumPy 2.4 refuses."""
+    ranked = logits.topk(max(topk), 1, True, True)[1].t()
+    correct = ranked.eq(target.view(1, -1).expand_as(ranked))
+    return [float(correct[:k].sum().item()) / len(target) for k in topk]
 
 
 def headline(metrics: dict[str, float], sets: Sequence[EvalSet]) -> dict[str, float]:

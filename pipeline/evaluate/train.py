@@ -31,7 +31,9 @@ from pathlib import Path
 LOG = logging.getLogger(__name__)
 
 #: The shipped small model's folder: its architecture is the CPU configuration's.
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[2] / "transforms" / "embed" / "models" / "winnow-tiny-clip"
+SHIPPED_MODEL_DIR = (
+    Path(__file__).resolve().parents[2] / "transforms" / "embed" / "models" / "winnow-tiny-clip"
+)
 DEFAULT_MODEL = "winnow-tiny-clip"
 
 

@@ -1,0 +1,147 @@
+"""`winnow evaluate`: open_clip's trainer and clip_benchmark, end to end on real outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.evaluate import describe_output, find_eval_sets
+from sampleweb.evalset import class_names, write_eval_set
+from tests.conftest import TEST_OVERRIDES, ReferenceRun, SampleWeb, read_output_rows
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = str(tmp_path_factory.mktemp("evalset") / "eval")
+    write_eval_set(folder, seed=0, per_class=1, retrieval_pairs=40)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def crawl_only(sample_web: SampleWeb, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The raw pool of the reference run's input: the crawl alone."""
+    from pipeline.config import load_config
+    from pipeline.jobs import run_job
+
+    output = str(tmp_path_factory.mktemp("crawl-only"))
+    run_job(load_config(overrides=[*TEST_OVERRIDES, "run.stages=[crawl]"]), [sample_web.urls], output)
+    return output
+
+
+def test_eval_set_is_clip_benchmarks_webdataset_layout(eval_dir: str) -> None:
+    from clip_benchmark.datasets.builder import build_dataset
+
+    sets = {found.name: found for found in find_eval_sets(eval_dir)}
+    assert {name: found.kind for name, found in sets.items()} == {
+        "concepts": "classification",
+        "retrieval": "retrieval",
+    }
+    concepts = build_dataset("wds/concepts", root=eval_dir, split="test", task="zeroshot_classification")
+    assert concepts.classes == class_names() and len(concepts.classes) == 100
+    assert all("{c}" in template for template in concepts.templates)
+    labels = [int(label) for _, label in concepts]
+    assert labels == list(range(100))  # one image per class, in class order
+    retrieval = build_dataset(
+        "wds/retrieval", root=sets["retrieval"].root, split="test", task="zeroshot_retrieval"
+    )
+    pairs = list(retrieval)
+    assert len(pairs) == 40
+    for image, captions in pairs:
+        assert image.size == (256, 256)
+        assert len(captions) == 2 and all(caption.strip() for caption in captions)
+
+
+def test_eval_set_is_byte_identical_for_the_same_seed(eval_dir: str, tmp_path) -> None:
+    again = str(tmp_path / "eval")
+    write_eval_set(again, seed=0, per_class=1, retrieval_pairs=40)
+    for relative in ("test/0.tar", "retrieval/test/0.tar", "classnames.txt"):
+        with (
+            open(os.path.join(eval_dir, relative), "rb") as a,
+            open(os.path.join(again, relative), "rb") as b,
+        ):
+            assert a.read() == b.read(), relative
+    other = str(tmp_path / "other")
+    write_eval_set(other, seed=1, per_class=1, retrieval_pairs=40)
+    with (
+        open(os.path.join(eval_dir, "test/0.tar"), "rb") as a,
+        open(os.path.join(other, "test/0.tar"), "rb") as b,
+    ):
+        assert a.read() != b.read()
+
+
+def test_describe_output_counts_the_kept_samples_and_names_the_input(
+    reference_run: ReferenceRun, crawl_only: str, tmp_path
+) -> None:
+    default, raw = describe_output(reference_run.dir), describe_output(crawl_only)
+    rows = read_output_rows(reference_run.dir)
+    assert default.pool_size == sum(row["status"] == "success" for row in rows)
+    in_tars = 0
+    for shard in default.shards:
+        with tarfile.open(shard) as tar:
+            in_tars += sum(name.endswith(".txt") for name in tar.getnames())
+    assert in_tars == default.pool_size
+    assert raw.pool_size > default.pool_size
+    assert raw.input_digest == default.input_digest  # same pairs curated two ways
+    # An output of other pairs: one shard's rows only.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    first = sorted(name for name in os.listdir(crawl_only) if name.endswith(".parquet"))[0]
+    for name in (first, first.replace(".parquet", ".tar"), "stats.json"):
+        shutil.copy(os.path.join(crawl_only, name), partial / name)
+    assert describe_output(str(partial)).input_digest != raw.input_digest
+
+
+@pytest.mark.slow
+def test_evaluate_trains_and_scores_each_output(
+    reference_run: ReferenceRun, crawl_only: str, eval_dir: str, tmp_path, capsys
+) -> None:
+    report = tmp_path / "evaluation.json"
+    code = main(
+        [
+            "evaluate", crawl_only, reference_run.dir, "--eval", eval_dir,
+            "--samples-seen", "256", "--seeds", "1", "--batch-size", "32",
+            "--report", str(report), "--workdir", str(tmp_path / "work"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    document = json.loads(report.read_text())
+    rows = document["outputs"]
+    assert [row["output"] for row in rows] == [crawl_only, reference_run.dir]
+    for row in rows:
+        assert row["samples_seen"] == 256 and row["same_input"] is True
+        kept = sum(
+            status == "success"
+            for name in os.listdir(row["output"])
+            if name.endswith(".parquet")
+            for status in pq.read_table(os.path.join(row["output"], name)).column("status").to_pylist()
+        )
+        assert row["pool_size"] == kept
+        for metric in ("zeroshot_acc", "retrieval_r5", "concepts/zeroshot_acc", "retrieval/image_r5"):
+            assert 0.0 <= row[metric]["mean"] <= 1.0
+            assert row[metric]["std"] == 0.0  # one seed
+        assert len(row["runs"]) == 1
+        # open_clip's trainer wrote its checkpoint after one epoch of the samples asked for
+        assert os.path.exists(tmp_path / "work" / f"{rows.index(row):02d}-{row['label']}" / "seed0")
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["output", "pool", "seen"]
+    assert os.path.basename(crawl_only) in lines[1] and os.path.basename(reference_run.dir) in lines[2]
+    # The trainer saw the samples asked for: its log reports the epoch's sample count.
+    log = (tmp_path / "work" / f"00-{rows[0]['label']}" / "seed0" / "logs" / "seed0" / "out.log").read_text()
+    assert "train_num_samples: 256" in log
+
+
+def test_evaluate_refuses_a_folder_that_is_no_output(eval_dir: str, tmp_path, capsys) -> None:
+    (tmp_path / "notes").mkdir()
+    code = main(
+        ["evaluate", str(tmp_path / "notes"), "--eval", eval_dir, "--report", str(tmp_path / "e.json")]
+    )
+    assert code == 2
+    assert "is not a Winnow output" in capsys.readouterr().err
+    assert not (tmp_path / "e.json").exists()

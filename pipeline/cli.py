@@ -213,6 +213,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run the pipeline once per curation configuration on --input, then evaluate every output",
     )
     evaluate.add_argument("--input", action="append", help="with --ablate: the input (repeatable)")
+    evaluate.add_argument(
+        "--ablations",
+        help="with --ablate: a comma-separated subset of "
+        "no-filter,text,clip-top30,dedup,default,repair,balance (default: all)",
+    )
     evaluate.add_argument("--workers", type=int, help="with --ablate: local worker processes")
     _add_config_args(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
@@ -387,8 +392,8 @@ def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UsageError("give either OUTPUT folders or --ablate with --input")
     if args.ablate and not args.input:
         raise UsageError("--ablate needs --input: the pairs every configuration curates")
-    if not args.ablate and (args.input or args.config or args.set or args.stages):
-        raise UsageError("--input, --config, --set and --stages go with --ablate")
+    if not args.ablate and (args.input or args.config or args.set or args.stages or args.ablations):
+        raise UsageError("--input, --ablations, --config, --set and --stages go with --ablate")
     if not os.path.isdir(args.eval):
         raise UsageError(f"--eval: {args.eval} is not a folder")
     if args.batch_size < 1:
@@ -409,7 +414,12 @@ def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
 
         if args.stages:
             raise UsageError("--stages does not go with --ablate: each configuration sets its stages")
-        runs = run_ablations(ablation_configs(args.config, list(args.set)), args.input, workdir, args.workers)
+        names = [name for name in (args.ablations or "").split(",") if name]
+        try:
+            configs = ablation_configs(args.config, list(args.set), names)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        runs = run_ablations(configs, args.input, workdir, args.workers)
         labels = [name for name, _ in runs]
         outputs = [output for _, output in runs]
     try:

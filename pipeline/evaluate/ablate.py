@@ -55,12 +55,22 @@ ABLATIONS: tuple[Ablation, ...] = (
 
 
 def ablation_configs(
-    base_path: str | None, overrides: Sequence[str], base_text: str | None = None
+    base_path: str | None,
+    overrides: Sequence[str],
+    names: Sequence[str] | None = None,
+    base_text: str | None = None,
 ) -> list[tuple[Ablation, RunConfig]]:
-    """The configurations to run, each with its effective config (bad keys raise ConfigError)."""
+    """The configurations to run (all, or those ``names``), each with its effective config; bad
+    keys raise ConfigError, an unknown name ValueError."""
+    known = [ablation.name for ablation in ABLATIONS]
+    unknown = [name for name in names or () if name not in known]
+    if unknown:
+        raise ValueError(f"--ablations: unknown {unknown}; known: {','.join(known)}")
     base = load_config(base_path, list(overrides), base_text=base_text)
     found = []
     for ablation in ABLATIONS:
+        if names and ablation.name not in names:
+            continue
         stages = ablation.stages or base.run.stages
         if ablation.name == "balance":
             if not base.balance.entries:

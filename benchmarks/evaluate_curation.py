@@ -37,8 +37,7 @@ def compare(rows: dict, better: str, worse: str, metric: str) -> str:
     gap, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
     verdict = "yes" if gap > 2 * spread else "no"
     return (
-        f"{better} - {worse}, {metric}: {gap:+.3f} (std {a['std']:.3f} / {b['std']:.3f}); "
-        f"> 2 std: {verdict}"
+        f"{better} - {worse}, {metric}: {gap:+.3f} (std {a['std']:.3f} / {b['std']:.3f}); > 2 std: {verdict}"
     )
 
 

@@ -145,3 +145,35 @@ def test_evaluate_refuses_a_folder_that_is_no_output(eval_dir: str, tmp_path, ca
     assert code == 2
     assert "is not a Winnow output" in capsys.readouterr().err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_ablation_configs_set_each_configurations_stages_and_keys(tmp_path) -> None:
+    from pipeline.config import default_config_text
+    from pipeline.evaluate.ablate import ablation_configs
+
+    found = {a.name: c for a, c in ablation_configs(None, TEST_OVERRIDES, base_text=default_config_text())}
+    # no balance.entries in the config: the balance configuration is skipped
+    assert list(found) == ["no-filter", "text", "clip-top30", "dedup", "default", "repair"]
+    assert found["no-filter"].run.stages == ("crawl",)
+    assert found["clip-top30"].run.stages == ("crawl", "embed")
+    assert found["clip-top30"].embed.keep_fraction == 0.3
+    assert found["default"].run.stages == ("text", "crawl", "safety", "embed", "dedup", "noise")
+    assert found["default"].noise == found["dedup"].noise  # only the stages differ
+    assert (found["repair"].noise.replace_above, found["repair"].noise.min_coverage) == (0.5, 1.0)
+    assert found["default"].noise.replace_above == 1.0  # the default never changes a caption
+    for config in found.values():  # the user's keys reach every configuration
+        assert config.crawl.allow_private_networks and config.output.samples_per_shard == 100
+    entries = tmp_path / "entries.tsv"
+    entries.write_text("en\tcircle\n")
+    chosen = ablation_configs(None, [f"balance.entries={entries}"], ["default", "balance"])
+    assert [a.name for a, _ in chosen] == ["default", "balance"]
+    assert chosen[1][1].run.stages[-1] == "balance"
+
+
+def test_evaluate_rejects_an_unknown_ablation(eval_dir: str, tmp_path, capsys) -> None:
+    code = main(
+        ["evaluate", "--ablate", "--input", str(tmp_path / "urls.txt"), "--eval", eval_dir,
+         "--ablations", "default,everything"]
+    )  # fmt: skip
+    assert code == 2
+    assert "--ablations: unknown ['everything']" in capsys.readouterr().err

@@ -130,6 +130,11 @@ def test_corpus_then_serve(tmp_path):
     web = tmp_path / "web"
     result = winnow("corpus", "--out", str(web), "--samples", "30", "--seed", "5")
     assert result.returncode == 0, result.stderr
+    # the held-out eval sets of `winnow evaluate`, in clip_benchmark's layout
+    assert (web / "eval" / "classnames.txt").read_text().splitlines()[0] == "red circle"
+    assert (web / "eval" / "test" / "nshards.txt").read_text() == "1\n"
+    assert (web / "eval" / "retrieval" / "dataset_type.txt").read_text() == "retrieval\n"
+    assert "eval: 1000 images of 100 concepts" in result.stdout
     server = subprocess.Popen(
         [WINNOW, "serve", str(web), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

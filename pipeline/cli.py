@@ -419,12 +419,15 @@ def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
             configs = ablation_configs(args.config, list(args.set), names)
         except ValueError as err:
             raise UsageError(str(err)) from err
-        runs = run_ablations(configs, args.input, workdir, args.workers)
+        try:
+            runs = run_ablations(configs, args.input, workdir, args.workers)
+        except FileExistsError as err:
+            raise UsageError(str(err)) from err
         labels = [name for name, _ in runs]
         outputs = [output for _, output in runs]
     try:
         rows = evaluate_outputs(outputs, args.eval, config, workdir, labels)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         raise UsageError(str(err)) from err
     except TrainingError as err:
         print(f"winnow: {err}", file=sys.stderr)

@@ -10,6 +10,8 @@ Contract:
           classnames.txt                            the 100 colour-shape concepts, one per line
           zeroshot_classification_templates.txt     prompt templates, "{c}" is the class name
           test/nshards.txt, test/0.tar              <key>.jpg + <key>.cls (the class index)
+          backgrounds/                              zero-shot classification of the background colour
+              (the same files; classes "<colour> background")
           retrieval/                                image-text retrieval
               dataset_type.txt                      retrieval
               test/nshards.txt, test/0.tar          <key>.jpg + <key>.txt (captions, one per line)
@@ -19,8 +21,10 @@ Contract:
 * The scenes come from seed streams of their own (purpose :data:`_EVAL_PURPOSE`, never used by
   :func:`sampleweb.corpus.generate_corpus`), so they are in no URL list the pipeline reads.  Two
   independent scenes can still coincide by chance, as in the corpus itself.
-* Classification: ``per_class`` images of every concept; each image is one object of that colour
-  and shape (random size and position) on a background of a colour it never blends into.
+* Concepts: ``per_class`` images of every colour-shape concept; each image is one large object of
+  that colour and shape in the centre, on a background of a colour it never blends into.
+* Backgrounds: ``10 * per_class`` scenes per background colour, drawn as the corpus draws scenes
+  (one to four objects); the class is the background's colour.
 * Retrieval: ``retrieval_pairs`` scenes of one to four objects, each with ``captions_per_image``
   clean English captions of the whole scene.
 * Output is a pure function of the arguments (fixed encoder settings, tar members in key order
@@ -41,9 +45,7 @@ from sampleweb.captions import describe
 from sampleweb.scenes import (
     COLORS,
     PATTERNS,
-    POSITIONS,
     SHAPES,
-    SIZES,
     Scene,
     SceneObject,
     object_colors,
@@ -53,11 +55,12 @@ from sampleweb.scenes import (
 
 EVAL_DIR = "eval"
 RETRIEVAL_DIR = "retrieval"
+BACKGROUNDS_DIR = "backgrounds"
 #: Prompt templates of the zero-shot classification, in clip_benchmark's file format.
 TEMPLATES: tuple[str, ...] = ("a photo of a {c}.", "a {c}.", "an image of a {c}.", "a picture of a {c}.")
 #: Seed-sequence purpose of the eval scenes: the corpus uses 0..5.
 _EVAL_PURPOSE = 1000
-_CLASSIFICATION, _RETRIEVAL = 0, 1
+_CLASSIFICATION, _RETRIEVAL, _BACKGROUNDS = 0, 1, 2
 _IMAGE_SIZE = 256
 _JPEG_QUALITY = 90
 _GRAIN = 6.0
@@ -68,21 +71,30 @@ class EvalSetSummary:
     """What :func:`write_eval_set` wrote."""
 
     classification_dir: str
+    backgrounds_dir: str
     retrieval_dir: str
     classes: int
     classification_images: int
+    background_images: int
     retrieval_images: int
 
     def __str__(self) -> str:
         return (
             f"eval: {self.classification_images} images of {self.classes} concepts in "
-            f"{self.classification_dir}, {self.retrieval_images} captioned scenes in {self.retrieval_dir}"
+            f"{self.classification_dir}, {self.background_images} scenes of {len(COLORS)} background "
+            f"colours in {self.backgrounds_dir}, {self.retrieval_images} captioned scenes in "
+            f"{self.retrieval_dir}"
         )
 
 
 def class_names() -> list[str]:
     """The classification's classes: every colour-shape concept, colour-major (index = ``.cls``)."""
     return [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+
+
+def background_names() -> list[str]:
+    """The background classification's classes: ``"<colour> background"`` (index = ``.cls``)."""
+    return [f"{color} background" for color in COLORS]
 
 
 def _rng(seed: int, task: int, index: int) -> np.random.Generator:
@@ -94,12 +106,7 @@ def classification_scene(color: str, shape: str, rng: np.random.Generator) -> Sc
     backgrounds = [name for name in COLORS if color in object_colors(name)]
     background = backgrounds[int(rng.integers(len(backgrounds)))]
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    obj = SceneObject(
-        shape=shape,
-        color=color,
-        size=SIZES[int(rng.integers(len(SIZES)))],
-        position=POSITIONS[int(rng.integers(len(POSITIONS)))],
-    )
+    obj = SceneObject(shape=shape, color=color, size="large", position="center")
     return Scene(background=background, pattern=pattern, objects=(obj,))
 
 
@@ -143,6 +150,18 @@ def _classification_members(seed: int, per_class: int) -> Iterable[tuple[str, by
             index += 1
 
 
+def _background_members(seed: int, per_class: int) -> Iterable[tuple[str, bytes]]:
+    index = 0
+    for label, color in enumerate(COLORS):
+        for _ in range(per_class):
+            rng = _rng(seed, _BACKGROUNDS, index)
+            while (scene := random_scene(rng)).background != color:
+                pass  # a scene drawn as the corpus draws it, until its background is this colour
+            yield f"{index:06d}.jpg", _jpeg(scene, rng)
+            yield f"{index:06d}.cls", f"{label}".encode()
+            index += 1
+
+
 def _retrieval_members(seed: int, pairs: int, captions_per_image: int) -> Iterable[tuple[str, bytes]]:
     for index in range(pairs):
         rng = _rng(seed, _RETRIEVAL, index)
@@ -170,12 +189,21 @@ def write_eval_set(
         os.path.join(out_dir, "zeroshot_classification_templates.txt"),
         "".join(f"{template}\n" for template in TEMPLATES),
     )
+    backgrounds = os.path.join(out_dir, BACKGROUNDS_DIR)
+    _write_dataset(backgrounds, "classification", _background_members(seed, per_class * 10))
+    _write_text(os.path.join(backgrounds, "classnames.txt"), "".join(f"{n}\n" for n in background_names()))
+    _write_text(
+        os.path.join(backgrounds, "zeroshot_classification_templates.txt"),
+        "".join(f"{template}\n" for template in TEMPLATES),
+    )
     retrieval = os.path.join(out_dir, RETRIEVAL_DIR)
     _write_dataset(retrieval, "retrieval", _retrieval_members(seed, retrieval_pairs, captions_per_image))
     return EvalSetSummary(
         classification_dir=out_dir,
+        backgrounds_dir=backgrounds,
         retrieval_dir=retrieval,
         classes=len(names),
         classification_images=per_class * len(names),
+        background_images=per_class * 10 * len(COLORS),
         retrieval_images=retrieval_pairs,
     )

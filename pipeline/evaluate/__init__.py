@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.evaluate.bench import HEADLINE, EvalSet, find_eval_sets, score_checkpoint
+from pipeline.evaluate.bench import EvalSet, find_eval_sets, score_checkpoint
 from pipeline.evaluate.train import DEFAULT_MODEL, TrainRecipe, resolve_model, train
 
 LOG = logging.getLogger(__name__)
@@ -178,14 +178,19 @@ def _label(output: str) -> str:
 
 
 def format_table(rows: Sequence[OutputScores]) -> str:
-    """Rows = outputs, columns = pool size, samples seen and the headline metrics (mean ± std)."""
-    metrics = [m for m in HEADLINE if any(m in row.metrics for row in rows)]
+    """Rows = outputs; columns = pool size, samples seen, the mean zero-shot accuracy and each
+    classification set's, and retrieval recall@5 (mean ± std over the seeds)."""
+    per_set = sorted({m for row in rows for m in row.metrics if m.endswith("/zeroshot_acc")})
+    columns = [("zeroshot_acc", "zeroshot_acc")]
+    columns += [(metric, f"{metric.split('/')[0]} acc") for metric in per_set] if len(per_set) > 1 else []
+    columns += [(m, m) for m in ("retrieval_r5", "image_r5", "text_r5")]
+    columns = [(metric, title) for metric, title in columns if any(metric in row.metrics for row in rows)]
     width = max([len("output")] + [len(row.label) for row in rows])
-    head = f"{'output':<{width}}  {'pool':>7}  {'seen':>7}  " + "  ".join(f"{m:>15}" for m in metrics)
+    head = f"{'output':<{width}}  {'pool':>7}  {'seen':>7}  " + "  ".join(f"{t:>15}" for _, t in columns)
     lines = [head]
     for row in rows:
         cells = []
-        for metric in metrics:
+        for metric, _ in columns:
             found = row.metrics.get(metric)
             cells.append(f"{found['mean']:>7.3f} ± {found['std']:.3f}" if found else f"{'-':>15}")
         flag = "" if row.same_input else "  (other input)"

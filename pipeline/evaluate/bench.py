@@ -12,8 +12,8 @@ Contract:
   (``zero_shot_classifier``), the logits (``run_classification``) and the retrieval recall
   (``zeroshot_retrieval.evaluate``), with the checkpoint loaded through open_clip and the
   preprocessing it was trained with.
-* Metric names: ``zeroshot_acc`` (top-1 accuracy of the classification, or of the mean over several
-  classification sets), ``zeroshot_acc5``, ``retrieval_r5`` (mean of image and text retrieval
+* Metric names: ``zeroshot_acc`` (top-1 accuracy, the mean over the classification sets, as
+  DataComp averages its tasks), ``zeroshot_acc5``, ``retrieval_r5`` (mean of image and text retrieval
   recall@5 over the retrieval sets), ``image_r5``, ``text_r5``; and the same per set, prefixed
   ``<set name>/``.
 """
@@ -25,9 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-#: The metrics every evaluation reports, in table order.
-HEADLINE = ("zeroshot_acc", "zeroshot_acc5", "retrieval_r5", "image_r5", "text_r5")
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,8 @@ def find_eval_sets(folder: str) -> list[EvalSet]:
             raise ValueError(f"--eval: {kind_path} says {kind!r}; expected classification or retrieval")
         if kind == "classification" and not os.path.exists(os.path.join(root, "classnames.txt")):
             raise ValueError(f"--eval: {root} is a classification set without classnames.txt")
-        name = "concepts" if root == folder else os.path.basename(root)
+        name = os.path.basename(os.path.normpath(root))
+        name = "concepts" if root == folder and name == "eval" else name
         found.append(EvalSet(name=name, root=root, kind=kind))
     if not found:
         raise ValueError(f"--eval: {folder} holds no eval set in clip_benchmark's layout (test/nshards.txt)")

@@ -14,6 +14,10 @@ Contract:
   JSON file of an open_clip model config (bare, or the ``model_cfg`` of an ``open_clip_config.json``
   as in a ``local-dir:`` folder).  The child registers it under its name
   (``open_clip.add_model_config``) before the trainer starts.
+* ``workdir/plan.json`` records what was trained (shards, model, recipe, samples seen, seed).  A
+  checkpoint of the same plan is reused (an interrupted evaluation resumes) and an unfinished
+  training of it is started again; a workdir of another plan, or with files but no plan, is a
+  ``FileExistsError``: nothing Winnow did not write for this plan is overwritten.
 * A trainer that fails raises :class:`TrainingError` with the last lines of its log.
 """
 
@@ -22,10 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LOG = logging.getLogger(__name__)
@@ -120,9 +125,28 @@ def train(
     logs = os.path.join(workdir, "logs")
     name = f"seed{seed}"
     checkpoint = os.path.join(logs, name, "checkpoints", "epoch_1.pt")
-    if os.path.exists(checkpoint):  # trained by an earlier, interrupted evaluation of the same plan
-        return checkpoint
-    os.makedirs(logs, exist_ok=True)
+    plan = {
+        "shards": list(shards),
+        "model": spec.name,
+        "model_config": spec.config,
+        "samples_seen": samples_seen,
+        "seed": seed,
+        "recipe": asdict(recipe),
+    }
+    plan_path = os.path.join(workdir, "plan.json")
+    if os.path.exists(plan_path):
+        with open(plan_path, encoding="utf-8") as handle:
+            if json.load(handle) != json.loads(json.dumps(plan)):
+                raise FileExistsError(f"{workdir} holds a training of another plan; choose another --workdir")
+        if os.path.exists(checkpoint):  # trained by an earlier, interrupted evaluation of this plan
+            return checkpoint
+        shutil.rmtree(logs, ignore_errors=True)  # this plan's unfinished training: Winnow wrote it
+    elif os.path.isdir(workdir) and os.listdir(workdir):
+        raise FileExistsError(f"{workdir} holds files of no Winnow training; choose another --workdir")
+    os.makedirs(workdir, exist_ok=True)
+    with open(plan_path, "w", encoding="utf-8") as handle:
+        json.dump(plan, handle, indent=1, sort_keys=True)
+    os.makedirs(logs)
     args = [
         f"--train-data={'::'.join(shards)}",
         "--dataset-type=webdataset",

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.evaluate import describe_output, find_eval_sets
-from sampleweb.evalset import class_names, write_eval_set
+from sampleweb.evalset import background_names, class_names, write_eval_set
+from sampleweb.scenes import COLORS, second_tone
 from tests.conftest import TEST_OVERRIDES, ReferenceRun, SampleWeb, read_output_rows
 
 
@@ -40,6 +41,7 @@ def test_eval_set_is_clip_benchmarks_webdataset_layout(eval_dir: str) -> None:
     sets = {found.name: found for found in find_eval_sets(eval_dir)}
     assert {name: found.kind for name, found in sets.items()} == {
         "concepts": "classification",
+        "backgrounds": "classification",
         "retrieval": "retrieval",
     }
     concepts = build_dataset("wds/concepts", root=eval_dir, split="test", task="zeroshot_classification")
@@ -47,6 +49,16 @@ def test_eval_set_is_clip_benchmarks_webdataset_layout(eval_dir: str) -> None:
     assert all("{c}" in template for template in concepts.templates)
     labels = [int(label) for _, label in concepts]
     assert labels == list(range(100))  # one image per class, in class order
+    backgrounds = build_dataset(
+        "wds/backgrounds", root=sets["backgrounds"].root, split="test", task="zeroshot_classification"
+    )
+    assert backgrounds.classes == background_names()
+    # ten scenes per background colour; the class is the colour of the image's border pixels
+    for image, label in backgrounds:
+        corner = image.convert("RGB").getpixel((1, 1))
+        want = COLORS[background_names()[int(label)].split()[0]]
+        tone = second_tone(want)
+        assert min(_distance(corner, want), _distance(corner, tone)) < 60, (label, corner)
     retrieval = build_dataset(
         "wds/retrieval", root=sets["retrieval"].root, split="test", task="zeroshot_retrieval"
     )
@@ -55,6 +67,10 @@ def test_eval_set_is_clip_benchmarks_webdataset_layout(eval_dir: str) -> None:
     for image, captions in pairs:
         assert image.size == (256, 256)
         assert len(captions) == 2 and all(caption.strip() for caption in captions)
+
+
+def _distance(a, b) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) ** 0.5
 
 
 def test_eval_set_is_byte_identical_for_the_same_seed(eval_dir: str, tmp_path) -> None:
@@ -123,7 +139,8 @@ def test_evaluate_trains_and_scores_each_output(
             for status in pq.read_table(os.path.join(row["output"], name)).column("status").to_pylist()
         )
         assert row["pool_size"] == kept
-        for metric in ("zeroshot_acc", "retrieval_r5", "concepts/zeroshot_acc", "retrieval/image_r5"):
+        per_set = ("concepts/zeroshot_acc", "backgrounds/zeroshot_acc", "retrieval/image_r5")
+        for metric in ("zeroshot_acc", "retrieval_r5", *per_set):
             assert 0.0 <= row[metric]["mean"] <= 1.0
             assert row[metric]["std"] == 0.0  # one seed
         assert len(row["runs"]) == 1

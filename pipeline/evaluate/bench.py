@@ -8,7 +8,8 @@ Contract:
   ``<out>/eval`` and as DataComp's 38 evaluation sets are published.  :func:`find_eval_sets` takes
   the folder given and its direct sub-folders that hold such a set.
 * The datasets are loaded by ``clip_benchmark.datasets.builder.build_dataset("wds/<name>")`` and
-  scored by clip_benchmark's own code: the classifier from the templates and class names
+  preprocessed once per evaluation (:class:`EvalData`) and scored by clip_benchmark's own code:
+  the classifier from the templates and class names
   (``zero_shot_classifier``), the logits (``run_classification``) and the retrieval recall
   (``zeroshot_retrieval.evaluate``), with the checkpoint loaded through open_clip and the
   preprocessing it was trained with.
@@ -21,8 +22,9 @@ Contract:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -62,13 +64,61 @@ def find_eval_sets(folder: str) -> list[EvalSet]:
     return found
 
 
-def score_checkpoint(
-    model_name: str, checkpoint: str, sets: Sequence[EvalSet], batch_size: int = 256
-) -> dict[str, float]:
-    """clip_benchmark's metrics of ``checkpoint`` on ``sets`` (the names above)."""
+@dataclass(frozen=True)
+class LoadedSet:
+    """An eval set read by clip_benchmark: its batches, preprocessed (kept in memory when they fit
+    the cache, else read again for each checkpoint)."""
+
+    eval_set: EvalSet
+    classes: list[str] | None
+    templates: list[str] | None
+    batches: Callable[[], Iterable[tuple[Any, Any]]]
+
+
+class EvalData:
+    """The eval sets of one evaluation.  Every checkpoint has the same architecture and so the same
+    preprocessing: a set whose preprocessed images fit ``cache_bytes`` is decoded and resized once
+    and kept, not once per checkpoint."""
+
+    def __init__(self, sets: Sequence[EvalSet], batch_size: int = 256, cache_bytes: int = 1 << 30):
+        self.sets = list(sets)
+        self._batch_size = batch_size
+        self._cache_bytes = cache_bytes
+        self._loaded: dict[str, list[LoadedSet]] = {}
+
+    def loaded(self, preprocess: Any) -> list[LoadedSet]:
+        key = repr(preprocess)  # torchvision transforms print their parameters
+        if key not in self._loaded:
+            self._loaded[key] = [self._load(eval_set, preprocess) for eval_set in self.sets]
+        return self._loaded[key]
+
+    def _load(self, eval_set: EvalSet, preprocess: Any) -> LoadedSet:
+        import torch
+        from clip_benchmark.datasets.builder import build_dataset
+
+        task = "zeroshot_classification" if eval_set.kind == "classification" else "zeroshot_retrieval"
+        dataset = build_dataset(
+            f"wds/{eval_set.name}", root=eval_set.root, transform=preprocess, split="test", task=task
+        )
+
+        def read() -> Iterable[tuple[Any, Any]]:
+            # as clip_benchmark's CLI loads a wds/ set: its own batches, no further collation
+            return torch.utils.data.DataLoader(dataset.batched(self._batch_size), batch_size=None)
+
+        kept: list[tuple[Any, Any]] = []
+        size = 0
+        for images, labels in read():
+            size += images.element_size() * images.nelement()
+            if size > self._cache_bytes:
+                return LoadedSet(eval_set, dataset.classes, dataset.templates, read)
+            kept.append((images, labels))
+        return LoadedSet(eval_set, dataset.classes, dataset.templates, lambda: kept)
+
+
+def score_checkpoint(model_name: str, checkpoint: str, data: EvalData) -> dict[str, float]:
+    """clip_benchmark's metrics of ``checkpoint`` on the eval sets of ``data`` (the names above)."""
     import open_clip
     import torch
-    from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -78,30 +128,25 @@ def score_checkpoint(
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     metrics: dict[str, float] = {}
-    for eval_set in sets:
-        task = "zeroshot_classification" if eval_set.kind == "classification" else "zeroshot_retrieval"
-        dataset = build_dataset(
-            f"wds/{eval_set.name}", root=eval_set.root, transform=preprocess, split="test", task=task
-        )
-        # as clip_benchmark's CLI loads a wds/ set: its own batches, no further collation
-        loader = torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, num_workers=0)
-        if eval_set.kind == "classification":
+    for loaded in data.loaded(preprocess):
+        name = loaded.eval_set.name
+        if loaded.eval_set.kind == "classification":
             classifier = zeroshot_classification.zero_shot_classifier(
-                model, tokenizer, dataset.classes, dataset.templates, device, amp=False
+                model, tokenizer, loaded.classes, loaded.templates, device, amp=False
             )
             logits, target = zeroshot_classification.run_classification(
-                model, classifier, loader, device, amp=False
+                model, classifier, loaded.batches(), device, amp=False
             )
             acc1, acc5 = top_k_accuracy(logits, target, (1, 5))
-            metrics[f"{eval_set.name}/zeroshot_acc"] = acc1
-            metrics[f"{eval_set.name}/zeroshot_acc5"] = acc5
+            metrics[f"{name}/zeroshot_acc"] = acc1
+            metrics[f"{name}/zeroshot_acc5"] = acc5
         else:
             found = zeroshot_retrieval.evaluate(
-                model, loader, tokenizer, device, amp=False, recall_k_list=[5]
+                model, loaded.batches(), tokenizer, device, amp=False, recall_k_list=[5]
             )
-            metrics[f"{eval_set.name}/image_r5"] = float(found["image_retrieval_recall@5"])
-            metrics[f"{eval_set.name}/text_r5"] = float(found["text_retrieval_recall@5"])
-    return {**headline(metrics, sets), **metrics}
+            metrics[f"{name}/image_r5"] = float(found["image_retrieval_recall@5"])
+            metrics[f"{name}/text_r5"] = float(found["text_retrieval_recall@5"])
+    return {**headline(metrics, data.sets), **metrics}
 
 
 def top_k_accuracy(logits, target, topk: Sequence[int]) -> list[float]:

@@ -149,6 +149,17 @@ def test_evaluate_trains_and_scores_each_output(
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["output", "pool", "seen"]
     assert os.path.basename(crawl_only) in lines[1] and os.path.basename(reference_run.dir) in lines[2]
+    # Scoring with the eval sets read again (no cache) gives the same metrics as the cached run.
+    from pipeline.evaluate.bench import EvalData, score_checkpoint
+    from pipeline.evaluate.train import ModelSpec, register, resolve_model
+
+    spec = resolve_model("winnow-tiny-clip")
+    register(ModelSpec(spec.name, spec.config), str(tmp_path / "model"))
+    checkpoint = tmp_path / "work" / f"00-{rows[0]['label']}" / "seed0" / "logs" / "seed0" / "checkpoints"
+    streamed = score_checkpoint(
+        spec.name, str(checkpoint / "epoch_1.pt"), EvalData(find_eval_sets(eval_dir), cache_bytes=0)
+    )
+    assert streamed == pytest.approx(rows[0]["runs"][0])
     # The trainer saw the samples asked for: its log reports the epoch's sample count.
     log = (tmp_path / "work" / f"00-{rows[0]['label']}" / "seed0" / "logs" / "seed0" / "out.log").read_text()
     assert "train_num_samples: 256" in log
@@ -194,3 +205,37 @@ def test_evaluate_rejects_an_unknown_ablation(eval_dir: str, tmp_path, capsys) -
     )  # fmt: skip
     assert code == 2
     assert "--ablations: unknown ['everything']" in capsys.readouterr().err
+
+
+def test_training_never_writes_into_a_folder_of_another_plan(tmp_path) -> None:
+    from pipeline.evaluate.train import TrainRecipe, resolve_model, train
+
+    spec = resolve_model("winnow-tiny-clip")
+    other = tmp_path / "other-plan"
+    other.mkdir()
+    (other / "plan.json").write_text(json.dumps({"seed": 5}))
+    with pytest.raises(FileExistsError, match="another plan"):
+        train(["a.tar"], spec, 64, 0, str(other), TrainRecipe())
+    assert json.loads((other / "plan.json").read_text()) == {"seed": 5}
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="no Winnow training"):
+        train(["a.tar"], spec, 64, 0, str(foreign), TrainRecipe())
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_resolve_model_reads_open_clip_names_and_config_files(tmp_path) -> None:
+    from pipeline.evaluate.train import resolve_model
+
+    shipped = resolve_model("winnow-tiny-clip")
+    assert shipped.name == "winnow-tiny-clip" and shipped.config["vision_cfg"]["image_size"] == 64
+    assert resolve_model("ViT-B-32").config is None  # built into open_clip
+    bare = tmp_path / "my-clip.json"
+    bare.write_text(json.dumps(shipped.config))
+    assert resolve_model(str(bare)).name == "my-clip"
+    (tmp_path / "bad.json").write_text(json.dumps({"embed_dim": 8}))
+    with pytest.raises(ValueError, match="not an open_clip model config"):
+        resolve_model(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="neither an open_clip model name"):
+        resolve_model("no-such-model")

@@ -239,3 +239,38 @@ def test_resolve_model_reads_open_clip_names_and_config_files(tmp_path) -> None:
         resolve_model(str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="neither an open_clip model name"):
         resolve_model("no-such-model")
+
+
+@pytest.mark.slow
+def test_ablate_runs_each_configuration_then_reuses_it(
+    sample_web: SampleWeb, eval_dir: str, tmp_path
+) -> None:
+    work, report = tmp_path / "work", tmp_path / "evaluation.json"
+    sets = [f"--set={key}" for key in TEST_OVERRIDES]
+    command = [
+        "evaluate", "--ablate", "--input", sample_web.urls, "--eval", eval_dir,
+        "--ablations", "no-filter,text", "--samples-seen", "64", "--seeds", "1", "--batch-size", "32",
+        "--workdir", str(work), "--report", str(report), *sets,
+    ]  # fmt: skip
+    assert main(command) == 0
+    rows = json.loads(report.read_text())["outputs"]
+    assert [row["label"] for row in rows] == ["no-filter", "text"]
+    assert [row["output"] for row in rows] == [
+        str(work / "outputs" / "no-filter"),
+        str(work / "outputs" / "text"),
+    ]
+    stats = {
+        row["label"]: json.loads((work / "outputs" / row["label"] / "stats.json").read_text()) for row in rows
+    }
+    assert stats["no-filter"]["config"]["run"]["stages"] == ["crawl"]
+    assert stats["text"]["config"]["run"]["stages"] == ["text", "crawl"]
+    assert rows[0]["same_input"] and rows[1]["same_input"]
+    assert "text" in stats["text"]["stages"] and "text" not in stats["no-filter"]["stages"]
+    # Again: the outputs and checkpoints are reused, and the scores are the same.
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*.tar")}
+    assert main(command) == 0
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.tar")} == before
+    assert [row["runs"] for row in json.loads(report.read_text())["outputs"]] == [row["runs"] for row in rows]
+    # Another config over the same workdir is refused, and nothing there changes.
+    assert main([*command, "--set=text.min_words=3"]) == 2
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.tar")} == before

@@ -384,7 +384,7 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.evaluate import EvaluateConfig, evaluate_outputs, format_table, write_json
-    from pipeline.evaluate.train import TrainingError, TrainRecipe
+    from pipeline.evaluate.train import TrainingError, TrainRecipe, missing_requirements
 
     if beam_args:
         raise UsageError(f"unexpected argument(s) {beam_args}")
@@ -396,6 +396,11 @@ def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UsageError("--input, --ablations, --config, --set and --stages go with --ablate")
     if not os.path.isdir(args.eval):
         raise UsageError(f"--eval: {args.eval} is not a folder")
+    missing = missing_requirements()
+    if missing:
+        raise UsageError(
+            f"winnow evaluate needs the eval extra (pip install 'winnow[eval]'): {', '.join(missing)}"
+        )
     if args.batch_size < 1:
         raise UsageError(f"--batch-size ({args.batch_size}) must be >= 1")
     try:

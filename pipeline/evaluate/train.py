@@ -78,6 +78,25 @@ class ModelSpec:
     config: dict | None = None
 
 
+def missing_requirements() -> list[str]:
+    """What the trainer and clip_benchmark need and this environment lacks (the ``eval`` extra)."""
+    from importlib import metadata, util
+
+    missing = [
+        name
+        for name in ("open_clip_train", "clip_benchmark", "pandas", "braceexpand")
+        if not util.find_spec(name)
+    ]
+    try:
+        version = metadata.version("webdataset")
+    except metadata.PackageNotFoundError:
+        return [*missing, "webdataset<=0.2.86"]
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    if parts > (0, 2, 86):
+        missing.append(f"webdataset<=0.2.86 (found {version}: open_clip's loader fails on it)")
+    return missing
+
+
 def resolve_model(model: str) -> ModelSpec:
     """``winnow-tiny-clip`` (the shipped architecture), an open_clip model name, or a JSON config file."""
     if model == DEFAULT_MODEL:

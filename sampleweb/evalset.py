@@ -131,11 +131,20 @@ def _write_text(path: str, text: str) -> None:
         handle.write(text)
 
 
-def _write_dataset(folder: str, kind: str, members: Iterable[tuple[str, bytes]]) -> None:
+def _write_dataset(
+    folder: str, members: Iterable[tuple[str, bytes]], classes: list[str] | None = None
+) -> None:
+    """One clip_benchmark set: a classification when `classes` are given, else a retrieval."""
     os.makedirs(os.path.join(folder, "test"), exist_ok=True)
-    _write_text(os.path.join(folder, "dataset_type.txt"), f"{kind}\n")
+    _write_text(os.path.join(folder, "dataset_type.txt"), "classification\n" if classes else "retrieval\n")
     _write_tar(os.path.join(folder, "test", "0.tar"), members)
     _write_text(os.path.join(folder, "test", "nshards.txt"), "1\n")
+    if classes:
+        _write_text(os.path.join(folder, "classnames.txt"), "".join(f"{name}\n" for name in classes))
+        _write_text(
+            os.path.join(folder, "zeroshot_classification_templates.txt"),
+            "".join(f"{template}\n" for template in TEMPLATES),
+        )
 
 
 def _classification_members(seed: int, per_class: int) -> Iterable[tuple[str, bytes]]:
@@ -183,21 +192,11 @@ def write_eval_set(
     if per_class < 1 or retrieval_pairs < 1 or captions_per_image < 1:
         raise ValueError("per_class, retrieval_pairs and captions_per_image must be >= 1")
     names = class_names()
-    _write_dataset(out_dir, "classification", _classification_members(seed, per_class))
-    _write_text(os.path.join(out_dir, "classnames.txt"), "".join(f"{name}\n" for name in names))
-    _write_text(
-        os.path.join(out_dir, "zeroshot_classification_templates.txt"),
-        "".join(f"{template}\n" for template in TEMPLATES),
-    )
+    _write_dataset(out_dir, _classification_members(seed, per_class), names)
     backgrounds = os.path.join(out_dir, BACKGROUNDS_DIR)
-    _write_dataset(backgrounds, "classification", _background_members(seed, per_class * 10))
-    _write_text(os.path.join(backgrounds, "classnames.txt"), "".join(f"{n}\n" for n in background_names()))
-    _write_text(
-        os.path.join(backgrounds, "zeroshot_classification_templates.txt"),
-        "".join(f"{template}\n" for template in TEMPLATES),
-    )
+    _write_dataset(backgrounds, _background_members(seed, per_class * 10), background_names())
     retrieval = os.path.join(out_dir, RETRIEVAL_DIR)
-    _write_dataset(retrieval, "retrieval", _retrieval_members(seed, retrieval_pairs, captions_per_image))
+    _write_dataset(retrieval, _retrieval_members(seed, retrieval_pairs, captions_per_image))
     return EvalSetSummary(
         classification_dir=out_dir,
         backgrounds_dir=backgrounds,

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.evaluate.bench import EvalData, find_eval_sets, score_checkpoint
-from pipeline.evaluate.train import DEFAULT_MODEL, TrainRecipe, resolve_model, train
+from pipeline.evaluate.train import DEFAULT_MODEL, TrainRecipe, register, resolve_model, train
 
 LOG = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ def evaluate_outputs(
     """Trains and scores every output (see the module); returns one row per output, in order."""
     data = EvalData(find_eval_sets(eval_dir))
     spec = resolve_model(config.model)
+    register(
+        spec, os.path.join(workdir, "model")
+    )  # for scoring in this process; the trainer registers its own
     infos = [describe_output(output) for output in outputs]
     names = list(labels) if labels else [_label(info.output) for info in infos]
     rows = []
@@ -139,7 +142,7 @@ def evaluate_outputs(
             folder = os.path.join(workdir, f"{index:02d}-{label}", f"seed{seed}")
             LOG.info("training on %s (%d samples kept), seed %d", info.output, info.pool_size, seed)
             checkpoint = train(info.shards, spec, config.samples_seen, seed, folder, config.recipe)
-            runs.append(_score(spec.name, spec.config, checkpoint, data, folder))
+            runs.append(score_checkpoint(spec.name, checkpoint, data))
         rows.append(
             OutputScores(
                 output=info.output,
@@ -154,13 +157,6 @@ def evaluate_outputs(
             )
         )
     return rows
-
-
-def _score(name: str, model_config: dict | None, checkpoint: str, data: EvalData, folder: str) -> dict:
-    from pipeline.evaluate.train import ModelSpec, register
-
-    register(ModelSpec(name=name, config=model_config), os.path.join(folder, "model"))
-    return score_checkpoint(name, checkpoint, data)
 
 
 def _summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:

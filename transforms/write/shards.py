@@ -129,12 +129,16 @@ def _ustar_header(name: str, size: int) -> bytes:
     return bytes(header)
 
 
-def parquet_bytes(samples: Iterable[Sample], compression: str) -> bytes:
-    rows = [sample_to_metadata_row(s) for s in samples]
-    table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
+def table_bytes(table: pa.Table, compression: str) -> bytes:
+    """A Parquet file of `table` with the configured compression (`none`: uncompressed)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression=None if compression == "none" else compression)
     return buffer.getvalue()
+
+
+def parquet_bytes(samples: Iterable[Sample], compression: str) -> bytes:
+    rows = [sample_to_metadata_row(s) for s in samples]
+    return table_bytes(pa.Table.from_pylist(rows, schema=METADATA_SCHEMA), compression)
 
 
 def embedding_files(name: str, samples: list[Sample], compression: str) -> dict[str, bytes]:
@@ -160,9 +164,7 @@ def embedding_files(name: str, samples: list[Sample], compression: str) -> dict[
         ],
         schema=_EMBEDDING_METADATA,
     )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression=None if compression == "none" else compression)
-    files[f"metadata/metadata_{name}.parquet"] = buffer.getvalue()
+    files[f"metadata/metadata_{name}.parquet"] = table_bytes(table, compression)
     return files
 
 
@@ -309,10 +311,9 @@ class _WriteShardFn(beam.DoFn):
         embeddings."""
         name = shard_name(index)
         table = _rows_table(encoded)
-        buffer = io.BytesIO()
-        compression = self._config.parquet_compression
-        pq.write_table(table, buffer, compression=None if compression == "none" else compression)
-        write_atomically(f"{self._output_dir}/{name}.parquet", buffer.getvalue())
+        write_atomically(
+            f"{self._output_dir}/{name}.parquet", table_bytes(table, self._config.parquet_compression)
+        )
         keys = zip(*(table.column(c).to_pylist() for c in ("stage", "status", "reason")), strict=True)
         counts = Counter((stage or "", status, reason or "") for stage, status, reason in keys)
         for (stage, status, reason), n in counts.items():

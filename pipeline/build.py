@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import apache_beam as beam
 
 from pipeline.config import RunConfig
+from schemas.pools import datacomp_embeddings
 from schemas.sample import Sample, samples_from_batch
 from transforms.balance import BalanceConcepts, JudgeBalance
 from transforms.balance.stage import candidate as balance_candidate
@@ -26,6 +27,7 @@ from transforms.common.outputs import WithSummary
 from transforms.common.routing import downloaded
 from transforms.common.verdicts import ApplyVerdicts, light
 from transforms.crawl import DownloadImages
+from transforms.crawl.metadata import MetadataScores, PoolMetadata
 from transforms.read import KeepSettled, ReadPreviousOutput, ReadUrlBatches
 from transforms.safety.config import is_head
 from transforms.safety.probe import SafetyProbe
@@ -102,6 +104,7 @@ def build_pipeline(
     retry_from: str | None = None,
     archives: bool | None = None,
     pool: PoolSource | None = None,
+    complete: bool = False,
 ) -> beam.PCollection:
     """Adds Winnow's transforms to `pipeline`; returns the PCollection holding the stats dict.
 
@@ -110,6 +113,8 @@ def build_pipeline(
     output folder) its rows are the input instead of `inputs`,
     and the row-batch stages, which those rows already passed, do not run again. `pool` says
     the inputs are a pool of downloaded shards: the crawl stage reads their images from the tars.
+    `complete`: the job marks the output finished itself (no launcher waits to add the index and
+    the report, `--no-wait`); otherwise it leaves the manifest `running` for the launcher.
     """
     rows = None  # row batches written as they are (see `WriteShards`)
     if retry_from is not None:
@@ -169,7 +174,7 @@ def build_pipeline(
     shards = samples | "WriteShards" >> writer
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None
     stages = [s for s in config.run.stages if retry_from is None or s not in BATCH_STAGES]
-    return shards | "WriteStats" >> WriteStats(output_dir, ["read", *stages], extra)
+    return shards | "WriteStats" >> WriteStats(output_dir, ["read", *stages], extra, complete)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +186,8 @@ class PoolSource:
     embeddings: str | None = None
     #: The clip-retrieval output holding them (`input.embeddings`), or None: beside the shards.
     clip_retrieval: str | None = None
+    #: The pool's metadata files (`input.metadata`: a folder or a glob), joined by uid, or None.
+    metadata: str | None = None
 
 
 def _probe(config: RunConfig) -> SafetyProbe | None:
@@ -200,6 +207,9 @@ def _stage(
 ) -> beam.PTransform:
     """The stage `name`; with a pool, the crawl reads its tars and the embed stage its embeddings."""
     if pool is not None and name == "crawl":
+        metadata = (
+            PoolMetadata(pool.metadata, config.input.save_additional_columns) if pool.metadata else None
+        )
         return DownloadImages(
             config.crawl,
             progress_dir,
@@ -207,12 +217,23 @@ def _stage(
             embeddings=pool.embeddings,
             clip_retrieval=pool.clip_retrieval,
             probe=_probe(config),
+            metadata=metadata,
         )
     if pool is not None and name == "embed":
         from transforms.embed import EmbedImages
 
-        return EmbedImages(config.embed, progress_dir, reuse_only=pool.embeddings is not None)
+        reuse_only = pool.embeddings is not None
+        return EmbedImages(config.embed, progress_dir, reuse_only=reuse_only, ranked=_pool_scores(pool))
     return STAGES[name](config, progress_dir)
+
+
+def _pool_scores(pool: PoolSource) -> beam.PTransform | None:
+    """The scores `embed.keep_fraction` ranks when the pool's metadata holds them for the model
+    whose embeddings are reused: every metadata row's, as DataComp's `apply_filter.py` ranks."""
+    datacomp = datacomp_embeddings(pool.embeddings) if pool.embeddings else None
+    if pool.metadata is None or datacomp is None:
+        return None
+    return MetadataScores(pool.metadata, datacomp.score_column)
 
 
 def _judge(

@@ -1,4 +1,4 @@
-"""The `winnow` command: run, demo, search, audit, corpus, serve, config.
+"""The `winnow` command: run, demo, search, audit, corpus, evaluate, serve, config.
 
 Errors in what the user gave (config, input, arguments) print one line and exit with code 2;
 a pipeline failure prints its cause and exits with 1.
@@ -7,13 +7,20 @@ a pipeline failure prints its cause and exits with 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
+import errno
+import io
 import logging
 import os
 import re
+import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from pipeline import STAGE_NAMES
@@ -39,9 +46,38 @@ def _quiet_import_noise(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("apitools not found")
 
 
+#: Winnow's packages: their loggers (`__name__`) and `winnow` are Winnow's own; every other
+#: logger belongs to a library (urllib3, Beam, gRPC, ...).
+_OWN_PACKAGES = ("winnow", "pipeline", "transforms", "schemas", "sampleweb", "deploy")
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Where a local worker process logged a record, as Beam's runner logs it again (`Worker: ...`).
+_WORKER_LOCATION = re.compile(r'log_location: "([^"]*)"')
+
+
+def _from_winnow(record: logging.LogRecord) -> bool:
+    """Whether `record` was logged by Winnow's code: by one of its loggers, or (a record of a
+    local worker process, which Beam's runner logs again under its own name) in one of its files."""
+    if record.name.split(".", 1)[0] in _OWN_PACKAGES:
+        return True
+    if record.name != "root" and not record.name.startswith("apache_beam."):
+        return False
+    found = _WORKER_LOCATION.search(record.getMessage())
+    return found is not None and any(
+        found.group(1).startswith(os.path.join(_PROJECT, package) + os.sep) for package in _OWN_PACKAGES
+    )
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """Keeps libraries' records (urllib3's "Failed to parse headers" and its stack, Beam's worker
+    notices, Python warnings) off the terminal of an ordinary run: `-v` shows them."""
+    return _from_winnow(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()  # the summary reports the time the user waited, not the pipeline's alone
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    args.started = started
     _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     if args.command not in ("run", "search", "audit") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -51,14 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transforms.embed.config import EmbedError
 
     try:
-        return int(args.handler(args, extra) or 0)
+        with _ctrl_c_stops():
+            return int(args.handler(args, extra) or 0)
     except (ConfigError, InputError, EmbedError, SearchError, AuditError, UsageError) as err:
         print(f"winnow: error: {plain_message(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("winnow: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(exit_now=argv is None)
     except Exception as err:  # a failed pipeline: show its cause, not a Beam stack trace
+        if _INTERRUPTED.is_set():  # Beam raises a step's KeyboardInterrupt again as a RuntimeError
+            return _interrupted(exit_now=argv is None)
         found = _USER_ERROR.search(str(err))
         if found:
             print(f"winnow: error: {plain_message(found.group(2))}", file=sys.stderr)
@@ -67,6 +105,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "pipeline" if args.command in ("run", "demo") else args.command
         print(f"winnow: {what} failed: {failure_cause(err)} (rerun with -v for details)", file=sys.stderr)
         return 1
+
+
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports a process that SIGINT ended).
+EXIT_INTERRUPTED = 130
+#: Set by Ctrl-C during a command (`_ctrl_c_stops`).
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops() -> Iterator[None]:
+    """Ctrl-C (SIGINT) during a command run in the main thread. The first stops the local worker
+    processes (Beam's runner would wait for each to finish its bundle), keeps what threads and
+    libraries say as they die off the terminal (`-v` shows it), and raises KeyboardInterrupt: the
+    command unwinds through its cleanup (the output's lock, temporary files, a sample-web server),
+    and the output stays as a killed run leaves it, for a rerun to complete. A second Ctrl-C ends
+    the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _INTERRUPTED.clear()
+    previous, hook = signal.getsignal(signal.SIGINT), threading.excepthook
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if _INTERRUPTED.is_set():
+            _interrupted(exit_now=True)
+        _INTERRUPTED.set()
+        threading.excepthook = _quiet_thread_end
+        from pipeline.runner import stop_local_workers
+
+        stop_local_workers()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        threading.excepthook = hook
+
+
+def _quiet_thread_end(args: threading.ExceptHookArgs) -> None:
+    """After Ctrl-C: a thread ended by the interruption (a worker's relay, a fetch) is logged, not printed."""
+    LOG.info("thread %s ended: %s", getattr(args.thread, "name", "?"), args.exc_value)
+
+
+def _not_interrupted(record: logging.LogRecord) -> bool:
+    """Drops what is logged after Ctrl-C (the stacks of steps and fetches cut short)."""
+    return not _INTERRUPTED.is_set()
+
+
+def _interrupted(exit_now: bool) -> int:
+    """Says "interrupted" on one line. `exit_now` (the `winnow` command itself, not a call of `main`
+    from Python) ends the process here: threads still waiting on the network (the crawl's fetches)
+    would hold the interpreter's exit for their timeouts, and the local workers are gone already."""
+    print("winnow: interrupted", file=sys.stderr)
+    if exit_now:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
 
 
 #: An exception class naming a message (`pyarrow.lib.ArrowInvalid: …`) or quoted in one
@@ -109,6 +208,10 @@ def _log_to_stderr(level: int) -> None:
     handler.set_name(_HANDLER)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.addFilter(_quiet_import_noise)
+    if level > logging.INFO:
+        handler.addFilter(_quiet_libraries)
+        handler.addFilter(_not_interrupted)
+    logging.captureWarnings(True)  # Python warnings (Pillow's, Beam's) as records of `py.warnings`
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -148,9 +251,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[verbose], help="generate and serve the sample web, then run the full pipeline on it"
     )
-    demo.add_argument("--workdir", default="build/demo")
-    demo.add_argument("--samples", type=int, default=2000)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--workdir",
+        default="build/demo",
+        help="folder of the sample web (web/) and the run's output (shards/) (default build/demo)",
+    )
+    demo.add_argument(
+        "--samples", type=int, default=2000, help="image/caption pairs generated (default 2000)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated sample web (default 0)")
     demo.add_argument("--workers", type=int, help="local worker processes (0 = one per core)")
     demo.add_argument(
         "--port",
@@ -183,9 +292,13 @@ def _parser() -> argparse.ArgumentParser:
     audit.set_defaults(handler=_cmd_audit)
 
     corpus = sub.add_parser("corpus", parents=[verbose], help="generate the sample web into a folder")
-    corpus.add_argument("--out", required=True)
-    corpus.add_argument("--samples", type=int, default=2000)
-    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--out", required=True, help="the folder written: a new or empty one")
+    corpus.add_argument(
+        "--samples", type=int, default=2000, help="image/caption pairs generated (default 2000)"
+    )
+    corpus.add_argument(
+        "--seed", type=int, default=0, help="seed: the same seed gives the same web (default 0)"
+    )
     corpus.set_defaults(handler=_cmd_corpus)
 
     evaluate = sub.add_parser(
@@ -204,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
         help="architecture trained from scratch: an open_clip model name or a model config .json "
         "(default: ViT-B-32 on a GPU, winnow-tiny-clip's small one on CPU)",
     )
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     evaluate.add_argument("--workdir", help="checkpoints and logs (default: beside --report)")
     evaluate.add_argument("--report", default="evaluation.json", help="the JSON file written")
     evaluate.add_argument(
@@ -223,14 +336,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     serve = sub.add_parser("serve", parents=[verbose], help="serve a generated sample web on loopback")
-    serve.add_argument("dir")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("dir", help="a folder `winnow corpus` wrote")
+    serve.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default 8000; 0 = any free one)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.set_defaults(handler=_cmd_serve)
 
     config = sub.add_parser("config", parents=[verbose], help="print the effective config with every key")
     _add_config_args(config)
     config.set_defaults(handler=_cmd_config)
+    for command in sub.choices.values():  # what a mistyped flag is compared with (`check_beam_args`)
+        command.set_defaults(flags=[flag for action in command._actions for flag in action.option_strings])
     return parser
 
 
@@ -242,8 +359,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     parser.add_argument(
         "--input-format",
-        help="input.input_format: parquet, csv, tsv, jsonl, txt, the web archives wat, warc, arc, "
-        "or webdataset (a pool of downloaded shards: img2dataset, DataComp, Winnow)",
+        help="input.input_format: auto (the default: by each file's suffix), the lists parquet, csv, "
+        "tsv, jsonl, txt, the web archives wat, warc, arc, pages (the list's URLs are web pages, "
+        "harvested for their image/alt-text pairs) or webdataset (a pool of downloaded shards: "
+        "img2dataset, DataComp, Winnow)",
     )
 
 
@@ -258,14 +377,43 @@ def _config(args: argparse.Namespace, base_text: str | None = None) -> RunConfig
     return load_config(args.config, overrides, base_text=base_text)
 
 
+def check_beam_args(beam_args: Sequence[str], flags: Sequence[str] = ()) -> None:
+    """`UsageError` unless every argument Winnow's parser left is a Beam pipeline option given as
+    `--name=value`: a mistyped flag is refused, naming it (and the closest of the command's own
+    `flags` or Beam's options), instead of passed on and ignored."""
+    loose = [a for a in beam_args if not a.startswith("--")]
+    if loose:
+        raise UsageError(f"unexpected argument(s) {loose}; Beam options are given as --name=value")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(list(beam_args))
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):  # argparse's usage of every Beam option: not shown
+            known = options.get_all_options()
+            given = options.get_all_options(retain_unknown_options=True)
+    except SystemExit as err:  # a Beam option with a value its parser refuses
+        lines = said.getvalue().strip().splitlines() or [f"exit {err.code}"]
+        raise UsageError(f"Beam option: {lines[-1].partition('error: ')[2] or lines[-1]}") from None
+    strangers = set(given) - set(known)
+    names = dict.fromkeys(a[2:].partition("=")[0] for a in beam_args)
+    unknown = [f"--{name}" for name in names if name.replace("-", "_") in strangers]
+    if unknown:
+        guess = difflib.get_close_matches(unknown[0], [f for f in flags if f.startswith("--")], n=1)
+        guess = guess or difflib.get_close_matches(unknown[0], [f"--{name}" for name in known], n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        raise UsageError(
+            f"unknown option(s) {', '.join(unknown)}: neither this command's (see its --help) nor a "
+            f"Beam pipeline option{hint}"
+        )
+
+
 def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipeline.jobs import run_job
 
     if args.workers is not None and args.workers < 0:
         raise UsageError("--workers must be >= 0")
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
+    check_beam_args(beam_args, args.flags)
     config = _config(args)
     stats = run_job(
         config,
@@ -287,7 +435,7 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
             f"(`winnow audit {args.output}` writes the report once it is done)"
         )
     else:
-        print(format_summary(stats, args.output))
+        print(format_summary(stats, args.output, time.monotonic() - args.started))
         if stats.get("alarm"):
             banner = "!" * 78
             print(f"{banner}\nALARM: {stats['alarm']}\n{banner}", file=sys.stderr)
@@ -324,9 +472,9 @@ def _cmd_search(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     if args.k < 1:
         raise UsageError("-k must be >= 1")
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
+    if args.text is not None:
+        check_query_text(args.text)
+    check_beam_args(beam_args, args.flags)
     FileSystems.set_options(PipelineOptions(beam_args))  # S3 endpoint and keys, GCP project
     hits = search_output(args.output, args.text, args.image, args.k, args.model, args.pretrained)
     if args.json:
@@ -341,14 +489,34 @@ def _cmd_audit(args: argparse.Namespace, beam_args: list[str]) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.lock import OutputLock, check_finished
     from pipeline.output.report import write_report
+    from transforms.common.manifest import read_manifest
 
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        raise UsageError(f"unexpected argument(s) {unknown}; Beam options are given as --name=value")
-    FileSystems.set_options(PipelineOptions(beam_args))  # S3 endpoint and keys, GCP project
-    print(f"report: {write_report(args.output, args.out, args.compare)}")
+    check_beam_args(beam_args, args.flags)
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)  # S3 endpoint and keys, GCP project
+    check_finished(args.output, "winnow audit")
+    if args.compare:
+        check_finished(args.compare, "winnow audit --compare")
+    # The report written into a Winnow output is recorded in its manifest: no run may write there meanwhile.
+    into_output = args.out is None and read_manifest(args.output) is not None
+    with OutputLock(args.output, options) if into_output else contextlib.nullcontext():
+        print(f"report: {write_report(args.output, args.out, args.compare)}")
     return 0
+
+
+def check_query_text(text: str) -> None:
+    """`UsageError` for a `--text` query with no words or with a control character (a pasted
+    escape, a line break): every image has a nearest neighbour to any vector, so such a query
+    would return results that mean nothing."""
+    from transforms.common.checks import control_character
+
+    bad = control_character(text)
+    if bad:
+        raise UsageError(f"--text {text!r} holds the control character {bad}; remove it")
+    if not text.strip():
+        raise UsageError(f"--text {text!r} has no words; give the words to search for")
 
 
 def format_hits(hits: Sequence[Hit]) -> str:
@@ -368,6 +536,7 @@ def _cut(text: str | None, width: int) -> str:
 def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
     from sampleweb import generate_corpus
     from sampleweb.evalset import EVAL_DIR, write_eval_set
+    from transforms.common.manifest import list_files, record_files
 
     if args.samples < 1:
         raise UsageError(f"--samples ({args.samples}) must be >= 1")
@@ -377,13 +546,15 @@ def _cmd_corpus(args: argparse.Namespace, _: list[str]) -> int:
         summary = generate_corpus(args.out, args.samples, args.seed)
     except FileExistsError as err:
         raise UsageError(str(err)) from err
-    print(f"wrote {args.samples} samples to {args.out} ({summary})")
-    print(write_eval_set(os.path.join(args.out, EVAL_DIR), args.seed))
+    print(f"wrote {summary}")
+    eval_set = write_eval_set(os.path.join(args.out, EVAL_DIR), args.seed)
+    record_files(args.out, [f"{EVAL_DIR}/{name}" for name in list_files(os.path.join(args.out, EVAL_DIR))])
+    print(eval_set)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from pipeline.evaluate import EvaluateConfig, evaluate_outputs, format_table, write_json
+    from pipeline.evaluate import EvaluateConfig, check_targets, evaluate_outputs, format_table, write_json
     from pipeline.evaluate.train import TrainingError, TrainRecipe, missing_requirements
 
     if beam_args:
@@ -396,6 +567,11 @@ def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise UsageError("--input, --ablations, --config, --set and --stages go with --ablate")
     if not os.path.isdir(args.eval):
         raise UsageError(f"--eval: {args.eval} is not a folder")
+    workdir = args.workdir or os.path.join(os.path.dirname(os.path.abspath(args.report)), "evaluation")
+    try:
+        check_targets(args.report, workdir)  # before hours of training, not after
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     missing = missing_requirements()
     if missing:
         raise UsageError(
@@ -415,7 +591,6 @@ def _cmd_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
-    workdir = args.workdir or os.path.join(os.path.dirname(os.path.abspath(args.report)), "evaluation")
     outputs, labels = list(args.outputs), None
     if args.ablate:
         from pipeline.evaluate.ablate import ablation_configs, run_ablations
@@ -455,12 +630,33 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
         raise UsageError(
             f"{args.dir} holds no sample web (manifest.parquet); create one with `winnow corpus`"
         )
-    with SampleWebServer(args.dir, host=args.host, port=args.port) as server:
+    server = SampleWebServer(args.dir, host=args.host, port=args.port)
+    try:
+        server.start()
+    except FileNotFoundError as err:  # no files/ beside the manifest
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(_cannot_listen(args.host, args.port, err)) from None
+    try:
         urls, truth = write_url_lists(args.dir, server.base_url)
         message = f"serving {args.dir} at {server.base_url} (url list: {urls}, truth: {truth}); Ctrl-C stops"
         print(message, flush=True)
         threading.Event().wait()  # until Ctrl-C
+    finally:
+        server.stop()
     return 0
+
+
+def _cannot_listen(host: str, port: int, err: OSError) -> str:
+    """Why `winnow serve` cannot listen on `host:port`, and what to do instead."""
+    where = f"cannot serve on {host}:{port}"
+    if err.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use; choose another --port (0 = any free one)"
+    if err.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); choose another --port"
+    if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: --host {host} is not an address of this machine"
+    return f"{where}: {err.strerror or err}"
 
 
 def _cmd_config(args: argparse.Namespace, _: list[str]) -> int:

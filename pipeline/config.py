@@ -35,6 +35,8 @@ from transforms.write import OutputConfig
 
 #: Integers beyond this fit no Arrow column, numpy array or FAISS call.
 _MAX_INT = 2**63 - 1
+#: Stages that judge images: without the crawl stage, which gives them, every row stays `pending`.
+IMAGE_STAGES = ("safety", "embed", "dedup", "noise")
 
 
 class ConfigError(ValueError):
@@ -119,6 +121,16 @@ class RunConfig:
             raise ConfigError(
                 "the noise stage needs the embed stage with embed.write_embeddings=true "
                 "(it works on the image and text embeddings)"
+            )
+        without_images = [s for s in IMAGE_STAGES if s in stages] if "crawl" not in stages else []
+        if without_images:
+            *others, last = without_images
+            which = (
+                f"the {', '.join(others)} and {last} stages judge" if others else f"the {last} stage judges"
+            )
+            raise ConfigError(
+                f"run.stages: {which} images, which only the crawl stage gives (fetched from the URLs, "
+                "or read from a pool's tars): add crawl to run.stages"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,9 +245,37 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def _parse_yaml(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else {}
+        return yaml.load(text, Loader=_unique_key_loader(where)) if text.strip() else {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: invalid YAML: {err}") from err
+
+
+def _unique_key_loader(where: str) -> type[yaml.SafeLoader]:
+    """YAML's safe loader, refusing a key given twice in one mapping (`ConfigError` naming the key
+    and both lines of `where`): plain YAML keeps the last value without a word. Keys a merge
+    (`<<: *defaults`) brings in may still be overridden."""
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                    seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the constructor says why
+                    continue
+                if first is not None:
+                    raise ConfigError(
+                        f"{where}: line {line}: key '{key}' is given twice (first on line {first}); "
+                        "YAML would keep only the last value: remove one"
+                    )
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _merge(into: dict[str, Any], data: Any) -> None:

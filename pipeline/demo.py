@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -12,12 +13,14 @@ from pipeline.config import RunConfig
 from pipeline.jobs import run_job
 from pipeline.summary import format_summary
 from sampleweb.scoring import duplicate_pair_scores, noise_scores
+from transforms.common.manifest import record_files
 
 
 def run_demo(
     workdir: str, samples: int, seed: int, config: RunConfig, workers: int | None = None, port: int = 0
 ) -> str:
     """Generates (or reuses) the sample web, crawls it, and returns a printable summary."""
+    started = time.monotonic()
     from sampleweb import generate_corpus, serve_in_subprocess, write_url_lists
     from sampleweb.metadata import write_metadata
 
@@ -27,11 +30,12 @@ def run_demo(
     if not os.path.exists(marker):
         generate_corpus(web, samples, seed)
         open(marker, "w").close()
+        record_files(web, [os.path.basename(marker)])
     write_metadata(web)  # the entries a run with the balance stage needs
     with serve_in_subprocess(web, port=port) as base_url:
         urls, truth = write_url_lists(web, base_url)
         stats = run_job(config, [urls], output, workers=workers, show_progress=True)
-    return format_summary(stats, output) + "\n" + _truth_check(truth, output)
+    return format_summary(stats, output, time.monotonic() - started) + "\n" + _truth_check(truth, output)
 
 
 def _truth_check(truth_path: str, output: str) -> str:

@@ -3,6 +3,8 @@ write the audit report."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -10,16 +12,19 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.build import BATCH_STAGES, PoolSource, build_pipeline
 from pipeline.config import ConfigError, RunConfig
-from pipeline.output.errors import AuditError, IndexBudgetError, RowsLostError
+from pipeline.lock import OutputLock, check_not_locked
+from pipeline.output.errors import AuditError, IndexBudgetError, ReportError, RowsLostError
 from pipeline.output.index import (
     INDEX_DIR,
     IndexSummary,
@@ -34,11 +39,21 @@ from pipeline.shuffles import NAMESPACE as SHUFFLE_NAMESPACE
 from pipeline.shuffles import measure_shuffles, shuffle_table
 from pipeline.stores import check_bucket, check_writable
 from schemas.layout import STATS_FILE
-from schemas.pools import available_embeddings
+from schemas.pools import DATACOMP_EMBEDDINGS, available_embeddings, base_name, datacomp_embeddings
 from transforms.common.errors import InputError
 from transforms.common.files import write_atomically
-from transforms.common.manifest import claim_output, inside, normalized, record_files, require_complete
+from transforms.common.manifest import (
+    claim_output,
+    complete_output,
+    inside,
+    normalized,
+    read_manifest,
+    record_files,
+    require_complete,
+    unclaim_output,
+)
 from transforms.common.progress import NAMESPACE
+from transforms.crawl.metadata import metadata_files, npz_arrays, npz_path
 from transforms.crawl.pool import clip_retrieval_partitions
 from transforms.crawl.stage import failure_alarm
 from transforms.read.lists import check_input, detect_format, expand_inputs, holds_archives, is_directory
@@ -99,12 +114,6 @@ def run_job(
         from transforms.embed.clip import model_identity  # the model code loads only for runs that need it
 
         check_safety(config.safety, model_identity(config.embed) if is_head(config.safety.nsfw_model) else "")
-    if not dry_run:
-        if FileSystems.get_scheme(output_dir) in (None, "file"):
-            _make_local_folder(output_dir)
-        check_writable(output_dir)
-        claim_output(output_dir)
-
     local = is_local(runner)
     if local and "embed" in config.run.stages:
         from transforms.embed.clip import resolve_device
@@ -119,7 +128,15 @@ def run_job(
     archives = holds_archives(files, config.input)
     pool = previous_pool(retry_from) if retry_from is not None else pool_source(files, config)
     build_pipeline(
-        pipeline, config, [] if retry_from else inputs, output_dir, progress_dir, retry_from, archives, pool
+        pipeline,
+        config,
+        [] if retry_from else inputs,
+        output_dir,
+        progress_dir,
+        retry_from,
+        archives,
+        pool,
+        complete=not (wait or local),
     )
     if config.run.measure_shuffles:
         measure_shuffles(pipeline)
@@ -133,6 +150,38 @@ def run_job(
             "steps": steps,
             "graph_bytes": graph_bytes,
         }
+    # Everything is checked and the job is built: only now is the folder locked and claimed.
+    try:
+        with claimed_output(output_dir, options) as claim:
+            return _run_claimed(
+                claim, pipeline, config, files, output_dir, runner, beam_args, workers, show_progress,
+                wait, progress_dir, stages, pool, retry_from,
+            )  # fmt: skip
+    finally:
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+
+
+def _run_claimed(
+    claim: Claim,
+    pipeline: Any,
+    config: RunConfig,
+    files: list[str],
+    output_dir: str,
+    runner: str,
+    beam_args: Sequence[str],
+    workers: int | None,
+    show_progress: bool,
+    wait: bool,
+    progress_dir: str | None,
+    stages: list[str],
+    pool: PoolSource | None,
+    retry_from: str | None,
+) -> dict[str, Any]:
+    """`run_job` once the output is locked and claimed: runs the job, then writes the index, the
+    report and, last, the manifest's `complete`."""
+    local = is_local(runner)
+    claim.started = True  # from here on the job may write
     if not (wait or local):
         # Submitted, not waited for (a Flex Template launcher must return): the shards and
         # stats.json are the job's; the index, the report and the counters need `winnow run`.
@@ -141,26 +190,26 @@ def run_job(
             getattr(submitted, "job_id", lambda: None)() if getattr(submitted, "has_job", False) else None
         )
         return {"submitted": True, "runner": runner, "stages": stages, "job_id": job_id}
-    started = time.monotonic()
-    try:
-        if progress_dir and show_progress:
-            with ProgressPrinter(progress_dir, stages):
-                result = pipeline.run()
-                result.wait_until_finish()
-        else:
+    began = time.monotonic()
+    if progress_dir and show_progress:
+        with ProgressPrinter(progress_dir, stages):
             result = pipeline.run()
             result.wait_until_finish()
-    finally:
-        if progress_dir:
-            shutil.rmtree(progress_dir, ignore_errors=True)
-    elapsed = time.monotonic() - started
+    else:
+        result = pipeline.run()
+        result.wait_until_finish()
+    elapsed = time.monotonic() - began
 
     stats_path = f"{output_dir}/{STATS_FILE}"
     with FileSystems.open(stats_path) as handle:
         stats: dict[str, Any] = json.loads(handle.read())
     stats["input_files"] = len(files)
     if pool is not None:  # what a retry of this output needs to know
-        stats[POOL_KEY] = {"embeddings": pool.embeddings, "clip_retrieval": pool.clip_retrieval}
+        stats[POOL_KEY] = {
+            "embeddings": pool.embeddings,
+            "clip_retrieval": pool.clip_retrieval,
+            "metadata": pool.metadata,
+        }
     if retry_from is not None:
         stats["retried_from"] = retry_from
     stats["duration_s"] = round(elapsed, 3)
@@ -184,7 +233,43 @@ def run_job(
         write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
         record_files(output_dir, [f"{INDEX_DIR}/{name}" for name in index_files(summary.type)])
     stats["report"] = _write_report(output_dir, stats["samples"])
+    complete_output(output_dir)  # last: `complete` means the index and the report are there too
     return stats
+
+
+@dataclasses.dataclass
+class Claim:
+    """An output folder a run holds; `started` once the run may have written into it."""
+
+    started: bool = False
+
+
+@contextlib.contextmanager
+def claimed_output(output_dir: str, options: PipelineOptions) -> Iterator[Claim]:
+    """Creates a local output folder, holds its lock (`pipeline/lock.py`) and claims it
+    (`claim_output`) for the block, releasing the lock on every exit path. If the block fails
+    before it sets `Claim.started`, the claim is undone (the previous manifest back, or none) and
+    a folder this call created is removed: a run refused at its start leaves nothing behind."""
+    created = False
+    if FileSystems.get_scheme(output_dir) in (None, "file"):
+        created = _make_local_folder(output_dir)
+    claim = Claim()
+    try:
+        with OutputLock(output_dir, options):
+            check_writable(output_dir)
+            previous = read_manifest(output_dir)
+            claim_output(output_dir)
+            try:
+                yield claim
+            except BaseException:
+                if not claim.started:
+                    unclaim_output(output_dir, previous)
+                raise
+    except BaseException:
+        if created and not claim.started:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_dir)  # only if empty
+        raise
 
 
 #: stats.json entry of a run that read a pool of downloaded shards.
@@ -194,31 +279,75 @@ POOL_KEY = "pool"
 def pool_source(files: Sequence[str], config: RunConfig) -> PoolSource | None:
     """How the run reads its pool, or None when no input is a pool shard (`*.tar`).
 
-    With the embed stage, the first shard's siblings say which models' embeddings the pool
-    carries: the configured model's are reused; only other models' is a `ConfigError` naming both,
-    unless `embed.recompute`."""
+    With the embed stage, the first shard's siblings (or, with `input.metadata`, the first
+    metadata file's `.npz`) say which models' embeddings the pool carries: the configured model's
+    are reused; only other models' is a `ConfigError` naming both, unless `embed.recompute`."""
     shards = [path for path in files if detect_format(path, config.input.input_format) == "webdataset"]
+    metadata = config.input.metadata or None
     if not shards:
+        if metadata:
+            raise ConfigError(
+                f"input.metadata: {metadata} is joined to a pool's shards, but no input is a *.tar"
+            )
         return None
+    first_metadata = check_metadata(metadata) if metadata else None
     if "embed" not in config.run.stages or config.embed.recompute:
-        return PoolSource(None)
+        return PoolSource(None, metadata=metadata)
     from transforms.embed.clip import model_identity
 
     wanted = model_identity(config.embed)
     if config.input.embeddings:
         found = {config.input.embeddings_model: config.input.embeddings}
         check_clip_retrieval(config.input.embeddings)
+    elif first_metadata:
+        found = metadata_embeddings(first_metadata, wanted)
     else:
         found = available_embeddings(shards[0])
     if not found:
-        return PoolSource(None)
+        return PoolSource(None, metadata=metadata)
     if wanted in found:
-        return PoolSource(wanted, config.input.embeddings or None)
+        return PoolSource(wanted, config.input.embeddings or None, metadata)
     raise ConfigError(
         f"embed.model: the pool's embeddings ({found[sorted(found)[0]]}) were made by "
         f"{', '.join(sorted(found))}, not by {wanted}; set embed.model and embed.pretrained to "
         "the pool's model, or embed.recompute: true to embed every image again"
     )
+
+
+def check_metadata(pattern: str) -> str:
+    """`InputError` unless `pattern` (`input.metadata`) names Parquet files with a `uid` column
+    (the first files are checked; each is checked again when the job reads it); returns the first."""
+    files = metadata_files(pattern)
+    if not files:
+        raise InputError(f"input.metadata: no Parquet files match '{pattern}'")
+    for path in files[:_CHECKED_FILES]:
+        try:
+            with FileSystems.open(path) as handle:
+                names = pq.ParquetFile(handle).schema_arrow.names
+        except (OSError, pa.ArrowException) as err:
+            raise InputError(
+                f"input.metadata: {path} is not a Parquet file Winnow can read ({err})"
+            ) from None
+        if "uid" not in names:
+            raise InputError(f"input.metadata: {path} has no 'uid' column to join the pool's samples by")
+    return files[0]
+
+
+def metadata_embeddings(parquet: str, wanted: str) -> dict[str, str]:
+    """Identity → `.npz` of the DataComp embeddings beside the metadata file `parquet`; a
+    `ConfigError` when it has none and `wanted` is one of DataComp's models (whose embeddings
+    `download_upstream.py --download_npz` fetches)."""
+    npz = npz_path(parquet)
+    if not FileSystems.exists(npz):
+        if datacomp_embeddings(wanted) is None:
+            return {}
+        raise ConfigError(
+            f"input.metadata: {parquet} has no {base_name(npz)} beside it, so {wanted}'s embeddings "
+            "cannot be reused: fetch them (DataComp's download_upstream.py --download_npz), or set "
+            "embed.recompute: true to embed every image again"
+        )
+    names = npz_arrays(npz)
+    return {e.identity: npz for e in DATACOMP_EMBEDDINGS if {e.image_key, e.text_key} <= names}
 
 
 def check_clip_retrieval(folder: str) -> None:
@@ -257,9 +386,9 @@ def check_safety(config: SafetyConfig, identity: str) -> None:
         read_blocklists(config)
     except BlocklistError as err:
         raise ConfigError(f"safety: {err}") from None
-    if config.face_detector is not None:
+    if config.detector is not None:
         try:
-            FaceDetector(config.face_detector)
+            FaceDetector(config.detector)
         except FaceError as err:
             raise ConfigError(str(err)) from None
     if is_head(config.nsfw_model):
@@ -292,7 +421,7 @@ def previous_pool(previous: str) -> PoolSource | None:
         recorded = json.loads(handle.read()).get(POOL_KEY)
     if not isinstance(recorded, dict):
         return None
-    return PoolSource(recorded.get("embeddings"), recorded.get("clip_retrieval"))
+    return PoolSource(recorded.get("embeddings"), recorded.get("clip_retrieval"), recorded.get("metadata"))
 
 
 def check_rows(stats: dict[str, Any], output_dir: str) -> None:
@@ -338,6 +467,7 @@ def check_retry_source(previous: str, output_dir: str, config: RunConfig) -> Non
         raise InputError(
             f"--retry-failed {previous}: write the retry to a folder outside it (not {output_dir})"
         )
+    check_not_locked(previous, "--retry-failed")  # a run writing it now: its rows are not settled
     require_complete(previous)
     with FileSystems.open(f"{previous}/{STATS_FILE}") as handle:
         before = json.loads(handle.read()).get("config")
@@ -390,25 +520,38 @@ def config_changes(
     return changes
 
 
-def _make_local_folder(output_dir: str) -> None:
+def _make_local_folder(output_dir: str) -> bool:
+    """Creates the output folder if it does not exist; returns whether it did."""
+    if os.path.isdir(output_dir):
+        return False
     try:
-        os.makedirs(output_dir, exist_ok=True)
+        os.makedirs(output_dir)
+    except FileExistsError:
+        if not os.path.isdir(output_dir):
+            raise InputError(f"output '{output_dir}' is a file, not a folder") from None
+        return False  # created meanwhile by another process
     except OSError as err:
         raise InputError(f"output '{output_dir}' cannot be created: {err.strerror or err}") from err
-    if not os.path.isdir(output_dir):
-        raise InputError(f"output '{output_dir}' is a file, not a folder")
+    return True
 
 
 def _write_report(output_dir: str, samples: int) -> str | None:
-    """The audit report of the finished output; a failure to write it leaves the run's results valid."""
+    """The audit report of the finished output. A report the filesystem refuses (a full disk) fails
+    the run with `ReportError`: the output is not complete without it, and the message says so."""
     if samples == 0:
         LOG.warning("no audit report: the input held no rows, so the output has nothing to report")
         return None
     try:
         return write_report(output_dir)
-    except (AuditError, OSError) as err:
+    except AuditError as err:
         LOG.warning("audit report not written (`winnow audit %s` retries): %s", output_dir, err)
         return None
+    except OSError as err:
+        raise ReportError(
+            f"the audit report could not be written to {output_dir}: {err.strerror or err}; the "
+            f"shards and {STATS_FILE} are written but the output is not complete: fix that and run "
+            "the same command again"
+        ) from err
 
 
 def _index_output(

@@ -1,4 +1,10 @@
-"""The live progress line of a local run: samples done, rate, failures and ETA per stage."""
+"""The live progress line of a local run: samples done, rate, rejections, failures and ETA per stage.
+
+A stage's rate is measured over its last `window_s` seconds; its ETA (the samples the stage before
+it has passed on and it has not yet done, at that rate) is shown only once the stage has been
+measured for `eta_after_s`: a crawl's first second, its threads still connecting, would promise
+hours. Dropped samples are counted as the summary counts them, `rejected` or `failed`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import collections
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from transforms.common.progress import read_progress
@@ -31,6 +37,9 @@ class ProgressPrinter:
         stream: TextIO | None = None,
         interval_s: float = 1.0,
         log_every_s: float = 10.0,
+        window_s: float = 10.0,
+        eta_after_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._dir = progress_dir
         self._stages = list(stages)
@@ -40,9 +49,11 @@ class ProgressPrinter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="winnow-progress", daemon=True)
         self._history: dict[str, collections.deque[tuple[float, int]]] = {}
-        self._window = 10.0
+        self._window = window_s
+        self._eta_after = eta_after_s
+        self._clock = clock
         self._started: dict[str, float] = {}
-        self._tty = getattr(stream, "isatty", lambda: False)()
+        self._tty = getattr(self._stream, "isatty", lambda: False)()
 
     def __enter__(self) -> ProgressPrinter:
         self._thread.start()
@@ -55,23 +66,24 @@ class ProgressPrinter:
 
     def line(self, final: bool = False) -> str:
         totals = read_progress(self._dir, self._stages)
-        now = time.monotonic()
+        now = self._clock()
         parts = []
         upstream: int | None = None
         for stage in self._stages:
-            done, failed = totals[stage]["done"], totals[stage]["failed"]
+            done = totals[stage]["done"]
             rate = self._rate(stage, now, done)
+            measured = now - self._started.get(stage, now)
             if final and stage in self._started:
-                start = self._started[stage]
-                rate = done / (now - start) if now - start > 0.5 else 0.0
+                rate = done / measured if measured > 0.5 else 0.0
             text = f"{stage} {done:,}"
             if rate:
                 text += f" ({rate:,.0f}/s"
-                if upstream is not None and upstream > done:
+                if not final and measured >= self._eta_after and upstream is not None and upstream > done:
                     text += f", ETA {format_eta((upstream - done) / rate)}"
                 text += ")"
-            if failed:
-                text += f" {failed:,} failed"
+            dropped = [f"{totals[stage][s]:,} {s}" for s in ("rejected", "failed") if totals[stage][s]]
+            if dropped:
+                text += " " + ", ".join(dropped)
             parts.append(text)
             upstream = done
         return " | ".join(parts)
@@ -88,13 +100,13 @@ class ProgressPrinter:
         return (last - first) / (end - start) if end - start > 0.5 else 0.0
 
     def _loop(self) -> None:
-        last_log = time.monotonic()
+        last_log = self._clock()
         while not self._stop.wait(self._interval):
             text = self.line()  # polled every interval so rates are measured even between log lines
             if self._tty:
                 self._write(text)
-            elif time.monotonic() - last_log >= self._log_every:
-                last_log = time.monotonic()
+            elif self._clock() - last_log >= self._log_every:
+                last_log = self._clock()
                 self._write(text)
 
     def _write(self, text: str, final: bool = False) -> None:

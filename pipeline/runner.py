@@ -13,20 +13,49 @@ the shard grouping of a few hundred thousand pairs) silently loses rows (Beam 2.
 measured in `benchmarks/README.md`, "Local runner: rows lost by the data plane's timer").
 `LocalRunner` turns the timer off for its run: the streams then flush only from the writing
 thread, by size and at the end of the input.
+
+Its worker processes live and die with the run: each is started as `pipeline/worker.py`, which
+puts it in a process group of its own and has the kernel kill it when the launcher dies (even by
+SIGKILL or the OOM killer); on Ctrl-C the launcher stops them itself (`stop_local_workers`). Their
+number is capped (`max_local_workers`): beyond a few per core a process adds no speed, only memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
+import signal
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.portability import python_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
+from apache_beam.runners.runner import PipelineRunner, create_runner
+
+from pipeline.config import ConfigError
 
 LOCAL_RUNNERS = {"local", "direct", "directrunner", "fnapirunner", "bundlebaseddirectrunner"}
+#: The module each local worker process runs (`python -m`), before Beam's SDK worker.
+WORKER_MODULE = "pipeline.worker"
+#: The command Beam's FnApiRunner starts its worker processes with (`direct_running_mode=multi_processing`).
+_BEAMS_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+#: Local worker processes per CPU core at most: the stages that compute keep one per core busy,
+#: and the crawl waits on the network in `crawl.thread_count` threads per process, not in more
+#: processes; past a few per core, processes add memory and switching, not speed.
+WORKERS_PER_CORE = 4
+#: The memory one idle worker process takes for itself, before any data or model: Beam's SDK
+#: worker has 137 MB of private pages, 148 MB once the crawl stage's modules are loaded (Beam 2.77,
+#: Python 3.11, Linux `smaps_rollup`; its resident set, shared libraries included, is ~290 MB).
+WORKER_BYTES = 150 << 20
+#: The share of the machine's memory the idle workers may take together: the rest is for the data
+#: they hold, their models and the launcher.
+WORKERS_MEMORY_SHARE = 0.5
 
 
 class LocalRunner(FnApiRunner):
@@ -53,6 +82,134 @@ class LocalRunner(FnApiRunner):
                 LocalRunner._active -= 1
                 if LocalRunner._active == 0:
                     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = LocalRunner._beams_value
+
+    def run_via_runner_api(
+        self, pipeline_proto: beam_runner_api_pb2.Pipeline, options: PipelineOptions
+    ) -> Any:
+        bind_workers(pipeline_proto)
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
+def worker_command() -> str:
+    """The shell command of a local worker process: `pipeline/worker.py`, told this process's id."""
+    return f"exec {shlex.quote(sys.executable)} -m {WORKER_MODULE} {os.getpid()}"
+
+
+def bind_workers(pipeline_proto: beam_runner_api_pb2.Pipeline) -> None:
+    """Starts the job's worker processes as `worker_command()` instead of Beam's own command, so
+    that they die with this process (see `pipeline/worker.py`)."""
+    for environment in pipeline_proto.components.environments.values():
+        if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.decode() == _BEAMS_WORKER:
+            environment.payload = worker_command().encode()
+
+
+def local_worker_pids(parent: int | None = None) -> list[int]:
+    """The worker processes that `parent` (this process by default) started and that are alive, found
+    through `/proc` (Linux; elsewhere none are found, and the workers' watchdog ends them)."""
+    parent = os.getpid() if parent is None else parent
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                ppid = int(handle.read().rpartition(b")")[2].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().split(b"\0")
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        if WORKER_MODULE.encode() in command:
+            found.append(int(entry))
+    return sorted(found)
+
+
+def stop_local_workers() -> int:
+    """SIGKILLs the local worker processes of this process, each with its process group (anything it
+    started); returns how many. For Ctrl-C: Beam's runner would otherwise wait for each worker to
+    finish its bundle before it lets the run end."""
+    pids = local_worker_pids()
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the worker leads its own group
+        except OSError:
+            with contextlib.suppress(OSError):  # not yet out of this process's group: the process alone
+                os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers narrow), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError), open(path) as handle:  # "max": no limit
+            total = min(total, int(handle.read().strip()))
+    return total
+
+
+def max_local_workers(cores: int | None = None, memory: int | None = None) -> int:
+    """The most local worker processes this machine is given: `WORKERS_PER_CORE` per core, and no
+    more than fit, idle, in `WORKERS_MEMORY_SHARE` of its memory (`WORKER_BYTES` each); at least 1."""
+    cores = available_cores() if cores is None else cores
+    memory = available_memory() if memory is None else memory
+    bound = WORKERS_PER_CORE * cores
+    if memory:
+        bound = min(bound, int(memory * WORKERS_MEMORY_SHARE) // WORKER_BYTES)
+    return max(1, bound)
+
+
+def check_workers(workers: int | None) -> int | None:
+    """The number of local worker processes `--workers` asks for (`0`: one per core, up to the
+    bound); `ConfigError` naming the bound above it."""
+    if workers is None:
+        return None
+    if workers < 0:
+        raise ConfigError(f"--workers ({workers}) must be >= 0 (0 = one per core)")
+    bound, cores = max_local_workers(), available_cores()
+    if workers == 0:
+        return min(cores, bound)
+    if workers > bound:
+        memory = available_memory()
+        if bound < WORKERS_PER_CORE * cores and memory:
+            why = (
+                f"each worker process takes {WORKER_BYTES >> 20} MB or more, and the idle workers "
+                f"may take {WORKERS_MEMORY_SHARE:.0%} of its {memory / (1 << 30):.1f} GB"
+            )
+        else:
+            why = f"{WORKERS_PER_CORE} per core on its {cores} cores: more processes add memory, not speed"
+        raise ConfigError(f"--workers {workers}: at most {bound} on this machine ({why})")
+    return workers
+
+
+def check_runner(runner: str) -> None:
+    """`ConfigError` naming `runner` and what is accepted unless it is `local` or a Beam runner."""
+    if is_local(runner):
+        return
+    accepted = f"local (the default), {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}"
+    try:
+        made = create_runner(runner)
+    except ImportError as err:
+        raise ConfigError(f"--runner {runner}: cannot be loaded ({err})") from None
+    except (ValueError, AttributeError, TypeError):
+        made = None
+    if not isinstance(made, PipelineRunner):
+        raise ConfigError(
+            f"--runner {runner}: not a Beam runner; use {accepted}, or a runner class as module.ClassName"
+        )
 
 
 def is_local(runner: str) -> bool:
@@ -95,12 +252,21 @@ def related_job_args(beam_args: Sequence[str], suffix: str) -> list[str]:
 def make_pipeline(
     runner: str = "local", beam_args: Sequence[str] = (), workers: int | None = None
 ) -> beam.Pipeline:
-    """A Pipeline for `runner`; `workers` (local only) switches to multi-processing."""
+    """A Pipeline for `runner`; `workers` (local only) switches to multi-processing.
+
+    `ConfigError` for a runner Beam does not know, for `workers` on another runner, and for more
+    workers than `max_local_workers`, before anything is started."""
     args = list(beam_args)
+    check_runner(runner)
     if not is_local(runner):
+        if workers is not None:
+            raise ConfigError(
+                f"--workers is for the local runner; {runner} takes its own options "
+                "(DataflowRunner: --num_workers, --max_num_workers)"
+            )
         return beam.Pipeline(options=PipelineOptions([f"--runner={runner}", *args]))
-    if workers is not None:
-        count = workers or os.cpu_count() or 1
+    count = check_workers(workers)
+    if count is not None:
         args += [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"]
         if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
             args.append("--default_sdk_harness_log_level=WARNING")  # workers' lifecycle chatter

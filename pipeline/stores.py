@@ -7,6 +7,8 @@ after the crawl); these checks turn it into one line naming the bucket, as an `I
 
 from __future__ import annotations
 
+from typing import Any
+
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
@@ -21,21 +23,10 @@ def check_bucket(path: str, options: PipelineOptions) -> None:
         _check_gcs_bucket(path, options)
     if not path.startswith("s3://"):
         return
-    import boto3  # installed with apache-beam[aws]
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = path.removeprefix("s3://").split("/", 1)[0]
-    s3 = options.view_as(S3Options)
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.s3_endpoint_url,
-        region_name=s3.s3_region_name,
-        aws_access_key_id=s3.s3_access_key_id,
-        aws_secret_access_key=s3.s3_secret_access_key,
-        aws_session_token=s3.s3_session_token,
-        use_ssl=not s3.s3_disable_ssl,
-        verify=s3.s3_verify,
-    )
+    client = s3_client(options)
     try:
         client.head_bucket(Bucket=bucket)
     except ClientError as err:
@@ -47,6 +38,23 @@ def check_bucket(path: str, options: PipelineOptions) -> None:
         raise InputError(f"S3 bucket '{bucket}': {err} ({path})") from err
     except BotoCoreError as err:  # no credentials, endpoint unreachable
         raise InputError(f"S3 bucket '{bucket}' unreachable: {err} ({path})") from err
+
+
+def s3_client(options: PipelineOptions) -> Any:
+    """A boto3 S3 client with the endpoint and keys of Beam's S3 options (`--s3_endpoint_url`, …)."""
+    import boto3  # installed with apache-beam[aws]
+
+    s3 = options.view_as(S3Options)
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.s3_endpoint_url,
+        region_name=s3.s3_region_name,
+        aws_access_key_id=s3.s3_access_key_id,
+        aws_secret_access_key=s3.s3_secret_access_key,
+        aws_session_token=s3.s3_session_token,
+        use_ssl=not s3.s3_disable_ssl,
+        verify=s3.s3_verify,
+    )
 
 
 def _check_gcs_bucket(path: str, options: PipelineOptions) -> None:

@@ -21,9 +21,14 @@ def format_dry_run(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_summary(stats: dict[str, Any], output: str) -> str:
-    """A short human summary of a run's stats."""
-    lines = [f"{stats['samples']:,} samples in {stats.get('duration_s', 0):.1f}s → {output}"]
+def format_summary(stats: dict[str, Any], output: str, wall_s: float | None = None) -> str:
+    """A short human summary of a run's stats. `wall_s`: the seconds the user waited for the whole
+    command (checks, start-up, index and report included), which the first line gives; the
+    pipeline's own share (`duration_s`) follows it."""
+    took = f"{stats.get('duration_s', 0):.1f}s"
+    if wall_s is not None:
+        took = f"{wall_s:.1f}s (pipeline {took})"
+    lines = [f"{stats['samples']:,} samples in {took} → {output}"]
     harvest = stats.get("harvest")
     if harvest:
         skipped = ", ".join(f"{n:,} {reason}" for reason, n in harvest["skipped_records"].items()) or "none"
@@ -36,17 +41,19 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
         lines.append(f"  {status:<9} {count:>8,}")
         for reason, n in stats["reasons"].get(status, {}).items():
             lines.append(f"    {reason:<22} {n:>6,}")
+    lines += _forbidden_hint(stats)
     text = stats["stages"].get("text")
     if text:
         saved = text["total"] - text["kept"]
         lines.append(
             f"  text stage: {saved:,} fetches saved ({saved / max(text['total'], 1):.0%} of the pairs it saw)"
         )
+    faces = _faces_line(stats.get("safety"))
+    if faces:
+        lines.append(faces)
     embed = stats["stages"].get("embed")
     if embed:
-        embedded = stats.get("metrics", {}).get("embed/total")
-        if embedded is not None:
-            lines.append(f"  embed stage: {embedded:,} pairs embedded and scored")
+        lines += _embed_line(stats.get("metrics", {}))
     dedup = stats["stages"].get("dedup")
     if dedup:
         removed = ", ".join(f"{n:,} {reason}" for reason, n in sorted(dedup["dropped"].items())) or "none"
@@ -81,3 +88,53 @@ def format_summary(stats: dict[str, Any], output: str) -> str:
     if stats.get("report"):
         lines.append(f"  report: {stats['report']}")
     return "\n".join(lines)
+
+
+def _faces_line(safety: dict[str, Any] | None) -> str | None:
+    """What the safety stage found of faces and blurred, when it looked for them."""
+    if not safety or not safety.get("face_detector") or "searched_for_faces" not in safety:
+        return None
+    searched, found, images = safety["searched_for_faces"], safety["faces"], safety["with_faces"]
+    line = (
+        f"  faces: {found:,} found on {images:,} of the {searched:,} images searched "
+        f"(the input's boxes where it gave them, else {safety['face_detector']})"
+    )
+    if safety.get("blur_faces"):
+        blurred = safety["blurred"]
+        line += f"; {blurred:,} image{'' if blurred == 1 else 's'} blurred"
+    return line
+
+
+def _embed_line(metrics: dict[str, int]) -> list[str]:
+    """How many pairs the embed stage scored, and whether it computed their embeddings or reused
+    the ones the input carried (a pool's `.npz`, a clip-retrieval output, a retried output)."""
+    judged = metrics.get("embed/total")
+    if judged is None:
+        return []
+    reused = metrics.get("embed/embeddings_reused", 0)
+    missing = metrics.get("embed/dropped/embedding_missing", 0)
+    if not reused:
+        return [f"  embed stage: {judged:,} pairs embedded and scored"]
+    computed = judged - reused - missing
+    line = (
+        f"  embed stage: {judged:,} pairs scored; embeddings reused for {reused:,}, computed for {computed:,}"
+    )
+    return [line + (f", missing for {missing:,}" if missing else "")]
+
+
+#: A share of the failures above which a run blocked from private addresses says how to allow them.
+_FORBIDDEN_SHARE = 0.5
+
+
+def _forbidden_hint(stats: dict[str, Any]) -> list[str]:
+    """A hint when most failures are `forbidden_address`: the URLs point at loopback or private
+    addresses, which the crawl refuses unless `crawl.allow_private_networks` is set."""
+    failed = stats["status"].get("failed", 0)
+    forbidden = stats["reasons"].get("failed", {}).get("forbidden_address", 0)
+    if not failed or forbidden <= failed * _FORBIDDEN_SHARE:
+        return []
+    return [
+        f"  {forbidden:,} of {failed:,} failures are forbidden_address: those hosts resolve to loopback "
+        "or private addresses, which the crawl refuses; set crawl.allow_private_networks=true to "
+        "crawl a network of your own"
+    ]

@@ -5,7 +5,11 @@ Contract:
 * ``generate_corpus(out_dir, samples, seed, config)`` writes ``out_dir/files/<id>.<ext>`` and
   ``out_dir/manifest.parquet`` (one row per sample, ordered by ``id``; columns in
   :data:`MANIFEST_SCHEMA`, documented in ``sampleweb/README.md``) and returns a
-  :class:`CorpusSummary`.  An existing ``out_dir/files`` directory is replaced.
+  :class:`CorpusSummary`.  ``out_dir`` holds Winnow's output manifest (``winnow-manifest.json``,
+  :mod:`transforms.common.manifest`): a folder is written only when it is new, empty or an earlier
+  sample web whose manifest names every file in it; only the files it names are replaced, and the
+  tools that add files to a sample web (URL lists, metadata, eval sets) record theirs there too.
+  Any other folder is refused (``FileExistsError``) and left as it is.
 * Output is a pure function of ``(samples, seed, config)``: the same arguments give
   byte-identical files and manifest, whatever the number of worker processes.  Each sample draws
   its scene, layout and caption from its own ``numpy`` ``SeedSequence`` stream keyed by
@@ -20,11 +24,12 @@ Contract:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import multiprocessing
 import os
-import shutil
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -182,6 +187,18 @@ class CorpusSummary:
     total_bytes: int
     seconds: float
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        """A few lines for a person: what was written, then each ground-truth label's counts."""
+        lines = [
+            f"{self.samples:,} samples: {self.files:,} files ({self.total_bytes / 1e6:.1f} MB) in "
+            f"{self.out_dir} in {self.seconds:.1f}s; ground truth in {self.manifest_path}"
+        ]
+        for label, counts in self.counts.items():
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            shown = ", ".join(f"{n:,} {'none' if value == 'null' else value}" for value, n in ranked)
+            lines.append(f"  {label}: {shown}")
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- planning
@@ -504,6 +521,36 @@ def _counts(table: pa.Table) -> dict[str, dict[str, int]]:
     return out
 
 
+#: What a sample web's folder holds once its tools have run (see :func:`_claim_folder`).
+_OWN_NAME = re.compile(
+    rf"^({re.escape(MANIFEST_NAME)}|{FILES_DIR}/\d{{6}}\.\w+|urls\.parquet|truth\.parquet|metadata\.tsv"
+    r"|eval/.+|\.generated-\d+-\d+)$"
+)
+
+
+def _claim_folder(out_dir: str) -> None:
+    """Refuses ``out_dir`` unless it is new, empty or an earlier sample web whose manifest names
+    every file in it; deletes the files that manifest names and leaves it ``running`` (a killed
+    generation's files, with the sample web's names, are then taken up by the next one)."""
+    from transforms.common.manifest import survey, write_manifest
+
+    if not os.path.isdir(out_dir):
+        if os.path.exists(out_dir):
+            raise FileExistsError(f"{out_dir} is a file, not a folder")
+        return
+    _, recorded, foreign = survey(out_dir, lambda name: bool(_OWN_NAME.match(name)))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise FileExistsError(
+            f"{out_dir} is not a generated sample web's folder: it holds files Winnow did not write "
+            f"('{foreign[0]}'{more}), and it replaces only what it wrote; use another folder"
+        )
+    write_manifest(out_dir, "running", recorded)
+    for name in sorted(recorded):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+
+
 def generate_corpus(
     out_dir: str, samples: int, seed: int, config: CorpusConfig | None = None
 ) -> CorpusSummary:
@@ -511,13 +558,12 @@ def generate_corpus(
     config = config or CorpusConfig()
     if samples < 1 or seed < 0:
         raise ValueError("need samples >= 1 and seed >= 0")
+    from transforms.common.manifest import write_manifest
+
     started = time.perf_counter()
     files_dir = os.path.join(out_dir, FILES_DIR)
-    if os.path.exists(files_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
-        # Only a sample web generated earlier (it has its manifest) is replaced.
-        raise FileExistsError(f"{files_dir} exists and is not a generated sample web's; use another folder")
-    shutil.rmtree(files_dir, ignore_errors=True)
-    os.makedirs(files_dir)
+    _claim_folder(out_dir)
+    os.makedirs(files_dir, exist_ok=True)
     rows = _plan(samples, seed, config)
     tasks = _tasks(rows, files_dir, seed, config)
     workers = config.workers or os.cpu_count() or 1
@@ -526,6 +572,8 @@ def generate_corpus(
     table = _manifest(rows)
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
     pq.write_table(table, manifest_path, compression="zstd")
+    names = [f"{FILES_DIR}/{name}" for name in sorted(os.listdir(files_dir))]
+    write_manifest(out_dir, "complete", [MANIFEST_NAME, *names])
     seconds = time.perf_counter() - started
     summary = CorpusSummary(
         out_dir=out_dir,

@@ -13,6 +13,7 @@ import os
 
 from sampleweb.captions import _DE_NOUNS, _ROMANCE, _ZH_COLORS, _ZH_SHAPES
 from sampleweb.scenes import COLORS, SHAPES
+from transforms.common.manifest import record_files
 
 METADATA_NAME = "metadata.tsv"
 
@@ -36,4 +37,5 @@ def write_metadata(out_dir: str) -> str:
             "# The sample web's concept names: lang<TAB>entry (winnow run --set balance.entries=...)\n"
         )
         handle.writelines(f"{lang}\t{entry}\n" for lang, entry in metadata_entries())
+    record_files(out_dir, [METADATA_NAME])
     return path

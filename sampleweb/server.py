@@ -18,7 +18,8 @@ Contract:
   client disconnects or the server stops.
 * :class:`SampleWebServer` runs the server on a daemon thread of the current process (a context
   manager exposing ``base_url``); :func:`serve_in_subprocess` runs it in a separate Python
-  process with its own GIL, for benchmarks; ``python -m sampleweb.server DIR --port P`` runs it
+  process with its own GIL, for benchmarks, that stops when the process that started it ends (on
+  any path, SIGKILL included: its stdin closes); ``python -m sampleweb.server DIR --port P`` runs it
   in the foreground and prints ``LISTENING <base_url>`` on stdout once it accepts connections.
 """
 
@@ -330,7 +331,10 @@ def serve_in_subprocess(
         "--port",
         str(port),
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    # The server reads its stdin until it ends: when this process ends, on any path (SIGKILL too),
+    # the pipe closes and the server stops (`--stop-at-eof`).
+    command.append("--stop-at-eof")
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         base_url = _read_ready_line(proc, startup_timeout)
         _wait_connectable(base_url, startup_timeout)
@@ -342,8 +346,17 @@ def serve_in_subprocess(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _stop_at_eof(stop: threading.Event) -> None:
+    """Sets `stop` once stdin ends: the process holding its other end has closed it or died."""
+    with contextlib.suppress(OSError, ValueError):
+        while sys.stdin.buffer.read(4096):
+            pass
+    stop.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,10 +366,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cache-mb", type=int, default=DEFAULT_CACHE_BYTES // 1024**2)
+    parser.add_argument(
+        "--stop-at-eof",
+        action="store_true",
+        help="stop when stdin ends (the process that started it is gone)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    if args.stop_at_eof:
+        threading.Thread(target=_stop_at_eof, args=(stop,), name="stdin-watch", daemon=True).start()
     with SampleWebServer(args.out_dir, args.host, args.port, args.cache_mb * 1024**2) as server:
         sys.stdout.write(f"{READY_PREFIX}{server.base_url}\n")
         sys.stdout.flush()

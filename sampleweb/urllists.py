@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sampleweb.corpus import MANIFEST_NAME
+from transforms.common.manifest import record_files
 
 URLS_NAME = "urls.parquet"
 TRUTH_NAME = "truth.parquet"
@@ -48,4 +49,5 @@ def write_url_lists(out_dir: str, base_url: str) -> tuple[str, str]:
     truth_path = os.path.join(out_dir, TRUTH_NAME)
     pq.write_table(urls_table, urls_path, compression="zstd")
     pq.write_table(truth_table, truth_path, compression="zstd")
+    record_files(out_dir, [URLS_NAME, TRUTH_NAME])
     return urls_path, truth_path

@@ -1,8 +1,9 @@
 """What a pool of downloaded shards holds, by name: the contract between a pool and its readers.
 
 A pool is a folder (local, s3://, gs://) of WebDataset tars as img2dataset writes them, `NNNNN.tar`
-holding `<key>.jpg` (or another image extension), `<key>.txt` and `<key>.json`, with siblings
-found by name:
+holding `<key>.jpg` (or another image extension, `schemas/images.py`), `<key>.txt` and
+`<key>.json`, with siblings found by name. A shard may be compressed as webdataset reads it
+(`NNNNN.tar.gz`, `NNNNN.tgz`, `NNNNN.tar.bz2`: read as a stream, its siblings named by `NNNNN`):
 
 - `NNNNN.parquet` (img2dataset, DataComp, Winnow): one row per sample attempted: `key`, `url`,
   `caption` (DataComp: `text`), `status`, `error_message`, sizes, `sha256`, and any saved columns
@@ -20,7 +21,9 @@ splits it (`a/b.c.jpg` → key `a/b`, extension `c.jpg`).
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
 import io
 import os
 import re
@@ -33,12 +36,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.images import IMAGE_EXTENSIONS
+
 TAR_SUFFIX = ".tar"
+#: The names of a pool's shards: a tar, or a tar compressed as webdataset reads it.
+SHARD_SUFFIXES = (TAR_SUFFIX, ".tar.gz", ".tgz", ".tar.bz2")
 #: `extra` entries of a sample read from a pool: its key in the tar and the tar (webdataset's
 #: `__key__`; the shard as given in the input).
 KEY, SHARD = "__key__", "__shard__"
-#: Image members of a shard, by extension (lower case), as img2dataset and webdataset name them.
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm"})
 _HEX_UID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -101,10 +106,25 @@ def base_name(path: str) -> str:
     return _split(path)[1]
 
 
+def shard_stem(name: str) -> str | None:
+    """The shard's name without its tar suffix (`00001` of `00001.tar.gz`), or None when `name`
+    names no shard (`SHARD_SUFFIXES`, in any case)."""
+    lower = name.lower()
+    for suffix in sorted(SHARD_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def is_shard(path: str) -> bool:
+    """Whether `path` names a pool's shard: a tar, compressed or not."""
+    return shard_stem(base_name(path)) is not None
+
+
 def shard_files(tar: str) -> ShardFiles:
-    """The files of the shard whose tar is `tar`."""
+    """The files of the shard whose tar is `tar` (`NNNNN.tar`, or compressed: `NNNNN.tar.gz`)."""
     folder, name, sep = _split(tar)
-    stem = name.removesuffix(TAR_SUFFIX)
+    stem = shard_stem(name) or name
 
     def join(*parts: str) -> str:
         return sep.join((folder, *parts)) if folder else sep.join(parts)
@@ -125,9 +145,9 @@ def drop_siblings(paths: Iterable[str]) -> list[str]:
     paths = list(paths)
     siblings: set[str] = set()
     for path in paths:
-        if path.endswith(TAR_SUFFIX):
-            folder, name, sep = _split(path)
-            stem = name.removesuffix(TAR_SUFFIX)
+        folder, name, sep = _split(path)
+        stem = shard_stem(name)
+        if stem is not None:
             for sibling in (f"{stem}.parquet", f"{stem}.npz", f"{stem}_stats.json"):
                 siblings.add(sep.join((folder, sibling)) if folder else sibling)
     return [path for path in paths if path not in siblings]
@@ -162,6 +182,42 @@ class TailKeepingReader:
         return len(self._tail) >= 512 and self._tail[-512:].count(0) == 512
 
 
+class _Prefixed:
+    """A binary handle whose first bytes were already read (to tell its compression): they are
+    read again first."""
+
+    def __init__(self, head: bytes, handle: BinaryIO):
+        self._head = head
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._handle.read(size)
+        if size is None or size < 0:
+            data, self._head = self._head + self._handle.read(), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        return data if len(data) == size else data + self._handle.read(size - len(data))
+
+
+#: Magic numbers of the compressions a shard may have, as webdataset (`tarfile`'s `r|*`) tells
+#: them: gzip (RFC 1952, deflate), bzip2 (its header and first block's magic).
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_BZIP2_MAGIC = re.compile(rb"^BZh[1-9](1AY&SY|\x17rE8P\x90)")
+
+
+def decompressed(handle: BinaryIO) -> BinaryIO:
+    """A shard's bytes as a tar stream: gzip and bzip2 are told by their magic numbers (not the
+    name, as webdataset reads a shard) and decompressed as the stream is read, never whole."""
+    head = handle.read(10)
+    prefixed: BinaryIO = _Prefixed(head, handle)  # type: ignore[assignment]
+    if head.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=prefixed, mode="rb")  # type: ignore[return-value]
+    if _BZIP2_MAGIC.match(head):
+        return bz2.BZ2File(prefixed, mode="rb")  # type: ignore[return-value]
+    return prefixed
+
+
 def is_image(ext: str) -> bool:
     """Whether a member's extension (`jpg`, `seg.png`) names an image."""
     return ext.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
@@ -173,9 +229,12 @@ def stream_members(tar: str, read: Callable[[str, str], bool]) -> Iterator[tuple
 
     A tar cut short raises `tarfile.ReadError`, also where `tarfile` alone would not: cut between
     members (it reads that as a shorter archive; the end-of-archive blocks are checked here) or
-    inside a member's data (a stream returns it short; its length is checked)."""
+    inside a member's data (a stream returns it short; its length is checked). A compressed tar
+    is read through its decompressor (`decompressed`) to its end, so one cut short, even in its
+    checksum, raises `EOFError` (or `OSError` for a wrong checksum)."""
     with FileSystems.open(tar, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        reader = TailKeepingReader(handle)
+        stream = decompressed(handle)
+        reader = TailKeepingReader(stream)
         with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
             for member in archive:
                 key, ext = split_member(member.name)
@@ -193,6 +252,9 @@ def stream_members(tar: str, read: Callable[[str, str], bool]) -> Iterator[tuple
                 yield key, ext, data
         if not reader.ended_with_marker():
             raise tarfile.ReadError("the tar ends without its end-of-archive blocks: it was cut short")
+        if not isinstance(stream, _Prefixed):  # the rest of the compressed stream: its checksum
+            while stream.read(1 << 16):
+                pass
 
 
 def pool_uid(value: object) -> str | None:

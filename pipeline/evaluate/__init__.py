@@ -9,7 +9,7 @@ Contract:
   clip_benchmark scores the checkpoint.  Only the data differs between rows.
 * Out: one :class:`OutputScores` per output (pool size, samples seen, per metric mean and standard
   deviation over the seeds, and each seed's values), printed as a table by :func:`format_table` and
-  written as JSON by :func:`write_json`.
+  written as JSON by :func:`write_json` (to a path :func:`check_targets` allowed before training).
 * Outputs are compared only when they curated the same pairs: every output keeps a row for every
   input pair, so the digest of its uids names its input (:func:`describe_output`).  An output whose
   digest differs from the first's is flagged (``same_input: false``) and a warning is logged.
@@ -32,11 +32,14 @@ import pyarrow.parquet as pq
 
 from pipeline.evaluate.bench import EvalData, find_eval_sets, score_checkpoint
 from pipeline.evaluate.train import DEFAULT_MODEL, TrainRecipe, register, resolve_model, train
+from transforms.common.files import write_atomically
+from transforms.common.manifest import MANIFEST_FILE
 
 LOG = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluateConfig",
+    "check_targets",
     "OutputInfo",
     "OutputScores",
     "describe_output",
@@ -198,9 +201,56 @@ def format_table(rows: Sequence[OutputScores]) -> str:
     return "\n".join(lines)
 
 
+#: Marks an evaluation report as Winnow's, so that ``--report`` replaces only its own reports.
+GENERATOR = "winnow evaluate"
+#: The keys of every report ``winnow evaluate`` writes (the earlier ones carry no ``generator``).
+_REPORT_KEYS = frozenset({"eval", "model", "samples_seen", "seeds", "recipe", "outputs"})
+
+
+def _is_report(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and (found.get("generator") == GENERATOR or set(found) >= _REPORT_KEYS)
+
+
+def _output_holding(path: str) -> str | None:
+    """The Winnow output folder (one with a manifest) that `path` is or lies in, if any."""
+    folder = os.path.abspath(path)
+    while True:
+        if os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def check_targets(report: str, workdir: str) -> None:
+    """``ValueError`` unless ``report`` may be written and ``workdir`` used, checked before any
+    training, by the rules of ``winnow audit --out``: a folder or a file that is not an evaluation
+    report Winnow wrote is never replaced, and nothing is written inside a Winnow output folder
+    (the next run there would find a file its manifest does not name; its ``stats.json`` is what
+    ``--retry-failed`` reads)."""
+    for flag, path in (("--report", report), ("--workdir", workdir)):
+        output = _output_holding(path)
+        if output is not None:
+            raise ValueError(
+                f"{flag} {path} is inside the Winnow output {output}; write the evaluation elsewhere"
+            )
+    if os.path.isdir(report):
+        raise ValueError(f"--report {report} is a folder; give the path of the JSON file to write")
+    if os.path.exists(report) and not _is_report(report):
+        raise ValueError(f"--report {report} exists and is not a report Winnow wrote; it is left as it is")
+
+
 def write_json(rows: Sequence[OutputScores], path: str, eval_dir: str, config: EvaluateConfig) -> None:
-    """``evaluation.json``: the plan and one object per output (see :meth:`OutputScores.to_json`)."""
+    """``evaluation.json``: the plan and one object per output (see :meth:`OutputScores.to_json`),
+    written atomically; `check_targets` says beforehand whether ``path`` may be written."""
     document = {
+        "generator": GENERATOR,
         "eval": eval_dir,
         "model": config.model,
         "samples_seen": config.samples_seen,
@@ -208,8 +258,5 @@ def write_json(rows: Sequence[OutputScores], path: str, eval_dir: str, config: E
         "recipe": asdict(config.recipe),
         "outputs": [row.to_json() for row in rows],
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    write_atomically(os.path.abspath(path), text.encode("utf-8"))

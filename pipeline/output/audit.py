@@ -297,6 +297,7 @@ class _Scan:
         with _open(f"{output}/{shard}.parquet") as handle:
             parquet = pq.ParquetFile(handle)
             names = set(parquet.schema_arrow.names)
+            _check_winnow_columns(output, shard, names)
             if "noise_prob" in names and "noise_prob" not in self.histograms:
                 self.histograms["noise_prob"] = Histogram.empty(0.0, 0.025, 41)
             wanted = {*_SAMPLE_COLUMNS, "num_tokens", "lang", "original_width", "original_height"}
@@ -425,6 +426,22 @@ class _Scan:
         by_rows = sorted(self.domains, key=lambda d: (-self.domains[d].total(), d))[:n]
         by_dropped = sorted(self.domains, key=lambda d: (-_dropped(self.domains[d]), d))[:n]
         return {d: self.domains[d] for d in dict.fromkeys([*by_rows, *by_dropped])}
+
+
+#: Columns every Winnow shard has and a download's Parquet (img2dataset's, DataComp's) lacks.
+_WINNOW_COLUMNS = ("uid", "status", "stage")
+
+
+def _check_winnow_columns(output: str, shard: str, names: set[str]) -> None:
+    """`AuditError` when a shard's Parquet lacks Winnow's columns: the folder is a download (an
+    img2dataset or DataComp pool, say), which `winnow run` curates but `winnow audit` cannot read."""
+    missing = [name for name in _WINNOW_COLUMNS if name not in names]
+    if missing:
+        raise AuditError(
+            f"{output}/{shard}.parquet lacks Winnow's column(s) {', '.join(missing)}: {output} is "
+            f"not a Winnow output (a pool of downloaded shards? curate it with `winnow run --input {output} "
+            "--output NEW_FOLDER`, then audit NEW_FOLDER)"
+        )
 
 
 def _hosts(urls: pa.ChunkedArray) -> pa.ChunkedArray:

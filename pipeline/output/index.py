@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.lock import check_finished
 from pipeline.output import faissindex
 from pipeline.output.errors import SearchError
 from pipeline.output.indexfiles import (
@@ -162,7 +163,7 @@ def search_output(
     The query is embedded by the model that made the output's embeddings (from `index.json`) or
     by `model` / `pretrained` when given (e.g. an output made from a model folder now elsewhere).
     Raises `SearchError` for a missing output or index, an unreadable query image or a model that
-    cannot embed for this index.
+    cannot embed for this index, `InputError` for an output a run is writing or did not finish.
     """
     if (text is None) == (image_path is None):
         raise SearchError("give exactly one query: a text or an image file")
@@ -171,6 +172,7 @@ def search_output(
     if k < 1:
         raise SearchError(f"k must be >= 1, got {k}")
     output_dir = output_dir.rstrip("/")
+    check_finished(output_dir, "winnow search")
     info = read_index_info(output_dir)
     config = query_model(info.get("model"), model, pretrained)
     # The ids are read before the model runs: with Arrow's threads started after torch's, a

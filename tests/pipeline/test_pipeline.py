@@ -157,21 +157,22 @@ def test_a_row_lost_between_read_and_write_fails_the_run(sample_web, tmp_path, m
 
     victim = sample_web.truth_rows()[7]["url"]
     if path == "samples":
-        stages = "run.stages=[safety]"  # no check configured: every row passes through it untouched
+        # a stage that works sample by sample without the crawl: the balance stage, on captions
+        stages = ["run.stages=[balance]", "balance.entries=auto"]
 
         def losing(batch):
             return [s for s in samples_from_batch(batch) if s.url != victim]
 
         monkeypatch.setattr(pipeline.build, "samples_from_batch", losing)
     else:
-        stages = "run.stages=[]"
+        stages = ["run.stages=[]"]
         real = shards.rows_by_shard
 
         def losing_rows(batch, n):
             return real(batch.filter(pc.fill_null(pc.not_equal(batch.column("url"), victim), True)), n)
 
         monkeypatch.setattr(shards, "rows_by_shard", losing_rows)
-    config = load_config(overrides=[*TEST_OVERRIDES, stages])
+    config = load_config(overrides=[*TEST_OVERRIDES, *stages])
     with pytest.raises(RowsLostError, match=r"were read and .* written: the runner lost 1;"):
         run_job(config, [sample_web.urls], str(tmp_path / "out"))
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
@@ -185,9 +186,7 @@ def test_a_row_lost_between_read_and_write_fails_the_run(sample_web, tmp_path, m
             sample_web.urls,
             "--output",
             str(tmp_path / "cli"),
-            "--set",
-            stages,
-            *[arg for o in TEST_OVERRIDES for arg in ("--set", o)],
+            *[arg for o in [*stages, *TEST_OVERRIDES] for arg in ("--set", o)],
         ]
     )
     assert code == 1

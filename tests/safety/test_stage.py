@@ -333,7 +333,7 @@ def test_config_rules():
         load_config(overrides=["safety.face_detector=opencv", "run.stages=[text, safety]"])
     with pytest.raises(ConfigError, match=r"safety.pdq_max_distance \(200\) must be between 0 and 95"):
         load_config(overrides=["safety.pdq_max_distance=200"])
-    assert load_config(overrides=["run.stages=[text, safety]"]).safety.active is False
+    assert load_config(overrides=["run.stages=[text, crawl, safety]"]).safety.active is False
 
 
 def _head(path: str, clip_model: str, dim: int = 128) -> list[np.ndarray]:

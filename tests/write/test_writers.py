@@ -113,7 +113,8 @@ def test_finalize_deletes_only_recorded_stale_files_and_its_temp_files(tmp_path)
     ]
     assert stats["stages"]["crawl"] == {"total": 2, "kept": 1, "dropped": {"http_404": 1}}
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
-    assert read_manifest(str(tmp_path)) == Manifest("complete", ("00000.parquet", "00000.tar", "stats.json"))
+    # Still `running`: the launcher completes it after the index and the report.
+    assert read_manifest(str(tmp_path)) == Manifest("running", ("00000.parquet", "00000.tar", "stats.json"))
 
 
 def test_atomic_write_never_replaces_a_folder(tmp_path):

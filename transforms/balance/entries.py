@@ -2,7 +2,8 @@
 
 Two formats: MetaCLIP's `metadata.json` (a JSON list of strings, matched in every caption: the
 language `*`) and lines of `lang<TAB>entry` (Meta CLIP 2's per-language lists; `#` starts a
-comment line). A file that is neither raises `EntriesError` naming the file and line.
+comment line). A file that is neither, or holds no entry, raises `EntriesError` naming the file
+and line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def parse_entries(text: str, where: str) -> list[tuple[str, str]]:
         bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
         if bad is not None:
             raise EntriesError(f"{where}: entry {bad} is not a non-empty string: {values[bad]!r}")
+        if not values:
+            raise EntriesError(f"{where}: no entries (an empty list matches no caption)")
         return [(ANY, value) for value in values]
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -45,8 +48,8 @@ def parse_entries(text: str, where: str) -> list[tuple[str, str]]:
 
 
 def read_entries(path: str) -> list[tuple[str, str]]:
+    """The entries of `path`; `EntriesError` names the key, the file and the line."""
     try:
-        text = read_text_file(path)
+        return parse_entries(read_text_file(path), path)
     except ValueError as err:
         raise EntriesError(f"balance.entries: {err}") from None
-    return parse_entries(text, path)

@@ -46,7 +46,7 @@ class _FailedRowsFn(beam.DoFn):
         element, (_, error, trace) = dead_letter
         LOG.error("%s/%s failed on an element: %s\n%s", self._stage, self._step, error, "".join(trace))
         for sample in self._samples_of(element):
-            self._counter.add(kept=False, reason=INTERNAL_ERROR)
+            self._counter.add(kept=False, reason=INTERNAL_ERROR, status=Status.FAILED)
             yield failed_row(sample, self._stage, self._step, error)
 
     def finish_bundle(self) -> None:

@@ -1,13 +1,15 @@
 """Writing files so that nothing half-written is ever seen, on any Beam filesystem.
 
 `write_atomically` writes a local file under a temporary name (`TEMP_PREFIX`) and renames it into
-place; on an object store one upload is visible only when complete. A temporary file a crashed run
+place; on an object store one upload is visible only when complete. A write that fails (a full
+disk, an interrupt) removes its temporary file before the error goes on. One a killed run
 left behind is recognised by its name (`transforms/common/manifest.py`) and only such files are
 ever cleaned up. `read_text_file` reads a small text file (a list, a config) from any of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -31,9 +33,14 @@ def write_atomically(path: str, data: bytes) -> None:
     directory, name = os.path.split(path)
     os.makedirs(directory or ".", exist_ok=True)
     temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)  # atomic, and replaces a file only
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)  # atomic, and replaces a file only
+    except BaseException:  # a full disk, an interrupt: the partial file goes, the error stays
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
 
 
 def read_text_file(path: str) -> str:

@@ -10,10 +10,15 @@ Every output folder holds `winnow-manifest.json`:
   Winnow's either, and the run is refused too.
 - The claim records the files of the previous run. When that run was killed (state `running`),
   its partly written files carry Winnow's own names (`is_output_name`) and are recorded too.
-- When the run finishes, `finalize_output` deletes only recorded files that this run did not write
-  (stale shards of an earlier, larger run) and records exactly what the run wrote, state `complete`;
-  the index and the report are added when they are written.
-- `--retry-failed` reads only a `complete` output.
+- When the job has written its shards, `finalize_output` deletes only recorded files that this run
+  did not write (stale shards of an earlier, larger run) and records exactly what the run wrote; the
+  index and the report are added when they are written, and only then does `complete_output` set the
+  state to `complete`. So `complete` means every file the run was asked for is there: a run killed
+  at any point before leaves `running`, which the next run into the folder takes up.
+- `--retry-failed` reads only a `complete` output; `winnow search` and `winnow audit` refuse a
+  `running` one (`require_finished`).
+- While a run writes into the folder it holds `winnow.lock` (`LOCK_FILE`, `pipeline/lock.py`), a
+  file that is never recorded and that a claim passes over.
 
 So a file is deleted only if a manifest names it, and a manifest names only what Winnow wrote.
 """
@@ -25,7 +30,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from apache_beam.io.filesystems import FileSystems
@@ -43,6 +48,8 @@ _OUTPUT_NAME = re.compile(
 )
 #: Left for a moment by the writability check (`pipeline/stores.py`).
 WRITE_CHECK = ".winnow-write-check"
+#: Held by the run writing into the folder (`pipeline/lock.py`); never recorded in the manifest.
+LOCK_FILE = "winnow.lock"
 
 State = Literal["running", "complete"]
 
@@ -115,18 +122,26 @@ def write_manifest(output_dir: str, state: State, files: Iterable[str]) -> None:
     write_atomically(f"{output_dir.rstrip('/')}/{MANIFEST_FILE}", text)
 
 
-def claim_output(output_dir: str) -> Manifest:
-    """Records that a run is about to write into `output_dir` (which exists); refuses a folder that
-    holds files Winnow did not write. Returns the manifest written."""
-    present = [f for f in list_files(output_dir) if f not in (MANIFEST_FILE, WRITE_CHECK)]
+def survey(
+    output_dir: str, own: Callable[[str], bool] = is_output_name
+) -> tuple[Manifest | None, set[str], list[str]]:
+    """The folder's manifest, the files in it Winnow wrote (those its manifest names, and those
+    named as `own` says after a killed run), and the other files, which Winnow never touches."""
+    present = [f for f in list_files(output_dir) if f not in (MANIFEST_FILE, WRITE_CHECK, LOCK_FILE)]
     previous = read_manifest(output_dir)
     if previous is None:
         files: set[str] = set()
     else:
         files = set(previous.files)
         if previous.state == "running":  # a killed run: its files carry Winnow's names
-            files |= {f for f in present if is_output_name(f)}
-    foreign = [f for f in present if f not in files and not is_temp(f)]
+            files |= {f for f in present if own(f)}
+    return previous, files, [f for f in present if f not in files and not is_temp(f)]
+
+
+def claim_output(output_dir: str) -> Manifest:
+    """Records that a run is about to write into `output_dir` (which exists); refuses a folder that
+    holds files Winnow did not write. Returns the manifest written."""
+    previous, files, foreign = survey(output_dir)
     if foreign:
         what = "files" if previous is None else "files its manifest does not name"
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -137,6 +152,24 @@ def claim_output(output_dir: str) -> Manifest:
     manifest = Manifest("running", tuple(sorted(files)))
     write_manifest(output_dir, manifest.state, manifest.files)
     return manifest
+
+
+def unclaim_output(output_dir: str, previous: Manifest | None) -> None:
+    """Undoes `claim_output` for a run that stopped before it wrote anything: the manifest the
+    folder had is put back, or removed when it had none."""
+    if previous is None:
+        FileSystems.delete([f"{output_dir.rstrip('/')}/{MANIFEST_FILE}"])
+    else:
+        write_manifest(output_dir, previous.state, previous.files)
+
+
+def complete_output(output_dir: str) -> None:
+    """Marks a folder's run finished, once every file it was asked for (shards, stats, index,
+    report) is written and recorded: the last write of a run."""
+    manifest = read_manifest(output_dir)
+    if manifest is None:
+        raise InputError(f"output '{output_dir}': its {MANIFEST_FILE} is gone; the run cannot be completed")
+    write_manifest(output_dir, "complete", manifest.files)
 
 
 def record_files(output_dir: str, added: Iterable[str]) -> None:
@@ -156,12 +189,26 @@ def require_complete(output_dir: str) -> Manifest:
             f"--retry-failed {output_dir}: no {MANIFEST_FILE}; it is not an output of a finished Winnow run"
         )
     if manifest.state != "complete":
-        raise InputError(
-            f"--retry-failed {output_dir}: the run that wrote it did not finish (its manifest says "
-            "'running'); rerun it with the same --output to complete it first"
-        )
+        raise InputError(f"--retry-failed {output_dir}: {unfinished(output_dir)}")
     present = set(list_files(output_dir))
     missing = [f for f in manifest.files if f not in present]
     if missing:
         raise InputError(f"--retry-failed {output_dir}: '{missing[0]}' is missing ({len(missing)} files)")
     return manifest
+
+
+def unfinished(output_dir: str) -> str:
+    """What to tell a user about an output whose run did not finish, and how to finish it."""
+    return (
+        f"the run that writes it did not finish (its {MANIFEST_FILE} says 'running'); run the same "
+        f"`winnow run ... --output {output_dir}` again to finish it"
+    )
+
+
+def require_finished(output_dir: str, command: str) -> None:
+    """`InputError` when `output_dir` has a manifest that is not `complete`: `command` (`winnow
+    search`, `winnow audit`) would read a partial output as a whole one. A folder without a
+    manifest (a pool of downloaded shards) is not Winnow's output and is left to `command`."""
+    manifest = read_manifest(output_dir)
+    if manifest is not None and manifest.state != "complete":
+        raise InputError(f"{command} {output_dir}: the output is unfinished: {unfinished(output_dir)}")

@@ -5,8 +5,9 @@ Every stage counts each sample it decides under the namespace `winnow`:
 Dataflow's UI, in `result.metrics()` and in the stats JSON.
 
 For local runs a progress folder may be given: each DoFn instance then rewrites one small JSON
-file (`<stage>.<pid>.<n>.json`, at most once a second) holding its running totals, which the
-CLI sums into one live line per stage. Workers in other processes report the same way.
+file (`<stage>.<pid>.<n>.json`, at most once a second) holding its running totals (samples done,
+and of those, rejected and failed, as the `status` column says), which the CLI sums into one live
+line per stage. Workers in other processes report the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from apache_beam.metrics import Metrics
+
+from schemas.sample import Status
 
 NAMESPACE = "winnow"
 _instance_ids = itertools.count()
@@ -39,7 +42,8 @@ class StageCounter:
         self._flush_every_s = flush_every_s
         self._last_flush = 0.0
         self.done = 0
-        self.failed = 0
+        self.rejected = 0  # samples this stage dropped with status `rejected`
+        self.failed = 0  # and with status `failed`
 
     def add_passed(self) -> None:
         """A sample decided upstream that this stage passed through: progress only, no metric
@@ -47,13 +51,15 @@ class StageCounter:
         self.done += 1
         self._maybe_flush()
 
-    def add(self, kept: bool = True, reason: str | None = None) -> None:
+    def add(self, kept: bool = True, reason: str | None = None, status: str = Status.REJECTED) -> None:
+        """A sample this stage judged: kept, or dropped for `reason` with `status` (rejected by a
+        rule, or failed)."""
         self._total.inc()
         self.done += 1
         if kept:
             self._kept.inc()
         else:
-            self.failed += 1
+            self._count_dropped(status, 1)
             key = reason or "unknown"
             counter = self._dropped.get(key)
             if counter is None:
@@ -62,10 +68,14 @@ class StageCounter:
         self._maybe_flush()
 
     def add_many(
-        self, kept: int = 0, dropped: Mapping[str | None, int] | None = None, passed: int = 0
+        self,
+        kept: int = 0,
+        dropped: Mapping[str | None, int] | None = None,
+        passed: int = 0,
+        status: str = Status.REJECTED,
     ) -> None:
-        """`add` for a whole batch: `kept` samples kept, {reason: samples} dropped, and `passed`
-        samples passed through."""
+        """`add` for a whole batch: `kept` samples kept, {reason: samples} dropped (with `status`),
+        and `passed` samples passed through."""
         reasons: Counter[str] = Counter()
         for reason, count in (dropped or {}).items():
             reasons[reason or "unknown"] += count
@@ -79,9 +89,15 @@ class StageCounter:
             if counter is None:
                 counter = self._dropped[key] = Metrics.counter(NAMESPACE, f"{self.stage}/dropped/{key}")
             counter.inc(count)  # type: ignore[attr-defined]
-        self.failed += sum(reasons.values())
+        self._count_dropped(status, sum(reasons.values()))
         self.done += judged + passed
         self._maybe_flush()
+
+    def _count_dropped(self, status: str, n: int) -> None:
+        if status == Status.FAILED:
+            self.failed += n
+        else:
+            self.rejected += n
 
     def _maybe_flush(self) -> None:
         if self._progress_path and time.monotonic() - self._last_flush >= self._flush_every_s:
@@ -95,7 +111,8 @@ class StageCounter:
         tmp = self._progress_path + ".tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump({"stage": self.stage, "done": self.done, "failed": self.failed}, handle)
+                totals = {"done": self.done, "rejected": self.rejected, "failed": self.failed}
+                json.dump({"stage": self.stage, **totals}, handle)
             os.replace(tmp, self._progress_path)
         except OSError:
             # Progress is best-effort display; a full disk must not fail the job.
@@ -103,7 +120,7 @@ class StageCounter:
 
 
 def read_progress(progress_dir: str, stages: Iterable[str]) -> dict[str, Counter[str]]:
-    """Sums the progress files of every worker: {stage: Counter(done=…, failed=…)}."""
+    """Sums the progress files of every worker: {stage: Counter(done=…, rejected=…, failed=…)}."""
     totals: dict[str, Counter[str]] = {stage: Counter() for stage in stages}
     try:
         names = os.listdir(progress_dir)
@@ -117,5 +134,7 @@ def read_progress(progress_dir: str, stages: Iterable[str]) -> dict[str, Counter
                 data = json.load(handle)
         except (OSError, ValueError):
             continue  # being replaced right now; the next poll reads it
-        totals.setdefault(data["stage"], Counter()).update(done=data["done"], failed=data["failed"])
+        totals.setdefault(data["stage"], Counter()).update(
+            done=data["done"], rejected=data.get("rejected", 0), failed=data["failed"]
+        )
     return totals

@@ -13,11 +13,16 @@ reason code recorded for the sample:
 | `too_large` | Content-Length or the streamed (decompressed) body exceeds `max_image_bytes` |
 | `forbidden_address` | the host, or a redirect's, resolves only to non-public addresses |
 | `connection_error`, `dns_error`, `ssl_error` | the transport failed |
+| `bad_response` | not HTTP: a header line over 64 KiB, over 100 headers, a garbled status line |
+| `decode_error` | the body is not encoded as its `Content-Encoding` says (gzip, deflate, br, zstd) |
 | `opted_out_robots_txt` | the origin's robots.txt disallows the path for `user_agent_token` |
 | `robots_unreachable` | the robots.txt answered 5xx or 429: RFC 9309 disallows the whole origin |
 | `opted_out_x_robots_tag` | an `X-Robots-Tag` directive of `disallowed_header_directives` for us |
 | `opted_out_tdmrep` | a `tdm-reservation: 1` header, or the origin's `tdmrep.json` reserves the path |
 | `opted_out_content_usage` | a `Content-Usage` header sets a category of `content_usage_categories` to `n` |
+
+`bad_response` and `decode_error` are the server's lasting fault, not the network's: neither is
+retried nor counted as a transient failure (`schemas/reasons.py`).
 
 robots.txt and tdmrep.json are checked before the image is requested, on every redirect hop, so a
 disallowed path is never fetched; the response headers are checked before the body is read.
@@ -34,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import email.utils
+import http.client
 import logging
 import re
 import time
@@ -57,6 +63,7 @@ from urllib3.exceptions import (
 )
 
 from schemas.reasons import RETRYABLE_IN_RUN
+from transforms.common.urls import canonical_url
 from transforms.crawl.config import FetchOptions
 from transforms.crawl.netguard import ForbiddenAddress
 from transforms.crawl.optouts import (
@@ -149,13 +156,15 @@ class Fetcher:
         self._tdmrep = OriginCache(self._load_tdmrep, RESERVE_ALL, options.robots_cache_ttl)
 
     def fetch(self, url: str) -> FetchResult:
-        """Fetches `url`, retrying transient failures `retries` times."""
+        """Fetches `url` in its canonical form (`transforms/common/urls.py`: the form the text and
+        safety stages judged it in), retrying transient failures `retries` times."""
         try:
             parts = urlsplit(url)
         except ValueError as err:  # an unbalanced IPv6 bracket, ...
             raise FetchError("invalid_url", f"{err}: {url[:200]!r}") from err
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise FetchError("invalid_url", f"not an absolute http(s) URL: {url[:200]!r}")
+        url = canonical_url(url) or url
         options = self._options
         attempt = 0
         while True:
@@ -386,6 +395,7 @@ def _follow(url: str, location: str, visited: set[str]) -> str:
     """The next hop of a redirect; refuses other schemes and loops."""
     try:
         target = urlunsplit(urlsplit(urljoin(url, location.strip()))._replace(fragment=""))
+        target = canonical_url(target) or target
         parts = urlsplit(target)
     except ValueError as err:  # a Location with an unbalanced IPv6 bracket, ...
         raise FetchError("invalid_url", f"redirect to an unparseable URL {location[:200]!r}: {err}") from err
@@ -430,11 +440,41 @@ def describe_transport_error(err: BaseException) -> str:
     return text.strip()[:500] or "the connection failed"
 
 
+#: http.client's errors for a response that is not HTTP (as opposed to one cut short:
+#: `IncompleteRead`, `RemoteDisconnected`), raised while reading the status line and headers.
+_NOT_HTTP = (http.client.LineTooLong, http.client.UnknownProtocol, http.client.UnknownTransferEncoding)
+
+
+def _bad_response(err: BaseException) -> str | None:
+    """What is wrong with a response that is not HTTP (a header line over 64 KiB, over 100
+    headers, a garbled status line), or None for a failure of the transport."""
+    cause = err.args[1] if isinstance(err, ProtocolError) and len(err.args) > 1 else err
+    if isinstance(cause, http.client.RemoteDisconnected) or not isinstance(cause, http.client.HTTPException):
+        return None
+    if isinstance(cause, http.client.BadStatusLine):
+        return f"the response is not HTTP: status line {str(cause).strip()[:200]!r}"
+    if isinstance(cause, _NOT_HTTP) or type(cause) is http.client.HTTPException:
+        return f"the response is not valid HTTP: {str(cause)[:300]}"
+    return None
+
+
+def _decode_failure(err: urllib3.exceptions.DecodeError) -> str:
+    """A body that its Content-Encoding does not decode, in words."""
+    said = str(err.args[0]) if err.args else "the body cannot be decoded"
+    detail = f": {err.args[1]}" if len(err.args) > 1 else ""
+    return f"{said.rstrip('.')}{detail}"[:500]
+
+
 def _transport_error(err: BaseException) -> FetchError:
     message = describe_transport_error(err)
     if isinstance(err, ForbiddenAddress):
         return FetchError("forbidden_address", str(err)[:500])
     exceptions = urllib3.exceptions
+    if isinstance(err, exceptions.DecodeError):  # a lying Content-Encoding: retrying gets the same
+        return FetchError("decode_error", _decode_failure(err))
+    bad = _bad_response(err)
+    if bad is not None:
+        return FetchError("bad_response", bad)
     if isinstance(err, exceptions.URLSchemeUnknown) or (
         isinstance(err, exceptions.LocationValueError) and not isinstance(err, exceptions.LocationParseError)
     ):

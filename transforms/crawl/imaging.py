@@ -19,12 +19,19 @@ Speed: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still co
 (`Image.draft`), and crop + resize happen in one resampling pass (`Image.resize(box=...)`),
 so a 2,000 px photo never exists at full size in memory. Still WebP images are decoded by
 OpenCV, which releases the GIL (Pillow's WebP decoder does not); everything else by Pillow.
+16- and 32-bit images are scaled to 8 bits by their format's range (`transforms/crawl/depth.py`),
+or fail as `unknown_pixel_range` when their samples do not fit it.
+
+Size limits: `crawl.max_image_area` when set, and always Pillow's decompression-bomb limit
+(`PIL.Image.MAX_IMAGE_PIXELS`, 89,478,485 pixels); `image_area_too_large`'s message names the
+limit that fired and its value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -33,7 +40,9 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from schemas.images import IMAGE_FORMATS
 from transforms.crawl.config import ImageOptions
+from transforms.crawl.depth import PixelRangeError, SampleRange, sample_range, to_eight_bit
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -106,6 +115,9 @@ class ProcessedImage:
     source_format: str
     #: What the probe measured (`ImageProbe`); empty without one.
     probed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The source has more than 8 bits per sample (`transforms/crawl/depth.py`): its bytes are
+    #: no image a plain 8-bit decode would show as it is.
+    high_bit: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,11 +168,11 @@ def process_image(
     A `probe` sees the fetched bytes and the decoded original, then the resized image before it is
     encoded, which it may replace (a face blurred); `extra` is the sample's input columns."""
     try:
-        opened = Image.open(io.BytesIO(data))
+        opened = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # the pool path's list too
     except UnidentifiedImageError as err:
         raise ImageError("not_an_image", "the bytes are not an image Pillow can identify") from err
     except Image.DecompressionBombError as err:
-        raise ImageError("image_area_too_large", str(err)) from err
+        raise _bomb_error(str(err), options) from err
     except (OSError, SyntaxError, ValueError) as err:  # a known format whose header is broken
         raise ImageError("decode_error", f"cannot open image: {err}") from err
     source_format = opened.format or "unknown"
@@ -168,20 +180,19 @@ def process_image(
     width, height = opened.size
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
-    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
-        raise ImageError(
-            "image_area_too_large", f"{width}x{height} exceeds Pillow's decompression-bomb limit"
-        )
     check_shape(width, height, options)
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise ImageError("image_area_too_large", f"{_area(width, height)} exceeds {_pillow_limit()}")
     plan = plan_resize(width, height, options)
     # keep_ratio scales the short side to image_size: a thin strip would become enormous.
     target = plan.scaled if plan.crop is None else None
     if target is not None and Image.MAX_IMAGE_PIXELS and target[0] * target[1] > Image.MAX_IMAGE_PIXELS:
         raise ImageError(
             "image_area_too_large",
-            f"{width}x{height} resized to {target[0]}x{target[1]} exceeds Pillow's "
-            "decompression-bomb limit (set crawl.max_aspect_ratio to reject such strips earlier)",
+            f"{width}x{height} resized to {_area(*target)} exceeds {_pillow_limit()} "
+            "(set crawl.max_aspect_ratio to reject such strips earlier)",
         )
+    depth = sample_range(opened)  # 16- and 32-bit samples: scaled to 8 bits below, not clipped
     if opened.format == "WEBP" and not getattr(opened, "is_animated", False):
         image = _decode_webp(data, has_alpha=opened.mode == "RGBA")
     else:
@@ -190,17 +201,19 @@ def process_image(
             opened.load()
         except (OSError, SyntaxError, ValueError) as err:  # Pillow reports broken data as these
             raise ImageError("decode_error", f"cannot decode {source_format}: {err}") from err
-        image = opened
+        image = opened if depth is None else _eight_bit(opened, depth)
     original = _to_rgb(_orient(image, orientation))
     out = _apply_plan(original, plan, options)
-    if probe is None:
-        return ProcessedImage(_encode(out, options), out.width, out.height, width, height, source_format)
-    probed = probe.source(data, original)
-    given = probe.given_boxes(extra or {})
-    boxes = None if given is None else stored_boxes(given, width, height, plan)
-    out, measured = probe.stored(out, boxes)
-    probed.update(measured)
-    return ProcessedImage(_encode(out, options), out.width, out.height, width, height, source_format, probed)
+    probed: dict[str, Any] = {}
+    if probe is not None:
+        probed = probe.source(data, original)
+        given = probe.given_boxes(extra or {})
+        boxes = None if given is None else stored_boxes(given, width, height, plan)
+        out, measured = probe.stored(out, boxes)
+        probed.update(measured)
+    return ProcessedImage(
+        _encode(out, options), out.width, out.height, width, height, source_format, probed, depth is not None
+    )
 
 
 def stored_boxes(boxes: Sequence[Box], width: int, height: int, plan: ResizePlan) -> list[list[float]]:
@@ -278,12 +291,50 @@ def check_shape(width: int, height: int, options: ImageOptions) -> None:
             "image_too_small", f"{width}x{height} is below min_image_size {options.min_image_size}"
         )
     if options.max_image_area is not None and width * height > options.max_image_area:
-        raise ImageError("image_area_too_large", f"{width}x{height} exceeds max_image_area")
+        raise ImageError(
+            "image_area_too_large",
+            f"{_area(width, height)} exceeds crawl.max_image_area {options.max_image_area:,.0f}",
+        )
     if (
         options.max_aspect_ratio is not None
         and max(width, height) / min(width, height) > options.max_aspect_ratio
     ):
         raise ImageError("aspect_ratio_too_large", f"{width}x{height} exceeds max_aspect_ratio")
+
+
+def _area(width: int, height: int) -> str:
+    return f"{width}x{height} ({width * height:,} pixels)"
+
+
+def _pillow_limit() -> str:
+    """Which limit a too large image met when `crawl.max_image_area` did not stop it first."""
+    return (
+        f"Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS, applied to every decoded image whatever crawl.max_image_area says)"
+    )
+
+
+_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def _bomb_error(message: str, options: ImageOptions) -> ImageError:
+    """The `image_area_too_large` of an image Pillow refused to open (over twice its limit),
+    naming the limit the image broke: `crawl.max_image_area` when set and broken, else Pillow's."""
+    found = _BOMB_SIZE.search(message)
+    pixels = int(found.group(1)) if found else None
+    size = f"{pixels:,} pixels" if pixels is not None else "the image"
+    limit = options.max_image_area
+    if limit is not None and (pixels is None or pixels > limit):
+        return ImageError("image_area_too_large", f"{size} exceeds crawl.max_image_area {limit:,.0f}")
+    return ImageError("image_area_too_large", f"{size} exceeds {_pillow_limit()}")
+
+
+def _eight_bit(image: Image.Image, depth: SampleRange) -> Image.Image:
+    """A decoded 16- or 32-bit image scaled to 8 bits by its range (`transforms/crawl/depth.py`)."""
+    try:
+        return to_eight_bit(image, depth)
+    except PixelRangeError as err:
+        raise ImageError("unknown_pixel_range", f"{image.format} {image.mode}: {err}") from err
 
 
 def _draft(image: Image.Image, width: int, height: int, plan: ResizePlan) -> None:

@@ -147,7 +147,8 @@ def load_image(
     sample: Sample, ext: str, data: bytes, config: CrawlConfig, probe: ImageProbe | None = None
 ) -> Sample:
     """The sample with its pool image decoded and stored as the crawl stores images, or failed.
-    With `resize_mode: no` the pool's bytes are kept, unless the probe changed the pixels."""
+    With `resize_mode: no` the pool's bytes are kept, unless the probe changed the pixels or the
+    image has more than 8 bits per sample (then the 8-bit image the crawl made is stored)."""
     width, height = sample.extra.get("original_width"), sample.extra.get("original_height")
     recorded = isinstance(width, int) and isinstance(height, int)
     options = config
@@ -161,7 +162,7 @@ def load_image(
         image = process_image(data, options, probe, sample.extra)
     except ImageError as err:
         return loaded.decided(Status.FAILED, err.reason, STAGE, str(err))
-    keep = config.resize_mode == "no" and not image.probed.get("blurred")
+    keep = config.resize_mode == "no" and not image.probed.get("blurred") and not image.high_bit
     stored = data if keep else image.data
     return loaded.evolve(
         status=Status.SUCCESS,
@@ -234,7 +235,9 @@ class _LoadShardFn(beam.DoFn):
 
     def _finish(self, sample: Sample, embeddings: ShardEmbeddings | None, counted: bool = False) -> Sample:
         if counted:
-            self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+            self._counter.add(
+                kept=sample.status == Status.SUCCESS, reason=sample.reason, status=sample.status
+            )
         if sample.status != Status.SUCCESS and sample.image_embedding is not None:
             sample = sample.evolve(image_embedding=None, text_embedding=None)  # joined, then not loaded
         return _with_embeddings(sample, embeddings, self._embeddings) if embeddings else sample

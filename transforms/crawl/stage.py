@@ -39,6 +39,7 @@ from transforms.common.routing import SplitByStatus
 from transforms.crawl.config import CrawlConfig
 from transforms.crawl.fetch import Fetcher, FetchError
 from transforms.crawl.imaging import ImageError, ImageProbe, process_image
+from transforms.crawl.metadata import JoinPoolMetadata, PoolMetadata
 from transforms.crawl.pool import LoadPoolImages, in_pool
 
 LOG = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class _DownloadFn(beam.DoFn):
                 return
             block = False
             self._inflight -= 1
-            self._counter.add(kept=result.status == Status.SUCCESS, reason=result.reason)
+            self._counter.add(kept=result.status == Status.SUCCESS, reason=result.reason, status=result.status)
             yield result
 
 
@@ -210,9 +211,10 @@ class DownloadImages(beam.PTransform):
 
     With `pool` (the run reads a pool of downloaded shards), samples read from the pool take their
     image from its tars instead (`transforms/crawl/pool.py`), with the pool's `embeddings` made by
-    that model identity when given (from `clip_retrieval`, a clip-retrieval output folder, when
-    given); the others are fetched. A `probe` measures each image for a later stage (the safety
-    stage's hashes and faces) while the crawl holds its pixels."""
+    that model identity when given (from `clip_retrieval`, a clip-retrieval output folder, or
+    from `metadata`, the pool's metadata files joined by uid, when given); the others are
+    fetched. A `probe` measures each image for a later stage (the safety stage's hashes and
+    faces) while the crawl holds its pixels."""
 
     def __init__(
         self,
@@ -222,6 +224,7 @@ class DownloadImages(beam.PTransform):
         embeddings: str | None = None,
         clip_retrieval: str | None = None,
         probe: ImageProbe | None = None,
+        metadata: PoolMetadata | None = None,
     ):
         super().__init__()
         self._config = config
@@ -230,14 +233,17 @@ class DownloadImages(beam.PTransform):
         self._pool = pool
         self._embeddings = embeddings
         self._clip_retrieval = clip_retrieval
+        self._metadata = metadata
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         download = beam.ParDo(_DownloadFn(self._config, self._progress_dir, self._probe))
         if not self._pool:
             return samples | "Download" >> download
         pooled, web = samples | "FromPool" >> SplitByStatus(in_pool)
-        load = LoadPoolImages(
-            self._config, self._embeddings, self._progress_dir, self._clip_retrieval, self._probe
-        )
+        embeddings = self._embeddings
+        if self._metadata is not None:  # the scores and embeddings come from the metadata only
+            join = JoinPoolMetadata(self._metadata.pattern, embeddings, self._metadata.carried)
+            pooled, embeddings = pooled | "PoolMetadata" >> join, None
+        load = LoadPoolImages(self._config, embeddings, self._progress_dir, self._clip_retrieval, self._probe)
         loaded = pooled | "LoadFromPool" >> load
         return (loaded, web | "Download" >> download) | "Images" >> beam.Flatten()

@@ -24,7 +24,9 @@ Samples read from a pool that carries the model's embeddings (`transforms/crawl/
 `embedding_source`) skip steps 1-3: their embeddings and score are the pool's, and with
 `reuse_only` (the launcher found the model's embeddings beside the shards) no model is loaded;
 a sample without them then fails with `embedding_missing`. The pool's scores of samples an
-earlier stage rejected count in the `keep_fraction` rank, as in DataComp's baselines.
+earlier stage rejected count in the `keep_fraction` rank, as in DataComp's baselines; with the
+pool's metadata (`input.metadata`) every metadata row's score is ranked, images that were never
+downloaded included (`threshold.py`: exact, in bounded memory).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from transforms.common.progress import NAMESPACE, StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, model_identity
 from transforms.embed.config import EmbedConfig
+from transforms.embed.threshold import FractionThreshold, fraction_threshold
 
 LOG = logging.getLogger(__name__)
 
@@ -77,16 +80,6 @@ class _ScoreFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._counter.flush()
-
-
-def fraction_threshold(scores: np.ndarray, keep_fraction: float) -> float:
-    """DataComp's threshold for keeping the top `keep_fraction` (`baselines/apply_filter.py`,
-    `get_threshold`): the score at position ⌊n · fraction⌋ of the scores sorted from the highest;
-    samples scoring at least that are kept. -inf (keep all) when that position is past the end."""
-    n = int(len(scores) * keep_fraction)
-    if n >= len(scores):
-        return float("-inf")
-    return float(-np.sort(-scores)[n])
 
 
 class _AllScores(beam.CombineFn):
@@ -126,7 +119,8 @@ class _DecideFn(beam.DoFn):
     def process(self, sample: Sample, quantile_threshold: float | None = None) -> Iterator[Sample]:
         thresholds = [t for t in (self._min_score, quantile_threshold) if t is not None]
         threshold = max(thresholds) if thresholds else None
-        if threshold is not None and sample.clip_score is not None and sample.clip_score < threshold:
+        score = sample.clip_score
+        if threshold is not None and score is not None and not score >= threshold:  # NaN: not kept
             detail = f"clip_score {sample.clip_score:.4f} < threshold {threshold:.4f} ({sample.clip_model})"
             self._counter.add(kept=False, reason="low_clip_score")
             yield sample.decided(Status.REJECTED, "low_clip_score", STAGE, detail)
@@ -143,19 +137,32 @@ class DecideClipScore(beam.PTransform):
     score of the run (`fraction_threshold` over `scored` and `others`, applied as a side input).
 
     `others` are samples not decided here that carry a score all the same (a pool's score of a
-    sample an earlier stage rejected): DataComp ranks the whole pool, so they count in the rank."""
+    sample an earlier stage rejected): DataComp ranks the whole pool, so they count in the rank.
+    `ranked` (a root transform giving arrays of scores: a pool's metadata, every row of it) is
+    ranked instead, exactly and in bounded memory (`threshold.FractionThreshold`)."""
 
     def __init__(
-        self, config: EmbedConfig, progress_dir: str | None = None, others: beam.PCollection | None = None
+        self,
+        config: EmbedConfig,
+        progress_dir: str | None = None,
+        others: beam.PCollection | None = None,
+        ranked: beam.PTransform | None = None,
     ):
         super().__init__()
         self._config = config
         self._progress_dir = progress_dir
         self._others = others
+        self._ranked = ranked
 
     def expand(self, scored: beam.PCollection) -> beam.PCollection:
         threshold = None
-        if self._config.keep_fraction is not None:
+        if self._config.keep_fraction is not None and self._ranked is not None:
+            threshold = beam.pvalue.AsSingleton(
+                scored.pipeline
+                | "PoolScores" >> self._ranked
+                | "PoolThreshold" >> FractionThreshold(self._config.keep_fraction)
+            )
+        elif self._config.keep_fraction is not None:
             ranked = [scored] if self._others is None else [scored, self._others]
             threshold = beam.pvalue.AsSingleton(
                 ranked
@@ -184,7 +191,7 @@ class _ReuseFn(beam.DoFn):
 
     def process(self, sample: Sample) -> Iterator[Sample]:
         if sample.embedding_source is None or sample.image_embedding is None:
-            self._counter.add(kept=False, reason="embedding_missing")
+            self._counter.add(kept=False, reason="embedding_missing", status=Status.FAILED)
             detail = "the pool has no embedding of this sample for the configured model"
             yield sample.decided(Status.FAILED, "embedding_missing", STAGE, detail)
             return
@@ -200,13 +207,21 @@ class _ReuseFn(beam.DoFn):
 
 
 class EmbedImages(beam.PTransform):
-    """Embeds every downloaded pair with CLIP, scores it and applies the configured threshold."""
+    """Embeds every downloaded pair with CLIP, scores it and applies the configured threshold;
+    `ranked` gives the scores `keep_fraction` ranks instead of the run's (`DecideClipScore`)."""
 
-    def __init__(self, config: EmbedConfig, progress_dir: str | None = None, reuse_only: bool = False):
+    def __init__(
+        self,
+        config: EmbedConfig,
+        progress_dir: str | None = None,
+        reuse_only: bool = False,
+        ranked: beam.PTransform | None = None,
+    ):
         super().__init__()
         self._config = config
         self._progress_dir = progress_dir
         self._reuse_only = reuse_only
+        self._ranked = ranked
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         config = self._config
@@ -222,7 +237,8 @@ class EmbedImages(beam.PTransform):
             reused = carried | "Reuse" >> beam.ParDo(reuse)
             scored = (scored, reused) | "Scored" >> beam.Flatten()
         if decides:
-            scored = scored | "DecideClipScore" >> DecideClipScore(config, self._progress_dir, passing)
+            decide = DecideClipScore(config, self._progress_dir, passing, self._ranked)
+            scored = scored | "DecideClipScore" >> decide
         return (scored, *failed, passing) | "Merge" >> beam.Flatten()
 
     def _embed(self, todo: beam.PCollection) -> tuple[beam.PCollection, list[beam.PCollection]]:

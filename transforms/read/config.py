@@ -25,7 +25,8 @@ class InputConfig:
     save_additional_columns: tuple[str, ...] = ()
     #: `auto` picks by file suffix (after an optional `.gz`/`.bz2`; `.warc.wat.gz` is `wat`,
     #: `.warc.gz` is `warc`, `.arc.gz` is `arc`, the Internet Archive's format before WARC).
-    #: `.tar` is `webdataset`: a pool of downloaded shards (img2dataset, DataComp, Winnow), read
+    #: `.tar` (`.tar.gz`, `.tgz`, `.tar.bz2`) is `webdataset`: a pool of downloaded shards
+    #: (img2dataset, DataComp, Winnow), read
     #: with the siblings its tars have (`schemas/pools.py`); its images are not fetched again.
     #: `pages`: the list's URLs are web pages, fetched and harvested for
     #: their image/alt-text pairs (the list's own format is taken from its suffix).
@@ -42,6 +43,13 @@ class InputConfig:
     #: The model that made `embeddings`, as the embed stage names models (`ViT-B-32/openai`:
     #: clip-retrieval's `--clip_model ViT-B/32`).
     embeddings_model: str = ""
+    #: A pool's metadata kept apart from its shards, as DataComp's `download_upstream.py` writes
+    #: it (`metadata/<scale>/*.parquet` with `.npz` siblings): a folder (with its subfolders) or
+    #: a glob of Parquet files (local, s3://, gs://), joined to the pool's samples by `uid`.
+    #: Their columns (scores, `face_bboxes`, original sizes) and embeddings go with the samples,
+    #: and `embed.keep_fraction` ranks every metadata row's score, as DataComp's baselines do.
+    #: "" = none (a pool's metadata is then read beside its tars, by name).
+    metadata: str = ""
 
     def __post_init__(self) -> None:
         check = Check("input", self)
@@ -49,6 +57,13 @@ class InputConfig:
         check.at_least(1, "max_record_bytes")
         if bool(self.embeddings) != bool(self.embeddings_model):
             raise ValueError("input.embeddings and input.embeddings_model go together: set both or neither")
+        if self.metadata and self.embeddings:
+            raise ValueError(
+                "input.metadata and input.embeddings: set one (the metadata's .npz files hold the "
+                "pool's embeddings)"
+            )
+        if self.metadata.strip() != self.metadata:
+            raise ValueError(f"input.metadata: {self.metadata!r} has spaces around it")
         if self.encoding != "auto":
             try:
                 codecs.lookup(self.encoding)

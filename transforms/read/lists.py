@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.pools import TAR_SUFFIX, drop_siblings
+from schemas.pools import drop_siblings, is_shard
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
 from transforms.common.errors import InputError, first_line
 from transforms.common.outputs import WithSummary
@@ -44,13 +44,14 @@ from transforms.crawl.config import CrawlConfig
 from transforms.read.config import InputConfig
 from transforms.read.harvest import HARVEST_COUNTS, Page, Skipped, archive_pages, pairs_batch, tally
 from transforms.read.pages import HarvestPages
-from transforms.read.pool import pool_batches
+from transforms.read.pool import check_shard, pool_batches
 from transforms.read.rows import Record, UnreadableFile, text_records
 
 LOG = logging.getLogger(__name__)
 
 _SUFFIX_FORMATS = {
-    ".tar": "webdataset",
+    ".tar": "webdataset",  # also `.tar.gz`, `.tar.bz2` (the compression suffix is dropped first)
+    ".tgz": "webdataset",
     ".parquet": "parquet",
     ".csv": "csv",
     ".tsv": "tsv",
@@ -86,10 +87,10 @@ def match_input(pattern: str) -> list[str]:
         candidates = [folder + "**"]
     matched = [m.path for result in FileSystems.match(candidates) for m in result.metadata_list]
     visible = [path for path in matched if not _hidden(path, folder)]
-    if folder is not None and any(path.endswith(TAR_SUFFIX) for path in visible):
-        # A folder of tars is a pool (a Winnow output among them): its shards are the inputs, and
-        # their Parquet, embeddings and stats are read with them.
-        return [path for path in visible if path.endswith(TAR_SUFFIX)]
+    if folder is not None and any(is_shard(path) for path in visible):
+        # A folder of tars (compressed or not) is a pool (a Winnow output among them): its shards
+        # are the inputs, and their Parquet, embeddings and stats are read with them.
+        return [path for path in visible if is_shard(path)]
     # A pool's shard metadata (`NNNNN.parquet` beside `NNNNN.tar`) is read with its tar.
     return drop_siblings(visible)
 
@@ -138,8 +139,11 @@ _COLUMN_LOOKAHEAD = 100
 
 
 def check_input(path: str, config: InputConfig) -> None:
-    """Raises `InputError` if `path` is unreadable or lacks a configured column."""
+    """Raises `InputError` if `path` is unreadable or lacks a configured column (a pool's shard:
+    if its Parquet names none of its samples, `check_shard`)."""
     try:
+        if detect_format(path, config.input_format) == "webdataset":
+            check_shard(path)
         columns = read_columns(path, config)
     except InputError:
         raise
@@ -477,7 +481,9 @@ class _ReadFileFn(beam.DoFn):
         counts: Counter[str] = Counter()
         for batch in file_batches(path, self._config, counts=counts):
             failed = Counter(batch.column("reason").drop_null().to_pylist())
-            self._counter.add_many(kept=batch.num_rows - sum(failed.values()), dropped=failed)
+            self._counter.add_many(
+                kept=batch.num_rows - sum(failed.values()), dropped=failed, status=Status.FAILED
+            )
             yield batch
         if counts:
             yield beam.pvalue.TaggedOutput(HARVEST_COUNTS, dict(counts))

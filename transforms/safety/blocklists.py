@@ -2,8 +2,10 @@
 
 - URL list: one entry per line, `#` comments. An entry with a scheme (`https://host/path`) is an
   exact URL, compared in canonical form (`transforms/common/urls.py`: case of scheme and host,
-  IDNA, default port and fragment do not matter); a bare host (`example.com`) blocks the host and
-  every subdomain. The list's name for a match is `url` or `domain`.
+  IDNA, IP address spelling, default port, dot segments, percent-encoding and fragment do not
+  matter; the crawl fetches that same form); a bare host (`example.com`, `*.example.com`) blocks
+  the host and every subdomain, `example.com:8080` the same on that port only, an IP address that
+  address (`parse_host_entry`). The list's name for a match is `url` or `domain`.
 - Digest list: hex digests of known-bad files, one per line; MD5, SHA-1 and SHA-256 are told apart
   by their length (32, 40, 64 digits), as hash-sharing programmes distribute them. A match is named
   after the digest (`md5`, `sha1`, `sha256`).
@@ -22,7 +24,7 @@ import hashlib
 import numpy as np
 
 from transforms.common.files import read_text_file
-from transforms.common.urls import HostError, canonical_host, canonical_url, domain_matches
+from transforms.common.urls import HostError, HostList, parse_host_entry, url_facts
 from transforms.safety.config import SafetyConfig
 from transforms.safety.hashindex import HammingIndex, HashListError, parse_hash_lines
 
@@ -64,36 +66,36 @@ def _entries(path: str) -> list[tuple[int, str]]:
 @dataclasses.dataclass(frozen=True)
 class UrlList:
     urls: frozenset[str]
-    hosts: frozenset[str]
+    hosts: HostList
 
     def match(self, url: str | None) -> str | None:
         """`url` or `domain` when the URL is listed or its host (or a parent) is; else None."""
         if not url:
             return None
-        canonical = canonical_url(url)
-        if canonical is None:
+        facts = url_facts(url)
+        if facts.canonical is None:
             return None
-        if canonical in self.urls:
+        if facts.canonical in self.urls:
             return "url"
-        host = canonical.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
-        host = host.rsplit(":", 1)[0] if not host.startswith("[") else host
-        return "domain" if domain_matches(host, self.hosts) else None
+        return "domain" if self.hosts.matches(facts.host, facts.port) else None
 
 
 def read_url_list(path: str) -> UrlList:
-    urls, hosts = set(), set()
+    urls, hosts = set(), []
     for number, text in _entries(path):
         if "://" in text:
-            canonical = canonical_url(text)
-            if canonical is None:
-                raise BlocklistError(f"{path}:{number}: not a URL that can be fetched: {text[:80]!r}")
-            urls.add(canonical)
+            facts = url_facts(text)
+            if facts.canonical is None:
+                raise BlocklistError(
+                    f"{path}:{number}: not a URL that can be fetched: {text[:80]!r} ({facts.problem})"
+                )
+            urls.add(facts.canonical)
             continue
         try:
-            hosts.add(canonical_host(text.rstrip("/")))
+            hosts.append(parse_host_entry(text))
         except HostError as err:
             raise BlocklistError(f"{path}:{number}: not a host name: {text[:80]!r} ({err})") from None
-    return UrlList(frozenset(urls), frozenset(hosts))
+    return UrlList(frozenset(urls), HostList.of(hosts))
 
 
 def read_digest_list(path: str) -> dict[str, frozenset[str]]:

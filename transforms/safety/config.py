@@ -45,8 +45,9 @@ class SafetyConfig:
     #: Reject with `nsfw` above this score (Yahoo: < 0.2 safe, > 0.8 not); null: score only.
     max_nsfw: float | None = None
     #: Face detector: `opencv` (Haar cascade, shipped with OpenCV), a path to a YuNet ONNX file
-    #: (OpenCV's `FaceDetectorYN`), or null. Boxes the input gives (`face_bboxes`) are used
-    #: instead of detecting whenever a sample has them.
+    #: (OpenCV's `FaceDetectorYN`), or null (`opencv` when `blur_faces` or `max_faces` asks for
+    #: faces: `detector`). Boxes the input gives (`face_bboxes`) are used instead of detecting
+    #: whenever a sample has them.
     face_detector: str | None = None
     #: Blur every face box on the stored image (img2dataset's blurrer), before it is encoded.
     blur_faces: bool = False
@@ -67,6 +68,15 @@ class SafetyConfig:
     def faces(self) -> bool:
         """Whether faces are looked for: a detector is set, or boxes given are to be blurred or counted."""
         return self.face_detector is not None or self.blur_faces or self.max_faces is not None
+
+    @property
+    def detector(self) -> str | None:
+        """The detector that finds faces on a sample whose input gives no boxes: `face_detector`,
+        else OpenCV's when faces are to be blurred or counted (asking for that and finding none
+        would blur and count nothing), else None."""
+        if self.face_detector is not None:
+            return self.face_detector
+        return OPENCV_FACES if self.blur_faces or self.max_faces is not None else None
 
     @property
     def probes_images(self) -> bool:

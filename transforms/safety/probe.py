@@ -5,7 +5,8 @@
 - the PDQ hash of the decoded original, before the crawl resizes or crops it (PDQ survives
   resizing and re-encoding, not cropping: the stored centre crop would not match a listed hash);
 - faces on the resized image, before it is encoded: the input's boxes when the sample has them
-  (mapped by the crawl onto the stored image), else the detector's; blurred when asked.
+  (mapped by the crawl onto the stored image), else the detector's (`SafetyConfig.detector`:
+  OpenCV's when blurring or counting is asked without one); blurred when asked.
 
 The probe returns plain values (`Sample.probes`): `md5`, `sha1`, `pdq`, `pdq_quality`,
 `face_bboxes`, `faces_from` (`input` or the detector) and `blurred`.
@@ -56,11 +57,12 @@ class SafetyProbe:
         if not config.faces:
             return image, {}
         faces_from = "input"
-        if boxes is None and config.face_detector is not None:
+        detector = config.detector
+        if boxes is None and detector is not None:
             if self._detector is None:
-                self._detector = FaceDetector(config.face_detector)
+                self._detector = FaceDetector(detector)
             boxes = self._detector.detect(np.asarray(image))
-            faces_from = config.face_detector
+            faces_from = detector
         if boxes is None:  # no boxes given and no detector: nothing is known about faces
             return image, {}
         measured: dict[str, Any] = {"face_bboxes": boxes, "faces_from": faces_from, "blurred": False}

@@ -107,7 +107,9 @@ class _JudgeFn(_ListsFn):
             return
         judged = self._judge(sample)
         if judged.status != Status.SUCCESS or not self._scored_later:
-            self._counter.add(kept=judged.status == Status.SUCCESS, reason=judged.reason)
+            self._counter.add(
+                kept=judged.status == Status.SUCCESS, reason=judged.reason, status=judged.status
+            )
         yield judged
 
     def _judge(self, sample: Sample) -> Sample:
@@ -162,10 +164,11 @@ def decide_nsfw(
     return scored
 
 
-def _facts(sample: Sample) -> tuple[str | None, int, bool, bool]:
-    """(blocklist, faces, kept, scored) of a sample: what `_Tally` counts."""
+def _facts(sample: Sample) -> tuple[str | None, int, bool, bool, bool]:
+    """(blocklist, faces, kept, scored, searched for faces) of a sample: what `_Tally` counts."""
     faces = len(sample.face_bboxes) if sample.face_bboxes else 0
-    return sample.blocklist, faces, sample.status == Status.SUCCESS, sample.nsfw_score is not None
+    kept, scored = sample.status == Status.SUCCESS, sample.nsfw_score is not None
+    return sample.blocklist, faces, kept, scored, sample.face_bboxes is not None
 
 
 class _Tally(beam.CombineFn):
@@ -175,12 +178,22 @@ class _Tally(beam.CombineFn):
         self._config = config
 
     def create_accumulator(self) -> dict[str, Any]:
-        return {"blocklisted": {}, "with_faces": 0, "faces": 0, "blurred": 0, "nsfw_scored": 0}
+        return {
+            "blocklisted": {},
+            "searched_for_faces": 0,
+            "with_faces": 0,
+            "faces": 0,
+            "blurred": 0,
+            "nsfw_scored": 0,
+        }
 
-    def add_input(self, acc: dict[str, Any], facts: tuple[str | None, int, bool, bool]) -> dict[str, Any]:
-        blocklist, faces, kept, scored = facts
+    def add_input(
+        self, acc: dict[str, Any], facts: tuple[str | None, int, bool, bool, bool]
+    ) -> dict[str, Any]:
+        blocklist, faces, kept, scored, searched = facts
         if blocklist is not None:
             acc["blocklisted"][blocklist] = acc["blocklisted"].get(blocklist, 0) + 1
+        acc["searched_for_faces"] += searched
         if faces:
             acc["with_faces"] += 1
             acc["faces"] += faces
@@ -195,7 +208,7 @@ class _Tally(beam.CombineFn):
         for acc in accumulators:
             for key, count in acc["blocklisted"].items():
                 merged["blocklisted"][key] = merged["blocklisted"].get(key, 0) + count
-            for key in ("with_faces", "faces", "blurred", "nsfw_scored"):
+            for key in ("searched_for_faces", "with_faces", "faces", "blurred", "nsfw_scored"):
                 merged[key] += acc[key]
         return merged
 
@@ -213,7 +226,7 @@ class _Tally(beam.CombineFn):
             "pdq_max_distance": config.pdq_max_distance,
             "nsfw_model": nsfw_identity(config.nsfw_model) if config.nsfw_model else None,
             "max_nsfw": config.max_nsfw,
-            "face_detector": config.face_detector,
+            "face_detector": config.detector,
             "blur_faces": config.blur_faces,
             "max_faces": config.max_faces,
         }

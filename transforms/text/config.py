@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Literal
 
 from transforms.common.checks import Check
-from transforms.text.normalize import HostError, canonical_host
+from transforms.text.normalize import HostEntry, HostError, HostList, parse_host_entry
 
 #: The 176 language codes of lid.176 (the bundled model's labels), for checking `text.languages`.
 LID176_LANGUAGES = frozenset(
@@ -87,7 +87,8 @@ class TextConfig:
     dedupe_urls: bool = True
     #: URL schemes that may be fetched.
     allowed_schemes: tuple[str, ...] = ("http", "https")
-    #: Domains (and their subdomains) never fetched.
+    #: Hosts never fetched: `example.com` or `*.example.com` (the domain and its subdomains),
+    #: `example.com:8080` (the same, on that port only), an IP address (that address only).
     blocked_domains: tuple[str, ...] = ()
     #: File extensions (without dot) never fetched, e.g. [svg, ico].
     blocked_extensions: tuple[str, ...] = ()
@@ -149,7 +150,7 @@ class TextConfig:
             max_caption_chars=self.max_caption_chars,
             dedupe_urls=self.dedupe_urls,
             allowed_schemes=frozenset(s.lower() for s in self.allowed_schemes),
-            blocked_domains=frozenset(_domain_key(d) for d in self.blocked_domains),
+            blocked_domains=HostList.of(_host_entry(d) for d in self.blocked_domains),
             blocked_extensions=frozenset(e.lower().lstrip(".") for e in self.blocked_extensions),
         )
 
@@ -169,14 +170,14 @@ class Rules:
     max_caption_chars: int
     dedupe_urls: bool
     allowed_schemes: frozenset[str]
-    blocked_domains: frozenset[str]
+    blocked_domains: HostList
     blocked_extensions: frozenset[str]
 
 
-def _domain_key(domain: str) -> str:
-    """A configured domain in the form URL hosts are compared in (IDNA ASCII, no dots around)."""
-    domain = domain.strip().strip(".")
+def _host_entry(domain: str) -> HostEntry:
+    """A configured domain as URL hosts are compared (`parse_host_entry`); one that could never
+    match is a `ValueError` naming it."""
     try:
-        return canonical_host(domain)
-    except HostError:
-        return domain.lower()
+        return parse_host_entry(domain)
+    except HostError as err:
+        raise ValueError(f"text.blocked_domains: {domain!r} can never match: {err}") from None

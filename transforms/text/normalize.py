@@ -15,13 +15,15 @@ import re
 import unicodedata
 
 from transforms.common.urls import (  # noqa: F401 - the URL rules' names, re-exported
-    SIMPLE_URL,
+    HostEntry,
     HostError,
+    HostList,
     UrlFacts,
     canonical_host,
     canonical_url,
-    domain_matches,
+    parse_host_entry,
     parsed_url_facts,
+    simple_canonical,
     url_facts,
 )
 

@@ -18,8 +18,10 @@ In: row batches from the reader (`schemas.BATCH_SCHEMA`). Out: one `Sample` per 
 URL hygiene: a scheme outside `allowed_schemes` is `scheme_not_allowed`; a URL that cannot be
 fetched is `invalid_url`, with `error` saying why (no scheme or host; a host with spaces, zero-width
 or control characters or percent-encoding; an invalid international name; a port outside
-1–65535). Hosts compare in their IDNA (UTS-46) ASCII form without a trailing dot, so
-`bücher.example`, `BÜCHER.example.` and `xn--bcher-kva.example` are one host.
+1–65535). URLs compare in the canonical form of `transforms/common/urls.py` (the form the URL
+blocklist compares and the crawl fetches): hosts in their IDNA (UTS-46) ASCII form without a
+trailing dot, so `bücher.example`, `BÜCHER.example.` and `xn--bcher-kva.example` are one host, and
+`/img/../img/a.jpg`, `/img/./a.jpg` and `/img/%61.jpg` are all `/img/a.jpg`. `blocked_domains` entries are read by `parse_host_entry` (a port limits one).
 
 Duplicates: of the rows naming one canonical URL (the same url + caption included), one is kept,
 the best by caption: one that passes the caption rules, then a non-empty one, then the most
@@ -76,13 +78,12 @@ from transforms.text.counts import (
 )
 from transforms.text.langid import LanguageIdentifier
 from transforms.text.normalize import (
-    SIMPLE_URL,
     UrlFacts,
     caption_words,
     count_tokens,
-    domain_matches,
     looks_binary,
     normalize_caption,
+    simple_canonical,
     url_facts,
 )
 
@@ -102,7 +103,7 @@ def url_reason(facts: UrlFacts, rules: Rules) -> str | None:
         return "scheme_not_allowed"
     if facts.canonical is None:
         return "invalid_url"
-    if rules.blocked_domains and domain_matches(facts.host, rules.blocked_domains):
+    if rules.blocked_domains and rules.blocked_domains.matches(facts.host, facts.port):
         return "domain_blocked"
     if rules.blocked_extensions and facts.extension in rules.blocked_extensions:
         return "extension_blocked"
@@ -171,7 +172,7 @@ def prepare_batch(batch: pa.RecordBatch, rules: Rules, identify: Identify) -> pa
     plain_ok = {"http", "https"} <= rules.allowed_schemes
     plain_ok = plain_ok and not rules.blocked_domains and not rules.blocked_extensions
     need_caption_hash = bool(rules.boilerplate_max_urls)
-    pending, simple = Status.PENDING, SIMPLE_URL.match if plain_ok else None
+    pending, simple = Status.PENDING, simple_canonical if plain_ok else None
     rejected = False
     for i, url in enumerate(urls):
         if status[i] != pending or url is None:

@@ -291,8 +291,10 @@ class _WriteShardFn(beam.DoFn):
             write_atomically(f"{self._output_dir}/{path}", data)
         counts = Counter((s.stage or "", s.status, s.reason or "") for s in samples)
         for sample in samples:
-            if sample.stage in (None, "write"):
-                self._counter.add(kept=sample.status == Status.SUCCESS, reason=sample.reason)
+            if sample.stage in (None, "write") and sample.status != Status.PENDING:
+                self._counter.add(
+                    kept=sample.status == Status.SUCCESS, reason=sample.reason, status=sample.status
+                )
             else:
                 self._counter.add_passed()
         self._counter.flush()
@@ -318,8 +320,8 @@ class _WriteShardFn(beam.DoFn):
         counts = Counter((stage or "", status, reason or "") for stage, status, reason in keys)
         for (stage, status, reason), n in counts.items():
             for _ in range(n):
-                if stage in ("", "write"):
-                    self._counter.add(kept=status == Status.SUCCESS, reason=reason or None)
+                if stage in ("", "write") and status != Status.PENDING:
+                    self._counter.add(kept=status == Status.SUCCESS, reason=reason or None, status=status)
                 else:
                     self._counter.add_passed()
         self._counter.flush()
@@ -449,10 +451,13 @@ def finalize_output(
     output_dir: str,
     stages: Iterable[str],
     summaries: Iterable[tuple[str, dict[str, Any]]] = (),
+    complete: bool = False,
 ) -> dict[str, Any]:
     """Writes stats.json (with the stages' `summaries` under their names), deletes the files that
     the folder's manifest names but this run did not write (stale shards, an older index or
-    report) and temporary files, and records what this run wrote as a complete manifest."""
+    report) and temporary files, and records what this run wrote. The manifest stays `running`:
+    the launcher completes it once the index and the report are written; `complete` only when no
+    launcher waits for the job (`--no-wait`) and this is the run's last write."""
     output_dir = output_dir.rstrip("/")
     written = {name for shard in shards for name in shard["files"]} | {STATS_FILE}
     manifest = read_manifest(output_dir)
@@ -468,18 +473,26 @@ def finalize_output(
         # raised by the launcher once the job is over.
         stats[ROWS_LOST] = stats[ROWS_READ] - stats["samples"]
     write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
-    write_manifest(output_dir, "complete", written)
+    write_manifest(output_dir, "complete" if complete else "running", written)
     return stats
 
 
 class WriteStats(beam.PTransform):
-    """Gathers the shard summaries, writes `stats.json` and cleans the output folder."""
+    """Gathers the shard summaries, writes `stats.json` and cleans the output folder; `complete`:
+    the job itself marks the output finished (see `finalize_output`)."""
 
-    def __init__(self, output_dir: str, stages: Iterable[str], summaries: beam.PCollection | None = None):
+    def __init__(
+        self,
+        output_dir: str,
+        stages: Iterable[str],
+        summaries: beam.PCollection | None = None,
+        complete: bool = False,
+    ):
         super().__init__()
         self._output_dir = output_dir
         self._stages = list(stages)
         self._summaries = summaries
+        self._complete = complete
 
     def expand(self, shards: beam.PCollection) -> beam.PCollection:
         summaries = self._summaries
@@ -489,5 +502,11 @@ class WriteStats(beam.PTransform):
             shards
             | "AllShards" >> beam.combiners.ToList()
             | "Finalize"
-            >> beam.Map(finalize_output, self._output_dir, self._stages, beam.pvalue.AsList(summaries))
+            >> beam.Map(
+                finalize_output,
+                self._output_dir,
+                self._stages,
+                beam.pvalue.AsList(summaries),
+                complete=self._complete,
+            )
         )

@@ -250,19 +250,16 @@ def test_t2_item07_block_entries_match_what_they_mean_or_exit_2(tmp_path, capsys
     listing = tmp_path / "list.csv"
     listing.write_text("url,caption\nhttp://a.example/1.jpg,a caption\n", encoding="utf-8")
     hosts = tmp_path / "hosts.txt"
+    command = ("run", "--input", str(listing), "--output", str(tmp_path / "out"))
     for entry, why in refused.items():
-        error = _refused(
-            capsys, "run", "--input", str(listing), "--output", str(tmp_path / "out"), "--stages", "text",
-            "--set", f"text.blocked_domains=[{entry!r}]",
-        )  # fmt: skip
+        error = _refused(capsys, *command, "--stages", "text", "--set", f"text.blocked_domains=[{entry!r}]")
         assert "text.blocked_domains" in error and repr(entry) in error and why in error, error
         if "://" in entry:
             continue  # in the URL blocklist, a line with a scheme is an exact URL
         hosts.write_text(f"fine.example\n{entry}\n", encoding="utf-8")
         error = _refused(
-            capsys, "run", "--input", str(listing), "--output", str(tmp_path / "out"), "--stages", "crawl,safety",
-            "--set", f"safety.url_blocklist={hosts}",
-        )  # fmt: skip
+            capsys, *command, "--stages", "crawl,safety", "--set", f"safety.url_blocklist={hosts}"
+        )
         assert "hosts.txt:2" in error and repr(entry) in error, error
 
     # Ports, wildcards and IP addresses mean what they say, in both lists.
@@ -304,17 +301,12 @@ def test_t2_item08_an_empty_entries_list_is_exit_2_naming_the_key(tmp_path, caps
     listing = tmp_path / "list.csv"
     listing.write_text("url,caption\nhttp://a.example/1.jpg,a photo of a cat\n", encoding="utf-8")
     empty = tmp_path / "metadata.json"
+    command = ("run", "--input", str(listing), "--output", str(tmp_path / "out"))
     for text in ("[]", "  [ ]\n"):
         empty.write_text(text, encoding="utf-8")
-        error = _refused(
-            capsys, "run", "--input", str(listing), "--output", str(tmp_path / "out"), "--stages", "text,balance",
-            "--set", f"balance.entries={empty}",
-        )  # fmt: skip
+        error = _refused(capsys, *command, "--stages", "text,balance", "--set", f"balance.entries={empty}")
         assert "balance.entries" in error and "metadata.json" in error and "no entries" in error, error
-    error = _refused(
-        capsys, "run", "--input", str(listing), "--output", str(tmp_path / "out"), "--stages", "text,balance",
-        "--set", "balance.entries=[]",
-    )  # fmt: skip
+    error = _refused(capsys, *command, "--stages", "text,balance", "--set", "balance.entries=[]")
     assert "balance.entries" in error, error
     assert not (tmp_path / "out").exists()
     # One entry is enough: the row is matched, not rejected as unmatched.

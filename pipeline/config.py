@@ -1,8 +1,9 @@
 """The run configuration: one YAML file whose sections mirror the stages, plus `--set` overrides.
 
 Every section is a frozen dataclass; every key has a default documented next to it (and in the
-README). Loading rejects unknown keys and ill-typed values with a `ConfigError` naming the key,
-so a typo never passes silently.
+README). Loading rejects unknown keys, keys given twice and ill-typed values with a `ConfigError`
+naming the key, so a typo never passes silently; so is a stage subset that leaves a stage without
+its inputs (`IMAGE_STAGES` without the crawl).
 """
 
 from __future__ import annotations

@@ -186,35 +186,45 @@ def test_t2_item12_workers_capped_and_dying_with_a_killed_launcher(tmp_path, cap
         _kill(launcher, list(workers))
 
 
+def _interrupt_mid_crawl(command: list[str], site: _HeldSite) -> tuple[int, str, dict[int, str]]:
+    """Starts `winnow COMMAND`, sends it SIGINT once four more fetches wait on `site`; its exit
+    status, its stderr and the processes it had started then."""
+    before = site.requests
+    run = _start(command)
+    started: dict[int, str] = {}
+    try:
+        _poll(lambda: site.requests >= before + 4 or run.poll() is not None, "the crawl is under way")
+        assert run.poll() is None, run.communicate()[1][-2000:]
+        started = _descendants(run.pid)
+        run.send_signal(signal.SIGINT)
+        # Four fetches wait on the site for 60 s (crawl.timeout): the run must not wait for them.
+        _, err = run.communicate(timeout=20)
+    finally:
+        _kill(run, list(started))
+    return run.returncode, err, started
+
+
 def test_t2_item14_ctrl_c_says_interrupted_and_leaves_a_resumable_output(tmp_path, held_site):
     urls = held_site.url_list(str(tmp_path))
     output = str(tmp_path / "out")
     command = ["run", "--input", urls, "--output", output, "--stages", "text,crawl",
                *[a for s in CRAWL for a in ("--set", s)]]  # fmt: skip
-    run = _start(command)
-    try:
-        _poll(lambda: held_site.requests >= 4 or run.poll() is not None, "the crawl is under way")
-        assert run.poll() is None, run.communicate()[1][-2000:]
-        run.send_signal(signal.SIGINT)
-        interrupted = time.monotonic()
-        # Four fetches wait on the site for 60 s (crawl.timeout): the run must not wait for them.
-        _, err = run.communicate(timeout=20)
-        took = time.monotonic() - interrupted
-    finally:
-        _kill(run)
-    lines = err.strip().splitlines()
-    assert run.returncode == 130, err[-3000:]
-    assert lines[-1] == "winnow: interrupted", err[-3000:]
-    # Before it, at most the progress line (written as it stops, and every 10 s): no stack, no warning.
-    assert all(line.startswith("read ") for line in lines[:-1]), err[-3000:]
-    assert took < 20
-    assert read_manifest(output) is not None and read_manifest(output).state == "running"
+    for extra in ([], ["--workers", "2"]):  # in this process; in worker processes
+        code, err, started = _interrupt_mid_crawl(command + extra, held_site)
+        lines = err.strip().splitlines()
+        assert code == 130, err[-3000:]
+        assert lines[-1] == "winnow: interrupted", err[-3000:]
+        # Before it, at most the progress line (as it stops, and every 10 s): no stack, no warning.
+        assert all(line.startswith("read ") for line in lines[:-1]), err[-3000:]
+        assert bool(started) == bool(extra)  # the workers, which end with the run
+        _poll(lambda pids=list(started): not any(map(_alive, pids)), "the workers end", timeout=10)
+        assert read_manifest(output) is not None and read_manifest(output).state == "running"
 
     # The same command again, into the same folder, is accepted and finishes the output.
     held_site.released.set()
     rerun = _start(command)
     try:
-        out, err = rerun.communicate(timeout=WAIT_S * 2)
+        _, err = rerun.communicate(timeout=WAIT_S * 2)
     finally:
         _kill(rerun)
     assert rerun.returncode == 0, err[-3000:]

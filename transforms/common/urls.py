@@ -12,8 +12,8 @@ is still the URL a list names (RFC 3986 section 6.2.2 syntax-based normalisation
 - an empty path is `/`; dot segments removed (`/img/../img/./a.jpg` is `/img/a.jpg`, section
   5.2.4); in path and query a percent-encoded unreserved character decoded (`%7E` is `~`), other
   escapes in upper case (`%2f` is `%2F`), and every other character the HTTP client would escape
-  (space, non-ASCII, `"<>\\^`{|}`, a `%` that starts no escape) escaped as it escapes it, so the
-  request the server gets is exactly the canonical URL's path and query.
+  (a space, non-ASCII, `"`, `<`, `\\`, a `%` that starts no escape, ...) escaped as it escapes it,
+  so the request the server gets is exactly the canonical URL's path and query.
 
 A URL whose host or port cannot be fetched (spaces, zero-width or control characters,
 percent-encoding, an empty label, a port outside 1–65535) has no canonical form and says why.
@@ -28,6 +28,7 @@ import dataclasses
 import ipaddress
 import re
 import string
+import typing
 import unicodedata
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -38,20 +39,23 @@ import idna
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # A URL that may be canonical already (the common case): checked with one match instead of a parse.
 # The host's last label starts with a letter (a numeric one may be an IPv4 address in another
-# spelling); path and query hold only characters sent as they are and upper-case escapes.
+# spelling); path and query hold only characters sent as they are, and `%`.
 _SIMPLE_URL = re.compile(
     r"(https?)://((?:[a-z0-9-]+\.)*[a-z][a-z0-9-]*)"
-    r"(/(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-F]{2})*"
-    r"(?:\?(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-F]{2})+)?)\Z"
+    r"(/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*(?:\?[A-Za-z0-9._~!$&'()*+,;=:@/?%-]+)?)\Z"
 )
-# What keeps a URL matching `_SIMPLE_URL` from being canonical: a dot segment, or an escape of an
-# unreserved character.
-_NOT_CANONICAL = re.compile(r"/\.\.?(?=[/?]|\Z)|%(?:2[DE]|3[0-9]|[46][1-9A-F]|[57][0-9A]|5F|7E)")
+# What keeps a URL matching `_SIMPLE_URL` from being canonical: a dot segment, a `%` that is not
+# an upper-case escape, or an escape of an unreserved character.
+_NOT_CANONICAL = re.compile(
+    r"/\.\.?(?=[/?]|\Z)|%(?![0-9A-F]{2})|%(?:2[DE]|3[0-9]|[46][1-9A-F]|[57][0-9A]|5F|7E)"
+)
 
 
 def simple_canonical(url: str) -> bool:
     """True if `url` is an http(s) URL in canonical form with a plain host, found without a parse."""
-    return _SIMPLE_URL.match(url) is not None and _NOT_CANONICAL.search(url) is None
+    if _SIMPLE_URL.match(url) is None:
+        return False
+    return ("/." not in url and "%" not in url) or _NOT_CANONICAL.search(url) is None
 
 
 class UrlFacts(NamedTuple):
@@ -70,10 +74,10 @@ class UrlFacts(NamedTuple):
 def url_facts(url: str) -> UrlFacts:
     """Scheme, host, file extension, port and canonical form of a URL, parsed once."""
     simple = _SIMPLE_URL.match(url)
-    if simple and _NOT_CANONICAL.search(url) is None:
+    if simple and (("/." not in url and "%" not in url) or _NOT_CANONICAL.search(url) is None):
         # Already canonical: lower-case http(s) scheme and host, no port, user or fragment.
         scheme, host, path = simple.group(1, 2, 3)
-        return UrlFacts(scheme, host, _extension(path.partition("?")[0]), url, port=DEFAULT_PORTS[scheme])
+        return UrlFacts(scheme, host, _extension(path.partition("?")[0]), url, "", DEFAULT_PORTS[scheme])
     return parsed_url_facts(url)
 
 
@@ -125,26 +129,26 @@ def _ipv4(host: str) -> str | None:
     parts = host.split(".")
     if len(parts) > 4 or not parts[-1][:1].isdigit():
         return None
-    numbers = []
-    for part in parts:
-        found = _IPV4_PART.fullmatch(part)
-        if found is None:
-            return None
-        hexadecimal, octal, decimal = found.groups()
-        numbers.append(
-            int(hexadecimal, 16)
-            if hexadecimal
-            else int(octal or "0", 8)
-            if octal is not None
-            else int(decimal)
-        )
-    *leading, last = numbers
+    numbers = [_ipv4_part(part) for part in parts]
+    if None in numbers:
+        return None
+    *leading, last = typing.cast(list[int], numbers)
     if any(n > 255 for n in leading) or last >= 256 ** (4 - len(leading)):
         return None
     value = last
     for i, n in enumerate(leading):
         value += n << (8 * (3 - i))
     return str(ipaddress.IPv4Address(value))
+
+
+def _ipv4_part(part: str) -> int | None:
+    found = _IPV4_PART.fullmatch(part)
+    if found is None:
+        return None
+    hexadecimal, octal, decimal = found.groups()
+    if hexadecimal:
+        return int(hexadecimal, 16)
+    return int(octal or "0", 8) if octal is not None else int(decimal)
 
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
@@ -245,10 +249,10 @@ def parse_host_entry(entry: str) -> HostEntry:
     """Reads a host block-list entry, or raises `HostError` saying why it could never match.
 
     `example.com` is the domain and every subdomain; `*.example.com` and `.example.com` the same;
-    `example.com:8080`
-    the same on port 8080 only (a URL without a port is on its scheme's default, 80 or 443); an
-    IP address (`192.0.2.1`, `2001:db8::1`, `[2001:db8::1]:8080`) that address only. A URL, a
-    path or another wildcard is refused, with the entry to write instead where there is one."""
+    `example.com:8080` the same on port 8080 only (a URL without a port is on its scheme's
+    default, 80 or 443); an IP address (`192.0.2.1`, `2001:db8::1`, `[2001:db8::1]:8080`) that
+    address only. A URL, a path or another wildcard is refused, with the entry to write instead
+    where there is one."""
     text = entry.strip()
     if text.endswith("/") and "://" not in text:
         text = text[:-1]

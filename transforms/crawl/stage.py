@@ -202,7 +202,9 @@ class _DownloadFn(beam.DoFn):
                 return
             block = False
             self._inflight -= 1
-            self._counter.add(kept=result.status == Status.SUCCESS, reason=result.reason, status=result.status)
+            self._counter.add(
+                kept=result.status == Status.SUCCESS, reason=result.reason, status=result.status
+            )
             yield result
 
 

@@ -21,7 +21,8 @@ or control characters or percent-encoding; an invalid international name; a port
 1–65535). URLs compare in the canonical form of `transforms/common/urls.py` (the form the URL
 blocklist compares and the crawl fetches): hosts in their IDNA (UTS-46) ASCII form without a
 trailing dot, so `bücher.example`, `BÜCHER.example.` and `xn--bcher-kva.example` are one host, and
-`/img/../img/a.jpg`, `/img/./a.jpg` and `/img/%61.jpg` are all `/img/a.jpg`. `blocked_domains` entries are read by `parse_host_entry` (a port limits one).
+`/img/../img/a.jpg`, `/img/./a.jpg` and `/img/%61.jpg` are all `/img/a.jpg`. `blocked_domains`
+entries are read by `parse_host_entry` (a port limits one).
 
 Duplicates: of the rows naming one canonical URL (the same url + caption included), one is kept,
 the best by caption: one that passes the caption rules, then a non-empty one, then the most

@@ -2,8 +2,9 @@
 
 Beam's `DirectRunner` first tries to download the Prism binary; Winnow's `local` runner is the
 portable FnApiRunner directly, so a local run never reaches for the network. `--workers N`
-runs it as N worker processes (0 = one per core). Every other name (`DataflowRunner`,
-`SparkRunner`, `FlinkRunner`, `PrismRunner`, ...) and every Beam option passes through.
+runs it as N worker processes (0 = one per core). Every other name Beam knows (`DataflowRunner`,
+`SparkRunner`, `FlinkRunner`, `PrismRunner`, ..., or a runner class's `module.ClassName`) and every
+Beam option passes through; a name Beam does not know is a `ConfigError` (exit 2) before anything runs.
 
 The worker processes get their input over Beam's gRPC data plane, whose runner side flushes its
 output streams on a one-second timer by default. That timer's flush (`get()`, then `_clear()`)

@@ -179,9 +179,13 @@ _CLASS_REPR = re.compile(rf"\b{_CLASS}\((['\"])(.*?)\1(?:, (\d+))?\)")
 _ARGS_REPR = re.compile(r"\('([^'\\]*)', (\d+)\)")
 
 
+#: What Beam appends to an error raised inside a step: the step's name, which tells the user nothing.
+_STEP_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
+
+
 def plain_message(text: str) -> str:
-    """`text` without Python exception class names: the message each one carries stays."""
-    text = text.strip()
+    """`text` without Python exception class names or Beam's step suffix: each one's message stays."""
+    text = _STEP_SUFFIX.sub("", text.strip())
     while found := _CLASS_PREFIX.match(text):
         text = text[found.end() :]
     text = _CLASS_REPR.sub(lambda m: m.group(2) + (f" (status {m.group(3)})" if m.group(3) else ""), text)

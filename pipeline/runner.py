@@ -24,6 +24,7 @@ number is capped (`max_local_workers`): beyond a few per core a process adds no 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -40,6 +41,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_ha
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
 from pipeline.config import ConfigError
+from pipeline.worker import QUIET_FLAG
 
 LOCAL_RUNNERS = {"local", "direct", "directrunner", "fnapirunner", "bundlebaseddirectrunner"}
 #: The module each local worker process runs (`python -m`), before Beam's SDK worker.
@@ -92,8 +94,12 @@ class LocalRunner(FnApiRunner):
 
 
 def worker_command() -> str:
-    """The shell command of a local worker process: `pipeline/worker.py`, told this process's id."""
-    return f"exec {shlex.quote(sys.executable)} -m {WORKER_MODULE} {os.getpid()}"
+    """The shell command of a local worker process: `pipeline/worker.py`, told this process's id,
+    and told to keep its stderr off the terminal unless this process logs at INFO (`-v`): a step
+    that fails prints its stack there in every worker, and the same stack reaches this process
+    through Beam's log relay anyway."""
+    quiet = f" {QUIET_FLAG}" if logging.getLogger().getEffectiveLevel() > logging.INFO else ""
+    return f"exec {shlex.quote(sys.executable)} -m {WORKER_MODULE} {os.getpid()}{quiet}"
 
 
 def bind_workers(pipeline_proto: beam_runner_api_pb2.Pipeline) -> None:

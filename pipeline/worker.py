@@ -29,6 +29,9 @@ import time
 from collections.abc import Sequence
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: Worker argument: Python's stderr goes to the null device (the launcher is not at `-v`). Beam's
+#: worker prints a failed step's stack to stderr besides logging it; the log reaches the launcher.
+QUIET_FLAG = "--quiet-stderr"
 #: How often the watchdog (where the kernel has no death signal) looks for the launcher.
 WATCH_INTERVAL_S = 1.0
 
@@ -65,12 +68,14 @@ def bind_to_launcher(launcher: int) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """`python -m pipeline.worker LAUNCHER_PID`: binds to the launcher, then runs Beam's SDK worker,
-    which reads its endpoints from the environment the runner set."""
+    """`python -m pipeline.worker LAUNCHER_PID [--quiet-stderr]`: binds to the launcher, then runs
+    Beam's SDK worker, which reads its endpoints from the environment the runner set."""
     bind_to_launcher(int(argv[1]))
+    if QUIET_FLAG in argv:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     from apache_beam.runners.worker import sdk_worker_main
 
-    sdk_worker_main.main(list(argv))
+    sdk_worker_main.main([arg for arg in argv if arg != QUIET_FLAG])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -255,6 +255,20 @@ def stream_members(tar: str, read: Callable[[str, str], bool]) -> Iterator[tuple
         if not isinstance(stream, _Prefixed):  # the rest of the compressed stream: its checksum
             while stream.read(1 << 16):
                 pass
+
+
+def pool_cell(value: Any) -> Any:
+    """A pool's Parquet cell as a sample's `extra` (JSON) holds it: bytes as hex, other values
+    JSON cannot hold as text."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): pool_cell(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [pool_cell(v) for v in value]
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
 
 
 def pool_uid(value: object) -> str | None:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pipeline.evaluate.bench import EvalData, find_eval_sets, score_checkpoint
 from pipeline.evaluate.train import DEFAULT_MODEL, TrainRecipe, register, resolve_model, train
 from transforms.common.files import write_atomically
-from transforms.common.manifest import MANIFEST_FILE
+from transforms.common.manifest import output_holding
 
 LOG = logging.getLogger(__name__)
 
@@ -216,18 +216,6 @@ def _is_report(path: str) -> bool:
     return isinstance(found, dict) and (found.get("generator") == GENERATOR or set(found) >= _REPORT_KEYS)
 
 
-def _output_holding(path: str) -> str | None:
-    """The Winnow output folder (one with a manifest) that `path` is or lies in, if any."""
-    folder = os.path.abspath(path)
-    while True:
-        if os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
-            return folder
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
-
-
 def check_targets(report: str, workdir: str) -> None:
     """``ValueError`` unless ``report`` may be written and ``workdir`` used, checked before any
     training, by the rules of ``winnow audit --out``: a folder or a file that is not an evaluation
@@ -235,7 +223,7 @@ def check_targets(report: str, workdir: str) -> None:
     (the next run there would find a file its manifest does not name; its ``stats.json`` is what
     ``--retry-failed`` reads)."""
     for flag, path in (("--report", report), ("--workdir", workdir)):
-        output = _output_holding(path)
+        output = output_holding(path)
         if output is not None:
             raise ValueError(
                 f"{flag} {path} is inside the Winnow output {output}; write the evaluation elsewhere"

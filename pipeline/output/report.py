@@ -44,7 +44,7 @@ from pipeline.output.audit import (
     shipped_caption,
 )
 from transforms.common.files import write_atomically
-from transforms.common.manifest import normalized, record_files
+from transforms.common.manifest import normalized, output_holding, record_files
 
 REPORT_FILE = "report.html"
 #: Marks a page as Winnow's, so that `winnow audit --out` replaces only its own reports.
@@ -116,8 +116,9 @@ def write_report(output: str, out: str | None = None, compare: str | None = None
     """Audits `output` (against `compare` if given), writes the HTML and returns its path."""
     audit = audit_output(output)
     other = audit_output(compare) if compare else None
-    path = out or f"{output.rstrip('/')}/{REPORT_FILE}"
-    _check_report_target(path)
+    own = f"{output.rstrip('/')}/{REPORT_FILE}"
+    path = out or own
+    _check_report_target(path, own)
     if FileSystems.get_scheme(path) in (None, "file") and os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomically(path, render_report(audit, other).encode("utf-8", "replace"))
@@ -126,9 +127,16 @@ def write_report(output: str, out: str | None = None, compare: str | None = None
     return path
 
 
-def _check_report_target(path: str) -> None:
+def _check_report_target(path: str, own: str) -> None:
     """`AuditError` unless `path` is free or holds a report Winnow wrote: an existing folder or
-    any other file is never replaced."""
+    any other file is never replaced. Inside a Winnow folder only its own report (`own`) is
+    written: another file there, not on its manifest, would make the next run refuse the folder."""
+    holder = output_holding(path)
+    if holder is not None and normalized(path) != normalized(own):
+        raise AuditError(
+            f"--out {path} is inside the Winnow output {holder}; write the report elsewhere "
+            f"(or leave --out out: the output's own {REPORT_FILE})"
+        )
     local = FileSystems.get_scheme(path) in (None, "file")
     if local and os.path.isdir(path):
         raise AuditError(f"--out {path} is a folder; give the path of the HTML file to write")

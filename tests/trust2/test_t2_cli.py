@@ -191,6 +191,11 @@ def test_t2_item16_a_full_disk_is_one_line_exit_1_and_leaves_no_temporary_file(
             call = _size_limited([*run, "--output", str(tmp_path / "tiny" / "out")], limit=limit)
         _one_failure_line(call, "pipeline")
         assert _temp_files(tmp_path / "tiny") == []
+    # The same with worker processes: each worker's stack of the failed step stays off the terminal.
+    limit = min(p.stat().st_size for p in shards) - 1
+    call = _size_limited([*run, "--workers", "2", "--output", str(tmp_path / "workers" / "out")], limit=limit)
+    _one_failure_line(call, "pipeline")
+    assert _temp_files(tmp_path / "workers") == []
 
     # 2. Everything fits but the report: the run is not a success (its output is not complete).
     fits = sum(_pages(p) for p in others) + 3  # stats.json is rewritten beside itself (2 pages)

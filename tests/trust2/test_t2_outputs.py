@@ -89,6 +89,10 @@ def test_t2_item02_evaluate_report_never_replaces_what_winnow_did_not_write(text
         code, err = _cli(capsys, *base, *extra)
         assert code == 2 and "is inside the Winnow output" in _one_line(err), (extra, err)
     assert _tree(text_output) == before  # nothing replaced, no evaluation/ folder left in it
+    # `winnow audit --out` follows the same rule: inside an output, only its own report.html.
+    code, err = _cli(capsys, "audit", text_output, "--out", f"{text_output}/other.html")
+    assert code == 2 and "is inside the Winnow output" in _one_line(err), err
+    assert _tree(text_output) == before
     # A folder, and a file of the user's: refused before any training (no workdir appears).
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')

@@ -180,6 +180,21 @@ def record_files(output_dir: str, added: Iterable[str]) -> None:
     write_manifest(output_dir, manifest.state, {*manifest.files, *added})
 
 
+def output_holding(path: str) -> str | None:
+    """The local Winnow folder (one with a manifest) that `path` is or lies in, if any: a file
+    written there that its manifest does not name would make the next run refuse the folder."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        return None
+    folder = os.path.abspath(path)
+    while True:
+        if os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
 def require_complete(output_dir: str) -> Manifest:
     """The manifest of a finished output with all its files; `InputError` otherwise (for
     `--retry-failed`, which must never take a partial output for a whole one)."""

@@ -42,11 +42,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from schemas.pools import READ_COLUMNS, base_name, datacomp_embeddings, pool_uid
+from schemas.pools import READ_COLUMNS, base_name, datacomp_embeddings, pool_cell, pool_uid
 from schemas.sample import Sample, Status
 from transforms.common.errors import InputError
 from transforms.common.progress import NAMESPACE
-from transforms.crawl.pool import _carrying, _unit
+from transforms.crawl.pool import carrying_embeddings, unit_vector
 
 STAGE = "crawl"
 KEY = "input.metadata"
@@ -176,7 +176,7 @@ def metadata_rows(
                 uid = pool_uid(value)
                 if uid is None:
                     raise InputError(f"{KEY}: {path} row {row}: uid {value!r} is not 32 hex digits")
-                cells = {name: _plain(columns[name][i]) for name in kept if columns[name][i] is not None}
+                cells = {name: pool_cell(columns[name][i]) for name in kept if columns[name][i] is not None}
                 pair = next(vectors) if vectors is not None else None
                 yield uid, (cells, pair, source, f"{path} row {row}")
                 row += 1
@@ -188,19 +188,6 @@ def _rows(
     """The (image, text) embedding pairs of two arrays read chunk by chunk, row by row."""
     for image, text in zip(images, texts, strict=True):
         yield from zip(image, text, strict=True)
-
-
-def _plain(value: Any) -> Any:
-    """A Parquet cell as `extra` (JSON) holds it: bytes as hex, other non-JSON values as text."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float | int | str | bool):
-        return value
-    return str(value)
 
 
 def metadata_scores(path: str, column: str) -> Iterator[np.ndarray]:
@@ -247,12 +234,12 @@ class _AttachFn(beam.DoFn):
         datacomp = datacomp_embeddings(self._identity) if self._identity else None
         if datacomp is None or pair is None:
             return sample
-        image, text = _unit(pair[0]), _unit(pair[1])
+        image, text = unit_vector(pair[0]), unit_vector(pair[1])
         score = cells.get(datacomp.score_column)
         if not isinstance(score, int | float) or score != score:  # missing or NaN: the cosine
             score = float(np.dot(image.astype(np.float32), text.astype(np.float32)))
         vectors = (image, text) if sample.status == Status.PENDING else None
-        return _carrying(sample, self._identity, source, float(score), vectors)
+        return carrying_embeddings(sample, self._identity, source, float(score), vectors)
 
 
 class JoinPoolMetadata(beam.PTransform):

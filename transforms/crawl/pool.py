@@ -253,11 +253,11 @@ def _with_embeddings(sample: Sample, embeddings: ShardEmbeddings, identity: str 
         return sample
     vectors = None
     if row is not None and sample.status == Status.SUCCESS:
-        vectors = _unit(embeddings.image[row]), _unit(embeddings.text[row])
-    return _carrying(sample, identity, embeddings.source, score, vectors)
+        vectors = unit_vector(embeddings.image[row]), unit_vector(embeddings.text[row])
+    return carrying_embeddings(sample, identity, embeddings.source, score, vectors)
 
 
-def _carrying(
+def carrying_embeddings(
     sample: Sample,
     identity: str | None,
     source: str,
@@ -272,7 +272,7 @@ def _carrying(
     return sample.evolve(**changes)
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
+def unit_vector(vector: np.ndarray) -> np.ndarray:
     """float16, L2-normalised as the embed stage stores embeddings."""
     v = vector.astype(np.float32)
     norm = float(np.linalg.norm(v))
@@ -316,10 +316,10 @@ def _attach(element: tuple[str, dict[str, list[Any]]], identity: str) -> Iterato
         if not found:
             yield sample
             continue
-        image, text, source = _unit(found[0][0]), _unit(found[0][1]), found[0][2]
+        image, text, source = unit_vector(found[0][0]), unit_vector(found[0][1]), found[0][2]
         score = float(np.dot(image.astype(np.float32), text.astype(np.float32)))
         vectors = (image, text) if sample.status == Status.PENDING else None
-        yield _carrying(sample, identity, source, score, vectors)
+        yield carrying_embeddings(sample, identity, source, score, vectors)
 
 
 class JoinClipRetrieval(beam.PTransform):

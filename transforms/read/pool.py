@@ -43,7 +43,17 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.pools import KEY, READ_COLUMNS, SHARD, exists, is_image, pool_uid, shard_files, stream_members
+from schemas.pools import (
+    KEY,
+    READ_COLUMNS,
+    SHARD,
+    exists,
+    is_image,
+    pool_cell,
+    pool_uid,
+    shard_files,
+    stream_members,
+)
 from schemas.sample import Sample, Status, batch_from_samples, make_uid
 from transforms.common.errors import InputError
 from transforms.read.config import InputConfig
@@ -128,7 +138,7 @@ def _parquet_rows(
         extra: dict[str, Any] = {}
         if isinstance(cell.get("extra"), str):  # a Winnow output: its input's columns
             extra.update(json.loads(cell["extra"]))
-        extra.update({name: _jsonable(cell[name]) for name in carried if cell[name] is not None})
+        extra.update({name: pool_cell(cell[name]) for name in carried if cell[name] is not None})
         key = key_of(cell)
         extra[KEY], extra[SHARD] = key, tar
         sample = Sample(pool_uid(cell.get("uid")) or make_uid(url, caption), url, caption, extra)
@@ -263,7 +273,7 @@ def _set_sample(tar: str, member_set: _MemberSet, config: InputConfig) -> Sample
         if config.save_additional_columns
         else set(metadata)
     )
-    extra = {k: _jsonable(v) for k, v in metadata.items() if k in kept and k not in ("url", "uid", "key")}
+    extra = {k: pool_cell(v) for k, v in metadata.items() if k in kept and k not in ("url", "uid", "key")}
     extra[KEY], extra[SHARD] = key, tar
     # Without a url (no `.json`, or one without it) the pair names no sample: the key does.
     own = make_uid(url, caption) if url else make_uid(f"pool-key:{tar}:{key}", caption)
@@ -292,16 +302,3 @@ def _json_object(data: bytes | None) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _jsonable(value: Any) -> Any:
-    """A Parquet cell as JSON can hold it (bytes as hex)."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    return str(value)

@@ -352,9 +352,11 @@ def serve_in_subprocess(
 
 
 def _stop_at_eof(stop: threading.Event) -> None:
-    """Sets `stop` once stdin ends: the process holding its other end has closed it or died."""
-    with contextlib.suppress(OSError, ValueError):
-        while sys.stdin.buffer.read(4096):
+    """Sets `stop` once stdin ends: the process holding its other end has closed it or died. It
+    reads the file descriptor itself: a daemon thread blocked inside `sys.stdin`'s buffered reader
+    holds that reader's lock, which the interpreter needs at exit (a fatal error on SIGTERM)."""
+    with contextlib.suppress(OSError):
+        while os.read(0, 4096):
             pass
     stop.set()
 

@@ -258,3 +258,24 @@ def test_t2_item17_unknown_runner_and_busy_port_are_usage_errors(tmp_path, capsy
         f"winnow: error: cannot serve on 127.0.0.1:{port}: the port is in use; "
         "choose another --port (0 = any free one)\n"
     )
+
+
+def test_t2_item12_the_sample_web_server_ends_with_its_starter_quietly(sample_web) -> None:
+    """The sample web's own process (`serve_in_subprocess`, which `winnow demo` runs) stops when
+    its starter closes its stdin, and says nothing as it goes: its stdin watch must not hold the
+    interpreter's stdin lock at exit (a "Fatal Python error" on the demo's terminal)."""
+    from urllib.parse import urlsplit
+
+    served = next(r for r in sample_web.truth_rows() if r["expected_status"] == "success")
+    path = urlsplit(served["url"]).path
+    script = (
+        "from sampleweb import serve_in_subprocess\n"
+        "import urllib.request\n"
+        "for _ in range(3):\n"
+        f"    with serve_in_subprocess({sample_web.dir!r}, host='127.0.0.1', port=0) as url:\n"
+        f"        assert urllib.request.urlopen(url + {path!r}, timeout=30).status == 200\n"
+        "print('served')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 0 and done.stdout.strip() == "served", done.stderr
+    assert "Fatal Python error" not in done.stderr and "Traceback" not in done.stderr, done.stderr

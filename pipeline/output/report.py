@@ -131,15 +131,15 @@ def _check_report_target(path: str, own: str) -> None:
     """`AuditError` unless `path` is free or holds a report Winnow wrote: an existing folder or
     any other file is never replaced. Inside a Winnow folder only its own report (`own`) is
     written: another file there, not on its manifest, would make the next run refuse the folder."""
+    local = FileSystems.get_scheme(path) in (None, "file")
+    if local and os.path.isdir(path):
+        raise AuditError(f"--out {path} is a folder; give the path of the HTML file to write")
     holder = output_holding(path)
     if holder is not None and normalized(path) != normalized(own):
         raise AuditError(
             f"--out {path} is inside the Winnow output {holder}; write the report elsewhere "
             f"(or leave --out out: the output's own {REPORT_FILE})"
         )
-    local = FileSystems.get_scheme(path) in (None, "file")
-    if local and os.path.isdir(path):
-        raise AuditError(f"--out {path} is a folder; give the path of the HTML file to write")
     if not FileSystems.exists(path):
         return
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:

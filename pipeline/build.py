@@ -122,7 +122,7 @@ def build_pipeline(
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     else:
         reader = ReadUrlBatches(
-            inputs, config.input, progress_dir, config.crawl, config.text.shuffle_partitions, archives
+            inputs, config.input, progress_dir, config.crawl, archives=archives
         )
         read = pipeline | "Read" >> reader
         batches = read.rows

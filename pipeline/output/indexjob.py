@@ -24,16 +24,19 @@ identity. Out: `OUTPUT/index/` as `pipeline/output/indexfiles.py` describes it. 
 5. Lists, IVF-PQ: the codes of one range, from every shard, are grouped on one worker, put in
    list order (shard order within a list, as an in-memory build adds them) and written as one
    segment of `image.ivfdata`, laid out as faiss's `OnDiskInvertedLists` lays out its lists
-   (per list: its codes, then its ids). Its memory is bounded by the range, not by n.
+   (per list: its codes, then its ids). Its memory is bounded by the range (about three times
+   `list_range_bytes`: the grouped codes, their concatenation, their sorted copy), not by n.
 6. Merge, on one worker: IVF-PQ: the segments, concatenated in range order into `image.ivfdata`
    (streamed, one buffer), and `image.index`, the trained index whose inverted lists are that
    file (`OnDiskInvertedLists.set_all_lists_sizes`). It holds the trained index (coarse centroids
    and codebooks, `faissindex.ivf_resident_bytes`) and a few bytes per list, whatever the number
-   of shards or vectors: at 10^9 vectors of 512 dimensions, 131,072 lists, about 2 x 256 MiB
-   (the index as the side input's bytes and deserialised) and 4 MiB of list sizes. Flat parts,
-   fewer than 10,000 vectors by definition, are concatenated in shard order (the same bytes as an
-   in-memory build). Then `ids.parquet`, streamed shard by shard from the metadata; then
-   `index.json`, last; then the parts and segments are deleted.
+   of shards or vectors: at 10^9 vectors of 512 dimensions (IVF131072,PQ64 with the default 4 GiB
+   budget), about 2 x 256 MiB (the index as the side input's bytes and deserialised) and 4 MiB of
+   list sizes, while the ~540 segments of 128 MiB (72 GB: 64-byte codes and 8-byte ids) stream
+   through one buffer. Flat and HNSW: the Flat parts, in shard order (Flat: fewer than 10,000
+   vectors by definition; the same bytes as an in-memory build). Then `ids.parquet`, streamed
+   shard by shard from the metadata; then `index.json`, last; then the parts and segments are
+   deleted.
 
 HNSW is built in one step on the merge worker: faiss cannot merge HNSW graphs, and the order of
 insertion decides the graph. `choose_index` picks HNSW only while all vectors and links fit the
@@ -48,8 +51,8 @@ Flat index keeps the bytes an in-memory build gives it.
 Determinism: every part and segment depends only on its shards and the plan, a segment orders its
 codes by (list, shard, row), the merge reads the segments in range order and the on-disk index
 names its lists file by base name: the same output gives the same bytes on any number of workers
-or shards. With the local runner in one process, the workers are that
-process; with `--workers N` or a remote runner the launcher holds only the job's small elements.
+or shards. With the local runner in one process, the workers are that process; with `--workers N`
+or a remote runner the launcher holds only the job's small elements.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class IndexJob:
     output_dir: str
     memory_budget_bytes: int
     token: str
-    list_range_bytes: int = 64 << 20
+    list_range_bytes: int = 128 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +384,7 @@ def encode_shard(
     little-endian bytes, then the code), in row order within a range."""
     ivf = faiss.extract_index_ivf(index)
     encoded = index.sa_encode(points)
-    coarse = ivf.coarse_code_size()
+    coarse = ivf.coarse_code_size()  # type: ignore[attr-defined]
     lists = np.zeros(len(points), dtype=np.int64)
     for byte in range(coarse):
         lists |= encoded[:, byte].astype(np.int64) << (8 * byte)
@@ -415,8 +418,8 @@ def write_segment(grouped: tuple[int, Iterable[ShardLists]], job: IndexJob, rang
         with open(local, "wb") as handle:
             start = 0
             for size in sizes.tolist():
-                handle.write(codes[start : start + size])
-                handle.write(ids[start : start + size])
+                handle.write(codes[start : start + size].data)
+                handle.write(ids[start : start + size].data)
                 start += size
         publish(local, part_path(job.output_dir, job.token, name))
     return Segment(number, sizes)

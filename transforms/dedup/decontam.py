@@ -14,9 +14,10 @@ and packed into one compact blob (`pack_eval_set`: names, hashes, thumbnails, em
 every worker receives as a singleton side input; each worker process builds its index from it
 once (`Shared`): a FAISS `IndexBinaryFlat` of the hashes and an `IndexFlatIP` of the embeddings.
 Samples are matched a batch at a time: one Hamming range search in FAISS, then array operations
-on the candidate pairs, with no Python loop over eval images (about 1.5 µs per sample per 1,000
-eval images on one core; see benchmarks/README.md). An exhaustive binary scan beats multi-index
-hashing here because real hashes are skewed: flat images crowd a few buckets.
+on the candidate pairs, with no Python loop over eval images (about 3 µs per sample per 1,000 eval
+images on one core, skewed hashes included; see benchmarks/README.md). An exhaustive binary
+scan beats multi-index hashing (`IndexBinaryMultiHash`, 4 x 16 bits, 2 flips) here: real hashes
+are skewed, flat images crowd a few buckets, and there it measured 4-10x slower.
 
 The eval images go through the crawl's own image path (`process_image` with the `crawl` keys:
 the same resize, crop and encoding as downloaded images) and, for embeddings, through the embed
@@ -168,7 +169,7 @@ def pack_eval_set(evals: Iterable[Fingerprint]) -> bytes:
     ordered = sorted(evals, key=lambda f: f.uid)
     names = [f.uid.encode() for f in ordered]
     embedded = [i for i, f in enumerate(ordered) if f.embedding is not None]
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "name_bytes": np.frombuffer(b"".join(names), dtype=np.uint8),
         "name_ends": np.cumsum([len(n) for n in names], dtype=np.int64),
         "hashes": np.array([f.hash64 for f in ordered], dtype=np.uint64),

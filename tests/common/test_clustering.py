@@ -142,7 +142,11 @@ def test_connected_components_fail_rather_than_answer_before_settling():
     from transforms.common.unionfind import ComponentsNotSettledError, ConnectedComponents
 
     links = _random_links(0)
-    with pytest.raises(Exception, match="still not in a star after 1 large-star/small-star") as raised:
-        with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
-            _ = p | beam.Create(links) | ConnectedComponents(alternations=1)
-    assert isinstance(raised.value, ComponentsNotSettledError) or "ComponentsNotSettledError" in str(raised.value)
+    with (
+        pytest.raises(Exception, match="still not in a star after 1 large-star/small-star") as raised,
+        test_pipeline.TestPipeline(runner=FnApiRunner()) as p,
+    ):
+        _ = p | beam.Create(links) | ConnectedComponents(alternations=1)
+    assert isinstance(raised.value, ComponentsNotSettledError) or "ComponentsNotSettledError" in str(
+        raised.value
+    )

@@ -14,7 +14,7 @@ dedup level ends with (as DataTrove's MinHash cluster step does).
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import apache_beam as beam
 import numpy as np
@@ -102,6 +102,8 @@ def resolve_links(links: Iterable[Link], where: str = "") -> list[Resolved]:
 
 # ---------------------------------------------------------------- in Beam, without one worker
 
+_T = TypeVar("_T", bound=Hashable)
+
 #: A node of the components graph: (order, uid, rank). The order is a hash of the uid (ties by
 #: uid), so the label of a component is a pseudo-random member, whatever the ranks along a chain.
 _Node = tuple[int, str, Any]
@@ -124,17 +126,17 @@ def node_order(uid: str) -> tuple[int, str]:
 
 
 def spanning_pairs(
-    pairs: Iterable[tuple[Hashable, Hashable]], joined: Iterable[tuple[Hashable, Hashable]] = ()
-) -> list[tuple[Hashable, Hashable]]:
+    pairs: Iterable[tuple[_T, _T]], joined: Iterable[tuple[_T, _T]] = ()
+) -> list[tuple[_T, _T]]:
     """The pairs, in their order, that join two groups not yet joined: a spanning forest of `pairs`.
 
     `joined` are pairs already known to be connected elsewhere (found by another unit of work);
     they are united first and never returned. The union of `joined` and the result connects
     exactly what `joined` and `pairs` connect, with at most one returned pair per item joined.
     """
-    parent: dict[Hashable, Hashable] = {}
+    parent: dict[_T, _T] = {}
 
-    def find(item: Hashable) -> Hashable:
+    def find(item: _T) -> _T:
         parent.setdefault(item, item)
         root = item
         while parent[root] != root:
@@ -169,7 +171,7 @@ def forest_pairs(
         first, second = sorted((order[pair[0]], order[pair[1]]))
         return first, second
 
-    return [(int(i), int(j)) for i, j in spanning_pairs(sorted(pairs, key=key), joined)]
+    return spanning_pairs(sorted(pairs, key=key), joined)
 
 
 class ForestOfBlocks:

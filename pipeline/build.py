@@ -121,9 +121,7 @@ def build_pipeline(
         previous = samples = pipeline | "ReadPrevious" >> ReadPreviousOutput(retry_from)
         total = samples | "CountSamples" >> beam.combiners.Count.Globally()
     else:
-        reader = ReadUrlBatches(
-            inputs, config.input, progress_dir, config.crawl, config.text.shuffle_partitions, archives
-        )
+        reader = ReadUrlBatches(inputs, config.input, progress_dir, config.crawl, archives=archives)
         read = pipeline | "Read" >> reader
         batches = read.rows
         # Stages decide but never drop rows, so the shard count is fixed once the lists are read.

@@ -506,7 +506,7 @@ def _cmd_audit(args: argparse.Namespace, beam_args: list[str]) -> int:
     # The report written into a Winnow output is recorded in its manifest: no run may write there meanwhile.
     into_output = args.out is None and read_manifest(args.output) is not None
     with OutputLock(args.output, options) if into_output else contextlib.nullcontext():
-        print(f"report: {write_report(args.output, args.out, args.compare)}")
+        print(f"report: {write_report(args.output, args.out, args.compare, options)}")
     return 0
 
 

@@ -2,8 +2,13 @@
 
 - `choose_index`: the FAISS `index_factory` string, chosen the way autofaiss does: exact `Flat`
   for small sets, `HNSW32` while full vectors and graph links fit the memory budget, otherwise
-  `IVF{nlist},PQ{m}` with nlist ~ 4 sqrt(n) (a power of two) and the largest PQ code size `m`
-  (a divisor of d, 8 bits per sub-quantizer) whose codes, ids and coarse centroids fit the budget.
+  `IVF{nlist},PQ{m}` with nlist ~ 4 sqrt(n) (a power of two). An IVF index keeps its inverted
+  lists (codes and ids) in a file of their own, memory-mapped when searched and written list by
+  list when built, so what must fit the budget is what stays in memory: the coarse centroids and
+  the PQ codebooks (`ivf_resident_bytes`). `m` (a divisor of d, 8 bits per sub-quantizer) is the
+  largest whose codes and ids fit the budget too (the lists then stay in the page cache), and
+  never less than about one byte per 8 dimensions (`_min_pq_bytes`): past the budget, the lists
+  are read from disk rather than coarsened further.
 - `build_index`: normalises the embeddings (inner product = cosine), trains on at most a seeded
   random sample when the index type needs training, adds every row (row i gets id i) and sets
   the search parameters (IVF `nprobe`, HNSW `efSearch`), which are saved with the index. Its
@@ -33,6 +38,8 @@ HNSW_EF_SEARCH = 64
 # Inverted-list ids, 8 bytes per vector; PQ codes are `m` bytes per vector.
 _IVF_ID_BYTES = 8
 _MAX_PQ_BYTES = 256
+# PQ codes of lists read from disk: at least one byte per this many dimensions.
+_MIN_PQ_DIMS_PER_BYTE = 8
 # Training set: enough points per coarse centroid, and at least 39 per code of each PQ codebook.
 _TRAIN_PER_LIST = 40
 _MIN_TRAIN = 39 * 256
@@ -45,21 +52,38 @@ def _ivf_lists(n: int) -> int:
     return 2 ** round(math.log2(4 * math.sqrt(n)))
 
 
+def ivf_resident_bytes(n: int, d: int) -> int:
+    """What an IVF-PQ index of `n` vectors of dimension `d` keeps in memory when its lists are on
+    disk: the coarse centroids and the PQ codebooks (256 centroids per sub-quantizer)."""
+    return _ivf_lists(n) * d * 4 + 256 * d * 4
+
+
 def choose_index(n: int, d: int, memory_budget_bytes: int) -> str:
     """The `index_factory` string for `n` vectors of dimension `d` within `memory_budget_bytes`.
 
-    Raises ValueError when not even 1-byte PQ codes fit the budget.
+    Raises ValueError when not even an IVF index's coarse centroids and codebooks fit the budget.
     """
     if n < FLAT_MAX_VECTORS:
         return "Flat"
     if n * (d * 4 + HNSW_NEIGHBOURS * 2 * 8) <= memory_budget_bytes:
         return f"HNSW{HNSW_NEIGHBOURS}"
-    nlist = _ivf_lists(n)
-    fixed = nlist * d * 4 + 256 * d * 4  # coarse centroids and PQ codebooks
-    for m in range(min(d, _MAX_PQ_BYTES), 0, -1):
-        if d % m == 0 and n * (m + _IVF_ID_BYTES) + fixed <= memory_budget_bytes:
-            return f"IVF{nlist},PQ{m}"
-    raise ValueError(f"no index of {n} vectors of dimension {d} fits in {memory_budget_bytes} bytes")
+    resident = ivf_resident_bytes(n, d)
+    if resident > memory_budget_bytes:
+        raise ValueError(
+            f"no index of {n} vectors of dimension {d} fits in {memory_budget_bytes} bytes "
+            f"(an IVF index's coarse centroids and codebooks alone take {resident})"
+        )
+    fitting = (
+        m
+        for m in range(min(d, _MAX_PQ_BYTES), 0, -1)
+        if d % m == 0 and n * (m + _IVF_ID_BYTES) + resident <= memory_budget_bytes
+    )
+    return f"IVF{_ivf_lists(n)},PQ{max(next(fitting, 0), _min_pq_bytes(d))}"
+
+
+def _min_pq_bytes(d: int) -> int:
+    """The smallest PQ code size `choose_index` gives: the largest divisor of d up to d / 8."""
+    return max(m for m in range(1, max(1, d // _MIN_PQ_DIMS_PER_BYTE) + 1) if d % m == 0)
 
 
 def needs_training(kind: str) -> bool:

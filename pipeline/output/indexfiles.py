@@ -8,9 +8,10 @@
 - `ids.parquet`: row i of the index → uid, url, caption, clip_score, shard.
 - `index.json`: what `IndexSummary` records, and the metric. Written last and removed first, so an
   index without it is never read.
-- `parts/`: the build's temporary files (`pipeline/output/indexjob.py`), named as temporary
-  writes (`transforms/common/files.TEMP_PREFIX` and a 32-hex build token), so a crashed build's
-  leftovers are never taken for foreign files and the next run of the output clears them.
+- `parts/`: the build's temporary files (`pipeline/output/indexjob.py`: Flat parts, segments of
+  IVF lists, the plan), named as temporary writes (`transforms/common/files.TEMP_PREFIX` and a
+  32-hex build token), so a crashed build's leftovers are never taken for foreign files and the
+  next run of the output clears them.
 
 Local paths are read and written directly (atomically: a temporary name, then a rename); remote
 ones (s3://, gs://) are streamed through Beam's `FileSystems`, one upload per file.

@@ -16,13 +16,27 @@ identity. Out: `OUTPUT/index/` as `pipeline/output/indexfiles.py` describes it. 
    gathered from the shards holding them, and one worker trains the empty index. It travels to
    the workers as bytes (`faiss.serialize_index`), a singleton side input. Flat and HNSW need no
    training: their empty index is a Flat one.
-4. Add: each shard's kept, normalised embeddings go into a copy of that index (IVF: ids = their
-   row numbers), written as a part file.
-5. Merge, on one worker: IVF parts with faiss's on-disk merge (as `merge_ondisk`: the parts are
-   memory-mapped and copied list by list into `image.ivfdata`, never held in memory); Flat parts,
-   fewer than 10,000 vectors by definition, are concatenated in shard order (the same bytes as an
-   in-memory build). Then `ids.parquet`, streamed shard by shard from the metadata; then
-   `index.json`, last; then the parts are deleted.
+4. Add. IVF-PQ: each shard's kept, normalised embeddings are encoded by the trained index
+   (`sa_encode`: each vector's list and PQ code, what `add` would store), and only codes and ids
+   (ids = row numbers) leave the worker, cut into ranges of consecutive lists (`ListRanges`: each
+   range holds about `IndexJob.list_range_bytes` of the whole index). Flat and HNSW: the vectors
+   go into a Flat part file.
+5. Lists, IVF-PQ: the codes of one range, from every shard, are grouped on one worker, put in
+   list order (shard order within a list, as an in-memory build adds them) and written as one
+   segment of `image.ivfdata`, laid out as faiss's `OnDiskInvertedLists` lays out its lists
+   (per list: its codes, then its ids). Its memory is bounded by the range (about three times
+   `list_range_bytes`: the grouped codes, their concatenation, their sorted copy), not by n.
+6. Merge, on one worker: IVF-PQ: the segments, concatenated in range order into `image.ivfdata`
+   (streamed, one buffer), and `image.index`, the trained index whose inverted lists are that
+   file (`OnDiskInvertedLists.set_all_lists_sizes`). It holds the trained index (coarse centroids
+   and codebooks, `faissindex.ivf_resident_bytes`) and a few bytes per list, whatever the number
+   of shards or vectors: at 10^9 vectors of 512 dimensions (IVF131072,PQ64 with the default 4 GiB
+   budget), about 2 x 256 MiB (the index as the side input's bytes and deserialised) and 4 MiB of
+   list sizes, while the ~540 segments of 128 MiB (72 GB: 64-byte codes and 8-byte ids) stream
+   through one buffer. Flat and HNSW: the Flat parts, in shard order (Flat: fewer than 10,000
+   vectors by definition; the same bytes as an in-memory build). Then `ids.parquet`, streamed
+   shard by shard from the metadata; then `index.json`, last; then the parts and segments are
+   deleted.
 
 HNSW is built in one step on the merge worker: faiss cannot merge HNSW graphs, and the order of
 insertion decides the graph. `choose_index` picks HNSW only while all vectors and links fit the
@@ -34,10 +48,11 @@ One merged index rather than per-shard parts searched together: a search would o
 every part (hundreds of thousands at 10^9 pairs, each a download from an object store), and a
 Flat index keeps the bytes an in-memory build gives it.
 
-Determinism: every part depends only on its shard and the plan, the merge reads the parts in
-shard order and the on-disk index names its lists file by base name: the same output gives the
-same bytes on any number of workers. With the local runner in one process, the workers are that
-process; with `--workers N` or a remote runner the launcher holds only the job's small elements.
+Determinism: every part and segment depends only on its shards and the plan, a segment orders its
+codes by (list, shard, row), the merge reads the segments in range order and the on-disk index
+names its lists file by base name: the same output gives the same bytes on any number of workers
+or shards. With the local runner in one process, the workers are that process; with `--workers N`
+or a remote runner the launcher holds only the job's small elements.
 """
 
 from __future__ import annotations
@@ -47,7 +62,9 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,6 +77,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.shared import Shared
 
 from pipeline.output import faissindex
 from pipeline.output.errors import IndexBudgetError, SearchError
@@ -71,7 +89,6 @@ from pipeline.output.indexfiles import (
     INFO_FILE,
     IVFDATA_FILE,
     IndexSummary,
-    fetch,
     is_local,
     part_path,
     publish,
@@ -89,6 +106,10 @@ _METADATA_FILE = re.compile(r"/metadata_(\d{5,})\.parquet$")
 _IDS_COLUMNS = ["uid", "url", "caption", "clip_score"]
 # pyarrow's default row group, so that ids.parquet is cut as `pq.write_table` cuts it.
 _ROW_GROUP = 1 << 20
+_LISTS = "lists"
+# Bytes of one vector in the inverted lists besides its code: its id.
+_ID_BYTES = 8
+_COPY_CHUNK = 1 << 20
 _NPY_HEADERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
@@ -97,12 +118,13 @@ _NPY_HEADERS = {
 
 @dataclasses.dataclass(frozen=True)
 class IndexJob:
-    """One build: the output folder, the memory budget of the index and the build's token (32 hex
-    digits naming its temporary files)."""
+    """One build: the output folder, the memory budget of the index, the build's token (32 hex
+    digits naming its temporary files) and the bytes of IVF lists one worker writes as a segment."""
 
     output_dir: str
     memory_budget_bytes: int
     token: str
+    list_range_bytes: int = 128 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +145,38 @@ class Plan:
     model: str | None
     shards: dict[str, tuple[int, int]]
     error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ListRanges:
+    """How an IVF index's lists are cut into ranges of `per_range` consecutive lists, one segment
+    of `image.ivfdata` each (nlist 0: the index has no lists)."""
+
+    nlist: int
+    code_size: int
+    per_range: int
+
+    def bounds(self, number: int) -> tuple[int, int]:
+        """The first list of range `number` and the one after its last."""
+        return number * self.per_range, min(self.nlist, (number + 1) * self.per_range)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardLists:
+    """A shard's vectors in one range of lists: their list numbers, ids and PQ codes, in row order."""
+
+    shard: str
+    lists: np.ndarray
+    ids: np.ndarray
+    codes: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A written segment of `image.ivfdata`: its range and the sizes of the range's lists."""
+
+    number: int
+    sizes: np.ndarray
 
 
 class BuildOutputIndex(beam.PTransform):
@@ -149,17 +203,27 @@ class BuildOutputIndex(beam.PTransform):
         rows = beam.pvalue.AsSingleton(
             pbegin | "One" >> beam.Create([None]) | "TrainingRows" >> beam.Map(_sample_rows, plan)
         )
-        trained = beam.pvalue.AsSingleton(
+        trained_index = (
             shards
             | "Sample" >> beam.FlatMap(sample_shard, job.output_dir, plan, rows)
             | "AllSamples" >> beam.combiners.ToList()
             | "Train" >> beam.Map(train, plan)
         )
+        trained = beam.pvalue.AsSingleton(trained_index)
+        ranges = beam.pvalue.AsSingleton(trained_index | "Ranges" >> beam.Map(list_ranges, job, plan))
+        added = shards | "Add" >> beam.ParDo(_AddShardFn(job), plan, trained, ranges).with_outputs(
+            _LISTS, main="parts"
+        )
+        segments = (
+            added[_LISTS]
+            | "GroupLists" >> beam.GroupByKey()
+            | "WriteLists" >> beam.Map(write_segment, job, ranges)
+        )
         return (
-            shards
-            | "Add" >> beam.FlatMap(add_shard, job, plan, trained)
+            (added.parts, segments)
+            | "Written" >> beam.Flatten()
             | "AllParts" >> beam.combiners.ToList()
-            | "Merge" >> beam.Map(merge, job, plan, trained)
+            | "Merge" >> beam.Map(merge, job, plan, trained, ranges)
         )
 
 
@@ -260,44 +324,139 @@ def train(samples: list[tuple[int, np.ndarray]], plan: Plan) -> bytes:
 # ---------------------------------------------------------------- add
 
 
-def add_shard(shard: str, job: IndexJob, plan: Plan, trained: bytes) -> Iterator[str]:
-    """Writes the shard's part: its kept points added to a copy of the trained index."""
-    if plan.kind is None or shard not in plan.shards:
-        return
-    first, kept = plan.shards[shard]
-    points = kept_points(job.output_dir, shard)
-    part = _deserialize(trained)
-    if faissindex.needs_training(plan.kind):
-        part.add_with_ids(points, np.arange(first, first + kept, dtype=np.int64))
-    else:
+def list_ranges(trained: bytes, job: IndexJob, plan: Plan) -> ListRanges:
+    """How the trained IVF index's lists are cut into segments of about `job.list_range_bytes`
+    (the plan's vectors spread over its lists); no lists for Flat and HNSW."""
+    if plan.kind is None or not faissindex.needs_training(plan.kind):
+        return ListRanges(0, 0, 1)
+    ivf = faiss.extract_index_ivf(_deserialize(trained))
+    total = plan.count * (ivf.code_size + _ID_BYTES)
+    count = min(ivf.nlist, max(1, -(-total // job.list_range_bytes)))
+    return ListRanges(ivf.nlist, ivf.code_size, -(-ivf.nlist // count))
+
+
+class _AddShardFn(beam.DoFn):
+    """A shard's kept points added to the index. IVF-PQ: their lists, codes and ids, by range of
+    lists (output `lists`, keyed by range), from the trained index deserialised once per process.
+    Flat and HNSW: a Flat part file, and the shard on the main output."""
+
+    def __init__(self, job: IndexJob):
+        self._job = job
+        self._shared = Shared()
+        self._trained: _Held | None = None
+
+    def process(
+        self, shard: str, plan: Plan, trained: bytes, ranges: ListRanges
+    ) -> Iterator[str | beam.pvalue.TaggedOutput]:
+        if plan.kind is None or shard not in plan.shards:
+            return
+        first, _ = plan.shards[shard]
+        points = kept_points(self._job.output_dir, shard)
+        if faissindex.needs_training(plan.kind):
+            for item in encode_shard(self._index(trained), shard, first, points, ranges):
+                yield beam.pvalue.TaggedOutput(_LISTS, item)
+            return
+        part = _deserialize(trained)
         part.add(points)
-    write_atomically(part_path(job.output_dir, job.token, _part_name(shard)), _serialize(part))
-    yield shard
+        write_atomically(
+            part_path(self._job.output_dir, self._job.token, _part_name(shard)), _serialize(part)
+        )
+        yield shard
+
+    def _index(self, trained: bytes) -> faiss.Index:
+        if self._trained is None:
+            self._trained = self._shared.acquire(lambda: _Held(_deserialize(trained)), tag=self._job.token)
+        return self._trained.index
+
+
+class _Held:
+    """A trained index shared by the threads of a worker process (`Shared` holds weak references)."""
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+
+
+def encode_shard(
+    index: faiss.Index, shard: str, first: int, points: np.ndarray, ranges: ListRanges
+) -> Iterator[tuple[int, ShardLists]]:
+    """(range, its vectors) of the shard's `points` (rows first, first + 1, ...): each vector's list
+    and PQ code as `index.add` stores them (`sa_encode`: the list number in `coarse_code_size`
+    little-endian bytes, then the code), in row order within a range."""
+    ivf = faiss.extract_index_ivf(index)
+    encoded = index.sa_encode(points)
+    coarse = ivf.coarse_code_size()  # type: ignore[attr-defined]
+    lists = np.zeros(len(points), dtype=np.int64)
+    for byte in range(coarse):
+        lists |= encoded[:, byte].astype(np.int64) << (8 * byte)
+    ids = np.arange(first, first + len(points), dtype=np.int64)
+    numbers = lists // ranges.per_range
+    order = np.argsort(numbers, kind="stable")
+    present, starts = np.unique(numbers[order], return_index=True)
+    for number, rows in zip(present.tolist(), np.split(order, starts[1:]), strict=True):
+        codes = np.ascontiguousarray(encoded[rows, coarse:])
+        yield number, ShardLists(shard, lists[rows].astype(np.uint32), ids[rows], codes)
+
+
+# ---------------------------------------------------------------- lists
+
+
+def write_segment(grouped: tuple[int, Iterable[ShardLists]], job: IndexJob, ranges: ListRanges) -> Segment:
+    """Writes a range's segment of `image.ivfdata` from every shard's vectors in it (`grouped`: the
+    range's number and those): per list, its codes then its ids, in shard and row order (as an
+    in-memory build adds them)."""
+    number, chunks = grouped
+    ordered = sorted(chunks, key=lambda chunk: chunk.shard)
+    low, high = ranges.bounds(number)
+    lists = np.concatenate([chunk.lists for chunk in ordered]).astype(np.int64)
+    order = np.argsort(lists, kind="stable")
+    codes = np.concatenate([chunk.codes for chunk in ordered])[order]
+    ids = np.concatenate([chunk.ids for chunk in ordered])[order]
+    sizes = np.bincount(lists - low, minlength=high - low).astype(np.uint64)
+    name = _segment_name(number)
+    with staging(job.output_dir, job.token) as prefix:
+        local = f"{prefix}{uuid.uuid4().hex}-{name}"
+        with open(local, "wb") as handle:
+            start = 0
+            for size in sizes.tolist():
+                handle.write(codes[start : start + size].data)
+                handle.write(ids[start : start + size].data)
+                start += size
+        publish(local, part_path(job.output_dir, job.token, name))
+    return Segment(number, sizes)
 
 
 # ---------------------------------------------------------------- merge
 
 
-def merge(written: list[str], job: IndexJob, plan: Plan, trained: bytes) -> None:
-    """Merges the parts into `index/` (index file(s), ids.parquet, then index.json) and deletes them."""
+def merge(
+    written: list[str | Segment], job: IndexJob, plan: Plan, trained: bytes, ranges: ListRanges
+) -> None:
+    """Merges the parts or segments into `index/` (index file(s), ids.parquet, then index.json) and
+    deletes them."""
     if plan.kind is None:
         return
-    if sorted(written) != list(plan.shards):
-        raise SearchError(f"index parts missing for shards {sorted(set(plan.shards) - set(written))[:5]}")
-    parts = [part_path(job.output_dir, job.token, _part_name(shard)) for shard in plan.shards]
     folder = f"{job.output_dir}/{INDEX_DIR}"
     with staging(job.output_dir, job.token) as prefix:
         if faissindex.needs_training(plan.kind):
-            staged = _merge_ivf(parts, trained, prefix)
+            segments = sorted((w for w in written if isinstance(w, Segment)), key=lambda s: s.number)
+            temporary = [part_path(job.output_dir, job.token, _segment_name(s.number)) for s in segments]
+            staged = _merge_ivf(segments, temporary, plan, trained, ranges, prefix, folder)
         else:
-            staged = _merge_vectors(parts, plan, trained, prefix)
+            shards = sorted(w for w in written if isinstance(w, str))
+            if shards != list(plan.shards):
+                raise SearchError(
+                    f"index parts missing for shards {sorted(set(plan.shards) - set(shards))[:5]}"
+                )
+            temporary = [part_path(job.output_dir, job.token, _part_name(shard)) for shard in shards]
+            staged = _merge_vectors(temporary, plan, trained, prefix)
         staged.append(_write_ids(job.output_dir, plan, prefix + IDS_FILE))
         for local in staged:
             publish(local, f"{folder}/{local.removeprefix(prefix)}")
     summary = IndexSummary(plan.kind, plan.count, plan.dim, plan.model, job.memory_budget_bytes)
     info = dataclasses.asdict(summary) | {"metric": "cosine"}
     write_atomically(f"{folder}/{INFO_FILE}", json.dumps(info, indent=2, sort_keys=True).encode())
-    FileSystems.delete(parts)
+    if temporary:
+        FileSystems.delete(temporary)
 
 
 def _merge_vectors(parts: list[str], plan: Plan, trained: bytes, prefix: str) -> list[str]:
@@ -322,37 +481,46 @@ def _merge_vectors(parts: list[str], plan: Plan, trained: bytes, prefix: str) ->
     return [prefix + INDEX_FILE]
 
 
-def _merge_ivf(parts: list[str], trained: bytes, prefix: str) -> list[str]:
-    """The parts' inverted lists merged on disk into `image.ivfdata`, which the index names by its
-    base name. Remote parts are first copied to the local staging folder (mapped, not loaded)."""
-    local_parts = parts
-    if not is_local(parts[0]):
-        local_parts = [f"{prefix}part_{i:06d}.index" for i in range(len(parts))]
-        for path, local in zip(parts, local_parts, strict=True):
-            fetch(path, local)
+def _merge_ivf(
+    segments: list[Segment],
+    paths: list[str],
+    plan: Plan,
+    trained: bytes,
+    ranges: ListRanges,
+    prefix: str,
+    folder: str,
+) -> list[str]:
+    """`image.ivfdata`: the segments concatenated in range order, streamed (staged for a local
+    output, uploaded as it is written otherwise); `image.index`: the trained index whose on-disk
+    lists are that file, named by its base name. Memory: the trained index and a few bytes a list."""
+    sizes = np.zeros(ranges.nlist, dtype=np.uint64)
+    for segment in segments:
+        low, high = ranges.bounds(segment.number)
+        sizes[low:high] = segment.sizes
+    if int(sizes.sum()) != plan.count or len({s.number for s in segments}) != len(segments):
+        raise SearchError(f"the index's list segments hold {int(sizes.sum())} of {plan.count} vectors")
+    staged = [prefix + IVFDATA_FILE] if is_local(folder) else []
+    target = staged[0] if staged else f"{folder}/{IVFDATA_FILE}"
+    LOG.info("merging %d list segments of %d vectors", len(segments), plan.count)
+    _concatenate(paths, target)
     index = _deserialize(trained)
-    LOG.info("merging %d index parts on disk", len(parts))
-    _merge_on_disk(index, local_parts, prefix + IVFDATA_FILE)
-    faissindex.on_disk_lists(index).filename = IVFDATA_FILE
-    faiss.write_index(index, prefix + INDEX_FILE)
-    del index  # unmaps the lists file before it moves
-    return [prefix + IVFDATA_FILE, prefix + INDEX_FILE]
-
-
-def _merge_on_disk(index: faiss.Index, part_paths: list[str], ivfdata: str) -> None:
-    """faiss's on-disk merge (`faiss.contrib.ondisk.merge_ondisk`): the parts memory-mapped, their
-    lists copied list by list into `ivfdata`, which becomes `index`'s inverted lists. Unlike
-    `merge_ondisk`, the parts stay owned here, so their mappings are released afterwards."""
-    parts = [faiss.read_index(path, faiss.IO_FLAG_MMAP) for path in part_paths]
     ivf = faiss.extract_index_ivf(index)
-    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, ivfdata)
-    sources = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]
-    for part in parts:
-        sources.push_back(faiss.extract_index_ivf(part).invlists)
-    index.ntotal = ivf.ntotal = lists.merge_from_multiple(sources.data(), sources.size(), False)
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, IVFDATA_FILE)
+    lists.set_all_lists_sizes(faiss.swig_ptr(sizes))
+    lists.totsize = plan.count * (ivf.code_size + _ID_BYTES)
     ivf.replace_invlists(lists, True)
     lists.this.disown()  # type: ignore[attr-defined]  # the index owns them now
-    del sources, parts
+    index.ntotal = ivf.ntotal = plan.count
+    faiss.write_index(index, prefix + INDEX_FILE)
+    return [*staged, prefix + INDEX_FILE]
+
+
+def _concatenate(sources: list[str], target: str) -> None:
+    """Writes the files `sources` (any filesystem) one after the other into `target`, streamed."""
+    with FileSystems.create(target, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for path in sources:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as source:
+                shutil.copyfileobj(source, handle, _COPY_CHUNK)
 
 
 def _write_ids(output_dir: str, plan: Plan, local: str) -> str:
@@ -437,6 +605,10 @@ def _part_kind(kind: str) -> str:
 
 def _part_name(shard: str) -> str:
     return f"part_{shard}.index"
+
+
+def _segment_name(number: int) -> str:
+    return f"lists_{number:06d}.ivfdata"
 
 
 def _part_vectors(path: str) -> np.ndarray:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.output.audit import (
     KEPT,
@@ -112,10 +113,13 @@ padding:0 2px}.cap.orig{color:var(--muted)}
 """.replace("FONTS", _FONTS)
 
 
-def write_report(output: str, out: str | None = None, compare: str | None = None) -> str:
-    """Audits `output` (against `compare` if given), writes the HTML and returns its path."""
-    audit = audit_output(output)
-    other = audit_output(compare) if compare else None
+def write_report(
+    output: str, out: str | None = None, compare: str | None = None, options: PipelineOptions | None = None
+) -> str:
+    """Audits `output` (against `compare` if given), writes the HTML and returns its path.
+    `options`: Beam's (filesystem keys), for an output whose aggregates are computed again."""
+    audit = audit_output(output, options=options)
+    other = audit_output(compare, options=options) if compare else None
     own = f"{output.rstrip('/')}/{REPORT_FILE}"
     path = out or own
     _check_report_target(path, own)
@@ -749,7 +753,7 @@ def _cited(audit: Audit, row: dict[str, Any]) -> str:
 
 def _groups(audit: Audit) -> str:
     blocks = []
-    for rows in audit.groups:
+    for i, rows in enumerate(audit.groups):
         kept = rows[0]
         members = "".join(
             f"<li>{_uid(r['uid'])} {_url(r.get('url'))}"
@@ -758,6 +762,9 @@ def _groups(audit: Audit) -> str:
             f"{' · ' + _error(r.get('error'), 160) if r.get('error') else ''}</div></li>"
             for r in rows
         )
+        more = (audit.group_members[i] if i < len(audit.group_members) else len(rows)) - len(rows)
+        if more > 0:  # the audit keeps a bounded number of members per group
+            members += f'<li class="muted">and {_plural(more, "more member")}</li>'
         blocks.append(f'<div class="group">{_thumb(audit, kept["uid"])}<ol>{members}</ol></div>')
     if not blocks:
         return '<p class="muted">no duplicate groups</p>'

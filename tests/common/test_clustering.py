@@ -126,8 +126,7 @@ def _random_links(seed: int) -> list[Link]:
     return links + links[:25]  # a link found in two buckets comes twice
 
 
-@pytest.mark.parametrize("rounds", [0, 3, 40])  # all left to the merge, some, none
-def test_connected_components_in_beam_equal_the_single_worker_union_find(rounds):
+def test_connected_components_in_beam_equal_the_single_worker_union_find():
     from transforms.common.unionfind import ConnectedComponents
 
     for seed in (0, 1):
@@ -135,7 +134,19 @@ def test_connected_components_in_beam_equal_the_single_worker_union_find(rounds)
         oracle = [tuple(r) for r in resolve_links(links, where=" (near)")]
         assert len(oracle) > 150 and any(r[1] != r[0] for r in oracle)
         with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:
-            found = (
-                p | beam.Create(links) | ConnectedComponents(where=" (near)", rounds=rounds) | beam.Map(tuple)
-            )
+            found = p | beam.Create(links) | ConnectedComponents(where=" (near)") | beam.Map(tuple)
             assert_that(found, equal_to(oracle))
+
+
+def test_connected_components_fail_rather_than_answer_before_settling():
+    from transforms.common.unionfind import ComponentsNotSettledError, ConnectedComponents
+
+    links = _random_links(0)
+    with (
+        pytest.raises(Exception, match="still not in a star after 1 large-star/small-star") as raised,
+        test_pipeline.TestPipeline(runner=FnApiRunner()) as p,
+    ):
+        _ = p | beam.Create(links) | ConnectedComponents(alternations=1)
+    assert isinstance(raised.value, ComponentsNotSettledError) or "ComponentsNotSettledError" in str(
+        raised.value
+    )

@@ -246,7 +246,7 @@ def test_dedup_config_is_checked():
 
 
 def test_decontamination_matches_by_embedding_when_hashes_differ():
-    from transforms.dedup.decontam import _DecontaminateFn
+    from transforms.dedup.decontam import _DecontaminateFn, pack_eval_set
     from transforms.dedup.types import Fingerprint
 
     rng = np.random.default_rng(5)
@@ -262,7 +262,7 @@ def test_decontamination_matches_by_embedding_when_hashes_differ():
         ("copy", fp("copy", (1 << 64) - 1, near)),  # all 64 hash bits differ: only the embedding matches
         ("other", fp("other", (1 << 64) - 1, vectors[2])),
     ]
-    decisions = list(_DecontaminateFn(DedupConfig()).process(batch, evals))
+    decisions = list(_DecontaminateFn(DedupConfig()).process(batch, pack_eval_set(evals)))
     assert [(d.uid, d.reason, d.duplicate_of) for d in decisions] == [("copy", EVAL, "eval.tar:cat.jpg")]
     assert "embedding cosine" in decisions[0].detail
 

@@ -19,7 +19,7 @@ def test_choose_index_thresholds() -> None:
     assert choose_index(10_000, 512, hnsw_bytes - 1).startswith("IVF512,PQ")
     assert choose_index(12_000, 32, 2**20) == "IVF512,PQ32"
     assert choose_index(1_000_000, 512, 100 * 2**20) == "IVF4096,PQ64"
-    assert choose_index(1_000_000, 768, 40 * 2**20) == "IVF4096,PQ16"
+    assert choose_index(1_000_000, 768, 40 * 2**20) == "IVF4096,PQ96"  # codes past the budget: on disk
     with pytest.raises(ValueError):
         choose_index(1_000_000, 512, 2**20)
 

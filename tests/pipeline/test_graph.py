@@ -22,14 +22,9 @@ BOUNDED = {
     "Dedup/Eval/Match": "the evaluation set's fingerprints",
     "Text/Judge/ParDo(_JudgeFn)#vocab": "the vocab_size most frequent n-grams",
 }
-#: A gather that grows with the input, kept for now: near-duplicate links still unresolved after
-#: the label-propagation rounds (`common.unionfind.ConnectedComponents`), on one worker.
-#: And DataComp's exact top-fraction threshold (`embed.keep_fraction`): every score of the run, 8
-#: bytes each, on one worker (800 MB at 100 million), as DataComp's own baselines hold them.
-KNOWN = {
-    "Dedup/Near/Components/Remainder": "Dedup/Near/Components/Differing",
-    "Embed/DecideClipScore/AllScores": "Embed/DecideClipScore/Scores",
-}
+#: A gather that grows with the input, kept for now (none: the connected components of dedup
+#: links settle by large-star/small-star steps, `common.unionfind.ConnectedComponents`).
+KNOWN: dict[str, str] = {}
 
 
 def _named(step: str, source: str) -> str:

@@ -7,7 +7,8 @@ instead of n².
 - `normalize`, `train_centroids`, `assign`: the numeric steps (FAISS; on a GPU only when FAISS
   sees one).
 - `KMeansCentroids` (Beam): members → one `Centroids`, to be used as a singleton side input:
-  the `sample_size` members with the largest uid hashes (a deterministic sample), k from the
+  the `sample_size` members with the largest uid hashes (a deterministic sample, `HashSample`:
+  only members over a hash threshold reach the selection), k from the
   total count, spherical k-means on that sample, and each cluster's expected size (the sample's
   share, scaled to the total), which tells an assignment step when to tile a cluster.
 """
@@ -23,6 +24,8 @@ import apache_beam as beam
 import faiss
 import numpy as np
 import xxhash
+
+from transforms.common.sampling import HashSample
 
 #: FAISS wants at least this many training points per centroid.
 MIN_POINTS_PER_CENTROID = 39
@@ -140,8 +143,8 @@ class KMeansCentroids(beam.PTransform):
 
     def expand(self, members: beam.PCollection) -> beam.PCollection:
         total = members | "Count" >> beam.combiners.Count.Globally()
-        sample = members | "SampleForKMeans" >> beam.combiners.Top.Of(
-            self._sample_size, key=sample_key(self._seed)
+        sample = members | "SampleForKMeans" >> HashSample(
+            self._sample_size, sample_key(self._seed), "kmeans"
         )
         return sample | "TrainCentroids" >> beam.Map(
             _train,

@@ -42,7 +42,7 @@ MANIFEST_FILE = "winnow-manifest.json"
 _TEMP_NAME = re.compile(rf"^{TEMP_PREFIX}[0-9a-f]{{32}}-")
 #: The names of the files a run writes into its output folder (relative paths).
 _OUTPUT_NAME = re.compile(
-    r"^(\d{5,}\.(tar|parquet)|stats\.json|report\.html"
+    r"^(\d{5,}\.(tar|parquet)|stats\.json|audit\.json|report\.html"
     r"|img_emb/img_emb_\d{5,}\.npy|text_emb/text_emb_\d{5,}\.npy|metadata/metadata_\d{5,}\.parquet"
     r"|index/(image\.index|image\.ivfdata|ids\.parquet|index\.json))$"
 )

@@ -31,7 +31,8 @@ class DedupConfig:
     min_thumbnail_similarity: float = 0.9
     #: Semantic duplicates have image-embedding cosine >= 1 - epsilon (depends on the model).
     epsilon: float = 0.001
-    #: k-means clusters; 0: one per `cluster_size` samples (at most one per 39 training points).
+    #: k-means clusters; 0: one per `cluster_size` samples (past `kmeans_sample // 39`, a second
+    #: k-means per oversized cell on the workers; see `transforms/common/partition.py`).
     clusters: int = 0
     #: Average cluster size aimed at when `clusters` is 0.
     cluster_size: int = 1000

@@ -4,7 +4,8 @@ Semantic deduplication (Abbas et al., 2023) clusters the image embeddings
 (`transforms/common/clustering.py`), then compares samples only within a cluster: the work is the
 sum of the squared cluster sizes instead of n².
 
-- `similar_pairs`: the pairs of one tile above the threshold, by FAISS range search.
+- `similar_pairs` / `similar_pair_arrays`: the pairs of one tile above the threshold, by FAISS
+  range search (as sorted tuples, or as two index arrays).
 - `cluster_duplicates`: inside one cluster, every pair with cosine >= 1 - epsilon is a duplicate
   link; duplicate groups are the connected components of those links, and each group keeps one
   sample by a policy (`KeepPolicy`). Returns (removed uid, kept uid, group id) rows, the group id
@@ -54,6 +55,18 @@ def similar_pairs(
     from a FAISS range search over an exact inner-product index of the columns (blocked, so the
     tile's full similarity matrix is never held), sorted.
     """
+    found_rows, found_cols, comparisons = similar_pair_arrays(
+        row_embeddings, col_embeddings, rows == cols, epsilon
+    )
+    links = sorted((rows[i], cols[j]) for i, j in zip(found_rows.tolist(), found_cols.tolist(), strict=True))
+    return links, comparisons
+
+
+def similar_pair_arrays(
+    row_embeddings: np.ndarray, col_embeddings: np.ndarray, diagonal: bool, epsilon: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """`similar_pairs` as two arrays of (row, col) indices into the two blocks, sorted by row then
+    col, and the comparisons: no Python object per pair, for tiles of many copies."""
     threshold = np.float32(1.0 - epsilon)
     index = faiss.IndexFlatIP(col_embeddings.shape[1])
     index.add(np.ascontiguousarray(col_embeddings, dtype=np.float32))
@@ -65,14 +78,15 @@ def similar_pairs(
     found_rows = np.repeat(np.arange(len(row_embeddings)), np.diff(limits).astype(np.int64))
     keep = similarities >= threshold
     found_rows, found_cols = found_rows[keep], ids[keep]
-    if rows == cols:
+    n_rows, n_cols = len(row_embeddings), len(col_embeddings)
+    if diagonal:
         above = found_cols > found_rows
         found_rows, found_cols = found_rows[above], found_cols[above]
-        comparisons = len(rows) * (len(rows) - 1) // 2
+        comparisons = n_rows * (n_rows - 1) // 2
     else:
-        comparisons = len(rows) * len(cols)
-    links = sorted((rows[i], cols[j]) for i, j in zip(found_rows.tolist(), found_cols.tolist(), strict=True))
-    return links, comparisons
+        comparisons = n_rows * n_cols
+    order = np.lexsort((found_cols, found_rows))
+    return found_rows[order].astype(np.int64), found_cols[order].astype(np.int64), comparisons
 
 
 def _keep_ranks(

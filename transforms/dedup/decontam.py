@@ -3,9 +3,21 @@
 (uid, Fingerprint) → a `Decision` (`eval_contamination`, `duplicate_of` = the eval image's name)
 for every candidate that matches an image of `dedup.eval_images`:
 
-- by hash: within `max_hash_distance` bits and thumbnail cosine >= `min_thumbnail_similarity`
-  (the perceptual level's test), looked up through the eval hashes' LSH bands;
-- by embedding (when the run embeds): image-embedding cosine >= `eval_min_cosine`.
+- by hash: within `max_hash_distance` bits, agreeing on one of the `dedup.hash_bands` LSH bands
+  (every pair within the distance when it is 0) and with thumbnail cosine >=
+  `min_thumbnail_similarity` (the perceptual level's test); of several, the one on the lowest
+  band, then the first by name;
+- by embedding (when the run embeds): image-embedding cosine >= `eval_min_cosine` (the nearest).
+
+The eval set is fingerprinted once, gathered once (it is bounded by the eval set, not the run)
+and packed into one compact blob (`pack_eval_set`: names, hashes, thumbnails, embeddings) that
+every worker receives as a singleton side input; each worker process builds its index from it
+once (`Shared`): a FAISS `IndexBinaryFlat` of the hashes and an `IndexFlatIP` of the embeddings.
+Samples are matched a batch at a time: one Hamming range search in FAISS, then array operations
+on the candidate pairs, with no Python loop over eval images (about 3 µs per sample per 1,000 eval
+images on one core, skewed hashes included; see benchmarks/README.md). An exhaustive binary
+scan beats multi-index hashing (`IndexBinaryMultiHash`, 4 x 16 bits, 2 flips) here: real hashes
+are skewed, flat images crowd a few buckets, and there it measured 4-10x slower.
 
 The eval images go through the crawl's own image path (`process_image` with the `crawl` keys:
 the same resize, crop and encoding as downloaded images) and, for embeddings, through the embed
@@ -19,9 +31,10 @@ An eval image that cannot be read or decoded is logged by name and counted
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import faiss
@@ -39,7 +52,7 @@ from transforms.crawl.config import ImageOptions
 from transforms.crawl.imaging import ImageError, process_image
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.fingerprints import fingerprint
-from transforms.dedup.perceptual import hamming, hash_bands, signature_similarity
+from transforms.dedup.perceptual import HASH_BITS, SIGNATURE_SIDE, hash_bands
 from transforms.dedup.types import EVAL, Decision, Fingerprint
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, on_accelerator
 from transforms.embed.config import EmbedConfig
@@ -48,6 +61,10 @@ LOG = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "bytes")
 NAME_COLUMNS = ("key", "uid", "id", "path", "file_name")
+SIGNATURE_BYTES = 3 * SIGNATURE_SIDE * SIGNATURE_SIDE
+_MAGIC = b"winnow-eval-set/1\n"
+_ALIGN = 64  # each packed array starts on a 64-byte boundary
+_PAIR_CHUNK = 8192  # (query, eval image) candidate pairs verified at once: ~25 MB of float32 thumbnails
 
 
 class EvalSetError(InputError):
@@ -141,67 +158,202 @@ def _with_embedding(element: tuple[Sample, PredictionResult | ClipEmbedding]) ->
     return sample.evolve(image_embedding=embedding.image)
 
 
-class _EvalIndex:
-    """The eval fingerprints as LSH buckets of their hashes and a FAISS index of their embeddings."""
+def pack_eval_set(evals: Iterable[Fingerprint]) -> bytes:
+    """The eval fingerprints as one compact, picklable blob (the `Match` step's side input).
 
-    def __init__(self, evals: Sequence[Fingerprint], config: DedupConfig):
-        self.evals = sorted(evals, key=lambda f: f.uid)
-        self.buckets: dict[tuple[int, int], list[int]] = {}
-        for index, found in enumerate(self.evals):
-            for key in hash_bands(found.hash64, config.bands):
-                self.buckets.setdefault(key, []).append(index)
-        embedded = [i for i, f in enumerate(self.evals) if f.embedding is not None]
-        self.embedded = np.array(embedded, dtype=np.int64)
+    Only what matching reads travels: names (UTF-8, in uid order), 64-bit hashes, thumbnail
+    signatures and the image embeddings of the eval images that have one. Each array is stored raw
+    behind a small JSON header, so `_EvalIndex` reads it without copying (about 800 bytes per eval
+    image without embeddings: 0.8 GB for 10^6, held once per worker process).
+    """
+    ordered = sorted(evals, key=lambda f: f.uid)
+    names = [f.uid.encode() for f in ordered]
+    embedded = [i for i, f in enumerate(ordered) if f.embedding is not None]
+    arrays: dict[str, np.ndarray] = {
+        "name_bytes": np.frombuffer(b"".join(names), dtype=np.uint8),
+        "name_ends": np.cumsum([len(n) for n in names], dtype=np.int64),
+        "hashes": np.array([f.hash64 for f in ordered], dtype=np.uint64),
+        "signatures": np.frombuffer(b"".join(f.signature for f in ordered), dtype=np.int8).reshape(
+            len(ordered), SIGNATURE_BYTES
+        ),
+        "embedded": np.array(embedded, dtype=np.int64),
+    }
+    if embedded:
+        arrays["embeddings"] = np.stack([np.asarray(ordered[i].embedding) for i in embedded])
+    header: dict[str, tuple[str, list[int], int]] = {}
+    body = io.BytesIO()
+    for key, array in arrays.items():
+        body.write(bytes(-body.tell() % _ALIGN))
+        header[key] = (array.dtype.str, list(array.shape), body.tell())
+        body.write(np.ascontiguousarray(array).tobytes())
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-(len(_MAGIC) + 8 + len(encoded)) % _ALIGN)  # the arrays stay aligned
+    return _MAGIC + len(encoded).to_bytes(8, "little") + encoded + body.getvalue()
+
+
+def _unpack(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a `pack_eval_set` blob, as read-only views of it."""
+    if not blob.startswith(_MAGIC):
+        raise ValueError("not a packed evaluation set")
+    size = int.from_bytes(blob[len(_MAGIC) : len(_MAGIC) + 8], "little")
+    base = len(_MAGIC) + 8 + size
+    header = json.loads(blob[len(_MAGIC) + 8 : base])
+    arrays = {}
+    for key, (dtype, shape, offset) in header.items():
+        count = int(np.prod(shape, dtype=np.int64))
+        view = np.frombuffer(blob, dtype=np.dtype(dtype), count=count, offset=base + offset)
+        arrays[key] = view.reshape(shape)
+    return arrays
+
+
+def _band_masks(bands: int) -> np.ndarray:
+    """(bands,) uint64: the bits of each LSH band of `perceptual.hash_bands`, band 0 first."""
+    masks, shift = [], 0
+    for _, ones in hash_bands((1 << HASH_BITS) - 1, bands):
+        masks.append(ones << shift)
+        shift += ones.bit_length()
+    return np.array(masks, dtype=np.uint64)
+
+
+def _norms(signatures: np.ndarray) -> np.ndarray:
+    """(n,) float64 norms of int8 signatures, rounded through float32 as `signature_similarity` does."""
+    squares = np.empty(len(signatures), dtype=np.int64)
+    for start in range(0, len(signatures), _PAIR_CHUNK):  # bounded int32 copies
+        wide = signatures[start : start + _PAIR_CHUNK].astype(np.int32)
+        squares[start : start + _PAIR_CHUNK] = np.einsum("ij,ij->i", wide, wide)
+    return np.sqrt(squares.astype(np.float32)).astype(np.float64)
+
+
+class _EvalIndex:
+    """A packed eval set ready to query: a FAISS binary index of the hashes (exhaustive Hamming
+    range search in C, a few nanoseconds per eval image) and an inner-product index of the
+    normalised embeddings. Built once per worker process from the side input (`Shared`)."""
+
+    def __init__(self, blob: bytes, config: DedupConfig):
+        arrays = _unpack(blob)
+        self.size = len(arrays["hashes"])
+        self._name_bytes = arrays["name_bytes"]
+        self._name_ends = arrays["name_ends"]
+        self.hashes = arrays["hashes"]
+        self.signatures = arrays["signatures"]
+        self.norms = _norms(self.signatures)
+        self.masks = _band_masks(config.bands)
+        self.hash_index = faiss.IndexBinaryFlat(HASH_BITS)
+        if self.size:
+            self.hash_index.add(self.hashes.view(np.uint8).reshape(self.size, 8))
+        self.embedded = arrays["embedded"]
         self.index: faiss.Index | None = None
-        if embedded:
-            points = normalize(np.stack([self.evals[i].embedding for i in embedded]))
+        if len(self.embedded):
+            points = normalize(arrays["embeddings"])
             self.index = faiss.IndexFlatIP(points.shape[1])
             self.index.add(points)
 
+    def name(self, row: int) -> str:
+        """The uid (name) of the eval image at `row` (uid order)."""
+        start = int(self._name_ends[row - 1]) if row else 0
+        return self._name_bytes[start : int(self._name_ends[row])].tobytes().decode()
+
+
+def _similarities(
+    floats: np.ndarray, norms: np.ndarray, queries: np.ndarray, rows: np.ndarray, index: _EvalIndex
+) -> np.ndarray:
+    """`signature_similarity` of pairs (query, eval row), the queries' signatures given as float32
+    `floats` and their `norms`, value for value: the int8 products sum exactly in float32
+    (|sum| < 2^24), the norms are float32 like `np.linalg.norm`'s, the quotient float64.
+    Computed `_PAIR_CHUNK` pairs at a time."""
+    out = np.zeros(len(rows), dtype=np.float64)
+    query_norms, eval_norms = norms[queries], index.norms[rows]
+    out[(query_norms == 0) & (eval_norms == 0)] = 1.0
+    both = np.flatnonzero((query_norms > 0) & (eval_norms > 0))
+    for start in range(0, len(both), _PAIR_CHUNK):
+        pick = both[start : start + _PAIR_CHUNK]
+        evals = index.signatures[rows[pick]].astype(np.float32)
+        dots = np.einsum("ij,ij->i", floats[queries[pick]], evals).astype(np.float64)
+        out[pick] = dots / (query_norms[pick] * eval_norms[pick])
+    return out
+
+
+def _first_bands(xor: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per pair (the XOR of its hashes), the first LSH band the two agree on; len(masks): none."""
+    band = np.full(len(xor), len(masks), dtype=np.int64)
+    for position in range(len(masks) - 1, -1, -1):
+        band[(xor & masks[position]) == 0] = position
+    return band
+
+
+def _hash_matches(
+    hashes: np.ndarray, signatures: np.ndarray, index: _EvalIndex, config: DedupConfig
+) -> dict[int, tuple[int, int, float]]:
+    """Per query row with a match: (eval row, hash distance, thumbnail cosine).
+
+    A match is an eval image within `max_hash_distance` bits that agrees with the query on at
+    least one LSH band (`dedup.hash_bands`; all of them when it is 0, by pigeonhole) and whose
+    thumbnail cosine is >= `min_thumbnail_similarity`. Of several, the one on the lowest band, then
+    the first in uid order. One FAISS range search for the batch gives the candidate pairs; they
+    are ranked per query by (band, row) and their thumbnails compared in rounds of growing rank
+    windows (4, 16, 64, ...), each round over the queries still unmatched: a query among a crowd
+    of flat images stops at its first passing candidate, as a loop would, without one.
+    """
+    if not index.size or not len(hashes):
+        return {}
+    codes = np.ascontiguousarray(hashes, dtype=np.uint64).view(np.uint8).reshape(len(hashes), 8)
+    limits, distances, rows = index.hash_index.range_search(codes, config.max_hash_distance + 1)
+    queries = np.repeat(np.arange(len(hashes), dtype=np.int64), np.diff(limits).astype(np.int64))
+    rows = rows.astype(np.int64)
+    bands = _first_bands(hashes[queries] ^ index.hashes[rows], index.masks)
+    agree = np.flatnonzero(bands < len(index.masks))
+    order = agree[np.lexsort((rows[agree], bands[agree], queries[agree]))]
+    queries, rows, distances = queries[order], rows[order], distances[order]
+    rank = np.arange(len(order)) - np.searchsorted(queries, queries)
+    query_floats = signatures.astype(np.float32)
+    query_norms = _norms(signatures)
+    matches: dict[int, tuple[int, int, float]] = {}
+    low, width = 0, 4
+    while len(queries):
+        window = np.flatnonzero(rank < low + width)  # ranks >= low: the earlier ones are gone
+        q = queries[window]
+        cosines = _similarities(query_floats, query_norms, q, rows[window], index)
+        passing = np.flatnonzero(cosines >= config.min_thumbnail_similarity)
+        found, first = np.unique(q[passing], return_index=True)  # the lowest rank of each query
+        for query, pair in zip(found.tolist(), passing[first].tolist(), strict=True):
+            matches[query] = (int(rows[window[pair]]), int(distances[window[pair]]), float(cosines[pair]))
+        low += width
+        width *= 4
+        rest = (rank >= low) & ~np.isin(queries, found)
+        queries, rows, distances, rank = queries[rest], rows[rest], distances[rest], rank[rest]
+    return matches
+
 
 class _DecontaminateFn(beam.DoFn):
+    """A batch of (uid, Fingerprint) → its `eval_contamination` decisions, sorted by uid."""
+
     def __init__(self, config: DedupConfig):
         self._config = config
         self._shared = Shared()  # the eval index, built once per process
 
-    def process(self, batch: list[tuple[str, Fingerprint]], evals: list[Fingerprint]) -> Iterator[Decision]:
-        if not evals:
-            return
+    def process(self, batch: list[tuple[str, Fingerprint]], packed: bytes) -> Iterator[Decision]:
         # Built by the first instance of the process that needs it (a batch run has one window).
-        index = self._shared.acquire(lambda: _EvalIndex(evals, self._config))
+        index = self._shared.acquire(lambda: _EvalIndex(packed, self._config))
         self._index = index  # keeps the shared index alive while this instance uses it
-        matches: dict[str, str] = {}
-        for uid, found in batch:
-            match = self._hash_match(found, index)
-            if match:
-                matches[uid] = match
+        if not index.size or not batch:
+            return
+        matches: dict[str, tuple[str, str]] = {}
+        hashes = np.array([f.hash64 for _, f in batch], dtype=np.uint64)
+        signatures = np.frombuffer(b"".join(f.signature for _, f in batch), dtype=np.int8)
+        signatures = signatures.reshape(len(batch), SIGNATURE_BYTES)
+        for q, (row, distance, similarity) in _hash_matches(hashes, signatures, index, self._config).items():
+            evidence = f"hash distance {distance}, thumbnail cosine {similarity:.3f}"
+            matches[batch[q][0]] = (index.name(row), evidence)
         embedded = [(uid, f) for uid, f in batch if f.embedding is not None and uid not in matches]
         if embedded and index.index is not None:
             cosines, ids = index.index.search(normalize(np.stack([f.embedding for _, f in embedded])), 1)
             for (uid, _), cosine, hit in zip(embedded, cosines[:, 0], ids[:, 0], strict=True):
                 if hit >= 0 and cosine >= self._config.eval_min_cosine:
-                    name = index.evals[int(index.embedded[hit])].uid
-                    matches[uid] = f"{name}\0embedding cosine {float(cosine):.4f}"
+                    name = index.name(int(index.embedded[hit]))
+                    matches[uid] = (name, f"embedding cosine {float(cosine):.4f}")
         for uid in sorted(matches):
-            name, evidence = matches[uid].split("\0")
+            name, evidence = matches[uid]
             yield Decision(uid, EVAL, name, f"copy of evaluation image {name}; {evidence}")
-
-    def _hash_match(self, found: Fingerprint, index: _EvalIndex) -> str | None:
-        config = self._config
-        seen: set[int] = set()
-        for key in hash_bands(found.hash64, config.bands):
-            for candidate in index.buckets.get(key, ()):
-                if candidate in seen:
-                    continue
-                seen.add(candidate)
-                other = index.evals[candidate]
-                distance = hamming(found.hash64, other.hash64)
-                if distance > config.max_hash_distance:
-                    continue
-                similarity = signature_similarity(found.signature, other.signature)
-                if similarity >= config.min_thumbnail_similarity:
-                    return f"{other.uid}\0hash distance {distance}, thumbnail cosine {similarity:.3f}"
-        return None
 
 
 class DecontaminateEval(beam.PTransform):
@@ -232,9 +384,14 @@ class DecontaminateEval(beam.PTransform):
                 )
                 | "EvalEmbeddings" >> beam.Map(_with_embedding)
             )
-        evals = samples | "EvalFingerprints" >> beam.Map(fingerprint, config.hash, self._image_options)
+        packed = (
+            samples
+            | "EvalFingerprints" >> beam.Map(fingerprint, config.hash, self._image_options)
+            | "EvalSet" >> beam.combiners.ToList()  # the eval set, once, on one worker
+            | "PackEvalSet" >> beam.Map(pack_eval_set)
+        )
         return (
             fingerprints
             | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=1024)
-            | "Match" >> beam.ParDo(_DecontaminateFn(config), evals=beam.pvalue.AsList(evals))
+            | "Match" >> beam.ParDo(_DecontaminateFn(config), packed=beam.pvalue.AsSingleton(packed))
         )

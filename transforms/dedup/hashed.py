@@ -4,12 +4,13 @@
   its first fingerprint by `Fingerprint.rank`, then uid.
 - `NearDuplicates`: every fingerprint's uid, hash and rank go to one LSH bucket per band of its
   64-bit hash; inside a bucket, pairs within `max_hash_distance` bits are candidates (a pair
-  sharing several bands only in the bucket of the first band they share). The candidates then
-  meet the two thumbnail signatures (one join: each signature moves once, not once per band) and
-  are confirmed when they agree (`min_thumbnail_similarity`). The confirmed links' connected
-  components are found across workers (`common.unionfind.ConnectedComponents`: min-label
-  propagation, then a union-find over the few links left), and each component keeps its first
-  fingerprint by rank, then uid.
+  sharing several bands only in the bucket of the first band they share). The members with a
+  candidate in a bucket tile get their thumbnail signature there (one join), and the tile's
+  candidates are confirmed when the thumbnails agree (`min_thumbnail_similarity`). A tile emits
+  a spanning forest of its confirmed pairs, not every pair (a group of n copies gives about n
+  links), leaving out what other tiles connect. The links' connected components are found across
+  workers (`common.unionfind.ConnectedComponents`: large-star/small-star, nothing gathered), and
+  each component keeps its first fingerprint by rank, then uid.
 
 A hot bucket (a million blank images) is cut into tiles (`transforms/common/tiling.py`), so no
 worker holds more than two chunks of it.
@@ -25,7 +26,7 @@ import apache_beam as beam
 
 from transforms.common.progress import NAMESPACE
 from transforms.common.tiling import TileGroups, split_tile
-from transforms.common.unionfind import ConnectedComponents, Link
+from transforms.common.unionfind import ConnectedComponents, Link, forest_pairs
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.perceptual import cross_pairs, hash_bands, near_duplicate_pairs, signature_similarity
 from transforms.dedup.types import EXACT, NEAR, Decision, Fingerprint
@@ -66,17 +67,14 @@ class _HashMember:
     rank: tuple[float, float]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Candidate:
-    """Two hashes within the distance, a < b: a pair to confirm by its thumbnails."""
-
-    a: _HashMember
-    b: _HashMember
-    distance: int
+#: A bucket tile's key: ((band, band value), chunk a, chunk b).
+_TileKey = tuple[tuple[int, int], int, int]
 
 
 class _BucketPairsFn(beam.DoFn):
-    """Candidate pairs of one bucket tile: hashes within `max_hash_distance` bits, each pair once."""
+    """The members of one bucket tile that have a pair to judge there: another hash within
+    `max_hash_distance` bits, sharing no earlier band (a pair is judged in the bucket of the first
+    band it shares). Only these members' thumbnails travel to the tile (`_TileForestFn`)."""
 
     def __init__(self, config: DedupConfig):
         self._config = config
@@ -85,10 +83,10 @@ class _BucketPairsFn(beam.DoFn):
         self._comparisons = beam.metrics.Metrics.counter(NAMESPACE, "dedup/hash_comparisons")
 
     def process(
-        self, element: tuple[tuple[Any, int, int], Iterable[tuple[int, Any]]]
-    ) -> Iterator[_Candidate]:
-        (band_key, a, b), members = element
-        band = band_key[0]
+        self, element: tuple[_TileKey, Iterable[tuple[int, Any]]]
+    ) -> Iterator[tuple[str, tuple[_TileKey, int, _HashMember]]]:
+        key, members = element
+        (band, _), a, b = key
         config = self._config
         rows, cols = split_tile(members, a, b)
         by_uid = {m.uid: m for m in (*rows, *cols)}
@@ -100,68 +98,97 @@ class _BucketPairsFn(beam.DoFn):
                 [(m.uid, m.hash64) for m in rows], [(m.uid, m.hash64) for m in cols], config.max_hash_distance
             )
             self._comparisons.inc(len(rows) * len(cols))
-        for uid_a, uid_b, distance in pairs:
-            first, second = by_uid[uid_a], by_uid[uid_b]
-            if band and _share_earlier_band(first.hash64, second.hash64, band, config.bands):
-                continue  # judged in the bucket of that earlier band
-            yield _Candidate(first, second, distance)
+        active: set[str] = set()
+        for uid_a, uid_b, _ in pairs:
+            if not (
+                band and _share_earlier_band(by_uid[uid_a].hash64, by_uid[uid_b].hash64, band, config.bands)
+            ):
+                active.update((uid_a, uid_b))
+        chunk_of_row = {m.uid: a for m in rows}
+        for uid in sorted(active):
+            yield uid, (key, chunk_of_row.get(uid, b), by_uid[uid])
 
 
-def _signature_halves(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[tuple[str, str], Any]]:
-    """A uid's signature, sent to each candidate pair it is part of."""
+@dataclasses.dataclass(frozen=True)
+class _Signed:
+    """A bucket tile's member with its thumbnail signature, to confirm its pairs in the tile."""
+
+    uid: str
+    hash64: int
+    rank: tuple[float, float]
+    signature: bytes
+
+
+def _sign(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[_TileKey, tuple[int, _Signed]]]:
+    """A uid's signature, sent to each bucket tile where it has a pair to judge."""
     _, joined = element
     for signature in joined["signature"][:1]:
-        for pair in joined["pair"]:
-            yield pair, signature
+        for key, chunk, found in joined["tile"]:
+            yield key, (chunk, _Signed(found.uid, found.hash64, found.rank, signature))
 
 
-class _ConfirmFn(beam.DoFn):
-    """A candidate pair with both thumbnail signatures → a `Link` when they agree."""
+class _TileForestFn(beam.DoFn):
+    """The confirmed links of one bucket tile, as a spanning forest: hashes within the distance
+    whose thumbnails agree (`min_thumbnail_similarity`). Not every pair: a group of n copies gives
+    about n links. The pairs judged elsewhere (sharing an earlier band, or, off the diagonal, in
+    one chunk) are confirmed here too, only to know what those tiles connect; a link is emitted
+    only where it joins groups they leave apart."""
 
-    def __init__(self, min_similarity: float):
-        self._min_similarity = min_similarity
+    def __init__(self, config: DedupConfig):
+        self._config = config
 
     def setup(self) -> None:
         self._links = beam.metrics.Metrics.counter(NAMESPACE, "dedup/hash_links")
 
-    def process(self, element: tuple[tuple[str, str], dict[str, list[Any]]]) -> Iterator[Link]:
-        (uid_a, uid_b), joined = element
-        if not joined["candidate"] or len(joined["signature"]) != 2:
-            return
-        candidate: _Candidate = joined["candidate"][0]
-        first, second = joined["signature"]
-        similarity = signature_similarity(first, second)
-        if similarity >= self._min_similarity:
+    def process(self, element: tuple[_TileKey, Iterable[tuple[int, _Signed]]]) -> Iterator[Link]:
+        ((band, _), a, b), members = element
+        config = self._config
+        placed = sorted(set(members), key=lambda cm: cm[1].uid)
+        chunk = {m.uid: c for c, m in placed}
+        everyone = [m for _, m in placed]
+        position = {m.uid: index for index, m in enumerate(everyone)}
+        to_forest, joined, evidence = [], [], {}
+        for uid_a, uid_b, distance in near_duplicate_pairs(
+            [(m.uid, m.hash64) for m in everyone], config.max_hash_distance
+        ):
+            first, second = everyone[position[uid_a]], everyone[position[uid_b]]
+            similarity = signature_similarity(first.signature, second.signature)
+            if similarity < config.min_thumbnail_similarity:
+                continue
+            pair = (position[uid_a], position[uid_b])
+            elsewhere = band and _share_earlier_band(first.hash64, second.hash64, band, config.bands)
+            if elsewhere or (a != b and chunk[uid_a] == chunk[uid_b]):
+                joined.append(pair)
+            else:
+                to_forest.append(pair)
+                evidence[pair] = f"hash distance {distance}, thumbnail cosine {similarity:.3f}"
+        for i, j in forest_pairs([m.uid for m in everyone], to_forest, joined):
+            first, second = everyone[i], everyone[j]
             self._links.inc()
-            evidence = f"hash distance {candidate.distance}, thumbnail cosine {similarity:.3f}"
-            yield Link(uid_a, candidate.a.rank, uid_b, candidate.b.rank, evidence)
+            yield Link(first.uid, first.rank, second.uid, second.rank, evidence[(i, j)])
 
 
-class _ConfirmPairs(beam.PTransform):
-    """(candidate pairs, (uid, Fingerprint)) → `Link`s. Only the candidates meet the thumbnail
-    signatures (768 bytes each): every fingerprint's signature crosses one join, not one bucket
-    per band."""
+class _ConfirmInTiles(beam.PTransform):
+    """(bucket tile, member with a pair there), (uid, Fingerprint) → `Link`s. Each such member's
+    thumbnail signature (768 bytes) joins it once per tile where it has a pair to judge; the
+    pairs are confirmed and forested in the tile."""
 
-    def __init__(self, fingerprints: beam.PCollection, min_similarity: float):
+    def __init__(self, fingerprints: beam.PCollection, config: DedupConfig):
         super().__init__()
         self._fingerprints = fingerprints
-        self._min_similarity = min_similarity
+        self._config = config
 
-    def expand(self, candidates: beam.PCollection) -> beam.PCollection:
-        keyed = candidates | "ByPair" >> beam.Map(lambda c: ((c.a.uid, c.b.uid), c))
-        signatures = (
+    def expand(self, active: beam.PCollection) -> beam.PCollection:
+        return (
             {
                 "signature": self._fingerprints
                 | "Signatures" >> beam.Map(lambda kv: (kv[0], kv[1].signature)),
-                "pair": keyed | "Ends" >> beam.FlatMap(lambda kv: ((kv[0][0], kv[0]), (kv[0][1], kv[0]))),
+                "tile": active,
             }
             | "JoinSignatures" >> beam.CoGroupByKey()
-            | "ToPairs" >> beam.FlatMap(_signature_halves)
-        )
-        return (
-            {"candidate": keyed, "signature": signatures}
-            | "JoinPairs" >> beam.CoGroupByKey()
-            | "Confirm" >> beam.ParDo(_ConfirmFn(self._min_similarity))
+            | "Sign" >> beam.FlatMap(_sign)
+            | "GroupSigned" >> beam.GroupByKey()
+            | "Forest" >> beam.ParDo(_TileForestFn(self._config))
         )
 
 
@@ -193,7 +220,7 @@ class NearDuplicates(beam.PTransform):
             | "Tiles" >> TileGroups(self._config.max_group_size)
             | "GroupTiles" >> beam.GroupByKey()
             | "Pairs" >> beam.ParDo(_BucketPairsFn(self._config))
-            | "Confirm" >> _ConfirmPairs(fingerprints, self._config.min_thumbnail_similarity)
+            | "Confirm" >> _ConfirmInTiles(fingerprints, self._config)
             | "Components" >> ConnectedComponents()
             | "Decisions" >> beam.Map(lambda r: Decision(r.removed, NEAR, r.kept, r.detail))
         )

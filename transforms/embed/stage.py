@@ -16,8 +16,9 @@ Steps, each small:
    or one per machine with `large_model` / `model_copies`.
 3. `Score`: the cosine, the model identity, the embeddings onto the sample.
 4. `Decide` (only with a threshold): `clip_score` below `min_clip_score`, or outside the top
-   `keep_fraction` of every score of the run (DataComp's exact rule, `fraction_threshold`, handed
-   in as a side input: no second pass over the samples), is rejected with reason `low_clip_score`
+   `keep_fraction` of every score of the run (DataComp's exact rule, `fraction_threshold`, found
+   by `threshold.FractionThreshold` in passes of a fixed histogram on the workers and handed in as
+   a side input: no score list on one worker), is rejected with reason `low_clip_score`
    and the threshold used.
 
 Samples read from a pool that carries the model's embeddings (`transforms/crawl/pool.py` set
@@ -32,7 +33,7 @@ downloaded included (`threshold.py`: exact, in bounded memory).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -45,7 +46,7 @@ from transforms.common.progress import NAMESPACE, StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, model_identity
 from transforms.embed.config import EmbedConfig
-from transforms.embed.threshold import FractionThreshold, fraction_threshold
+from transforms.embed.threshold import FractionThreshold
 
 LOG = logging.getLogger(__name__)
 
@@ -82,28 +83,9 @@ class _ScoreFn(beam.DoFn):
         self._counter.flush()
 
 
-class _AllScores(beam.CombineFn):
-    """Every score of the run as one float64 array (8 bytes per scored sample, on one worker:
-    800 MB at 100 million; DataComp's own baselines hold them all in memory the same way)."""
-
-    #: `pipeline/graph.py` lists it among the steps that gather per-sample data onto one worker.
-    gathers_every_element = True
-
-    def create_accumulator(self) -> list[np.ndarray]:
-        return []
-
-    def add_input(self, accumulator: list[np.ndarray], score: float) -> list[np.ndarray]:
-        accumulator.append(np.array([score], np.float64))
-        if len(accumulator) >= 4096:
-            accumulator[:] = [np.concatenate(accumulator)]
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
-        parts = [part for accumulator in accumulators for part in accumulator]
-        return [np.concatenate(parts)] if parts else []
-
-    def extract_output(self, accumulator: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(accumulator) if accumulator else np.empty(0, np.float64)
+def _score_array(scores: list[float]) -> np.ndarray:
+    """A batch of scores as the float64 array `FractionThreshold` counts (NaN stays NaN)."""
+    return np.asarray(scores, np.float64)
 
 
 class _DecideFn(beam.DoFn):
@@ -134,7 +116,8 @@ class _DecideFn(beam.DoFn):
 
 class DecideClipScore(beam.PTransform):
     """Rejects scored samples below `min_clip_score` or outside the top `keep_fraction` of every
-    score of the run (`fraction_threshold` over `scored` and `others`, applied as a side input).
+    score of the run (`fraction_threshold` over `scored` and `others`, found by `FractionThreshold`
+    in bounded memory and applied as a side input).
 
     `others` are samples not decided here that carry a score all the same (a pool's score of a
     sample an earlier stage rejected): DataComp ranks the whole pool, so they count in the rank.
@@ -168,8 +151,9 @@ class DecideClipScore(beam.PTransform):
                 ranked
                 | "Ranked" >> beam.Flatten()
                 | "Scores" >> beam.FlatMap(lambda s: [s.clip_score] if s.clip_score is not None else [])
-                | "AllScores" >> beam.CombineGlobally(_AllScores())
-                | "Threshold" >> beam.Map(fraction_threshold, self._config.keep_fraction)
+                | "Batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
+                | "Arrays" >> beam.Map(_score_array)
+                | "Threshold" >> FractionThreshold(self._config.keep_fraction)
             )
         return scored | "Decide" >> beam.ParDo(
             _DecideFn(self._config.min_clip_score, self._progress_dir), quantile_threshold=threshold

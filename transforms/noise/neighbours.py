@@ -4,11 +4,13 @@ For a clean pair, the k nearest images carry captions close to its own caption, 
 nearest captions belong to images close to its own image; a mismatched caption disagrees with
 both. Winnow measures the two agreements in Beam, without a global index:
 
-1. `KMeansCentroids` (`transforms/common/clustering.py`, shared with the semantic dedup level):
-   spherical k-means (FAISS) on a deterministic sample of one modality's embeddings.
-2. `Assign`: each member goes to its nearest centroid; a cluster expected to exceed
-   `max_group_size` is cut into chunks by uid hash, and a member's neighbours are then looked up
-   in its chunk (the neighbours of an oversized cluster's member are still members of its cluster).
+1. `ClusterMembers` (`transforms/common/partition.py`, shared with the semantic dedup level):
+   spherical k-means (FAISS) on a deterministic sample of one modality's embeddings, refined per
+   oversized cell on the workers, so clusters stay near `cluster_size` at any n; each member
+   goes to its nearest centroid.
+2. `Assign`: a cluster expected to exceed `max_group_size` is cut into chunks by uid hash, and
+   a member's neighbours are then looked up in its chunk (the neighbours of an oversized
+   cluster's member are still members of its cluster).
 3. `GroupByKey` by (cluster, chunk), then `Neighbours`: the k nearest members by cosine in the
    searched modality (exact inner product, FAISS flat index), and the agreement: the mean cosine of
    the member's *other* modality to theirs.
@@ -27,7 +29,8 @@ from typing import Any, Literal
 import apache_beam as beam
 import numpy as np
 
-from transforms.common.clustering import Centroids, KMeansCentroids, assign, normalize, vectors
+from transforms.common.clustering import normalize, vectors
+from transforms.common.partition import ClusterMembers, Placed
 from transforms.common.progress import NAMESPACE
 from transforms.common.tiling import chunk_of, chunks_for
 
@@ -70,18 +73,16 @@ def knn_agreement(uids: Sequence[str], searched: np.ndarray, other: np.ndarray, 
     return out
 
 
-class _AssignFn(beam.DoFn):
-    def __init__(self, column: int, max_group_size: int):
-        self._column = column
+class _ChunkFn(beam.DoFn):
+    """Members placed in their clusters → keyed by (cluster, chunk), a batch's members of a key together."""
+
+    def __init__(self, max_group_size: int):
         self._max = max_group_size
 
-    def process(
-        self, batch: list[Member], centroids: Centroids
-    ) -> Iterator[tuple[tuple[int, int], list[Member]]]:
-        ids, _ = assign(vectors(_column(batch, self._column)), centroids.vectors)
+    def process(self, batch: list[Placed]) -> Iterator[tuple[tuple[int, int], list[Member]]]:
         groups: dict[tuple[int, int], list[Member]] = {}
-        for item, cluster in zip(batch, ids.tolist(), strict=True):
-            chunks = chunks_for(centroids.expected_sizes[cluster], self._max)
+        for cluster, expected_size, _, item in batch:
+            chunks = chunks_for(expected_size, self._max)
             groups.setdefault((cluster, chunk_of(item[0], chunks)), []).append(item)
         yield from groups.items()
 
@@ -130,18 +131,17 @@ class NeighbourAgreement(beam.PTransform):
         self._iterations = iterations
 
     def expand(self, members: beam.PCollection) -> beam.PCollection:
-        centroids = members | "KMeans" >> KMeansCentroids(
-            embedding=operator.itemgetter(self._column),
-            sample_size=self._sample,
-            cluster_size=self._cluster_size,
-            seed=self._seed,
-            iterations=self._iterations,
-        )
         return (
             members
-            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
-            | "Assign"
-            >> beam.ParDo(_AssignFn(self._column, self._max), centroids=beam.pvalue.AsSingleton(centroids))
+            | "Cluster"
+            >> ClusterMembers(
+                embedding=operator.itemgetter(self._column),
+                sample_size=self._sample,
+                cluster_size=self._cluster_size,
+                seed=self._seed,
+                iterations=self._iterations,
+            )
+            | "Assign" >> beam.ParDo(_ChunkFn(self._max))
             | "GroupClusters" >> beam.GroupByKey()
             | "Neighbours" >> beam.ParDo(_NeighboursFn(self._column, self._k, self._space == "image"))
         )

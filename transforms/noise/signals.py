@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 import xxhash
 
+from transforms.common.sampling import HashSample
 from transforms.noise.config import NoiseConfig
 from transforms.noise.mixture import Mixture, fit_mixture
 
@@ -88,8 +89,8 @@ class FitMixture(beam.PTransform):
         return (
             values
             | "Sample"
-            >> beam.combiners.Top.Of(
-                self._sample, key=lambda kv: xxhash.xxh3_64_intdigest(kv[0].encode(), seed=seed)
+            >> HashSample(
+                self._sample, lambda kv: xxhash.xxh3_64_intdigest(kv[0].encode(), seed=seed), "noise"
             )
             | "Fit" >> beam.Map(lambda sampled: fit_mixture([v for _, v in sorted(sampled)]))
         )

@@ -29,11 +29,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from schemas.pools import drop_siblings, is_shard
 from schemas.sample import BATCH_SCHEMA, Sample, Status, make_uid, samples_from_batch
@@ -511,7 +511,6 @@ class ReadUrlBatches(beam.PTransform):
         config: InputConfig,
         progress_dir: str | None = None,
         crawl: CrawlConfig | None = None,
-        partitions: int = 64,
         archives: bool | None = None,
     ):
         super().__init__()
@@ -520,7 +519,6 @@ class ReadUrlBatches(beam.PTransform):
         self._progress_dir = progress_dir
         self._crawl = crawl or CrawlConfig()  # how pages are fetched in page mode
         self._pages = config.input_format == "pages"
-        self._partitions = partitions  # of the distinct-pairs step
         if archives is None:
             archives = holds_archives(expand_inputs(self._inputs), config)
         self._archives = archives
@@ -547,7 +545,7 @@ class ReadUrlBatches(beam.PTransform):
             batches, counts = harvested.rows, harvested[HARVEST_COUNTS]
         elif not self._archives:
             return WithSummary(batches, pbegin.pipeline | "NoHarvest" >> beam.Create([]))
-        batches = batches | "DistinctPairs" >> DistinctPairs(self._partitions)
+        batches = batches | "DistinctPairs" >> DistinctPairs()
         unique = (
             batches | "CountPairs" >> beam.Map(lambda b: b.num_rows) | "SumPairs" >> beam.CombineGlobally(sum)
         )
@@ -584,39 +582,66 @@ def _first_found(extra_json: str | None) -> tuple[str, int, int]:
     return (where, int(extra.get("warc_offset", 0)), int(extra.get("position", 0)))
 
 
-def _by_partition(batch: pa.RecordBatch, partitions: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """The rows of `batch` split by a hash of their uid (the uid is already a hash)."""
-    part = np.fromiter((int(uid[:8], 16) % partitions for uid in batch.column("uid").to_pylist()), np.int64)
-    for key in np.unique(part):
-        yield int(key), batch.filter(pa.array(part == key))
+def _pair_rows(batch: pa.RecordBatch) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(uid, the row's `BATCH_SCHEMA` values) for each row of `batch`."""
+    columns = [batch.column(name).to_pylist() for name in BATCH_SCHEMA.names]
+    uids = columns[BATCH_SCHEMA.get_field_index("uid")]
+    yield from zip(uids, zip(*columns, strict=True), strict=True)
 
 
-def _distinct(element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
-    """The first-found row of each uid of one partition, sorted by uid, as row batches."""
-    _, batches = element
-    table = pa.Table.from_batches(list(batches), schema=BATCH_SCHEMA)
-    uids = table.column("uid").to_pylist()
-    found = [_first_found(e) for e in table.column("extra").to_pylist()]
-    order = sorted(range(len(uids)), key=lambda i: (uids[i], found[i]))
-    keep = [i for j, i in enumerate(order) if j == 0 or uids[i] != uids[order[j - 1]]]
-    yield from table.take(keep).to_batches(max_chunksize=READ_BATCH_ROWS)
+_EXTRA = BATCH_SCHEMA.get_field_index("extra")
+#: Accumulators merged per uid: the most elements a key of `DistinctPairs` groups.
+_MERGED = Metrics.distribution("read", "distinct_pairs_merged")
+
+
+def _found_order(row: tuple[Any, ...]) -> tuple[tuple[str, int, int], str]:
+    """Which copy of a pair is kept: the first found, then the smallest `extra` (rows found at
+    the same place are the same record)."""
+    return (_first_found(row[_EXTRA]), row[_EXTRA] or "")
+
+
+class _FirstFound(beam.CombineFn):
+    """Of the rows of one uid, the first found (`_found_order`): one row per accumulator, so a pair
+    found on a million pages costs a row per bundle that saw it, never a million on one worker."""
+
+    def create_accumulator(self) -> tuple[Any, ...] | None:
+        return None
+
+    def add_input(self, best: tuple[Any, ...] | None, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return row if best is None or _found_order(row) < _found_order(best) else best
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[Any, ...] | None]) -> tuple[Any, ...] | None:
+        rows = [row for row in accumulators if row is not None]
+        _MERGED.update(len(rows))
+        return min(rows, key=_found_order) if rows else None
+
+    def extract_output(self, best: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        return best
+
+
+def _rows_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    """The rows (`BATCH_SCHEMA` values), sorted by uid, as one row batch."""
+    rows = sorted(rows, key=lambda row: (row[0], _found_order(row)))
+    columns = [pa.array([row[i] for row in rows], field.type) for i, field in enumerate(BATCH_SCHEMA)]
+    return pa.RecordBatch.from_arrays(columns, schema=BATCH_SCHEMA)
 
 
 class DistinctPairs(beam.PTransform):
     """One row per (url, caption) pair, before any image is fetched: of the copies found on many
     pages, the first found (archive file or page URL, byte offset, position on the page) is kept.
 
-    Rows stay in Arrow batches: they are hash-partitioned by uid (`partitions`, as the text
-    stage's global counts are) and each partition is made distinct in one sort."""
-
-    def __init__(self, partitions: int = 64):
-        super().__init__()
-        self._partitions = partitions
+    A keyed combine on the uid (the pair's hash): each row is keyed by its uid and the combine
+    keeps the best row (`_FirstFound`), lifted before the shuffle, so no key holds more than a
+    row per bundle however often a pair was found. The kept rows come back in row batches (at
+    most `READ_BATCH_ROWS`, sorted by uid)."""
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
-            | "Partition" >> beam.FlatMap(_by_partition, self._partitions)
-            | "Group" >> beam.GroupByKey()
-            | "Distinct" >> beam.FlatMap(_distinct)
+            | "Rows" >> beam.FlatMap(_pair_rows)
+            | "FirstFound" >> beam.CombinePerKey(_FirstFound())
+            | "Kept" >> beam.Values()
+            | "Batch"
+            >> beam.BatchElements(min_batch_size=READ_BATCH_ROWS // 4, max_batch_size=READ_BATCH_ROWS)
+            | "RowBatches" >> beam.Map(_rows_batch)
         )

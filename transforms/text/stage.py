@@ -37,8 +37,10 @@ rules that need only the row), and three global counts that reach the final `Jud
 side inputs — never a join on all the rows:
 
 - repeated canonical URLs: URL keys (64-bit hashes) per hash partition, combined into a count
-  per key; only keys named more than once are kept. The rows of those URLs (few, usually) are
-  grouped by hash partition after the caption rules, and each URL keeps its best row. Beyond
+  per key; only keys named more than once are kept. After the caption rules, each of those
+  rows (few, usually) sends its rank, not the row, to its URL hash; each URL keeps its best row,
+  and the verdicts go back to the rows' batches (`_KeepBestOfUrl`: two keyed joins, no key
+  holding more than one URL's ranks or one batch's verdicts). Beyond
   `repeated_urls_in_memory` repeated keys the side input is not built: every row with a URL is
   grouped by URL instead (a keyed join; the same verdicts);
 - boilerplate captions: (caption, URL) hash pairs per partition, combined with at most N + 1
@@ -61,6 +63,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 from xxhash import xxh3_64_intdigest
 
@@ -269,15 +272,20 @@ _JUDGED_REASONS = pa.array(_JUDGED[1:], pa.string())
 REPEATED = "repeated"
 
 
+def keeper_rank(code: int, clean: str | None, tokens: int, uid: str, extra: str | None) -> tuple:
+    """Where a row of a repeated URL ranks, smallest best (pure): a caption that passes the caption
+    rules, then a non-empty one, then the most tokens, then the smallest uid (then the extra
+    columns, so that even rows differing only there are ordered the same way on every run)."""
+    return (code != 0, not clean, -int(tokens), uid, extra or "")
+
+
 def keeper_order(
     codes: np.ndarray, clean: list[str | None], tokens: np.ndarray, uids: list[str], extras: list
 ):
-    """Row indices of one URL's rows, best first (pure): a caption that passes the caption rules,
-    then a non-empty one, then the most tokens, then the smallest uid (then the extra columns, so
-    that even rows differing only there are ordered the same way on every run)."""
+    """Row indices of one URL's rows, best first (`keeper_rank`)."""
     return sorted(
         range(len(uids)),
-        key=lambda i: (codes[i] != 0, not clean[i], -int(tokens[i]), uids[i], extras[i] or ""),
+        key=lambda i: keeper_rank(int(codes[i]), clean[i], int(tokens[i]), uids[i], extras[i]),
     )
 
 
@@ -327,10 +335,9 @@ class _JudgeFn(beam.DoFn):
     """Applies the row rules and those that need the global counts, vectorised over the batch.
     Rows of a URL named more than once go to the `repeated` output, undecided, with their code."""
 
-    def __init__(self, config: TextConfig, progress_dir: str | None, partitions: int):
+    def __init__(self, config: TextConfig, progress_dir: str | None):
         self._rules = config.rules()
         self._progress_dir = progress_dir
-        self._partitions = partitions
         self._shared = Shared()  # the sorted side-input arrays, built once per process
 
     def setup(self) -> None:
@@ -420,9 +427,7 @@ class _JudgeFn(beam.DoFn):
         if repeated.any():
             rows = batch.filter(pa.array(repeated))
             rows = rows.append_column("code", pa.array(codes[repeated]))
-            keys = rows.column("url_hash").to_numpy()
-            for part, (indices,) in by_partition(keys, self._partitions, np.arange(len(keys))):
-                yield beam.pvalue.TaggedOutput(REPEATED, (part, rows.take(pa.array(indices))))
+            yield beam.pvalue.TaggedOutput(REPEATED, (_rows_key(rows), rows))
             batch, codes = batch.filter(pa.array(~repeated)), codes[~repeated]
         if batch.num_rows:
             yield decide(batch, codes, None, self._counter)
@@ -431,10 +436,60 @@ class _JudgeFn(beam.DoFn):
         self._counter.flush()
 
 
-class _KeepBestOfUrlFn(beam.DoFn):
-    """One hash partition of the rows whose canonical URL is named more than once: per URL the
-    row with the best caption (`keeper_order`) keeps its own verdict; every other row is
-    `duplicate_url`, with `duplicate_of` the kept uid. Each URL is then fetched once."""
+def _rows_key(rows: pa.RecordBatch) -> int:
+    """A key naming a batch of repeated-URL rows by what ranks them: batches with the same key
+    hold, position by position, rows that rank the same (`_ApplyVerdictsFn` relies on it)."""
+    parts = zip(
+        rows.column("uid").to_pylist(),
+        rows.column("extra").to_pylist(),
+        rows.column("code").to_pylist(),
+        strict=True,
+    )
+    return xxh3_64_intdigest("\n".join(f"{uid}\t{extra}\t{code}" for uid, extra, code in parts).encode())
+
+
+def _light_rows(element: tuple[int, pa.RecordBatch]) -> Iterator[tuple[int, tuple]]:
+    """(url hash, (`keeper_rank`, batch key, position)) for each row of a keyed batch: all a URL's
+    verdict needs, without the row itself."""
+    key, rows = element
+    columns = [
+        rows.column(name).to_pylist()
+        for name in ("url_hash", "code", "caption_clean", "num_tokens", "uid", "extra")
+    ]
+    for position, (url, *ranked) in enumerate(zip(*columns, strict=True)):
+        yield url, (keeper_rank(*ranked), key, position)
+
+
+class _UrlVerdictsFn(beam.DoFn):
+    """The light rows of one canonical URL named more than once → per row (batch key, (position,
+    `duplicate_of`)): the best row (`keeper_rank`) keeps its own verdict (None); every other is a
+    duplicate of its uid. Two passes over the grouped rows, none held."""
+
+    def process(self, element: tuple[int, Iterable[tuple]]) -> Iterator[tuple[int, tuple[int, str | None]]]:
+        _, rows = element
+        best = min(rows)
+        kept_uid = best[0][3]
+        count, kept = 0, False
+        for rank, key, position in rows:
+            count += 1
+            if not kept and (rank, key, position) == best:  # equal twins: the first one is kept
+                kept = True
+                yield key, (position, None)
+            else:
+                yield key, (position, kept_uid)
+        _ROWS_PER_URL.update(count)
+
+
+#: Rows grouped per repeated URL, and elements per batch in the verdicts' join: the most any key groups.
+_ROWS_PER_URL = Metrics.distribution(STAGE, "rows_per_repeated_url")
+_VERDICT_JOIN = Metrics.distribution(STAGE, "verdict_join_elements")
+
+
+class _ApplyVerdictsFn(beam.DoFn):
+    """A batch of repeated-URL rows meets its rows' verdicts (keyed by the batch): each row marked
+    `duplicate_url` of the kept uid, or left with its own verdict, and decided (`decide`). Batches
+    sharing a key hold rows that rank the same, position by position: each takes one of the
+    position's verdicts, in order."""
 
     def __init__(self, progress_dir: str | None):
         self._progress_dir = progress_dir
@@ -442,37 +497,51 @@ class _KeepBestOfUrlFn(beam.DoFn):
     def setup(self) -> None:
         self._counter = StageCounter(STAGE, self._progress_dir)
 
-    def process(self, element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
-        _, batches = element
-        table = pa.Table.from_batches(list(batches)).combine_chunks()
-        if not table.num_rows:
-            return
-        keys = table.column("url_hash").to_numpy()
-        codes = table.column("code").to_numpy().astype(np.int8)
-        clean = table.column("caption_clean").to_pylist()
-        tokens = table.column("num_tokens").to_numpy()
-        uids = table.column("uid").to_pylist()
-        extras = table.column("extra").to_pylist()
-        duplicate_of: list[str | None] = [None] * len(uids)
-        order = np.argsort(keys, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
-            rows = group.tolist()
-            ranked = keeper_order(
-                codes[rows],
-                [clean[i] for i in rows],
-                tokens[rows],
-                [uids[i] for i in rows],
-                [extras[i] for i in rows],
-            )
-            kept = uids[rows[ranked[0]]]
-            for position in ranked[1:]:
-                duplicate_of[rows[position]] = kept
-                codes[rows[position]] = _CODE["duplicate_url"]
-        (batch,) = table.to_batches()  # one chunk, after combine_chunks
-        yield decide(batch, codes, duplicate_of, self._counter)
+    def process(self, element: tuple[int, dict[str, list[Any]]]) -> Iterator[pa.RecordBatch]:
+        _, joined = element
+        batches, verdicts = joined["rows"], joined["verdicts"]
+        _VERDICT_JOIN.update(len(batches) + len(verdicts))
+        by_position: dict[int, list[str | None]] = {}
+        for position, duplicate_of in verdicts:
+            by_position.setdefault(position, []).append(duplicate_of)
+        for choices in by_position.values():
+            choices.sort(key=lambda uid: (uid is not None, uid or ""))
+        for copy, rows in enumerate(batches):
+            duplicate_of = [by_position[i][copy] for i in range(rows.num_rows)]
+            codes = rows.column("code").to_numpy().astype(np.int8)
+            codes[[i for i, uid in enumerate(duplicate_of) if uid is not None]] = _CODE["duplicate_url"]
+            yield decide(rows, codes, duplicate_of, self._counter)
 
     def finish_bundle(self) -> None:
         self._counter.flush()
+
+
+class _KeepBestOfUrl(beam.PTransform):
+    """Keyed batches of the rows whose canonical URL is named more than once → the same rows
+    decided: per URL the best row (`keeper_rank`) keeps its own verdict; every other row is
+    `duplicate_url`, with `duplicate_of` the kept uid. Each URL is then fetched once.
+
+    A keyed join on the URL hash: each row's light form (its rank, batch key and position) is
+    grouped by URL hash, the best found, and the verdicts go back to their batch by its key. The
+    rows themselves stay in their Arrow batch; no key holds more than one URL's light rows or one
+    batch's verdicts."""
+
+    def __init__(self, progress_dir: str | None):
+        super().__init__()
+        self._progress_dir = progress_dir
+
+    def expand(self, keyed: beam.PCollection) -> beam.PCollection:
+        verdicts = (
+            keyed
+            | "LightRows" >> beam.FlatMap(_light_rows)
+            | "GroupByUrl" >> beam.GroupByKey()
+            | "Verdicts" >> beam.ParDo(_UrlVerdictsFn())
+        )
+        return (
+            {"rows": keyed, "verdicts": verdicts}
+            | "JoinVerdicts" >> beam.CoGroupByKey()
+            | "Decide" >> beam.ParDo(_ApplyVerdictsFn(self._progress_dir))
+        )
 
 
 #: The column a batch carries when its boilerplate captions were found by the keyed join.
@@ -592,14 +661,10 @@ class FilterText(beam.PTransform):
         if rules.vocab_size:
             vocab = prepared | "Vocabulary" >> Vocabulary(rules.vocab_size, partitions)
         judged = prepared | "Judge" >> beam.ParDo(
-            _JudgeFn(self._config, self._progress_dir, partitions),
+            _JudgeFn(self._config, self._progress_dir),
             duplicates=beam.pvalue.AsSingleton(duplicates),
             frequent=beam.pvalue.AsSingleton(frequent),
             vocab=beam.pvalue.AsList(vocab),
         ).with_outputs(REPEATED, main="single")
-        kept_of_url = (
-            judged[REPEATED]
-            | "GroupByUrl" >> beam.GroupByKey()
-            | "KeepBestOfUrl" >> beam.ParDo(_KeepBestOfUrlFn(self._progress_dir))
-        )
+        kept_of_url = judged[REPEATED] | "KeepBestOfUrl" >> _KeepBestOfUrl(self._progress_dir)
         return (judged.single, kept_of_url) | "Decided" >> beam.Flatten()

@@ -57,6 +57,7 @@ from transforms.common.files import write_atomically
 from transforms.common.manifest import is_temp, list_files, read_manifest, write_manifest
 from transforms.common.progress import StageCounter
 from transforms.common.verdicts import apply_by_uid
+from transforms.write.audit import AUDIT_FILE, AuditShards
 from transforms.write.config import OutputConfig
 
 _EMBEDDING_METADATA = pa.schema(
@@ -452,14 +453,18 @@ def finalize_output(
     stages: Iterable[str],
     summaries: Iterable[tuple[str, dict[str, Any]]] = (),
     complete: bool = False,
+    audit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes stats.json (with the stages' `summaries` under their names), deletes the files that
+    """Writes stats.json (with the stages' `summaries` under their names) and `audit.json` (the
+    audit's aggregates, `transforms/write/audit.py`, when given), deletes the files that
     the folder's manifest names but this run did not write (stale shards, an older index or
     report) and temporary files, and records what this run wrote. The manifest stays `running`:
     the launcher completes it once the index and the report are written; `complete` only when no
     launcher waits for the job (`--no-wait`) and this is the run's last write."""
     output_dir = output_dir.rstrip("/")
     written = {name for shard in shards for name in shard["files"]} | {STATS_FILE}
+    if audit is not None:
+        written.add(AUDIT_FILE)
     manifest = read_manifest(output_dir)
     recorded = set(manifest.files) if manifest is not None else set()
     present = list_files(output_dir)
@@ -473,13 +478,16 @@ def finalize_output(
         # raised by the launcher once the job is over.
         stats[ROWS_LOST] = stats[ROWS_READ] - stats["samples"]
     write_atomically(f"{output_dir}/{STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
+    if audit is not None:
+        write_atomically(f"{output_dir}/{AUDIT_FILE}", json.dumps(audit).encode())
     write_manifest(output_dir, "complete" if complete else "running", written)
     return stats
 
 
 class WriteStats(beam.PTransform):
-    """Gathers the shard summaries, writes `stats.json` and cleans the output folder; `complete`:
-    the job itself marks the output finished (see `finalize_output`)."""
+    """Gathers the shard summaries, writes `stats.json` and `audit.json` (the audit's aggregates,
+    computed on the workers from the shards just written: `AuditShards`) and cleans the output
+    folder; `complete`: the job itself marks the output finished (see `finalize_output`)."""
 
     def __init__(
         self,
@@ -498,6 +506,11 @@ class WriteStats(beam.PTransform):
         summaries = self._summaries
         if summaries is None:
             summaries = shards.pipeline | "NoSummaries" >> beam.Create([])
+        audit = (
+            shards
+            | "ShardNames" >> beam.Map(lambda shard: shard["shard"])
+            | "Audit" >> AuditShards(self._output_dir)
+        )
         return (
             shards
             | "AllShards" >> beam.combiners.ToList()
@@ -508,5 +521,6 @@ class WriteStats(beam.PTransform):
                 self._stages,
                 beam.pvalue.AsList(summaries),
                 complete=self._complete,
+                audit=beam.pvalue.AsSingleton(audit),
             )
         )

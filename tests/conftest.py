@@ -45,6 +45,42 @@ def sample_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleWeb]:
         yield SampleWeb(root, base_url, urls, truth)
 
 
+def cli_err(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`winnow ARGS` in process: its exit code and what it printed on stderr."""
+    from pipeline.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def overrides(*extra: str) -> list[str]:
+    """`--set` arguments of `TEST_OVERRIDES` and `extra`."""
+    return [arg for o in [*TEST_OVERRIDES, *extra] for arg in ("--set", o)]
+
+
+def tree_bytes(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+    """relative path → bytes of every file below `folder`."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = handle.read()
+    return found
+
+
+@pytest.fixture(scope="module")
+def text_output(sample_web: SampleWeb, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A finished `--stages text` output of the sample web (cheap: nothing is fetched), per module."""
+    from pipeline.cli import main
+
+    output = str(tmp_path_factory.mktemp("text") / "out")
+    assert (
+        main(["run", "--input", sample_web.urls, "--output", output, "--stages", "text", *overrides()]) == 0
+    )
+    return output
+
+
 def read_output_rows(output: str) -> list[dict]:
     """Every metadata row of an output folder, in shard order."""
     rows: list[dict] = []

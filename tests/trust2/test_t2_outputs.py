@@ -21,31 +21,11 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from tests.conftest import TEST_OVERRIDES, read_output_rows
+from tests.conftest import TEST_OVERRIDES, cli_err, overrides, read_output_rows, tree_bytes
 from transforms.common.manifest import LOCK_FILE, MANIFEST_FILE, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 WINNOW = str(ROOT / ".venv" / "bin" / "winnow")
-
-
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err
-
-
-def _overrides(*extra: str) -> list[str]:
-    return [arg for o in [*TEST_OVERRIDES, *extra] for arg in ("--set", o)]
-
-
-def _tree(folder) -> dict[str, bytes]:
-    """relative path → bytes of every file below `folder`."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, folder)] = handle.read()
-    return found
 
 
 def _one_line(err: str) -> str:
@@ -60,16 +40,6 @@ def _dead_pid() -> int:
     return child.pid
 
 
-@pytest.fixture(scope="module")
-def text_output(sample_web, tmp_path_factory):
-    """A finished `--stages text` output of the sample web (cheap: nothing is fetched)."""
-    output = str(tmp_path_factory.mktemp("t2text") / "out")
-    assert (
-        main(["run", "--input", sample_web.urls, "--output", output, "--stages", "text", *_overrides()]) == 0
-    )
-    return output
-
-
 # ---------------------------------------------------------------------------------------- item 2
 
 
@@ -78,7 +48,7 @@ def test_t2_item02_evaluate_report_never_replaces_what_winnow_did_not_write(text
 
     evalset = tmp_path / "evalset"
     evalset.mkdir()
-    before = _tree(text_output)
+    before = tree_bytes(text_output)
     base = ["evaluate", text_output, "--eval", str(evalset), "--seeds", "1", "--samples-seen", "8"]
     # Inside the output: its stats.json (what --retry-failed reads), a new report, a workdir.
     for extra in (
@@ -86,20 +56,20 @@ def test_t2_item02_evaluate_report_never_replaces_what_winnow_did_not_write(text
         ["--report", f"{text_output}/evaluation.json"],
         ["--report", str(tmp_path / "e.json"), "--workdir", f"{text_output}/work"],
     ):
-        code, err = _cli(capsys, *base, *extra)
+        code, err = cli_err(capsys, *base, *extra)
         assert code == 2 and "is inside the Winnow output" in _one_line(err), (extra, err)
-    assert _tree(text_output) == before  # nothing replaced, no evaluation/ folder left in it
+    assert tree_bytes(text_output) == before  # nothing replaced, no evaluation/ folder left in it
     # `winnow audit --out` follows the same rule: inside an output, only its own report.html.
-    code, err = _cli(capsys, "audit", text_output, "--out", f"{text_output}/other.html")
+    code, err = cli_err(capsys, "audit", text_output, "--out", f"{text_output}/other.html")
     assert code == 2 and "is inside the Winnow output" in _one_line(err), err
-    assert _tree(text_output) == before
+    assert tree_bytes(text_output) == before
     # A folder, and a file of the user's: refused before any training (no workdir appears).
     mine = tmp_path / "notes.json"
     mine.write_text('{"mine": true}')
-    code, err = _cli(capsys, *base, "--report", str(mine))
+    code, err = cli_err(capsys, *base, "--report", str(mine))
     assert code == 2 and "not a report Winnow wrote" in _one_line(err)
     assert mine.read_text() == '{"mine": true}'
-    code, err = _cli(capsys, *base, "--report", str(evalset))
+    code, err = cli_err(capsys, *base, "--report", str(evalset))
     assert code == 2 and "is a folder" in _one_line(err)
     assert sorted(os.listdir(tmp_path)) == ["evalset", "notes.json"]
     # A report Winnow wrote may be replaced: it is marked, and written atomically.
@@ -118,36 +88,36 @@ def test_t2_item03_corpus_follows_the_manifest_rule(tmp_path, capsys):
     (theirs / "files").mkdir(parents=True)
     pq.write_table(pa.table({"id": [0], "path": ["/img/000000.jpg"]}), theirs / "manifest.parquet")
     (theirs / "files" / "000000.jpg").write_bytes(b"their photo")
-    before = _tree(theirs)
-    code, err = _cli(capsys, "corpus", "--out", str(theirs), "--samples", "5")
+    before = tree_bytes(theirs)
+    code, err = cli_err(capsys, "corpus", "--out", str(theirs), "--samples", "5")
     assert code == 2 and "is not a generated sample web's" in _one_line(err)
-    assert _tree(theirs) == before
+    assert tree_bytes(theirs) == before
 
     web = tmp_path / "web"
-    assert _cli(capsys, "corpus", "--out", str(web), "--samples", "5", "--seed", "1")[0] == 0
+    assert cli_err(capsys, "corpus", "--out", str(web), "--samples", "5", "--seed", "1")[0] == 0
     manifest = read_manifest(str(web))
     assert manifest is not None and manifest.state == "complete"
-    assert sorted(_tree(web)) == sorted([*manifest.files, MANIFEST_FILE])
+    assert sorted(tree_bytes(web)) == sorted([*manifest.files, MANIFEST_FILE])
     assert "manifest.parquet" in manifest.files and any(f.startswith("eval/") for f in manifest.files)
     # The URL lists `winnow serve` writes are recorded too: the sample web is regenerated as a whole.
     from sampleweb import write_url_lists
 
     write_url_lists(str(web), "http://127.0.0.1:1")
-    first = _tree(web)
-    assert _cli(capsys, "corpus", "--out", str(web), "--samples", "3", "--seed", "1")[0] == 0
+    first = tree_bytes(web)
+    assert cli_err(capsys, "corpus", "--out", str(web), "--samples", "3", "--seed", "1")[0] == 0
     again = read_manifest(str(web))
     assert again is not None and again.state == "complete"
-    assert sorted(_tree(web)) == sorted([*again.files, MANIFEST_FILE])
+    assert sorted(tree_bytes(web)) == sorted([*again.files, MANIFEST_FILE])
     assert "urls.parquet" not in again.files and len(pq.read_table(web / "manifest.parquet")) == 3
     assert len([f for f in again.files if f.startswith("files/")]) < len(
         [f for f in first if f.startswith("files/")]
     )
     # A file added by hand makes it someone else's folder.
     (web / "files" / "mine.jpg").write_bytes(b"mine")
-    before = _tree(web)
-    code, err = _cli(capsys, "corpus", "--out", str(web), "--samples", "3")
+    before = tree_bytes(web)
+    code, err = cli_err(capsys, "corpus", "--out", str(web), "--samples", "3")
     assert code == 2 and "files/mine.jpg" in _one_line(err)
-    assert _tree(web) == before
+    assert tree_bytes(web) == before
 
 
 # ---------------------------------------------------------------------------------------- item 4
@@ -203,7 +173,7 @@ def test_t2_item04_two_runs_into_one_output(tmp_path, capsys):
         output = tmp_path / "out"
         first = subprocess.Popen(
             [WINNOW, "run", "--input", str(urls), "--output", str(output), "--stages", "crawl",
-             *_overrides("crawl.timeout=60", "crawl.deadline=120")],
+             *overrides("crawl.timeout=60", "crawl.deadline=120")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         # The first run is fetching (the site holds its images): it holds the lock now.
@@ -212,13 +182,13 @@ def test_t2_item04_two_runs_into_one_output(tmp_path, capsys):
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
         manifest_before = (output / MANIFEST_FILE).read_bytes()
         # A second run into the same output, and a retry into it: refused, naming the holder.
-        code, err = _cli(capsys, "run", "--input", str(urls), "--output", str(output), "--stages", "crawl",
-                         *_overrides())  # fmt: skip
+        code, err = cli_err(capsys, "run", "--input", str(urls), "--output", str(output), "--stages", "crawl",
+                         *overrides())  # fmt: skip
         assert code == 2 and f"pid {first.pid} on {socket.gethostname()}" in _one_line(err)
         assert "is locked by another run" in err
         assert (output / MANIFEST_FILE).read_bytes() == manifest_before
         # Search and audit of the folder being written say so.
-        code, err = _cli(capsys, "audit", str(output))
+        code, err = cli_err(capsys, "audit", str(output))
         assert code == 2 and "a run is writing it now" in _one_line(err)
         site.release_event.set()
         out, err = first.communicate(timeout=300)
@@ -228,7 +198,7 @@ def test_t2_item04_two_runs_into_one_output(tmp_path, capsys):
     # The first run's output is whole: complete, every row, its files exactly, no lock left.
     manifest = read_manifest(str(output))
     assert manifest is not None and manifest.state == "complete"
-    assert sorted(_tree(output)) == sorted([*manifest.files, MANIFEST_FILE])
+    assert sorted(tree_bytes(output)) == sorted([*manifest.files, MANIFEST_FILE])
     rows = read_output_rows(str(output))
     assert len(rows) == 6 and {r["status"] for r in rows} == {"success"}
 
@@ -239,14 +209,14 @@ def test_t2_item04_stale_and_foreign_locks(text_output, sample_web, tmp_path, ca
     # Another host's lock cannot be checked from here: refused, and left as it is.
     foreign = {"host": "elsewhere.example", "pid": 1, "since": "2025-01-01T00:00:00Z", "token": "x"}
     (output / LOCK_FILE).write_text(json.dumps(foreign))
-    run = ["run", "--input", sample_web.urls, "--output", str(output), "--stages", "text", *_overrides()]
-    code, err = _cli(capsys, *run)
+    run = ["run", "--input", sample_web.urls, "--output", str(output), "--stages", "text", *overrides()]
+    code, err = cli_err(capsys, *run)
     assert code == 2 and "pid 1 on elsewhere.example" in _one_line(err) and LOCK_FILE in err
-    assert _tree(output) == {LOCK_FILE: json.dumps(foreign).encode()}
+    assert tree_bytes(output) == {LOCK_FILE: json.dumps(foreign).encode()}
     # A lock of a process of this host that is gone (a launcher killed with SIGKILL): taken over.
     stale = {**foreign, "host": socket.gethostname(), "pid": _dead_pid()}
     (output / LOCK_FILE).write_text(json.dumps(stale))
-    code, err = _cli(capsys, *run)
+    code, err = cli_err(capsys, *run)
     assert code == 0 and f"took over the lock of a run that is gone (pid {stale['pid']}" in err
     assert not (output / LOCK_FILE).exists()
     manifest = read_manifest(str(output))
@@ -262,17 +232,17 @@ def test_t2_item04_stale_and_foreign_locks(text_output, sample_web, tmp_path, ca
         str(retry),
         "--stages",
         "text",
-        *_overrides(),
+        *overrides(),
     ]
     live = {**foreign, "host": socket.gethostname(), "pid": os.getppid()}
     (retry / LOCK_FILE).write_text(json.dumps(live))
-    code, err = _cli(capsys, *retry_args)
+    code, err = cli_err(capsys, *retry_args)
     assert code == 2 and f"pid {os.getppid()}" in _one_line(err)
     os.remove(retry / LOCK_FILE)
     source_lock = Path(text_output) / LOCK_FILE
     source_lock.write_text(json.dumps(live))
     try:
-        code, err = _cli(capsys, *retry_args)
+        code, err = cli_err(capsys, *retry_args)
         assert code == 2 and "a run is writing it now" in _one_line(err)
     finally:
         os.remove(source_lock)
@@ -324,16 +294,16 @@ def test_t2_item04_the_lock_on_s3_is_a_conditional_create(sample_web, s3, capsys
         assert json.loads(body)["token"] == held.holder["token"]
         with pytest.raises(OutputLockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
             OutputLock(output, options).acquire()  # If-None-Match: * refused the second create
-        code, err = _cli(capsys, "run", "--input", sample_web.urls, "--output", output, "--stages", "text",
-                         *_overrides(), *args)  # fmt: skip
+        code, err = cli_err(capsys, "run", "--input", sample_web.urls, "--output", output, "--stages", "text",
+                         *overrides(), *args)  # fmt: skip
         assert code == 2 and "is locked by another run" in _one_line(err)
         assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body  # untouched
     assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix=key)  # released
     # A stale lock (a dead process of this host) is replaced only as it was read (If-Match).
     stale = {"host": socket.gethostname(), "pid": _dead_pid(), "since": "?", "token": "old"}
     client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(stale).encode())
-    code, err = _cli(capsys, "run", "--input", sample_web.urls, "--output", output, "--stages", "text",
-                     *_overrides(), *args)  # fmt: skip
+    code, err = cli_err(capsys, "run", "--input", sample_web.urls, "--output", output, "--stages", "text",
+                     *overrides(), *args)  # fmt: skip
     assert code == 0 and "took over the lock" in err
     listed = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"]]
     assert key not in listed
@@ -364,7 +334,7 @@ def test_t2_item05_a_run_killed_at_the_index_is_not_complete(sample_web, tmp_pat
     rows = pq.read_table(sample_web.urls).slice(0, 24)
     pq.write_table(rows, urls)
     output = str(tmp_path / "out")
-    run = ["run", "--input", str(urls), "--output", output, "--stages", "crawl,embed", *_overrides()]
+    run = ["run", "--input", str(urls), "--output", output, "--stages", "crawl,embed", *overrides()]
     assert main(run) in (0, 3)
     capsys.readouterr()
     finished = read_manifest(output)
@@ -378,10 +348,10 @@ def test_t2_item05_a_run_killed_at_the_index_is_not_complete(sample_web, tmp_pat
     assert not os.path.exists(os.path.join(output, "report.html"))
     # Search, audit and a retry say it is unfinished and how to finish it, in one line.
     for command in (["search", output, "--text", "a red circle"], ["audit", output]):
-        code, err = _cli(capsys, *command)
+        code, err = cli_err(capsys, *command)
         assert code == 2 and "the output is unfinished" in _one_line(err), err
         assert f"winnow run ... --output {output}` again to finish it" in err
-    code, err = _cli(capsys, "run", "--retry-failed", output, "--output", str(tmp_path / "r"))
+    code, err = cli_err(capsys, "run", "--retry-failed", output, "--output", str(tmp_path / "r"))
     assert code == 2 and "did not finish" in _one_line(err)
     # The stale lock of the killed launcher is taken over; the rerun the message names finishes it.
     assert os.path.exists(os.path.join(output, LOCK_FILE))
@@ -389,7 +359,7 @@ def test_t2_item05_a_run_killed_at_the_index_is_not_complete(sample_web, tmp_pat
     assert "took over the lock" in capsys.readouterr().err
     again = read_manifest(output)
     assert again is not None and again.state == "complete" and again.files == finished.files
-    assert sorted(_tree(output)) == sorted([*again.files, MANIFEST_FILE])
+    assert sorted(tree_bytes(output)) == sorted([*again.files, MANIFEST_FILE])
     assert main(["search", output, "--text", "a red circle", "-k", "2"]) == 0
     assert main(["audit", output]) == 0
 
@@ -430,16 +400,16 @@ def test_t2_item19_a_run_refused_at_its_start_leaves_nothing(text_output, sample
         ("dedup.eval_images=/nonexistent", "dedup.eval_images: no images"),
     ):
         fresh = tmp_path / override.split("=")[0]
-        code, err = _cli(capsys, "run", "--input", sample_web.urls, "--output", str(fresh),
-                         *_overrides(override))  # fmt: skip
+        code, err = cli_err(capsys, "run", "--input", sample_web.urls, "--output", str(fresh),
+                         *overrides(override))  # fmt: skip
         assert code == 2 and message in _one_line(err)
         assert not fresh.exists()  # no folder, no `running` manifest
         # An earlier output stays as it was, `complete`, byte for byte.
-        before = _tree(text_output)
-        code, err = _cli(capsys, "run", "--input", sample_web.urls, "--output", text_output,
-                         *_overrides(override))  # fmt: skip
+        before = tree_bytes(text_output)
+        code, err = cli_err(capsys, "run", "--input", sample_web.urls, "--output", text_output,
+                         *overrides(override))  # fmt: skip
         assert code == 2 and message in _one_line(err)
-        assert _tree(text_output) == before
+        assert tree_bytes(text_output) == before
     # A failure once the folder is claimed but before the job starts writing undoes the claim.
     import pipeline.jobs
 
@@ -451,6 +421,6 @@ def test_t2_item19_a_run_refused_at_its_start_leaves_nothing(text_output, sample
 
         patch.setattr(pipeline.jobs, "_run_claimed", refused)
         run = ["run", "--input", sample_web.urls, "--output", str(empty), "--stages", "text"]
-        code, err = _cli(capsys, *run, *_overrides())
+        code, err = cli_err(capsys, *run, *overrides())
     assert code == 2 and "refused at the start" in err
     assert not empty.exists()

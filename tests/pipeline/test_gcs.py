@@ -52,7 +52,7 @@ def test_run_reads_and_writes_gcs(sample_web, gcs, reference_run):
     expected = shard_bytes(reference_run.dir)
     listed = FileSystems.match([f"gs://{BUCKET}/out/**"])[0].metadata_list
     names = sorted(m.path.removeprefix(f"gs://{BUCKET}/out/") for m in listed)
-    assert sorted(set(names) - {"stats.json", "report.html", MANIFEST_FILE}) == sorted(expected)
+    assert sorted(set(names) - {"stats.json", "report.html", "audit.json", MANIFEST_FILE}) == sorted(expected)
     # The manifest names every file the run wrote, and nothing else.
     assert read_manifest(f"gs://{BUCKET}/out") == Manifest(
         "complete", tuple(sorted(set(names) - {MANIFEST_FILE}))

@@ -64,8 +64,9 @@ def test_run_reads_and_writes_s3(sample_web, s3, reference_run):
 
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"]
     names = sorted(obj["Key"].removeprefix("out/") for obj in listed)
-    # Everything but the stats (timings) and the report (which shows them) is byte-identical.
-    assert sorted(set(names) - {"stats.json", "report.html", MANIFEST_FILE}) == sorted(expected)
+    # Everything but the stats (timings), the report (which shows them) and the audit's aggregates
+    # (audit.json, tested in tests/scale/test_scale_audit.py) is byte-identical.
+    assert sorted(set(names) - {"stats.json", "report.html", "audit.json", MANIFEST_FILE}) == sorted(expected)
     # The manifest names every file the run wrote, and nothing else.
     assert read_manifest(f"s3://{BUCKET}/out") == Manifest(
         "complete", tuple(sorted(set(names) - {MANIFEST_FILE}))

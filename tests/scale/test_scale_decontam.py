@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.common.clustering import normalize
@@ -186,7 +187,7 @@ def test_scale_item6_decontamination_in_a_beam_pipeline():
     config = DedupConfig()
     expected = legacy_decisions(batch, evals, config)
     assert len(expected) > 40
-    with TestPipeline() as p:
+    with test_pipeline.TestPipeline(runner=FnApiRunner()) as p:  # the local runner: no Prism download
         packed = (
             p
             | "Evals" >> beam.Create(evals)

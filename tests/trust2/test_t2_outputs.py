@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from tests.conftest import TEST_OVERRIDES, cli_err, overrides, read_output_rows, tree_bytes
+from tests.pipeline.test_s3 import BUCKET, monkeypatch_module, s3  # noqa: F401 (fixtures)
 from transforms.common.manifest import LOCK_FILE, MANIFEST_FILE, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,32 +250,7 @@ def test_t2_item04_stale_and_foreign_locks(text_output, sample_web, tmp_path, ca
     assert os.listdir(retry) == []
 
 
-BUCKET = "winnow-t2-lock"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            patch.setenv(key, value)
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield endpoint, client
-    server.stop()
-
-
-def test_t2_item04_the_lock_on_s3_is_a_conditional_create(sample_web, s3, capsys):
+def test_t2_item04_the_lock_on_s3_is_a_conditional_create(sample_web, s3, capsys):  # noqa: F811
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.lock import OutputLock, OutputLockedError

@@ -56,7 +56,9 @@ _WORKER_LOCATION = re.compile(r'log_location: "([^"]*)"')
 
 def _from_winnow(record: logging.LogRecord) -> bool:
     """Whether `record` was logged by Winnow's code: by one of its loggers, or (a record of a
-    local worker process, which Beam's runner logs again under its own name) in one of its files."""
+    local worker process, which Beam's runner logs again under its own name) in one of its files.
+    The filter of an ordinary run's terminal: libraries' records (urllib3's "Failed to parse
+    headers" and its stack, Beam's worker notices, Python warnings) show only with `-v`."""
     if record.name.split(".", 1)[0] in _OWN_PACKAGES:
         return True
     if record.name != "root" and not record.name.startswith("apache_beam."):
@@ -65,12 +67,6 @@ def _from_winnow(record: logging.LogRecord) -> bool:
     return found is not None and any(
         found.group(1).startswith(os.path.join(_PROJECT, package) + os.sep) for package in _OWN_PACKAGES
     )
-
-
-def _quiet_libraries(record: logging.LogRecord) -> bool:
-    """Keeps libraries' records (urllib3's "Failed to parse headers" and its stack, Beam's worker
-    notices, Python warnings) off the terminal of an ordinary run: `-v` shows them."""
-    return _from_winnow(record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,7 +209,7 @@ def _log_to_stderr(level: int) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.addFilter(_quiet_import_noise)
     if level > logging.INFO:
-        handler.addFilter(_quiet_libraries)
+        handler.addFilter(_from_winnow)
         handler.addFilter(_not_interrupted)
     logging.captureWarnings(True)  # Python warnings (Pillow's, Beam's) as records of `py.warnings`
     root.addHandler(handler)

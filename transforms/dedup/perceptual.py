@@ -133,6 +133,31 @@ def near_duplicate_pairs(items: Sequence[tuple[str, int]], max_distance: int) ->
     return pairs
 
 
+def hash_words(hashes: Sequence[int], bits: int = HASH_BITS) -> np.ndarray:
+    """Hashes of `bits` bits (a multiple of 64: 64 for dHash/pHash, 256 for PDQ) as an (n, bits // 64)
+    uint64 array, most significant word first, for `hamming_matrix`."""
+    if bits <= 0 or bits % 64:
+        raise ValueError(f"hash bits must be a positive multiple of 64, got {bits}")
+    words = bits // 64
+    mask = (1 << 64) - 1
+    out = np.empty((len(hashes), words), dtype=np.uint64)
+    for row, value in enumerate(hashes):
+        if not 0 <= value < 1 << bits:
+            raise ValueError(f"not an unsigned {bits}-bit hash: {value}")
+        for word in range(words):
+            out[row, words - 1 - word] = (value >> (64 * word)) & mask
+    return out
+
+
+def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) Hamming distances (int32) between the rows of two `hash_words` arrays.
+
+    Memory is len(a) × len(b) × words × 8 bytes: callers cut large inputs into row blocks."""
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"hashes of different widths: {a.shape[1] * 64} and {b.shape[1] * 64} bits")
+    return np.bitwise_count(a[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
+
+
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     block = a[:, None] ^ b[None, :]
     return _POPCOUNT[block.view(np.uint8)].reshape(*block.shape, 8).sum(axis=2)

@@ -66,5 +66,10 @@ class DedupConfig:
         check.not_empty("eval_images")
 
     @property
+    def hash_bits(self) -> int:
+        """Bits of the perceptual hash `hash` names (`perceptual.hash_words` takes them)."""
+        return 256 if self.hash == "pdq" else 64
+
+    @property
     def bands(self) -> int:
         return self.hash_bands or self.max_hash_distance + 1

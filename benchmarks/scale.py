@@ -1,234 +1,179 @@
-"""Scale: the dedup and noise stages on 100k-1M synthetic pairs, on the local runner with 2 workers.
+"""Scale: the whole default run (rows to shards, index and report) at two sizes, measured as work.
 
-Each size runs alone in a fresh child process (`--one N`), so its peak memory is its own. The
-child generates N crawled-and-embedded `Sample`s inside the pipeline (`beam.Create` of chunk
-starts, `--chunk` pairs each, then a reshuffle and one generating step, so the launcher never
-holds the samples): a 32 px JPEG per pair drawn from its index (a colour grid and a shape), its
-sha256, a caption, and L2-normalised float16 image and text embeddings (as the embed stage
-carries them) around `--topics` topic directions, in the shipped model's dimension. Planted:
-`--exact` byte-identical copies, `--near` brightened re-encodings, `--semantic` copies with
-another image but an embedding within the dedup `epsilon`, and `--mismatched` captions (and
-text embeddings) of another pair. The pairs go through `DeduplicateImages` (exact, perceptual and
-semantic levels, no eval set) and `RepairCaptions` (default config; its concept vocabulary
-through the shipped model's text tower) on Winnow's local runner (`LocalRunner`) with `--workers` SDK worker
-processes, and are counted by status and reason after each stage, with the distinct pairs of the
-output (Beam counters; nothing is written to disk): a size whose output does not hold every pair
-is flagged (`ROWS LOST`).
+For each size (`--sizes 30000,300000`) a pool of downloaded shards is generated once and cached
+under `--data` (WebDataset tars, `<key>.jpg`, `<key>.txt`, `<key>.json` with the url: the layout
+img2dataset writes), then `run_job` (the code `winnow run` calls) runs it with the code's default
+config and the local test overrides, on the local runner with `--workers` worker processes, in a
+fresh child process per size. The input is a pool, not the loopback sample web: fetching from a
+loopback server costs about 14 ms a pair on 2 cores against about 2.5 ms for the shipped embed
+model, so a crawled 300k run would be mostly HTTP. A pool run still reads every row, decodes,
+resizes and re-encodes every image (the crawl stage's pool mode), then runs text, safety, embed
+(the shipped model, computing every embedding), dedup, noise, the shards, stats, the index and
+the audit report: only the HTTP fetch is skipped.
 
-Peak RSS per worker is the largest SDK worker process's `ru_maxrss`
-(`getrusage(RUSAGE_CHILDREN)` in the child, read after the workers exited); `/proc/<pid>/status`
-VmHWM of each worker, polled every half second, is printed beside it as a cross-check. The
-launcher's (the runner, which holds the data between fused steps) is reported separately. A
-size whose whole process tree passes `--max-rss-mb` is stopped and reported as failed.
+Per size it prints one line
 
-    .venv/bin/python benchmarks/scale.py --sizes 100000 300000 1000000
+    size=N wall_s=X peak_rss_mb=Y comparisons_per_sample=C shuffle_bytes_per_sample=B max_key_elements=K
+
+- `wall_s`: the child's `run_job`, from the call to the report written.
+- `peak_rss_mb`: the largest worker process's peak RSS (VmHWM of every `pipeline.worker` process
+  below the child, polled from `/proc` every half second); the launcher's (the runner, which holds
+  the data between fused steps on the local runner) is reported apart.
+- `comparisons_per_sample`: the sum of every `winnow` counter named `*_comparisons` (each dedup
+  level's, the noise neighbours') / N.
+- `shuffle_bytes_per_sample`: the bytes entering every GroupByKey (`run.measure_shuffles`,
+  `pipeline/shuffles.py`) / N.
+- `max_key_elements`: the most elements one key grouped, over every GroupByKey whose groups a
+  step reads whole (the `group_elements` distributions of `pipeline/shuffles.py`).
+
+The data (`--skew hard`, the default) is drawn as the sample web draws it (`sampleweb.scenes`:
+flat or patterned backgrounds with one to four shapes, so perceptual hashes are skewed), with
+`n // 100` topics (scenes) so that k-means must find more clusters than `kmeans_sample // 39`,
+heavy-tailed duplicate groups (copies per original drawn from Zipf(2.2), capped at n // 300) and
+one group of n // 15 near-copies (20,000 at 300k). A copy is byte-identical (30 %) or a
+near-copy: brightness changed by 3-10 %, cropped 1-3 % per side, re-encoded at JPEG quality
+60-90. `--skew easy` is the earlier benchmark's data: 8 x 8 random colour grids, 3 % exact and
+3 % near copies, each of its own original. Everything is a function of (`--seed`, N, index).
+
+The growth between the two sizes is checked against the bounds of the scale rules: comparisons
+and shuffle bytes per sample at most 1.2x, wall time at most 1.1x the size ratio, the largest
+worker's RSS at most 1.5x, and `max_key_elements` at each size at most
+`KEY_BOUND_FACTOR x max(dedup.max_group_size, output.samples_per_shard)` (PASS/FAIL per bound;
+`--check` makes a FAIL exit 1). `--json FILE` writes every figure, per stage too (execution
+milliseconds per top-level step, shuffle bytes per stage), for `deploy/sizing.py`.
+
+    .venv/bin/python benchmarks/scale.py --sizes 30000,300000 --json deploy/scale_measured.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import hashlib
 import io
 import json
-import math
+import multiprocessing
 import os
 import resource
-import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
-from apache_beam.metrics.metric import MetricsFilter
-from PIL import Image, ImageDraw
+from PIL import Image, ImageEnhance
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from pipeline.runner import make_pipeline  # noqa: E402
-from schemas.sample import Sample, Status, make_uid  # noqa: E402
-from transforms.common.progress import NAMESPACE  # noqa: E402
-from transforms.crawl.config import ImageOptions  # noqa: E402
-from transforms.dedup import DedupConfig, DeduplicateImages  # noqa: E402
-from transforms.embed.clip import SHIPPED_MODELS_DIR, model_identity  # noqa: E402
-from transforms.embed.config import SHIPPED_MODEL, EmbedConfig  # noqa: E402
-from transforms.noise import NoiseConfig, RepairCaptions  # noqa: E402
+from sampleweb.captions import describe  # noqa: E402
+from sampleweb.scenes import random_scene, render  # noqa: E402
 
-#: Counter namespace of this benchmark's own count of the output.
-COUNTS = "scale"
 RESULT = "RESULT "
-#: The targets: time at 1M at most 11 × the time at 100k; peak worker RSS at most 3 ×.
-BASE, TOP, TIME_BOUND, RSS_BOUND = 100_000, 1_000_000, 11.0, 3.0
-
-COLOURS = {
-    "red": (200, 30, 30),
-    "green": (40, 160, 60),
-    "blue": (30, 60, 200),
-    "yellow": (230, 210, 40),
-    "orange": (240, 140, 20),
-    "purple": (130, 50, 160),
-    "pink": (240, 150, 190),
-    "brown": (120, 70, 30),
-    "black": (15, 15, 15),
-    "white": (245, 245, 245),
-    "grey": (128, 128, 128),
-    "teal": (20, 140, 140),
-}
-SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "oval", "diamond", "bar", "dot")
-ADJECTIVES = ("small", "large", "bright", "dark", "shiny", "old", "new", "tiny", "soft", "striped")
-# fmt: off
-OBJECTS = (
-    "cat", "dog", "horse", "bird", "fish", "tree", "flower", "house", "car", "bicycle",
-    "boat", "train", "plane", "chair", "table", "lamp", "cup", "bottle", "book", "phone",
-    "clock", "shoe", "hat", "bag", "ball", "kite", "guitar", "piano", "apple", "banana",
-    "bread", "cake", "pizza", "mountain", "river", "beach", "forest", "street", "bridge", "tower",
-    "window", "door", "fence", "garden", "field", "road", "sky", "cloud", "moon", "sun",
-    "map", "robot", "teapot", "umbrella", "ladder", "bucket", "candle", "mirror", "pillow", "basket",
+#: The overrides of a local run (`tests/conftest.py`'s), and the shuffle measurement.
+OVERRIDES = (
+    "crawl.allow_private_networks=true",
+    "crawl.max_per_host=0",
+    "output.samples_per_shard=1000",
+    "run.measure_shuffles=true",
 )
-# fmt: on
-
-
-def shipped_dim() -> int:
-    """The embedding dimension of the shipped CLIP model (`winnow-tiny-clip`)."""
-    config = json.loads((SHIPPED_MODELS_DIR / SHIPPED_MODEL / "open_clip_config.json").read_text())
-    return int(config["model_cfg"]["embed_dim"])
-
-
-#: Side of the colour grid an image is drawn from: 8 × 8 cells give difference hashes whose bits
-#: are nearly independent, so the perceptual level's LSH buckets are close to their expected size.
-GRID = 8
-#: Planted roles, in the order their shares are cut from [0, 1).
-ROLES = ("exact", "near", "semantic", "mismatched", "original")
-EXACT, NEAR, SEMANTIC, MISMATCHED, ORIGINAL = range(len(ROLES))
-_GOLDEN, _MIX1, _MIX2 = (
-    np.uint64(0x9E3779B97F4A7C15),
-    np.uint64(0xBF58476D1CE4E5B9),
-    np.uint64(0x94D049BB133111EB),
+SHARD_SIZE = 1000  # pairs per generated tar
+PIXELS = 64  # side of a generated image
+_BASE_SIDE = 112  # the scene is rendered this big, then a window of it is kept
+_WINDOW = 88
+#: The bounds of the scale rules (growth from the smaller size to the larger).
+PER_SAMPLE_BOUND = 1.2  # comparisons and shuffle bytes per sample
+WALL_SLACK = 1.1  # wall time at most 1.1 x the size ratio (11x for 10x)
+RSS_BOUND = 1.5  # the largest worker's RSS
+#: `max_key_elements` may reach this many times the largest bounded group: a shard grouping holds
+#: its rows and the verdicts joined to them, a tile its members from both sides.
+KEY_BOUND_FACTOR = 4
+FIELDS = (
+    "wall_s",
+    "peak_rss_mb",
+    "comparisons_per_sample",
+    "shuffle_bytes_per_sample",
+    "max_key_elements",
+)
+#: Top-level step labels → the stage they belong to (the rest is `read`).
+_STAGE_PREFIXES = (
+    ("Text", "text"),
+    ("Crawl", "crawl"),
+    ("ScreenUrls", "safety"),
+    ("Safety", "safety"),
+    ("Embed", "embed"),
+    ("Dedup", "dedup"),
+    ("Noise", "noise"),
+    ("Balance", "balance"),
+    ("WriteShards", "write"),
+    ("WriteStats", "write"),
+    ("StageSummaries", "write"),
 )
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser over a uint64 array (wrapping arithmetic)."""
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _MIX1
-    x = (x ^ (x >> np.uint64(27))) * _MIX2
-    return x ^ (x >> np.uint64(31))
-
-
-def uniforms(seed: int, stream: int, indices: np.ndarray, count: int) -> np.ndarray:
-    """(len(indices), count) floats in [0, 1): a counter-based stream, a function of (seed, stream,
-    index, column) alone, so any pair's values come out the same in any chunk."""
-    key = _splitmix(np.full(len(indices), seed * 1_000_003 + stream, dtype=np.uint64))
-    key = _splitmix(key ^ indices.astype(np.uint64))
-    bits = _splitmix(key[:, None] + np.arange(count, dtype=np.uint64)[None, :] * _GOLDEN)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def normals(seed: int, stream: int, indices: np.ndarray, count: int) -> np.ndarray:
-    """(len(indices), count) standard normal float32 (Box-Muller over `uniforms`)."""
-    half = (count + 1) // 2
-    u = uniforms(seed, stream, indices, 2 * half)
-    radius = np.sqrt(-2.0 * np.log1p(-u[:, :half]))
-    angle = 2.0 * np.pi * u[:, half:]
-    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :count].astype(
-        np.float32
-    )
-
-
-def _units(vectors: np.ndarray) -> np.ndarray:
-    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+# ---------------------------------------------------------------- the data
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
-    """The synthetic pairs: every field of pair `i` is a function of (seed, i) alone."""
+class Layout:
+    """Who is what: `group[i]` (the original's group), `kind[i]` (0 original, 1 exact copy, 2
+    near-copy) and `topic[g]` of each group."""
 
-    n: int
-    dim: int
-    topics: int
-    exact: float
-    near: float
-    semantic: float
-    mismatched: float
-    spread: float
-    text_noise: float
-    delta: float
-    pixels: int
-    seed: int
-    clip_model: str
+    group: np.ndarray
+    kind: np.ndarray
+    topic: np.ndarray
 
-    def roles(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each pair's role (`ROLES`) and other pair: for a planted copy (exact, near, semantic)
-        the pair whose image it copies (never itself a copy), for `mismatched` the pair whose
-        caption it carries, for an original itself."""
-        u = uniforms(self.seed, 1, indices, 3)
-        cuts = np.cumsum([self.exact, self.near, self.semantic, self.mismatched])
-        role = np.searchsorted(cuts, u[:, 0], side="right")
-        role[(indices == 0) & (role <= SEMANTIC)] = ORIGINAL  # nothing before the first pair
-        copies = role <= SEMANTIC
-        other = indices.copy()
-        other[copies] = self.image_of(np.floor(u[copies, 1] * indices[copies]).astype(np.int64))
-        other[role == MISMATCHED] = np.floor(u[role == MISMATCHED, 2] * self.n).astype(np.int64)
-        return role, other
-
-    def image_of(self, indices: np.ndarray) -> np.ndarray:
-        """The pair whose image each pair shows: itself, or the source of a planted copy."""
-        if not len(indices):
-            return indices
-        role, other = self.roles(indices)
-        return np.where(role <= SEMANTIC, other, indices)
-
-    def centres(self) -> np.ndarray:
-        return _units(normals(self.seed, 0, np.arange(self.topics), self.dim))
+    def largest_group(self) -> int:
+        return int(np.bincount(self.group).max())
 
 
-class Scenes:
-    """What each pair of `indices` would show and say if it were an original: a colour grid with
-    a shape, a caption naming them, and the image and text embeddings (float32)."""
+ORIGINAL, EXACT, NEAR = 0, 1, 2
 
-    def __init__(self, workload: Workload, indices: np.ndarray, centres: np.ndarray):
-        self._workload = workload
-        self._row = {int(i): row for row, i in enumerate(indices)}
-        u = uniforms(workload.seed, 2, indices, 16)
-        grids = uniforms(workload.seed, 3, indices, 3 * GRID * GRID) * 256
-        self._grids = grids.astype(np.uint8).reshape(-1, GRID, GRID, 3)
-        self._colour = (u[:, 0] * len(COLOURS)).astype(int)
-        self._background = (self._colour + 1 + (u[:, 1] * (len(COLOURS) - 1)).astype(int)) % len(COLOURS)
-        self._shape = (u[:, 2] * len(SHAPES)).astype(int)
-        self._adjective = (u[:, 3] * len(ADJECTIVES)).astype(int)
-        self._object = (u[:, 4] * len(OBJECTS)).astype(int)
-        self._corner = (u[:, 5:7] * (workload.pixels // 2)).astype(int)
-        noise = normals(workload.seed, 4, indices, 2 * workload.dim) / math.sqrt(workload.dim)
-        topics = centres[(u[:, 7] * workload.topics).astype(int)]
-        self.image_embedding = _units(topics + workload.spread * noise[:, : workload.dim])
-        self.text_embedding = _units(self.image_embedding + workload.text_noise * noise[:, workload.dim :])
 
-    def row(self, index: int) -> int:
-        return self._row[index]
+def plan_layout(n: int, skew: str, seed: int) -> Layout:
+    """The groups of `n` pairs (see the module): deterministic in (seed, n, skew)."""
+    rng = np.random.default_rng([seed, n, 1 if skew == "hard" else 2])
+    if skew == "easy":
+        copies = int(0.06 * n)
+        originals = n - copies
+        group = np.concatenate([np.arange(originals), rng.permutation(originals)[:copies]])
+        kind = np.zeros(n, dtype=np.int8)
+        kind[originals : originals + copies // 2] = EXACT
+        kind[originals + copies // 2 :] = NEAR
+        return Layout(group, kind, np.arange(originals))
+    giant = max(2, n // 15)
+    sizes = np.minimum(rng.zipf(2.2, size=n), max(2, n // 300))
+    sizes = sizes[: int(np.searchsorted(np.cumsum(sizes), n - giant)) + 1]
+    sizes[-1] -= int(sizes.sum()) - (n - giant)
+    sizes = np.concatenate([[giant], sizes[sizes > 0]])
+    members = np.repeat(np.arange(len(sizes)), sizes)
+    first = np.zeros(n, dtype=bool)
+    first[np.concatenate([[0], np.cumsum(sizes)[:-1]])] = True
+    kind = np.where(first, ORIGINAL, np.where(rng.random(n) < 0.3, EXACT, NEAR)).astype(np.int8)
+    kind[(members == 0) & ~first & (rng.random(n) < 0.9)] = NEAR  # the big group: near-copies
+    order = rng.permutation(n)
+    topics = max(8, n // 100)
+    return Layout(members[order], kind[order], rng.integers(0, topics, size=len(sizes)))
 
-    def caption(self, row: int) -> str:
-        names = list(COLOURS)
-        return (
-            f"a {ADJECTIVES[self._adjective[row]]} {names[self._colour[row]]} {SHAPES[self._shape[row]]} "
-            f"next to a {OBJECTS[self._object[row]]} on a {names[self._background[row]]} background"
-        )
 
-    def image(self, row: int) -> Image.Image:
-        size = self._workload.pixels
-        image = Image.fromarray(self._grids[row], "RGB").resize((size, size), Image.Resampling.BILINEAR)
-        x, y = (int(v) for v in self._corner[row])
-        box = (x, y, x + size // 3 + 2, y + size // 3 + 2)
-        fill = list(COLOURS.values())[self._colour[row]]
-        if SHAPES[self._shape[row]] in ("circle", "ring", "oval", "dot"):
-            ImageDraw.Draw(image).ellipse(box, fill=fill)
-        else:
-            ImageDraw.Draw(image).rectangle(box, fill=fill)
-        return image
+def _grid(group: int, seed: int) -> Image.Image:
+    """The easy data's image: an 8 x 8 grid of random colours."""
+    cells = np.random.default_rng([seed, 5, group]).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(cells).resize((PIXELS, PIXELS), Image.Resampling.NEAREST)
+
+
+def _scene_image(topic: int, group: int, seed: int) -> Image.Image:
+    """The hard data's original: its topic's scene, a window of it chosen by the group."""
+    scene = random_scene(np.random.default_rng([seed, 7, topic]))
+    offset = np.random.default_rng([seed, 8, group]).integers(0, _BASE_SIDE - _WINDOW + 1, size=2)
+    x, y = int(offset[0]), int(offset[1])
+    image = render(scene, _BASE_SIDE, _BASE_SIDE).crop((x, y, x + _WINDOW, y + _WINDOW))
+    return image.resize((PIXELS, PIXELS), Image.Resampling.BILINEAR)
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
@@ -237,132 +182,114 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-def make_samples(
-    workload: Workload, start: int, stop: int, centres: np.ndarray
-) -> Iterator[tuple[Sample, str]]:
-    """Pairs `start` to `stop` as the crawl and embed stages leave them, each with its planted role."""
-    indices = np.arange(start, stop, dtype=np.int64)
-    role, other = workload.roles(indices)
-    scenes = Scenes(workload, np.unique(np.concatenate([indices, other])), centres)
-    shifts = normals(workload.seed, 5, indices, workload.dim)
-    size = workload.pixels
-    for k, index in enumerate(indices.tolist()):
-        own, said = scenes.row(index), scenes.row(int(other[k]))
-        image_embedding = scenes.image_embedding[own]
-        image, quality = scenes.image(own), 85
-        if role[k] <= SEMANTIC:  # a planted copy says what its source says
-            image_embedding = scenes.image_embedding[said]
-            if role[k] == EXACT:
-                image = scenes.image(said)
-            elif role[k] == NEAR:  # brighter by 12 levels, re-encoded at another quality
-                image, quality = scenes.image(said).point(lambda v: min(255, v + 12)), 75
-            if role[k] != EXACT:  # shifted by `delta`: cosine about 1 - delta² / 2 to the source
-                shift = shifts[k] / np.linalg.norm(shifts[k])
-                image_embedding = _units((image_embedding + workload.delta * shift)[None, :])[0]
-        text_embedding = scenes.text_embedding[said]
-        caption = scenes.caption(said)
-        data = _jpeg(image, quality)
-        url = f"https://img{index % 97}.synthetic.invalid/{index}.jpg"
-        sample = Sample(
-            uid=make_uid(url, caption),
-            url=url,
-            caption=caption,
-            caption_clean=caption,
-            num_tokens=len(caption.split()),
-            lang="en",
-            lang_score=0.99,
-            status=Status.SUCCESS,
-            http_status=200,
-            content_type="image/jpeg",
-            source_format="JPEG",
-            original_width=size,
-            original_height=size,
-            width=size,
-            height=size,
-            sha256=hashlib.sha256(data).hexdigest(),
-            image_bytes=len(data),
-            image=data,
-            image_ext="jpg",
-            clip_score=float(np.dot(image_embedding, text_embedding)),
-            clip_model=workload.clip_model,
-            image_embedding=image_embedding.astype(np.float16),
-            text_embedding=text_embedding.astype(np.float16),
+def _near(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A near-copy: brighter or darker by 3-10 %, cropped 1-3 % per side."""
+    factor = 1 + rng.choice([-1, 1]) * rng.uniform(0.03, 0.10)
+    image = ImageEnhance.Brightness(image).enhance(float(factor))
+    cut = rng.uniform(0.01, 0.03, size=4) * PIXELS
+    box = (cut[0], cut[1], PIXELS - cut[2], PIXELS - cut[3])
+    return image.resize((PIXELS, PIXELS), Image.Resampling.BILINEAR, box=box)
+
+
+def _caption(layout: Layout, index: int, skew: str, seed: int) -> str:
+    group = int(layout.group[index])
+    if skew == "easy":
+        return f"a colour grid number {group} photo {index}"
+    scene = random_scene(np.random.default_rng([seed, 7, int(layout.topic[group])]))
+    return f"{describe(scene, 'en', np.random.default_rng([seed, 9, index]))} photo {index}"
+
+
+def sample_bytes(layout: Layout, index: int, skew: str, seed: int, cache: dict[int, Image.Image]) -> bytes:
+    """The JPEG of pair `index`; `cache` holds originals drawn before (by group)."""
+    group = int(layout.group[index])
+    if group not in cache:
+        cache[group] = (
+            _grid(group, seed) if skew == "easy" else _scene_image(int(layout.topic[group]), group, seed)
         )
-        yield sample, ROLES[role[k]]
+    image = cache[group]
+    if layout.kind[index] == NEAR:
+        rng = np.random.default_rng([seed, 10, index])
+        return _jpeg(_near(image, rng), int(rng.integers(60, 91)))
+    return _jpeg(image, 90)  # an original and its exact copies: the same bytes
 
 
-class _MakeChunkFn(beam.DoFn):
-    """A chunk's first index → its `chunk` samples."""
-
-    def __init__(self, workload: Workload, chunk: int):
-        self._workload = workload
-        self._chunk = chunk
-
-    def setup(self) -> None:
-        self._centres = self._workload.centres()
-        self._planted = {role: beam.metrics.Metrics.counter(COUNTS, f"planted/{role}") for role in ROLES}
-
-    def process(self, start: int) -> Iterator[Sample]:
-        stop = min(start + self._chunk, self._workload.n)
-        for sample, role in make_samples(self._workload, start, stop, self._centres):
-            self._planted[role].inc()
-            yield sample
-
-
-class _CountFn(beam.DoFn):
-    """Counts samples by status and reason under `<where>/` (Beam counters: nothing big leaves
-    the workers)."""
-
-    def __init__(self, where: str):
-        self._where = where
-
-    def process(self, sample: Sample) -> Iterator[None]:
-        beam.metrics.Metrics.counter(COUNTS, f"{self._where}/{sample.status}/{sample.reason or '-'}").inc()
-        return iter(())
+def _write_shard(job: tuple[str, int, str, int, int]) -> None:
+    folder, n, skew, seed, shard = job
+    layout = plan_layout(n, skew, seed)
+    cache: dict[int, Image.Image] = {}
+    path = Path(folder) / f"{shard:06d}.tar"
+    partial = path.with_suffix(".tar.partial")
+    with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for index in range(shard * SHARD_SIZE, min(n, (shard + 1) * SHARD_SIZE)):
+            key = f"{index:09d}"
+            caption = _caption(layout, index, skew, seed)
+            meta = {"url": f"https://img{index % 997}.scale.invalid/{key}.jpg"}
+            for name, payload in (
+                (f"{key}.jpg", sample_bytes(layout, index, skew, seed, cache)),
+                (f"{key}.txt", caption.encode()),
+                (f"{key}.json", json.dumps(meta).encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(payload), 0
+                tar.addfile(info, io.BytesIO(payload))
+    partial.rename(path)
 
 
-def _count_distinct(count: int) -> Iterator[None]:
-    beam.metrics.Metrics.counter(COUNTS, "distinct_uids").inc(count)
-    return iter(())
+def ensure_pool(data: str, n: int, skew: str, seed: int, processes: int) -> Path:
+    """The pool of size `n` under `data` (generated once; `layout.json` marks it complete)."""
+    folder = Path(data) / f"{skew}-{n}-seed{seed}"
+    done = folder / "layout.json"
+    if done.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    jobs = [(str(folder), n, skew, seed, s) for s in range(-(-n // SHARD_SIZE))]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        for _ in pool.imap_unordered(_write_shard, jobs):
+            pass
+    layout = plan_layout(n, skew, seed)
+    sizes = np.bincount(layout.group)
+    summary = {
+        "size": n,
+        "skew": skew,
+        "seed": seed,
+        "groups": len(sizes),
+        "largest_group": int(sizes.max()),
+        "pairs_in_groups_of_2_or_more": int(sizes[sizes > 1].sum()),
+        "topics": len(np.unique(layout.topic)),
+        "exact_copies": int((layout.kind == EXACT).sum()),
+        "near_copies": int((layout.kind == NEAR).sum()),
+        "generated_s": round(time.monotonic() - started, 1),
+    }
+    done.write_text(json.dumps(summary, indent=2))
+    return folder
 
 
-def _summary_counters(summary: dict[str, Any]) -> Iterator[None]:
-    for lang, size in summary.get("vocabulary", {}).items():
-        beam.metrics.Metrics.counter(COUNTS, f"vocabulary/{lang}").inc(size)
-    return iter(())
+# ---------------------------------------------------------------- one size (the child)
 
 
-# ---------------------------------------------------------------- memory
+def run_one(pool: Path, output: str, workers: int) -> dict[str, Any]:
+    """Runs the default pipeline on the pool's tars into `output`; returns what the stats hold."""
+    from pipeline.config import load_config
+    from pipeline.jobs import run_job
+
+    config = load_config(None, list(OVERRIDES))
+    started = time.monotonic()
+    with contextlib.redirect_stdout(sys.stderr):
+        stats = run_job(config, [f"{pool}/*.tar"], output, workers=workers)
+    return {
+        "wall_s": time.monotonic() - started,
+        "job_s": stats["duration_s"],
+        "samples": stats["samples"],
+        "metrics": stats.get("metrics", {}),
+        "shuffles": stats.get("shuffles", {}),
+        "step_msecs": stats.get("step_msecs", {}),
+        "max_group_size": config.dedup.max_group_size,
+        "samples_per_shard": config.output.samples_per_shard,
+    }
 
 
-#: How an SDK worker process's command line reads in /proc (not the `sh -c` that starts it).
-_WORKER_ARGV = b"\x00-m\x00apache_beam.runners.worker.sdk_worker_main"
-
-
-class WorkerPeaks(threading.Thread):
-    """Polls `/proc` for this process's SDK worker descendants and keeps each one's VmHWM (MB)."""
-
-    def __init__(self, interval_s: float = 0.5):
-        super().__init__(daemon=True)
-        self.peaks: dict[int, float] = {}
-        self._interval = interval_s
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(self._interval):
-            self.poll()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-    def poll(self) -> None:
-        for pid in descendants(os.getpid()):
-            try:
-                if _WORKER_ARGV in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    self.peaks[pid] = max(self.peaks.get(pid, 0.0), _status_mb(pid, "VmHWM"))
-            except OSError:
-                continue
+# ---------------------------------------------------------------- memory and CPU (the parent)
 
 
 def descendants(root: int) -> list[int]:
@@ -394,309 +321,210 @@ def _status_mb(pid: int, field: str) -> float:
     return 0.0
 
 
-def _maxrss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux: kilobytes
+class Peaks(threading.Thread):
+    """Polls the VmHWM of a process (the launcher) and of its `pipeline.worker` descendants."""
+
+    def __init__(self, root: int, interval_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.root = root
+        self.launcher = 0.0
+        self.workers: dict[int, float] = {}
+        self._interval = interval_s
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self._interval):
+            self.poll()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def poll(self) -> None:
+        self.launcher = max(self.launcher, _status_mb(self.root, "VmHWM"))
+        for pid in descendants(self.root):
+            try:
+                if b"pipeline.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    self.workers[pid] = max(self.workers.get(pid, 0.0), _status_mb(pid, "VmHWM"))
+            except OSError:
+                continue
 
 
-# ---------------------------------------------------------------- one size
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs size `args.one` in this process; returns its figures."""
-    embed = EmbedConfig()
-    workload = Workload(
-        args.one,
-        args.dim,
-        args.topics,
-        args.exact,
-        args.near,
-        args.semantic,
-        args.mismatched,
-        args.spread,
-        args.text_noise,
-        args.delta,
-        args.pixels,
-        args.seed,
-        model_identity(embed),
-    )
-    levels = set(args.levels)
-    dedup = DedupConfig(
-        exact="exact" in levels,
-        perceptual="perceptual" in levels,
-        semantic="semantic" in levels,
-        eval_images=None,
-    )
-    peaks = WorkerPeaks()
+class SizeFailed(RuntimeError):
+    """A size's child process exited without a result."""
+
+
+def measure(size: int, pool: Path, work: str, workers: int) -> dict[str, Any]:
+    """Runs one size in a fresh child process and returns its figures."""
+    output = tempfile.mkdtemp(prefix=f"scale-{size}-", dir=work)
+    command = [sys.executable, str(Path(__file__).resolve()), "--one", str(pool), output, str(workers)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cpu_before = _cpu_s()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    peaks = Peaks(child.pid)
     peaks.start()
-    started = time.monotonic()
-    pipeline = make_pipeline("local", [], args.workers)
-    samples = (
-        pipeline
-        | "Chunks" >> beam.Create(list(range(0, workload.n, args.chunk)))
-        | "Spread" >> beam.Reshuffle()
-        | "Generate" >> beam.ParDo(_MakeChunkFn(workload, args.chunk))
-        | "Reshuffle" >> beam.Reshuffle()
-    )
-    if "dedup" in args.stages:
-        samples = samples | "Dedup" >> DeduplicateImages(dedup, ImageOptions(), embed)
-        if "noise" in args.stages:
-            _ = samples | "CountAfterDedup" >> beam.ParDo(_CountFn("after_dedup"))
-    if "noise" in args.stages:
-        noise = samples | "Noise" >> RepairCaptions(NoiseConfig(), embed)
-        samples = noise.rows
-        _ = noise.summary | "SummaryCounts" >> beam.FlatMap(_summary_counters)
-    _ = samples | "Count" >> beam.ParDo(_CountFn("out"))
-    _ = (
-        samples
-        | "Uids" >> beam.Map(lambda sample: sample.uid)
-        | "Distinct" >> beam.Distinct()
-        | "CountDistinct" >> beam.combiners.Count.Globally()
-        | "DistinctCounter" >> beam.FlatMap(_count_distinct)
-    )
-    result = pipeline.run()
-    result.wait_until_finish()
-    wall = time.monotonic() - started
+    out, _ = child.communicate()
     peaks.stop()
-    peaks.poll()
-    counters: dict[str, int] = {}
-    for namespace in (COUNTS, NAMESPACE):
-        for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
-            name = counter.key.metric.name
-            counters[name] = counters.get(name, 0) + int(counter.committed)
+    cpu = _cpu_s() - cpu_before
+    for line in reversed(out.splitlines()):
+        if line.startswith(RESULT):
+            return figures_of(size, json.loads(line[len(RESULT) :]), peaks, cpu)
+    raise SizeFailed(f"size {size}: the run exited with {child.returncode} and no result")
+
+
+def stage_of(label: str) -> str:
+    """The stage a top-level step label belongs to (`read` for the reading steps)."""
+    return next((stage for prefix, stage in _STAGE_PREFIXES if label.startswith(prefix)), "read")
+
+
+def figures_of(size: int, run: dict[str, Any], peaks: Peaks, cpu_s: float) -> dict[str, Any]:
+    """The per-sample figures of one size from the child's result and the parent's polls."""
+    comparisons = {k: v for k, v in run["metrics"].items() if k.endswith("_comparisons")}
+    shuffles: dict[str, dict[str, int]] = run["shuffles"]
+    shuffle_by_stage: dict[str, int] = {}
+    for label, row in shuffles.items():
+        stage = stage_of(label)
+        shuffle_by_stage[stage] = shuffle_by_stage.get(stage, 0) + row["bytes"]
+    msecs_by_stage: dict[str, int] = {}
+    for label, msecs in run["step_msecs"].items():
+        stage = stage_of(label)
+        msecs_by_stage[stage] = msecs_by_stage.get(stage, 0) + msecs
+    largest = max(shuffles.items(), key=lambda kv: kv[1].get("max_group", 0), default=("", {}))
+    downloaded = run["metrics"].get("crawl/kept", size)
     return {
-        "size": workload.n,
-        "wall_s": wall,
-        "peak_rss_mb": _maxrss_mb(resource.RUSAGE_CHILDREN),
-        "launcher_rss_mb": _maxrss_mb(resource.RUSAGE_SELF),
-        "worker_vmhwm_mb": sorted(peaks.peaks.values(), reverse=True),
-        "counters": dict(sorted(counters.items())),
+        "size": size,
+        "wall_s": round(run["wall_s"], 2),
+        "job_s": run["job_s"],
+        "after_job_s": round(run["wall_s"] - run["job_s"], 2),  # index, report, checks
+        "peak_rss_mb": round(max(peaks.workers.values(), default=0.0), 1),
+        "launcher_rss_mb": round(peaks.launcher, 1),
+        "workers_seen": len(peaks.workers),
+        "cpu_s": round(cpu_s, 2),
+        "comparisons_per_sample": sum(comparisons.values()) / size,
+        "comparisons": comparisons,
+        "shuffle_bytes_per_sample": sum(row["bytes"] for row in shuffles.values()) / size,
+        "shuffle_bytes_per_sample_by_stage": {k: v / size for k, v in sorted(shuffle_by_stage.items())},
+        "step_ms_per_sample_by_stage": {k: v / size for k, v in sorted(msecs_by_stage.items())},
+        "max_key_elements": largest[1].get("max_group", 0),
+        "max_key_grouping": largest[0],
+        "key_bound": KEY_BOUND_FACTOR * max(run["max_group_size"], run["samples_per_shard"]),
+        "downloaded": downloaded,
+        "kept": run["samples"],
+        "counters": {k: v for k, v in run["metrics"].items() if k.endswith(("/total", "/kept"))},
     }
 
 
-def _rows_out(figures: dict[str, Any]) -> int:
-    """The rows the output holds (the count of every status and reason), or the distinct pairs
-    it holds when fewer."""
-    rows = sum(v for k, v in figures["counters"].items() if k.startswith("out/"))
-    return min(rows, figures["counters"].get("distinct_uids", rows))
-
-
-def _describe(figures: dict[str, Any]) -> str:
-    """The counts behind a size's line: planted roles, output by status/reason, work done, memory."""
-    counters = figures["counters"]
-    lines = []
-    labels = (
-        ("planted", "planted/"),
-        ("after dedup", "after_dedup/"),
-        ("out", "out/"),
-        ("noise vocabulary", "vocabulary/"),
+def line(figures: dict[str, Any]) -> str:
+    return (
+        f"size={figures['size']} wall_s={figures['wall_s']:.1f} peak_rss_mb={figures['peak_rss_mb']:.0f} "
+        f"comparisons_per_sample={figures['comparisons_per_sample']:.1f} "
+        f"shuffle_bytes_per_sample={figures['shuffle_bytes_per_sample']:.0f} "
+        f"max_key_elements={figures['max_key_elements']}"
     )
-    for label, prefix in labels:
-        found = [f"{k[len(prefix) :]} {v:,}" for k, v in counters.items() if k.startswith(prefix)]
-        if found:
-            lines.append(f"  {label}: {', '.join(found)}")
-    stages = [f"{k} {v:,}" for k, v in counters.items() if k.endswith(("/total", "/kept"))]
-    lines.append(f"  stage counters: {', '.join(stages) or 'none'}")
-    distinct = counters.get("distinct_uids")
-    if _rows_out(figures) != figures["size"] or distinct not in (None, figures["size"]):
-        lines.append(
-            f"  ROWS LOST: the output holds {_rows_out(figures):,} rows, {distinct or 0:,} distinct pairs, "
-            f"of {figures['size']:,}"
+
+
+def verdicts(low: dict[str, Any], high: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
+    """(what, measured, bound, holds) for each bound of the scale rules, `low` → `high`."""
+    growth = high["size"] / low["size"]
+
+    def ratio(field: str) -> float:
+        return high[field] / low[field] if low[field] else float("inf")
+
+    checks = [
+        ("comparisons_per_sample growth", ratio("comparisons_per_sample"), PER_SAMPLE_BOUND),
+        ("shuffle_bytes_per_sample growth", ratio("shuffle_bytes_per_sample"), PER_SAMPLE_BOUND),
+        (f"wall_s growth for {growth:g}x the pairs", ratio("wall_s"), WALL_SLACK * growth),
+        ("largest worker's RSS growth", ratio("peak_rss_mb"), RSS_BOUND),
+    ]
+    checks += [
+        (
+            f"max_key_elements at {f['size']:,} ({f['max_key_grouping']})",
+            f["max_key_elements"],
+            f["key_bound"],
         )
-    compared = [f"{k.split('/', 1)[1]} {v:,}" for k, v in counters.items() if k.endswith("_comparisons")]
-    lines.append(f"  comparisons: {', '.join(compared) or 'none'}")
-    hwm = ", ".join(f"{v:,.0f}" for v in figures["worker_vmhwm_mb"]) or "none seen"
-    lines.append(
-        f"  worker VmHWM polled (MB): {hwm}; launcher {figures['launcher_rss_mb']:,.0f} MB; "
-        f"whole process tree at most {figures.get('tree_rss_mb', 0):,.0f} MB (polled)"
-    )
-    return "\n".join(lines)
+        for f in (low, high)
+    ]
+    return [(what, value, bound, value <= bound) for what, value, bound in checks]
 
 
-# ---------------------------------------------------------------- all sizes
-
-
-class ChildFailed(RuntimeError):
-    """A size's child process crashed or was stopped by the memory guard (the message says which)."""
-
-
-def _child(size: int, passthrough: list[str], max_rss_mb: float) -> dict[str, Any]:
-    """Runs one size in a fresh process; stops it (its process group) when the RSS of its whole
-    process tree passes `max_rss_mb`, so that a memory blow-up is reported, not suffered."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--one", str(size), *passthrough]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(child.stdout or []), daemon=True)
-    reader.start()
-    started, largest = time.monotonic(), 0.0
-    while child.poll() is None:
-        tree = {pid: _status_mb(pid, "VmRSS") for pid in [child.pid, *descendants(child.pid)]}
-        largest = max(largest, sum(tree.values()))
-        if sum(tree.values()) > max_rss_mb:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            parts = ", ".join(f"{mb:,.0f}" for mb in sorted(tree.values(), reverse=True) if mb >= 1)
-            raise ChildFailed(
-                f"stopped after {time.monotonic() - started:.0f} s: the process tree's RSS "
-                f"{sum(tree.values()):,.0f} MB passed --max-rss-mb {max_rss_mb:,.0f} (processes, MB: {parts})"
-            )
-        time.sleep(1.0)
-    reader.join()
-    for line in reversed(lines):
-        if line.startswith(RESULT):
-            figures: dict[str, Any] = json.loads(line[len(RESULT) :])
-            figures["tree_rss_mb"] = largest
-            return figures
-    raise ChildFailed(
-        f"the child process exited with {child.returncode} and no result (its traceback: above)"
-    )
-
-
-def _available_mb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024
-    return float("inf")
-
-
-def _verdict(label: str, ratio: float, bound: float) -> str:
-    return f"{label} = {ratio:.2f} ≤ {bound:.2f}: {'holds' if ratio <= bound else 'FAILS'}"
-
-
-def print_table(rows: list[dict[str, Any]], failed: dict[int, str]) -> None:
-    """The table of the sizes that finished, and the targets' verdict (`failed`: size → why not)."""
-    base = min(rows, key=lambda r: r["size"])
-    print()
-    print("| size | wall_s | peak_rss_mb | launcher_rss_mb | samples/s | time ratio | RSS ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for row in sorted(rows, key=lambda r: r["size"]):
-        print(
-            f"| {row['size']:,} | {row['wall_s']:.1f} | {row['peak_rss_mb']:,.0f} "
-            f"| {row['launcher_rss_mb']:,.0f} | {row['size'] / row['wall_s']:,.0f} "
-            f"| {row['wall_s'] / base['wall_s']:.2f} | {row['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
-        )
-    print()
-    lost = {r["size"]: r["size"] - _rows_out(r) for r in rows if _rows_out(r) != r["size"]}
-    if lost:
-        where = ", ".join(f"{size:,} ({missing:,} missing)" for size, missing in sorted(lost.items()))
-        print(f"WARNING: the output does not hold every pair at: {where}")
-    by_size = {r["size"]: r for r in rows}
-    if BASE in by_size and TOP in failed:
-        print(f"targets: FAIL: {TOP:,} did not finish ({failed[TOP]})")
-        return
-    if BASE in by_size and TOP in by_size:
-        low, high = by_size[BASE], by_size[TOP]
-        print(
-            "targets: "
-            + _verdict("time 1M / 100k", high["wall_s"] / low["wall_s"], TIME_BOUND)
-            + "; "
-            + _verdict("worker RSS 1M / 100k", high["peak_rss_mb"] / low["peak_rss_mb"], RSS_BOUND)
-        )
-        return
-    top = max(rows, key=lambda r: r["size"])
-    growth = top["size"] / base["size"]
-    if growth == 1:
-        print(f"targets (1M vs 100k) not evaluated: only {base['size']:,} was run.")
-        return
-    # The same bounds scaled to the sizes run: time 1.1 × linear, RSS growth^(log 3 / log 10).
-    time_bound = TIME_BOUND / (TOP / BASE) * growth
-    rss_bound = growth ** (math.log(RSS_BOUND) / math.log(TOP / BASE))
-    print(f"targets (1M vs 100k) not evaluated: sizes {BASE:,} and {TOP:,} were not both run.")
-    print(
-        f"scaled to {top['size']:,} vs {base['size']:,} ({growth:.1f}×): "
-        + _verdict("time ratio", top["wall_s"] / base["wall_s"], time_bound)
-        + "; "
-        + _verdict("worker RSS ratio", top["peak_rss_mb"] / base["peak_rss_mb"], rss_bound)
-    )
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted(int(float(part)) for part in text.split(","))
+    except ValueError as why:
+        raise argparse.ArgumentTypeError(f"--sizes: {text!r} is not a comma-separated list of sizes") from why
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"--sizes: {text!r}: sizes are at least 1")
+    return sizes
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
-    parser.add_argument("--one", type=int, default=None, help="run this one size here (the child's mode)")
-    parser.add_argument("--workers", type=int, default=2, help="local SDK worker processes")
-    parser.add_argument("--chunk", type=int, default=2_500, help="pairs generated per element")
-    parser.add_argument(
-        "--dim", type=int, default=None, help="embedding dimension (default: the shipped model's)"
-    )
-    parser.add_argument("--topics", type=int, default=1000)
-    parser.add_argument("--exact", type=float, default=0.03, help="share of byte-identical copies")
-    parser.add_argument("--near", type=float, default=0.03, help="share of brightened re-encodings")
-    parser.add_argument("--semantic", type=float, default=0.04, help="share of embedding copies")
-    parser.add_argument("--mismatched", type=float, default=0.10, help="share of another pair's caption")
-    parser.add_argument("--spread", type=float, default=1.0, help="image scatter around a topic")
-    parser.add_argument("--text-noise", type=float, default=1.5, help="text scatter around its image")
-    parser.add_argument("--delta", type=float, default=0.02, help="a planted copy's embedding shift")
-    parser.add_argument("--pixels", type=int, default=32, help="side of the square images")
+    parser.add_argument("--sizes", type=_sizes, default=[30_000, 300_000], help="e.g. 30000,300000")
+    parser.add_argument("--skew", choices=("hard", "easy"), default="hard")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument(
-        "--max-rss-mb",
-        type=float,
-        default=0.0,
-        help="stop a size whose process tree passes this RSS (default: 80%% of the available memory)",
+        "--data",
+        default=os.path.join(tempfile.gettempdir(), "winnow-scale-data"),
+        help="the generated pools' cache (one folder per skew, size and seed)",
     )
-    parser.add_argument(
-        "--stages",
-        nargs="+",
-        choices=("dedup", "noise"),
-        default=["dedup", "noise"],
-        help="stages run (both: the workload; one: to see what each costs)",
-    )
-    parser.add_argument(
-        "--levels",
-        nargs="+",
-        choices=("exact", "perceptual", "semantic"),
-        default=["exact", "perceptual", "semantic"],
-        help="dedup levels on (all: the workload; fewer: to see what each costs)",
-    )
+    parser.add_argument("--work", default=None, help="where the outputs go (default: a temporary folder)")
+    parser.add_argument("--json", default=None, help="write every figure here (for deploy/sizing.py)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a bound fails")
     return parser
 
 
-def main() -> None:
-    parser = _parser()
-    args = parser.parse_args()
-    if args.dim is None:
-        args.dim = shipped_dim()
-    if args.one is not None:
-        figures = run_one(args)
-        print(RESULT + json.dumps(figures), flush=True)
-        return
-    passthrough: list[str] = []
-    for name, value in vars(args).items():
-        if name not in ("sizes", "one", "max_rss_mb"):
-            passthrough += [
-                f"--{name.replace('_', '-')}",
-                *map(str, value if isinstance(value, list) else [value]),
-            ]
-    print(
-        f"stages {' + '.join(args.stages)} (dedup levels: {', '.join(args.levels)}), local runner with "
-        f"{args.workers} worker processes, dim {args.dim}; peak_rss_mb: the largest SDK worker's ru_maxrss "
-        "(getrusage RUSAGE_CHILDREN of a fresh child per size)",
-        flush=True,
-    )
-    max_rss_mb = args.max_rss_mb or 0.8 * _available_mb()
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--one"]:  # the child: one size
+        pool, output, workers = argv[1], argv[2], int(argv[3])
+        print(RESULT + json.dumps(run_one(Path(pool), output, workers)), flush=True)
+        return 0
+    args = _parser().parse_args(argv)
     rows: list[dict[str, Any]] = []
-    failed: dict[int, str] = {}
-    for size in args.sizes:
-        if failed and size > min(failed):
-            failed[size] = f"not run: {min(failed):,} failed"
-            print(f"size={size} {failed[size]}", flush=True)
-            continue
-        try:
-            figures = _child(size, passthrough, max_rss_mb)
-        except ChildFailed as why:
-            failed[size] = str(why)
-            print(f"size={size} failed: {why}", flush=True)
-            continue
-        rows.append(figures)
-        print(
-            f"size={size} wall_s={figures['wall_s']:.1f} peak_rss_mb={figures['peak_rss_mb']:.0f}", flush=True
-        )
-        print(_describe(figures), flush=True)
-    if rows:
-        print_table(rows, failed)
-    if failed:
-        raise SystemExit(1)
+    with contextlib.ExitStack() as stack:
+        work = args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="winnow-scale-"))
+        for size in args.sizes:
+            pool = ensure_pool(args.data, size, args.skew, args.seed, max(1, os.cpu_count() or 1))
+            summary = json.loads((pool / "layout.json").read_text())
+            figures = measure(size, pool, work, args.workers)
+            figures["data"] = summary
+            rows.append(figures)
+            print(line(figures), flush=True)
+            print(f"  {_describe(figures)}", flush=True)
+    failed = False
+    if len(rows) >= 2:
+        print(f"growth {rows[0]['size']:,} -> {rows[-1]['size']:,}:")
+        for what, value, bound, holds in verdicts(rows[0], rows[-1]):
+            failed |= not holds
+            print(f"  {'PASS' if holds else 'FAIL'} {what}: {value:,.2f} <= {bound:,.2f}")
+    if args.json:
+        document = {
+            "benchmark": "benchmarks/scale.py",
+            "skew": args.skew,
+            "workers": args.workers,
+            "cores": os.cpu_count(),
+            "sizes": rows,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return 1 if failed and args.check else 0
+
+
+def _describe(figures: dict[str, Any]) -> str:
+    data = figures["data"]
+    steps = ", ".join(f"{k} {v:.2f}" for k, v in figures["step_ms_per_sample_by_stage"].items())
+    return (
+        f"data: {data['groups']:,} groups, largest {data['largest_group']:,}, {data['topics']:,} topics; "
+        f"downloaded {figures['downloaded']:,}, kept {figures['kept']:,}; cpu {figures['cpu_s']:.0f} s; "
+        f"launcher {figures['launcher_rss_mb']:.0f} MB; comparisons {figures['comparisons']}; "
+        f"ms per sample by stage: {steps}; index and report {figures['after_job_s']:.1f} s"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,62 +1,113 @@
-"""Sizing a Winnow run: workers, hours and rough cost, from measured per-core throughputs.
+"""Sizing a Winnow run from measured per-sample figures: core-hours per stage, shuffled TB, worker
+memory and a rough cost.
 
-    python deploy/sizing.py --pairs 100e6 --hours 24
-    python deploy/sizing.py --pairs 1e9 --hours 72 --gpu-rate 2000
+    python deploy/sizing.py --pairs 1e9 --hours 72
+    python deploy/sizing.py --pairs 1e9 --measured my_pilot.json --gpu-rate 2000
 
-Each stage's work is pairs reaching it / its per-core rate. The rates are the figures in
-`benchmarks/README.md` (2-core reference machine, one core's share); the GPU embedding rate was
-not measured here (no GPU) and is a parameter: measure it on the target GPU with
-`benchmarks/embed_throughput.py` and pass `--gpu-rate`. Prices are list prices given as
-parameters; pass yours. The result is a plan to check against a pilot run, not a quote.
+The figures come from `benchmarks/scale.py --json` (`deploy/scale_measured.json` by default): the
+whole default run on a pool of hard data (skewed perceptual hashes, heavy-tailed duplicate
+groups) at its largest size, per sample read:
 
-Shuffled bytes per stage are what a run measured entering its GroupByKeys
-(`benchmarks/shuffle_bytes.py`, `run.measure_shuffles`): the images cross one shuffle, at the shard
-grouping, so that stage's figure is the stored image size (`--image-kb`) plus a measured overhead;
-the dedup and noise stages move fingerprints, thumbnails, embeddings and light sample views. Measure
-your own with a pilot run (`--set run.measure_shuffles=true`: stats under `shuffles`).
+- each stage's execution milliseconds (the runner's own `ptransform_execution_time`, summed over
+  the stage's steps and workers), and the CPU the run took beyond them (runner overhead, the
+  index and the report), spread over the samples;
+- the bytes entering each stage's shuffles (`run.measure_shuffles`);
+- the largest worker process's peak RSS, which does not grow with n (the benchmark checks it).
+
+A stage's core-hours are its items × milliseconds per sample. Two stages are not taken from the
+benchmark: the crawl's fetch (the benchmark reads a pool, which decodes and resizes as the crawl
+does but fetches nothing; the real web is bound by latency, DNS, TLS and dead hosts, planned at
+`--crawl-rate` images/s per core, img2dataset's LAION-5B rate) and the embedding (on GPUs at
+`--gpu-rate`, a parameter: measure it with `benchmarks/embed_throughput.py` on the target GPU).
+
+No figure rests on an extrapolation across the k-means cap: k grows with n (a coarse k-means on
+the sample, then a fine one per oversized cell on the workers, `transforms/common/partition.py`),
+so semantic clusters and noise neighbourhoods stay near `dedup.cluster_size` at any n and the
+per-sample work measured at 10^5 holds at 10^9; the perceptual level compares inside bounded
+blocks. The benchmark checks that per-sample work and bytes stay flat between its two sizes;
+a measured file that says otherwise (`--strict`) is refused. Prices are list prices given as
+parameters. The result is a plan to check against a pilot run, not a quote.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+from pathlib import Path
 
-#: Per-core throughputs, items per second on one core (benchmarks/README.md, 2026-11-24).
-#: The crawl measured 130 images/s per core on loopback (CPU-bound: decode and resize). On the real
-#: web, latency, DNS, TLS and dead hosts bound it instead: img2dataset's LAION-5B run (5.8B images,
-#: 10 nodes of 16 cores, about a week) is 60 per core, and that is the planning figure.
+MEASURED = Path(__file__).resolve().parent / "scale_measured.json"
+#: Images/s per core of the crawl on the real web (img2dataset's LAION-5B run: 5.8B images, 10
+#: nodes of 16 cores, about a week).
 CRAWL_PER_CORE = 60.0
-CRAWL_LOOPBACK_PER_CORE = 130.0
-TEXT_PER_CORE = 70_000.0  # FilterText, datacomp_basic preset, one process
-DEDUP_PER_CORE = 4_300.0  # semantic level, 8,644 embeddings/s on 2 cores at 1M embeddings
-NOISE_PER_CORE = 2_150.0  # two neighbour searches of the dedup's kind per pair: half the dedup rate
-CPU_EMBED_PER_CORE = 4.75  # ViT-B-32 on CPU: 9.5 images/s on 2 cores
+#: The stages the plan lists, in the order data flows.
+STAGES = ("read", "text", "crawl", "safety", "embed", "dedup", "noise", "write", "other")
+#: Which count a stage's work grows with: every input pair, fetched pairs, or downloaded ones.
+_INPUT, _FETCHED, _DOWNLOADED = "input", "fetched", "downloaded"
+_ITEMS = {
+    "read": _INPUT,
+    "text": _INPUT,
+    "crawl": _FETCHED,
+    "safety": _DOWNLOADED,
+    "embed": _DOWNLOADED,
+    "dedup": _DOWNLOADED,
+    "noise": _DOWNLOADED,
+    "write": _DOWNLOADED,
+    "other": _DOWNLOADED,
+}
+#: Growth bound of per-sample figures between the benchmark's two sizes (its own bound).
+FLAT = 1.2
 
-#: Bytes shuffled per pair reaching the stage, measured by `benchmarks/shuffle_bytes.py --samples
-#: 1000` (2026-12-05; default config, the shipped 128-d model; 825 of 1,000 pairs downloaded).
-#: Dedup's figure depends on how many pairs share a perceptual-hash band: the sample web's drawn
-#: shapes make many such candidates, photographs fewer. A wider model than the shipped 128-d one
-#: adds its embedding bytes at each join of dedup and noise: measure a pilot run.
-SHUFFLE_READ_TEXT = 279.0  # per input pair: row batches spread, URL and caption counts
-SHUFFLE_DEDUP = 16_463.0  # per downloaded pair: fingerprints through the levels, LSH, groups
-SHUFFLE_NOISE = 10_697.0  # per downloaded pair: light views, neighbour searches, the joins
-SHUFFLE_WRITE_OVERHEAD = 2_700.0  # per downloaded pair at the shard grouping, besides the image
-STORED_IMAGE_KB = 15.0  # the sample web's stored images (256 px); pass your own with --image-kb
+
+class MeasuredError(ValueError):
+    """The measured figures are missing, malformed or not flat (the message says which)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """Per-sample figures of one benchmark size."""
+
+    size: int
+    ms_per_sample: dict[str, float]  # CPU milliseconds per sample, by stage
+    shuffle_bytes_per_sample: dict[str, float]
+    worker_rss_mb: float
+    comparisons_per_sample: float
+    source: str
+
+    @classmethod
+    def load(cls, path: str | Path, strict: bool = False) -> Measured:
+        """The largest size of a `benchmarks/scale.py --json` file."""
+        try:
+            document = json.loads(Path(path).read_text())
+            sizes = sorted(document["sizes"], key=lambda row: row["size"])
+            top = sizes[-1]
+            steps = {k: float(v) for k, v in top["step_ms_per_sample_by_stage"].items()}
+            shuffles = {k: float(v) for k, v in top["shuffle_bytes_per_sample_by_stage"].items()}
+            cpu_ms = 1000.0 * float(top["cpu_s"]) / top["size"]
+            rss, comparisons = float(top["peak_rss_mb"]), float(top["comparisons_per_sample"])
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as why:
+            raise MeasuredError(f"{path}: not a benchmarks/scale.py --json file ({why})") from why
+        if strict and len(sizes) >= 2:
+            low = sizes[0]
+            for field in ("comparisons_per_sample", "shuffle_bytes_per_sample"):
+                if low[field] and top[field] / low[field] > FLAT:
+                    raise MeasuredError(
+                        f"{path}: {field} grew {top[field] / low[field]:.2f}x from {low['size']:,} to "
+                        f"{top['size']:,} pairs (more than {FLAT}x): it cannot be extrapolated"
+                    )
+        steps = {stage: steps.get(stage, 0.0) for stage in STAGES if stage != "other"}
+        steps["other"] = max(0.0, cpu_ms - sum(steps.values()))  # runner, index, report
+        return cls(int(top["size"]), steps, shuffles, rss, comparisons, str(path))
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
     items: float
-    rate: float  # items per second per core (or per GPU); inf: no compute worth counting
+    core_hours: float  # GPU-hours for a GPU stage
+    shuffle_bytes: float
     on_gpu: bool = False
-    shuffle_bytes: float = 0.0
-
-    @property
-    def hours(self) -> float:
-        """Core-hours (GPU-hours for a GPU stage)."""
-        return self.items / self.rate / 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,105 +116,128 @@ class Plan:
     cpu_workers: int
     gpus: int
     hours: float
+    worker_memory_gb: float  # per CPU worker
     cost: float
     bound: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Prices:
+    """Dataflow batch list prices (us-central1); pass your own."""
+
+    vcpu_hour: float = 0.056
+    gb_hour: float = 0.003557
+    gpu_hour: float = 0.60  # an L4
+    gpu_worker_vcpus: int = 8
+    shuffle_gb: float = 0.011
 
 
 def plan(
     pairs: float,
     hours: float,
+    measured: Measured,
     *,
     text_keep: float = 0.92,
     crawl_success: float = 0.55,
     crawl_rate: float = CRAWL_PER_CORE,
     gpu_rate: float = 2_000.0,
     vcpus_per_worker: int = 16,
-    gb_per_vcpu: float = 3.75,
-    vcpu_hour: float = 0.056,
-    gb_hour: float = 0.003557,
-    gpu_hour: float = 0.60,
-    gpu_worker_vcpus: int = 8,
-    image_kb: float = STORED_IMAGE_KB,
-    shuffle_gb: float = 0.011,
+    prices: Prices = Prices(),
 ) -> Plan:
-    """Workers to finish in `hours`: CPU stages share the CPU pool, the embedding step has its own
-    GPU workers (Dataflow right fitting); the stage with the most worker-hours bounds the run."""
-    fetched = pairs * text_keep
-    downloaded = fetched * crawl_success
-    stages = [
-        Stage("text", pairs, TEXT_PER_CORE, shuffle_bytes=pairs * SHUFFLE_READ_TEXT),
-        Stage("crawl", fetched, crawl_rate),
-        Stage("embed", downloaded, gpu_rate, on_gpu=True),
-        Stage("dedup", downloaded, DEDUP_PER_CORE, shuffle_bytes=downloaded * SHUFFLE_DEDUP),
-        Stage("noise", downloaded, NOISE_PER_CORE, shuffle_bytes=downloaded * SHUFFLE_NOISE),
-        Stage(
-            "write",
-            downloaded,
-            math.inf,
-            shuffle_bytes=downloaded * (SHUFFLE_WRITE_OVERHEAD + image_kb * 1000),
-        ),
-    ]
-    cpu_core_hours = sum(s.hours for s in stages if not s.on_gpu)
-    gpu_hours = sum(s.hours for s in stages if s.on_gpu)
-    cpu_workers = max(1, math.ceil(cpu_core_hours / hours / vcpus_per_worker))
+    """Workers to finish in `hours`: CPU stages share the CPU pool, the embedding has its own GPU
+    workers; a CPU worker's memory is one worker process's measured peak per vCPU (the Python
+    SDK runs one process per vCPU) with 25 % headroom."""
+    counts = {_INPUT: pairs, _FETCHED: pairs * text_keep, _DOWNLOADED: pairs * text_keep * crawl_success}
+    stages = []
+    for name in STAGES:
+        items = counts[_ITEMS[name]]
+        if name == "embed":
+            work, on_gpu = items / gpu_rate / 3600, True
+        else:
+            work, on_gpu = items * measured.ms_per_sample[name] / 1000 / 3600, False
+            if name == "crawl":  # the fetch, which a pool skips, on top of the measured decoding
+                work += items / crawl_rate / 3600
+        shuffled = items * measured.shuffle_bytes_per_sample.get(name, 0.0)
+        stages.append(Stage(name, items, work, shuffled, on_gpu))
+    cpu_hours = sum(s.core_hours for s in stages if not s.on_gpu)
+    gpu_hours = sum(s.core_hours for s in stages if s.on_gpu)
+    cpu_workers = max(1, math.ceil(cpu_hours / hours / vcpus_per_worker))
     gpus = max(1, math.ceil(gpu_hours / hours))
-    wall = max(cpu_core_hours / (cpu_workers * vcpus_per_worker), gpu_hours / gpus)
-    cpu_cost = cpu_workers * vcpus_per_worker * wall * (vcpu_hour + gb_per_vcpu * gb_hour)
-    gpu_cost = gpus * wall * (gpu_hour + gpu_worker_vcpus * (vcpu_hour + gb_per_vcpu * gb_hour))
-    shuffle_cost = sum(s.shuffle_bytes for s in stages) / 1e9 * shuffle_gb
-    cpu_wall = cpu_core_hours / (cpu_workers * vcpus_per_worker)
-    if gpu_hours / gpus >= cpu_wall:
+    wall = max(cpu_hours / (cpu_workers * vcpus_per_worker), gpu_hours / gpus)
+    memory_gb = math.ceil(1.25 * measured.worker_rss_mb * vcpus_per_worker / 1024)
+    gb_per_vcpu = memory_gb / vcpus_per_worker
+    vcpu_price = prices.vcpu_hour + gb_per_vcpu * prices.gb_hour
+    cpu_cost = cpu_workers * vcpus_per_worker * wall * vcpu_price
+    gpu_cost = gpus * wall * (prices.gpu_hour + prices.gpu_worker_vcpus * vcpu_price)
+    shuffle_cost = sum(s.shuffle_bytes for s in stages) / 1e9 * prices.shuffle_gb
+    if gpu_hours / gpus >= cpu_hours / (cpu_workers * vcpus_per_worker):
         bound = "embed (GPU)"
     else:
-        bound = max((s for s in stages if not s.on_gpu), key=lambda s: s.hours).name
-    return Plan(stages, cpu_workers, gpus, wall, cpu_cost + gpu_cost + shuffle_cost, bound)
+        bound = max((s for s in stages if not s.on_gpu), key=lambda s: s.core_hours).name
+    return Plan(stages, cpu_workers, gpus, wall, memory_gb, cpu_cost + gpu_cost + shuffle_cost, bound)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def report(pairs: float, hours: float, result: Plan, measured: Measured, vcpus: int) -> list[str]:
+    """The plan's lines, as `main` prints them."""
+    lines = [
+        f"{pairs:,.0f} pairs, target {hours:g} h; per-sample figures of {measured.size:,} pairs "
+        f"({Path(measured.source).name})",
+        f"{'stage':<8}{'items':>16}{'core- or GPU-hours':>20}{'shuffled TB':>13}",
+    ]
+    for s in result.stages:
+        lines.append(
+            f"{s.name:<8}{s.items:>16,.0f}{s.core_hours:>20,.1f}{s.shuffle_bytes / 1e12:>13,.2f}"
+            f"{'  (GPU)' if s.on_gpu else ''}"
+        )
+    total = sum(s.shuffle_bytes for s in result.stages)
+    cpu = sum(s.core_hours for s in result.stages if not s.on_gpu)
+    lines.append(f"total: {cpu:,.1f} CPU core-hours, {total / 1e12:,.2f} TB shuffled")
+    lines.append(
+        f"worker memory: {measured.worker_rss_mb:,.0f} MB per worker process (measured peak, flat in n), "
+        f"{result.worker_memory_gb} GB per {vcpus}-vCPU worker"
+    )
+    lines.append(
+        f"plan: {result.cpu_workers} CPU workers x {vcpus} vCPUs + {result.gpus} GPU workers, "
+        f"{result.hours:.1f} h, about ${result.cost:,.0f}; bound by {result.bound}"
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--pairs", type=float, required=True, help="pairs in the URL lists")
     parser.add_argument("--hours", type=float, default=24.0, help="wall-clock target")
-    parser.add_argument(
-        "--crawl-success", type=float, default=0.55, help="share of fetched URLs that download"
-    )
-    parser.add_argument("--crawl-rate", type=float, default=CRAWL_PER_CORE, help="images/s per core")
-    parser.add_argument(
-        "--gpu-rate", type=float, default=2_000.0, help="embedded images/s per GPU (measure it)"
-    )
-    parser.add_argument("--image-kb", type=float, default=STORED_IMAGE_KB, help="stored image size")
+    parser.add_argument("--measured", default=str(MEASURED), help="benchmarks/scale.py --json output")
+    parser.add_argument("--strict", action="store_true", help="refuse figures that grew between sizes")
+    parser.add_argument("--text-keep", type=float, default=0.92, help="share of pairs the text stage keeps")
+    parser.add_argument("--crawl-success", type=float, default=0.55, help="share of fetches that download")
+    parser.add_argument("--crawl-rate", type=float, default=CRAWL_PER_CORE, help="fetches/s per core")
+    parser.add_argument("--gpu-rate", type=float, default=2_000.0, help="embedded images/s per GPU")
     parser.add_argument("--vcpus-per-worker", type=int, default=16)
-    parser.add_argument("--vcpu-hour", type=float, default=0.056, help="price of a vCPU-hour")
-    parser.add_argument("--gpu-hour", type=float, default=0.60, help="price of a GPU-hour")
-    args = parser.parse_args()
+    parser.add_argument("--vcpu-hour", type=float, default=Prices.vcpu_hour, help="price of a vCPU-hour")
+    parser.add_argument("--gb-hour", type=float, default=Prices.gb_hour, help="price of a GB-hour")
+    parser.add_argument("--gpu-hour", type=float, default=Prices.gpu_hour, help="price of a GPU-hour")
+    parser.add_argument("--shuffle-gb", type=float, default=Prices.shuffle_gb, help="price of a GB shuffled")
+    args = parser.parse_args(argv)
+    try:
+        measured = Measured.load(args.measured, strict=args.strict)
+    except MeasuredError as why:
+        parser.exit(2, f"sizing: error: {why}\n")
+    prices = Prices(args.vcpu_hour, args.gb_hour, args.gpu_hour, shuffle_gb=args.shuffle_gb)
     result = plan(
         args.pairs,
         args.hours,
+        measured,
+        text_keep=args.text_keep,
         crawl_success=args.crawl_success,
         crawl_rate=args.crawl_rate,
         gpu_rate=args.gpu_rate,
         vcpus_per_worker=args.vcpus_per_worker,
-        vcpu_hour=args.vcpu_hour,
-        gpu_hour=args.gpu_hour,
-        image_kb=args.image_kb,
+        prices=prices,
     )
-    print(f"{args.pairs:,.0f} pairs, target {args.hours:g} h")
-    print(f"{'stage':<8}{'items':>16}{'per core/GPU/s':>16}{'core- or GPU-hours':>20}{'shuffled TB':>13}")
-    for s in result.stages:
-        rate = f"{s.rate:>16,.1f}" if math.isfinite(s.rate) else f"{'-':>16}"
-        print(
-            f"{s.name:<8}{s.items:>16,.0f}{rate}{s.hours:>20,.1f}{s.shuffle_bytes / 1e12:>13,.2f}"
-            f"{'  (GPU)' if s.on_gpu else ''}"
-        )
-    heaviest = max(result.stages, key=lambda s: s.shuffle_bytes)
-    total = sum(s.shuffle_bytes for s in result.stages)
-    share = heaviest.shuffle_bytes / total
-    print(f"shuffled: {total / 1e12:,.2f} TB in all, most by {heaviest.name} ({share:.0%})")
-    print(
-        f"plan: {result.cpu_workers} CPU workers x {args.vcpus_per_worker} vCPUs "
-        f"+ {result.gpus} GPU workers, "
-        f"{result.hours:.1f} h, about ${result.cost:,.0f}; bound by {result.bound}"
-    )
+    print("\n".join(report(args.pairs, args.hours, result, measured, args.vcpus_per_worker)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,7 +8,8 @@ noise) judge light views of the samples and emit verdicts (`transforms/common/ve
 samples, with their image bytes and embeddings, go from the embed stage straight to the shard
 grouping, where they meet every verdict: their heavy bytes cross one shuffle. The noise stage
 judges the dedup stage's survivors: its views are the light samples with dedup's verdicts applied.
-A retry (`retry_from`) runs each stage as samples → samples instead, before `KeepSettled`.
+A retry (`retry_from`) runs each stage as samples → samples instead, before `KeepSettled`,
+which sends the settled rows to the shard grouping as they were read and its own verdicts with them.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def build_pipeline(
         if isinstance(judged, WithSummary):  # a summary for stats.json under the stage's name
             summaries.append(judged.summary | f"{label}Summary" >> beam.Map(lambda s, n=name: (n, s)))
     if retry_from is not None:  # rows the previous run settled are written as they were
-        samples = samples | "KeepSettled" >> KeepSettled(previous)
+        restored = samples | "KeepSettled" >> KeepSettled(previous)
+        samples = restored.rows
+        verdicts.append(restored.verdicts)
     writer = WriteShards(output_dir, config.output, progress_dir, total, verdicts, rows)
     shards = samples | "WriteShards" >> writer
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None

@@ -244,7 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-wait",
         action="store_true",
-        help="another runner: return once the job is submitted (no index, report or counters)",
+        help="return once the job is submitted; the job itself writes the index and the report and "
+        "completes the output (no Beam counters in stats.json)",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -431,8 +432,8 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     elif stats.get("submitted"):
         job = f" job {stats['job_id']}" if stats.get("job_id") else ""
         print(
-            f"submitted to {stats['runner']}{job}; it writes the shards and stats.json to {args.output} "
-            f"(`winnow audit {args.output}` writes the report once it is done)"
+            f"submitted to {stats['runner']}{job}; it writes the shards, stats.json, the index and "
+            f"report.html to {args.output} and marks it complete once done"
         )
     else:
         print(format_summary(stats, args.output, time.monotonic() - args.started))

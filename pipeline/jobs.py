@@ -12,9 +12,11 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -30,13 +32,15 @@ from pipeline.output.index import (
     IndexSummary,
     build_output_index,
     index_files,
+    index_outcome,
     remove_output_index,
 )
+from pipeline.output.indexjob import BuildOutputIndex, IndexJob
 from pipeline.output.report import write_report
 from pipeline.progress import ProgressPrinter
 from pipeline.runner import is_local, make_pipeline, translated_steps
 from pipeline.shuffles import NAMESPACE as SHUFFLE_NAMESPACE
-from pipeline.shuffles import measure_shuffles, shuffle_table
+from pipeline.shuffles import group_maxima, measure_shuffles, shuffle_table, stage_msecs
 from pipeline.stores import check_bucket, check_writable
 from schemas.layout import STATS_FILE
 from schemas.pools import DATACOMP_EMBEDDINGS, available_embeddings, base_name, datacomp_embeddings
@@ -60,7 +64,7 @@ from transforms.read.lists import check_input, detect_format, expand_inputs, hol
 from transforms.safety import SafetyConfig
 from transforms.safety.config import is_head
 from transforms.write.shards import ROWS_LOST, ROWS_READ
-from transforms.write.uids import uids_path, write_uids_file
+from transforms.write.uids import PARTS_DIR, uids_path, write_uids_file
 
 LOG = logging.getLogger(__name__)
 _CHECKED_FILES = 20
@@ -127,7 +131,7 @@ def run_job(
     # patterns, not a list of every file.
     archives = holds_archives(files, config.input)
     pool = previous_pool(retry_from) if retry_from is not None else pool_source(files, config)
-    build_pipeline(
+    stats_of_job = build_pipeline(
         pipeline,
         config,
         [] if retry_from else inputs,
@@ -136,8 +140,11 @@ def run_job(
         retry_from,
         archives,
         pool,
-        complete=not (wait or local),
     )
+    if not wait:  # no launcher waits: the job itself indexes, reports and completes the output
+        _ = stats_of_job | "FinishOutput" >> FinishOutput(
+            config, output_dir, _job_fields(files, pool, retry_from)
+        )
     if config.run.measure_shuffles:
         measure_shuffles(pipeline)
     if dry_run:
@@ -182,10 +189,13 @@ def _run_claimed(
     report and, last, the manifest's `complete`."""
     local = is_local(runner)
     claim.started = True  # from here on the job may write
-    if not (wait or local):
-        # Submitted, not waited for (a Flex Template launcher must return): the shards and
-        # stats.json are the job's; the index, the report and the counters need `winnow run`.
+    if not wait:
+        # Submitted, not waited for (a Flex Template launcher must return): the job writes the
+        # shards, stats.json, the index and the report and completes the output (`FinishOutput`);
+        # Beam's counters, which only a launcher reads, are not added to stats.json.
         submitted = pipeline.run()
+        if local:  # the local runner runs the job in this process
+            submitted.wait_until_finish()
         job_id = (
             getattr(submitted, "job_id", lambda: None)() if getattr(submitted, "has_job", False) else None
         )
@@ -203,20 +213,30 @@ def _run_claimed(
     stats_path = f"{output_dir}/{STATS_FILE}"
     with FileSystems.open(stats_path) as handle:
         stats: dict[str, Any] = json.loads(handle.read())
-    stats["input_files"] = len(files)
-    if pool is not None:  # what a retry of this output needs to know
-        stats[POOL_KEY] = {
-            "embeddings": pool.embeddings,
-            "clip_retrieval": pool.clip_retrieval,
-            "metadata": pool.metadata,
-        }
-    if retry_from is not None:
-        stats["retried_from"] = retry_from
+    stats.update(_job_fields(files, pool, retry_from))
     stats["duration_s"] = round(elapsed, 3)
     stats["samples_per_s"] = round(stats["samples"] / elapsed, 1) if elapsed else None
     stats["metrics"] = _counters(result)
     if config.run.measure_shuffles:
-        stats["shuffles"] = shuffle_table(_counters(result, SHUFFLE_NAMESPACE))
+        stats["shuffles"] = shuffle_table(_counters(result, SHUFFLE_NAMESPACE), group_maxima(result))
+        stats["step_msecs"] = stage_msecs(result)
+    return finish_output(
+        config,
+        output_dir,
+        stats,
+        lambda budget: build_output_index(output_dir, budget, runner, beam_args, workers),
+    )
+
+
+def finish_output(
+    config: RunConfig, output_dir: str, stats: dict[str, Any], index: Callable[[int], IndexSummary | None]
+) -> dict[str, Any]:
+    """What follows a finished job, in the launcher that waited for it (`winnow run`) or as the
+    job's own last step (`FinishOutput`, `--no-wait`): completes `stats` (the job's stats.json
+    and what the caller adds) with the config and the alarm, checks that no row was lost, writes
+    the uids file, the index (`index(budget)`: the job that builds it, or its outcome when the job
+    has run; `_index_output`) and the report, and last marks the manifest `complete`."""
+    stats_path = f"{output_dir}/{STATS_FILE}"
     stats["config"] = config.to_dict()
     alarm = failure_alarm(stats, config.crawl.max_failure_rate)  # the crawl's images, page mode's pages
     if alarm:
@@ -227,7 +247,7 @@ def _run_claimed(
     if config.output.uids_file:
         stats["uids_file"] = write_uids_file(output_dir, config.output.uids_file)
         write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
-    summary = _index_output(config, output_dir, runner, beam_args, workers)
+    summary = _index_output(config, output_dir, index)
     if summary is not None:
         stats["index"] = {"type": summary.type, "count": summary.count, "dim": summary.dim}
         write_atomically(stats_path, json.dumps(stats, indent=2, sort_keys=True).encode())
@@ -235,6 +255,62 @@ def _run_claimed(
     stats["report"] = _write_report(output_dir, stats["samples"])
     complete_output(output_dir)  # last: `complete` means the index and the report are there too
     return stats
+
+
+def _job_fields(files: Sequence[str], pool: PoolSource | None, retry_from: str | None) -> dict[str, Any]:
+    """stats.json's entries known before the job: the input files' count, the pool read, the
+    output retried."""
+    fields: dict[str, Any] = {"input_files": len(files)}
+    if pool is not None:  # what a retry of this output needs to know
+        fields[POOL_KEY] = {
+            "embeddings": pool.embeddings,
+            "clip_retrieval": pool.clip_retrieval,
+            "metadata": pool.metadata,
+        }
+    if retry_from is not None:
+        fields["retried_from"] = retry_from
+    return fields
+
+
+def _wants_index(config: RunConfig) -> bool:
+    return bool(config.output.index) and "embed" in config.run.stages
+
+
+class FinishOutput(beam.PTransform):
+    """The run's stats (the output of `build_pipeline`) → the steps `finish_output` takes, in the
+    job itself, for a run no launcher waits for (`--no-wait`, a Flex Template): once the shards
+    and stats.json are written, the index is built by the same job (`BuildOutputIndex` on the
+    job's workers; its merge worker needs `output.index_memory_gb`), then one worker writes the
+    uids file and the report (rendered from audit.json) and completes the manifest."""
+
+    def __init__(self, config: RunConfig, output_dir: str, fields: dict[str, Any]):
+        super().__init__()
+        self._config = config
+        self._output_dir = output_dir
+        self._fields = fields
+
+    def expand(self, stats: beam.PCollection) -> beam.PCollection:
+        job = None
+        done = stats
+        if _wants_index(self._config):
+            job = IndexJob(self._output_dir, _index_budget(self._config), uuid.uuid4().hex)
+            done = stats | "Index" >> BuildOutputIndex(job)
+        return done | "Finish" >> beam.Map(_finish_in_job, self._config, self._output_dir, self._fields, job)
+
+
+def _finish_in_job(
+    _: Any, config: RunConfig, output_dir: str, fields: dict[str, Any], job: IndexJob | None
+) -> str:
+    """`FinishOutput`'s last step, on one worker; returns the output folder."""
+    with FileSystems.open(f"{output_dir}/{STATS_FILE}") as handle:
+        stats: dict[str, Any] = json.loads(handle.read())
+    stats.update(fields)
+
+    def outcome(_: int) -> IndexSummary | None:
+        return None if job is None else index_outcome(job)
+
+    finish_output(config, output_dir, stats, outcome)
+    return output_dir
 
 
 @dataclasses.dataclass
@@ -409,6 +485,11 @@ def check_uids_file(output_dir: str, uids_file: str) -> None:
     """`ConfigError` when `output.uids_file` names a file outside the output that exists already:
     Winnow writes into the output folder, or a new file, and overwrites nothing it did not write."""
     path, inside = uids_path(output_dir, uids_file)
+    if inside and uids_file.startswith(f"{PARTS_DIR}/"):
+        raise ConfigError(
+            f"output.uids_file: {uids_file} is inside {PARTS_DIR}/, where the shards' parts of it go; "
+            "name another file"
+        )
     if not inside and FileSystems.exists(path):
         raise ConfigError(
             f"output.uids_file: {path} exists; name a new file, or one inside the output folder"
@@ -554,18 +635,23 @@ def _write_report(output_dir: str, samples: int) -> str | None:
         ) from err
 
 
+def _index_budget(config: RunConfig) -> int:
+    return int(config.output.index_memory_gb * _GIB)
+
+
 def _index_output(
-    config: RunConfig, output_dir: str, runner: str, beam_args: Sequence[str], workers: int | None
+    config: RunConfig, output_dir: str, build: Callable[[int], IndexSummary | None]
 ) -> IndexSummary | None:
-    """Writes `<output>/index/` when asked for and the run embedded, with a second Beam job on the
-    run's runner and options; otherwise removes an older index."""
-    if not (config.output.index and "embed" in config.run.stages):
+    """Writes `<output>/index/` when asked for and the run embedded, with `build(budget)`: a
+    second Beam job on the run's runner and options, or the outcome of the run's own job's index
+    steps (`FinishOutput`); otherwise removes an older index."""
+    if not _wants_index(config):
         remove_output_index(output_dir)
         return None
-    budget = int(config.output.index_memory_gb * _GIB)
+    budget = _index_budget(config)
     started = time.monotonic()
     try:
-        summary = build_output_index(output_dir, budget, runner, beam_args, workers)
+        summary = build(budget)
     except IndexBudgetError as err:
         raise ConfigError(
             f"output.index_memory_gb={config.output.index_memory_gb}: {err} "

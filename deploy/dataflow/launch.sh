@@ -11,7 +11,7 @@ usage: deploy/dataflow/launch.sh [--print] [--direct] [-- further arguments]
 
 Starts a Winnow job on Dataflow (Runner v2, workers in the deploy/dataflow image):
   default    gcloud dataflow flex-template run of the template that build.sh wrote; the launcher
-             VM submits the job and returns (no index/ or report.html: see README.md)
+             VM submits the job and returns; the job writes index/ and report.html itself
   --direct   winnow run --runner DataflowRunner from this machine, which needs Winnow installed
              (Python 3.11, the image's commit); it waits for the job, then writes index/ and
              report.html like a local run

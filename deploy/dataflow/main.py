@@ -7,13 +7,16 @@ line: `input`, `output`, `config` and `stages` are its flags of the same name, e
 sets one config key (`--set SECTION.KEY=VALUE`), and `overrides` holds further `SECTION.KEY=VALUE`
 pairs. Everything else is a Beam option and goes to Beam untouched.
 
-A Flex Template launcher must return once the job graph is built: it may not wait for the job to
-finish. So this is `winnow run --runner DataflowRunner --no-wait`: the same checks of the config,
-the input lists and the buckets as any run, then the job is submitted and the launcher returns.
-The job writes the shards and `stats.json`; the steps that `winnow run` takes after a job finishes
-(the search index in `index/`, `report.html`, Beam's counters in `stats.json`) do not run:
-`winnow audit OUTPUT` writes the report afterwards, and deploy/dataflow/launch.sh --direct runs the
-whole of `winnow run`.
+A Flex Template launcher cannot wait for the job: Dataflow gives it a `--template_location`, so
+`run()` only writes the job's description, and Dataflow starts the job once the launcher has
+returned. So this is `winnow run --runner DataflowRunner --no-wait`: the same checks of the config,
+the input lists and the buckets as any run, then the job graph is written and the launcher
+returns. What `winnow run` does after a job finishes is then the job's own last steps
+(`pipeline.jobs.FinishOutput`, the same `finish_output`): after the shards and `stats.json`, the
+same job builds the search index in `index/` (`output.index` with the embed stage), renders
+`report.html` from its `audit.json` and marks the output `complete`. Only Beam's counters, which a
+launcher reads from the finished job, are not in `stats.json`; deploy/dataflow/launch.sh --direct
+runs `winnow run` itself, which adds them.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`winnow run ... --no-wait`: the same checks of the config, the input lists and the buckets
-    as any run, then the job is submitted (on the launcher: its graph written) without waiting."""
+    as any run, then the job, which ends with the index, the report and the output's `complete`,
+    is submitted (on the launcher: its graph written) without waiting."""
     from pipeline.cli import main as winnow
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")

@@ -117,10 +117,17 @@ def build_output_index(
     job = IndexJob(output_dir, memory_budget_bytes, uuid.uuid4().hex)
     _ = pipeline | "Index" >> BuildOutputIndex(job)
     pipeline.run().wait_until_finish()
+    return index_outcome(job, had_folder)
+
+
+def index_outcome(job: IndexJob, had_folder: bool = True) -> IndexSummary | None:
+    """Once `BuildOutputIndex(job)` has run: its summary (`read_outcome`: None when there was
+    nothing to index, `IndexBudgetError` when no type fits); removes the local folders it left
+    empty (`index/` itself too unless `had_folder`)."""
     try:
         return read_outcome(job)
     finally:
-        _remove_empty_folders(output_dir, had_folder)
+        _remove_empty_folders(job.output_dir, had_folder)
 
 
 def remove_output_index(output_dir: str) -> None:

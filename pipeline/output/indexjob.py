@@ -180,17 +180,27 @@ class Segment:
 
 
 class BuildOutputIndex(beam.PTransform):
-    """Writes `job.output_dir/index/` from the output's shards (see the module docstring)."""
+    """Writes `job.output_dir/index/` from the output's shards (see the module docstring).
+
+    Applied to a pipeline, it is a job of its own; applied to a PCollection (the run's stats, in
+    the run's own job), it starts once that PCollection is computed: after the shards are written.
+    """
 
     def __init__(self, job: IndexJob):
         super().__init__()
         self._job = job
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin | beam.PCollection) -> beam.PCollection:
         job = self._job
+        if isinstance(pbegin, beam.pvalue.PBegin):
+            start = pbegin | "One" >> beam.Create([None])
+        else:
+            start = pbegin | "One" >> beam.Map(lambda _: None)
         shards = (
-            pbegin
-            | "Match" >> fileio.MatchFiles(f"{job.output_dir}/metadata/metadata_*.parquet", "ALLOW")
+            start
+            | "Pattern"
+            >> beam.Map(lambda _, pattern: pattern, f"{job.output_dir}/metadata/metadata_*.parquet")
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "Shards" >> beam.FlatMap(_shard_of)
             | "Spread" >> beam.Reshuffle()
         )
@@ -200,9 +210,7 @@ class BuildOutputIndex(beam.PTransform):
             | "AllCounts" >> beam.combiners.ToList()
             | "Plan" >> beam.Map(make_plan, job)
         )
-        rows = beam.pvalue.AsSingleton(
-            pbegin | "One" >> beam.Create([None]) | "TrainingRows" >> beam.Map(_sample_rows, plan)
-        )
+        rows = beam.pvalue.AsSingleton(start | "TrainingRows" >> beam.Map(_sample_rows, plan))
         trained_index = (
             shards
             | "Sample" >> beam.FlatMap(sample_shard, job.output_dir, plan, rows)

@@ -229,7 +229,12 @@ def test_the_sample_webs_metadata_names_its_concepts_in_every_language(tmp_path)
 
 
 def test_auto_entries_are_frequent_content_words_and_strong_pairs():
-    from transforms.balance.auto import caption_grams, select_entries
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.balance.auto import SelectEntries, caption_grams
+    from transforms.balance.config import BalanceConfig
 
     assert caption_grams("A red circle on the blue background", "en") == {
         ("red",), ("circle",), ("blue",), ("background",), ("red", "circle"), ("blue", "background"),
@@ -242,13 +247,15 @@ def test_auto_entries_are_frequent_content_words_and_strong_pairs():
         ("en", ("red",)): 50, ("en", ("car",)): 50, ("en", ("red", "car")): 25, ("en", ("rare",)): 2,
     }  # fmt: skip
     # PMI(hot dog) = log2(100·9 / (10·10)) = 3.17 bits; PMI(red car) = log2(100·25 / 2,500) = 0.
-    assert select_entries(counts.items(), 5, 3.0) == [
-        ("en", "car"),
-        ("en", "dog"),
-        ("en", "hot"),
-        ("en", "hot dog"),
-        ("en", "red"),
-    ]
+    expected = [("en", "car"), ("en", "dog"), ("en", "hot"), ("en", "hot dog"), ("en", "red")]
+    config = BalanceConfig(entries="auto", auto_min_count=5, auto_min_pmi=3.0)
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        assert_that(p | beam.Create(counts.items()) | SelectEntries(config), equal_to([expected]))
+    # At most `auto_max_entries` per language: the most frequent, ties by entry.
+    config = BalanceConfig(entries="auto", auto_min_count=5, auto_min_pmi=3.0, auto_max_entries=3)
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        found = p | beam.Create(counts.items()) | SelectEntries(config)
+        assert_that(found, equal_to([[("en", "car"), ("en", "dog"), ("en", "red")]]))
 
 
 def test_auto_entries_and_per_language_t_in_a_run(sample_web, tmp_path):

@@ -137,3 +137,34 @@ def test_scale_item5_audit_json_is_written_by_the_job_and_renders_as_the_shards_
     # A shard gone since the job ran: audit.json no longer describes the folder and is not used.
     os.remove(f"{output}/00000.parquet")
     assert audit_output(output).total == len(captions) - pq.read_metadata(f"{copy}/00000.parquet").num_rows
+
+
+def test_scale_item5_audit_json_does_not_depend_on_the_order_shards_are_merged(tmp_path):
+    """A runner merges the shards' counts in any order: the body of audit.json is the same bytes."""
+    from transforms.write.audit import _Found, assemble
+
+    folder = str(tmp_path / "out")
+    _write_output(folder, rows=6_000, per_shard=1_000)
+    settings = AuditSettings()
+    scan, merge = _ScanShardFn(folder, settings), _MergeCountsFn(settings)
+    per_shard = [
+        out
+        for name in sorted(os.listdir(folder))
+        for out in scan.process(name.removesuffix(".parquet"))
+        if getattr(out, "tag", None) is None
+    ]
+    groups = {"sizes": [], "top": []}
+
+    def body(order: list[int]) -> str:
+        accumulators = []
+        for index in order:  # one accumulator per shard, merged in `order`
+            accumulators.append(
+                merge.add_input(merge.create_accumulator(), pickle.loads(pickle.dumps(per_shard[index])))
+            )
+        counts = merge.merge_accumulators(accumulators)
+        return json.dumps(assemble(counts, [], groups, _Found(), settings, (len(order), 0)))
+
+    forward = body(list(range(len(per_shard))))
+    assert json.loads(forward)["samples"] and len(per_shard) == 6
+    assert body([5, 3, 1, 0, 4, 2]) == forward
+    assert body(list(reversed(range(len(per_shard))))) == forward

@@ -36,10 +36,13 @@ class BalanceConfig:
     auto_min_count: int = 5
     #: `entries: auto`: a word pair's least pointwise mutual information, in bits.
     auto_min_pmi: float = 3.0
+    #: `entries: auto`: each language keeps at most this many entries, its most frequent (MetaCLIP's
+    #: list holds 500,000).
+    auto_max_entries: int = 500_000
 
     def __post_init__(self) -> None:
         check = Check("balance", self)
-        check.at_least(1, "t", "max_matched", "auto_min_count")
+        check.at_least(1, "t", "max_matched", "auto_min_count", "auto_max_entries")
         check.at_least(0.0, "auto_min_pmi")
         check.seed("seed")
         check.not_empty("entries")

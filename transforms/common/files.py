@@ -1,7 +1,8 @@
 """Writing files so that nothing half-written is ever seen, on any Beam filesystem.
 
 `write_atomically` writes a local file under a temporary name (`TEMP_PREFIX`) and renames it into
-place; on an object store one upload is visible only when complete. A write that fails (a full
+place; on an object store one upload is visible only when complete (`open_atomically`: the same for
+a file written piece by piece). A write that fails (a full
 disk, an interrupt) removes its temporary file before the error goes on. One a killed run
 left behind is recognised by its name (`transforms/common/manifest.py`) and only such files are
 ever cleaned up. `read_text_file` reads a small text file (a list, a config) from any of them.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -38,6 +41,30 @@ def write_atomically(path: str, data: bytes) -> None:
             handle.write(data)
         os.replace(temp, path)  # atomic, and replaces a file only
     except BaseException:  # a full disk, an interrupt: the partial file goes, the error stays
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
+
+
+@contextlib.contextmanager
+def open_atomically(path: str) -> Iterator[BinaryIO]:
+    """`write_atomically` for a file written piece by piece: a handle whose writes appear at `path`
+    only when the block ends without an error (a local temporary file renamed, or one upload)."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path) as handle:
+            yield handle
+        return
+    path = path.removeprefix("file://")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    try:
+        with open(temp, "wb") as handle:
+            yield handle
+        os.replace(temp, path)
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
         raise

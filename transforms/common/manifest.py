@@ -44,6 +44,7 @@ _TEMP_NAME = re.compile(rf"^{TEMP_PREFIX}[0-9a-f]{{32}}-")
 _OUTPUT_NAME = re.compile(
     r"^(\d{5,}\.(tar|parquet)|stats\.json|audit\.json|report\.html"
     r"|img_emb/img_emb_\d{5,}\.npy|text_emb/text_emb_\d{5,}\.npy|metadata/metadata_\d{5,}\.parquet"
+    r"|uids/uids_\d{5,}\.npy"
     r"|index/(image\.index|image\.ivfdata|ids\.parquet|index\.json))$"
 )
 #: Left for a moment by the writability check (`pipeline/stores.py`).

@@ -24,6 +24,16 @@ Out: lists of `Placed` (cluster, expected size, cosine to its centroid, member).
 id c when it is not refined; its fine cluster j has the id c + k1 × j. The expected size (the
 samples' shares, scaled to the count) tells a consumer when to tile a cluster. Deterministic:
 the samples are chosen by seeded uid hashes, the k-means are seeded, members sorted by uid.
+
+`spill=True` places each member in two clusters, so that members on either side of a cluster
+border still meet in one (off by default). Out: lists of `Spilled`, a `Placed` followed by the
+ids of all the member's clusters (sorted), so a consumer can judge a pair in one cluster only.
+The two clusters are the nearest and the second nearest of:
+- the two nearest cells, when the nearest is not refined (in a refined second cell, its nearest
+  fine cluster: the member joins that cell's fine centroids without entering its sample);
+- the fine clusters of the nearest cell, when it is refined.
+Only the nearest placement is in the samples, so the expected sizes count members once; a
+cluster holds up to about twice its expected size.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+import faiss
 import numpy as np
 import xxhash
 
@@ -42,6 +53,7 @@ from transforms.common.clustering import (
     Centroids,
     KMeansCentroids,
     assign,
+    normalize,
     train_centroids,
     vectors,
 )
@@ -60,6 +72,11 @@ _FINE_SALT = 0x5EED_F17E
 
 #: (cluster id, expected size of the cluster, cosine to its centroid, member).
 Placed = tuple[int, float, float, Any]
+#: A `Placed` with `spill`: (cluster id, expected size, cosine, member, ids of all its clusters).
+Spilled = tuple[int, float, float, Any, tuple[int, ...]]
+#: A member on its way to a refined cell's join: (fine clusters wanted, placement kept elsewhere
+#: or None, member). Fine clusters wanted: 1, or 2 in its nearest cell with `spill`.
+_Refining = tuple[int, "tuple[int, float, float] | None", Any]
 
 
 def fine_count(expected_size: float, cluster_size: int) -> int:
@@ -78,6 +95,18 @@ def fine_sample_size(k2: int, sample_size: int) -> int:
 def fine_id(cell: int, fine: int, cells: int) -> int:
     """The cluster id of fine cluster `fine` of coarse `cell` (of `cells`); fine 0 keeps the cell's id."""
     return cell + cells * fine
+
+
+def nearest_two(embeddings: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each normalised embedding, its two nearest centroid ids (n, 2) and cosines (n, 2); the
+    second id is -1 when there is one centroid."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(normalize(centroids))
+    cosines, ids = index.search(normalize(embeddings), min(2, len(centroids)))
+    if ids.shape[1] == 1:
+        ids = np.concatenate([ids, np.full_like(ids, -1)], axis=1)
+        cosines = np.concatenate([cosines, np.zeros_like(cosines)], axis=1)
+    return ids.astype(np.int64), cosines
 
 
 def _fraction(uid: str, seed: int) -> float:
@@ -107,28 +136,55 @@ class _Plan:
 
 class _CoarseFn(beam.DoFn):
     """A batch of members → their cells: `Placed` lists for cells kept whole, members keyed by
-    (cell, part) for refined ones (`refine`), and the refined cells' training samples (`sample`)."""
+    (cell, part) for refined ones (`refine`, as `_Refining`), and the refined cells' training
+    samples (`sample`). With `spill`, each member's two placements (see the module docstring)."""
 
-    def __init__(self, embedding: Callable[[Any], bytes], plan: _Plan, seed: int):
+    def __init__(self, embedding: Callable[[Any], bytes], plan: _Plan, seed: int, spill: bool = False):
         self._embedding = embedding
         self._plan = plan
         self._seed = seed
+        self._spill = spill
 
     def process(self, batch: list[Any], centroids: Centroids) -> Iterator[Any]:
         if not len(centroids.vectors):
             return
-        ids, cosines = assign(vectors([self._embedding(m) for m in batch]), centroids.vectors)
-        kept: list[Placed] = []
-        refined: dict[tuple[int, int], list[Any]] = {}
-        for item, cell, cosine in zip(batch, ids.tolist(), cosines.tolist(), strict=True):
-            if self._plan.k2(centroids, cell) == 1:
-                kept.append((cell, float(centroids.expected_sizes[cell]), cosine, item))
-                continue
-            uid = item[0]
-            refined.setdefault((cell, chunk_of(uid, self._plan.parts(centroids, cell))), []).append(item)
-            fraction = _fraction(uid, self._seed)
-            if fraction < self._plan.rate(centroids, cell):
-                yield beam.pvalue.TaggedOutput("sample", (cell, (fraction, uid, self._embedding(item))))
+        points = vectors([self._embedding(m) for m in batch])
+        kept: list[Any] = []
+        refined: dict[tuple[int, int], list[_Refining]] = {}
+        plan = self._plan
+
+        def refine(cell: int, wanted: int, elsewhere: tuple[int, float, float] | None, item: Any) -> None:
+            refined.setdefault((cell, chunk_of(item[0], plan.parts(centroids, cell))), []).append(
+                (wanted, elsewhere, item)
+            )
+
+        if self._spill:
+            ids, cosines = nearest_two(points, centroids.vectors)
+        else:
+            nearest, nearest_cosine = assign(points, centroids.vectors)
+            ids = np.column_stack([nearest, np.full_like(nearest, -1)])
+            cosines = np.column_stack([nearest_cosine, np.zeros_like(nearest_cosine)])
+        for item, (cell, second), (cosine, cosine2) in zip(
+            batch, ids.tolist(), cosines.tolist(), strict=True
+        ):
+            size = float(centroids.expected_sizes[cell])
+            if plan.k2(centroids, cell) > 1:
+                refine(cell, 2 if self._spill else 1, None, item)
+                fraction = _fraction(item[0], self._seed)
+                if fraction < plan.rate(centroids, cell):
+                    yield beam.pvalue.TaggedOutput(
+                        "sample", (cell, (fraction, item[0], self._embedding(item)))
+                    )
+            elif not self._spill:
+                kept.append((cell, size, cosine, item))
+            elif second < 0:
+                kept.append((cell, size, cosine, item, (cell,)))
+            elif plan.k2(centroids, second) > 1:
+                refine(second, 1, (cell, size, cosine), item)
+            else:
+                both = (min(cell, second), max(cell, second))
+                kept.append((cell, size, cosine, item, both))
+                kept.append((second, float(centroids.expected_sizes[second]), cosine2, item, both))
         if kept:
             yield kept
         for key, members in refined.items():
@@ -193,36 +249,64 @@ class _TrainFineFn(beam.DoFn):
 
 class _AssignFineFn(beam.DoFn):
     """One join part of a refined cell → its members `Placed` by their nearest fine centroid
-    (by the cell itself when its fine k-means could not be trained)."""
+    (by the cell itself when its fine k-means could not be trained). With `spill`, `Spilled`:
+    also by the second nearest fine centroid (members whose nearest cell this is), or with the
+    placement they bring from their nearest cell."""
 
-    def __init__(self, embedding: Callable[[Any], bytes]):
+    def __init__(self, embedding: Callable[[Any], bytes], spill: bool = False):
         self._embedding = embedding
+        self._spill = spill
 
     def process(
         self, element: tuple[tuple[int, int], dict[str, Iterable[Any]]], centroids: Centroids
-    ) -> Iterator[list[Placed]]:
+    ) -> Iterator[list[Any]]:
         (cell, _), joined = element
-        members = sorted((m for part in joined["members"] for m in part), key=lambda m: m[0])
+        members: list[_Refining] = sorted(
+            (m for part in joined["members"] for m in part), key=lambda m: m[2][0]
+        )
         if not members:
             return
         fines = list(joined["fine"])
-        points = vectors([self._embedding(m) for m in members])
+        points = vectors([self._embedding(m[2]) for m in members])
         if not fines:
-            ids, cosines = assign(points, centroids.vectors[cell : cell + 1])
+            _, cosine = assign(points, centroids.vectors[cell : cell + 1])
             size = float(centroids.expected_sizes[cell])
-            yield [(cell, size, c, m) for m, c in zip(members, cosines.tolist(), strict=True)]
+            ids, cosines = np.zeros((len(members), 1), dtype=np.int64), cosine[:, None]
+            sizes, names = np.array([size]), [cell]
+        else:
+            fine: FineCentroids = fines[0]
+            if self._spill:
+                ids, cosines = nearest_two(points, fine.vectors)
+            else:
+                nearest, cosine = assign(points, fine.vectors)
+                ids, cosines = nearest[:, None], cosine[:, None]
+            sizes = fine.expected_sizes
+            names = [fine_id(cell, j, len(centroids.vectors)) for j in range(len(sizes))]
+        if not self._spill:
+            yield [
+                (names[row[0]], float(sizes[row[0]]), c[0], m[2])
+                for m, row, c in zip(members, ids.tolist(), cosines.tolist(), strict=True)
+            ]
             return
-        fine: FineCentroids = fines[0]
-        ids, cosines = assign(points, fine.vectors)
-        cells = len(centroids.vectors)
-        yield [
-            (fine_id(cell, j, cells), float(fine.expected_sizes[j]), c, m)
-            for m, j, c in zip(members, ids.tolist(), cosines.tolist(), strict=True)
-        ]
+        placed: list[Spilled] = []
+        for (wanted, elsewhere, item), row, cos in zip(members, ids.tolist(), cosines.tolist(), strict=True):
+            spots = [
+                (names[j], float(sizes[j]), c)
+                for j, c in zip(row[:wanted], cos[:wanted], strict=True)
+                if j >= 0
+            ]
+            if elsewhere is not None:
+                spots.append(elsewhere)
+            clusters = tuple(sorted({spot[0] for spot in spots}))
+            placed += [
+                (name, size, c, item, clusters) for name, size, c in dict((s[0], s) for s in spots).values()
+            ]
+        yield placed
 
 
 class ClusterMembers(beam.PTransform):
-    """Members (tuples starting with their uid) → lists of `Placed` (see the module docstring).
+    """Members (tuples starting with their uid) → lists of `Placed`, or of `Spilled` with
+    `spill` (see the module docstring).
 
     `embedding(member)` gives the member's float16 embedding bytes that are clustered.
     """
@@ -236,9 +320,11 @@ class ClusterMembers(beam.PTransform):
         seed: int = 0,
         iterations: int = 20,
         batch_size: int = 8192,
+        spill: bool = False,
     ):
         super().__init__()
         self._embedding = embedding
+        self._spill = spill
         self._plan = _Plan(cluster_size, sample_size, refine=clusters == 0)
         self._clusters = clusters
         self._seed = seed
@@ -262,9 +348,9 @@ class ClusterMembers(beam.PTransform):
             members
             | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=self._batch_size)
             | "AssignCells"
-            >> beam.ParDo(_CoarseFn(self._embedding, self._plan, self._seed), centroids=coarse).with_outputs(
-                "refine", "sample", main="kept"
-            )
+            >> beam.ParDo(
+                _CoarseFn(self._embedding, self._plan, self._seed, self._spill), centroids=coarse
+            ).with_outputs("refine", "sample", main="kept")
         )
         fine = (
             cells.sample
@@ -275,6 +361,6 @@ class ClusterMembers(beam.PTransform):
         refined = (
             {"members": cells.refine, "fine": fine}
             | "JoinFine" >> beam.CoGroupByKey()
-            | "AssignFine" >> beam.ParDo(_AssignFineFn(self._embedding), centroids=coarse)
+            | "AssignFine" >> beam.ParDo(_AssignFineFn(self._embedding, self._spill), centroids=coarse)
         )
         return (cells.kept, refined) | "Placed" >> beam.Flatten()

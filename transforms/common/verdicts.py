@@ -41,6 +41,10 @@ def _balanced(sample: Sample) -> bool:
     return sample.status in (Status.SUCCESS, Status.PENDING)
 
 
+def _any(sample: Sample) -> bool:
+    return True
+
+
 def _generated(sample: Sample) -> bool:
     return sample.status == Status.SUCCESS and sample.caption_source == "generated"
 
@@ -48,11 +52,14 @@ def _generated(sample: Sample) -> bool:
 #: The candidate tests a verdict may name: which copies of a uid its step judged. The dedup stage
 #: judges downloaded samples; `kept` is that test on light views too (after the crawl, a sample
 #: still `success` has its image), so the verdict finds its copy with or without the bytes.
+#: `any` is every copy: the verdicts of a retry (`transforms/read/previous.py`), which settle rows
+#: whatever status the stages left them in.
 CANDIDATES: dict[str, Callable[[Sample], bool]] = {
     "kept": _kept,
     "embedded": embedded,
     "generated": _generated,
     "balanced": _balanced,
+    "any": _any,
 }
 
 

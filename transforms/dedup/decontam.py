@@ -6,13 +6,16 @@ for every candidate that matches an image of `dedup.eval_images`:
 - by hash: within `max_hash_distance` bits, agreeing on one of the `dedup.hash_bands` LSH bands
   (every pair within the distance when it is 0) and with thumbnail cosine >=
   `min_thumbnail_similarity` (the perceptual level's test); of several, the one on the lowest
-  band, then the first by name;
+  band, then the first by name. With PDQ (256 bits) there are no bands: every eval image within
+  the distance is a candidate, the nearest first, then by name. A hash that is not comparable
+  (`types.comparable`: PDQ quality <= 49), on either side, matches nothing by hash;
 - by embedding (when the run embeds): image-embedding cosine >= `eval_min_cosine` (the nearest).
 
 The eval set is fingerprinted once, gathered once (it is bounded by the eval set, not the run)
 and packed into one compact blob (`pack_eval_set`: names, hashes, thumbnails, embeddings) that
 every worker receives as a singleton side input; each worker process builds its index from it
-once (`Shared`): a FAISS `IndexBinaryFlat` of the hashes and an `IndexFlatIP` of the embeddings.
+once (`Shared`): a FAISS `IndexBinaryFlat` of the comparable hashes (`hash_bits` wide) and an
+`IndexFlatIP` of the embeddings.
 Samples are matched a batch at a time: one Hamming range search in FAISS, then array operations
 on the candidate pairs, with no Python loop over eval images (about 3 µs per sample per 1,000 eval
 images on one core, skewed hashes included; see benchmarks/README.md). An exhaustive binary
@@ -52,8 +55,8 @@ from transforms.crawl.config import ImageOptions
 from transforms.crawl.imaging import ImageError, process_image
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.fingerprints import fingerprint
-from transforms.dedup.perceptual import HASH_BITS, SIGNATURE_SIDE, hash_bands
-from transforms.dedup.types import EVAL, Decision, Fingerprint
+from transforms.dedup.perceptual import HASH_BITS, SIGNATURE_SIDE, hash_bands, hash_words
+from transforms.dedup.types import EVAL, Decision, Fingerprint, comparable
 from transforms.embed.clip import ClipEmbedding, OpenClipModelHandler, PreprocessFn, on_accelerator
 from transforms.embed.config import EmbedConfig
 
@@ -158,13 +161,15 @@ def _with_embedding(element: tuple[Sample, PredictionResult | ClipEmbedding]) ->
     return sample.evolve(image_embedding=embedding.image)
 
 
-def pack_eval_set(evals: Iterable[Fingerprint]) -> bytes:
+def pack_eval_set(evals: Iterable[Fingerprint], bits: int = HASH_BITS) -> bytes:
     """The eval fingerprints as one compact, picklable blob (the `Match` step's side input).
 
-    Only what matching reads travels: names (UTF-8, in uid order), 64-bit hashes, thumbnail
-    signatures and the image embeddings of the eval images that have one. Each array is stored raw
-    behind a small JSON header, so `_EvalIndex` reads it without copying (about 800 bytes per eval
-    image without embeddings: 0.8 GB for 10^6, held once per worker process).
+    Only what matching reads travels: names (UTF-8, in uid order), the `bits`-bit hashes (64 for
+    dHash/pHash, 256 for PDQ: `perceptual.hash_words`, 8 or 32 bytes each) and whether each is
+    comparable (`types.comparable`), thumbnail signatures and the image embeddings of the eval
+    images that have one. Each array is stored raw behind a small JSON header, so `_EvalIndex`
+    reads it without copying (about 800 bytes per eval image without embeddings: 0.8 GB for 10^6,
+    held once per worker process).
     """
     ordered = sorted(evals, key=lambda f: f.uid)
     names = [f.uid.encode() for f in ordered]
@@ -172,7 +177,8 @@ def pack_eval_set(evals: Iterable[Fingerprint]) -> bytes:
     arrays: dict[str, np.ndarray] = {
         "name_bytes": np.frombuffer(b"".join(names), dtype=np.uint8),
         "name_ends": np.cumsum([len(n) for n in names], dtype=np.int64),
-        "hashes": np.array([f.hash64 for f in ordered], dtype=np.uint64),
+        "hashes": hash_words([f.hash64 for f in ordered], bits),
+        "comparable": np.array([comparable(f) for f in ordered], dtype=np.bool_),
         "signatures": np.frombuffer(b"".join(f.signature for f in ordered), dtype=np.int8).reshape(
             len(ordered), SIGNATURE_BYTES
         ),
@@ -206,6 +212,13 @@ def _unpack(blob: bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _codes(words: np.ndarray) -> np.ndarray:
+    """`hash_words` rows as FAISS binary codes (8 bytes per word; the same byte order on both sides
+    of a comparison, so Hamming distances are those of the hashes)."""
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    return words.view(np.uint8).reshape(len(words), 8 * words.shape[1])
+
+
 def _band_masks(bands: int) -> np.ndarray:
     """(bands,) uint64: the bits of each LSH band of `perceptual.hash_bands`, band 0 first."""
     masks, shift = [], 0
@@ -225,9 +238,10 @@ def _norms(signatures: np.ndarray) -> np.ndarray:
 
 
 class _EvalIndex:
-    """A packed eval set ready to query: a FAISS binary index of the hashes (exhaustive Hamming
-    range search in C, a few nanoseconds per eval image) and an inner-product index of the
-    normalised embeddings. Built once per worker process from the side input (`Shared`)."""
+    """A packed eval set ready to query: a FAISS binary index of the comparable hashes (exhaustive
+    Hamming range search in C, a few nanoseconds per eval image; its ids are positions in
+    `hashed`) and an inner-product index of the normalised embeddings. Built once per worker
+    process from the side input (`Shared`)."""
 
     def __init__(self, blob: bytes, config: DedupConfig):
         arrays = _unpack(blob)
@@ -235,12 +249,18 @@ class _EvalIndex:
         self._name_bytes = arrays["name_bytes"]
         self._name_ends = arrays["name_ends"]
         self.hashes = arrays["hashes"]
+        if self.hashes.shape[1] * 64 != config.hash_bits:
+            raise ValueError(
+                f"eval hashes of {self.hashes.shape[1] * 64} bits, dedup.hash has {config.hash_bits}"
+            )
+        self.hashed = np.flatnonzero(arrays["comparable"])  # the eval rows in the hash index
         self.signatures = arrays["signatures"]
         self.norms = _norms(self.signatures)
-        self.masks = _band_masks(config.bands)
-        self.hash_index = faiss.IndexBinaryFlat(HASH_BITS)
-        if self.size:
-            self.hash_index.add(self.hashes.view(np.uint8).reshape(self.size, 8))
+        # LSH bands cut 64-bit hashes only; a PDQ candidate is any eval hash within the distance.
+        self.masks = _band_masks(config.bands) if config.hash_bits == HASH_BITS else None
+        self.hash_index = faiss.IndexBinaryFlat(config.hash_bits)
+        if len(self.hashed):
+            self.hash_index.add(_codes(self.hashes[self.hashed]))
         self.embedded = arrays["embedded"]
         self.index: faiss.Index | None = None
         if len(self.embedded):
@@ -286,22 +306,27 @@ def _hash_matches(
 ) -> dict[int, tuple[int, int, float]]:
     """Per query row with a match: (eval row, hash distance, thumbnail cosine).
 
-    A match is an eval image within `max_hash_distance` bits that agrees with the query on at
-    least one LSH band (`dedup.hash_bands`; all of them when it is 0, by pigeonhole) and whose
-    thumbnail cosine is >= `min_thumbnail_similarity`. Of several, the one on the lowest band, then
-    the first in uid order. One FAISS range search for the batch gives the candidate pairs; they
-    are ranked per query by (band, row) and their thumbnails compared in rounds of growing rank
-    windows (4, 16, 64, ...), each round over the queries still unmatched: a query among a crowd
-    of flat images stops at its first passing candidate, as a loop would, without one.
+    `hashes` are the queries' `hash_words` rows (comparable ones only). A match is an eval image
+    within `max_hash_distance` bits that agrees with the query on at least one LSH band
+    (`dedup.hash_bands`; all of them when it is 0, by pigeonhole; PDQ has none) and whose
+    thumbnail cosine is >= `min_thumbnail_similarity`. Of several, the one on the lowest band (PDQ:
+    the nearest), then the first in uid order. One FAISS range search for the batch gives the
+    candidate pairs; they are ranked per query by (band, row) and their thumbnails compared in
+    rounds of growing rank windows (4, 16, 64, ...), each round over the queries still unmatched:
+    a query among a crowd of flat images stops at its first passing candidate, as a loop would,
+    without one.
     """
-    if not index.size or not len(hashes):
+    if not len(index.hashed) or not len(hashes):
         return {}
-    codes = np.ascontiguousarray(hashes, dtype=np.uint64).view(np.uint8).reshape(len(hashes), 8)
-    limits, distances, rows = index.hash_index.range_search(codes, config.max_hash_distance + 1)
+    limits, distances, found = index.hash_index.range_search(_codes(hashes), config.max_distance + 1)
     queries = np.repeat(np.arange(len(hashes), dtype=np.int64), np.diff(limits).astype(np.int64))
-    rows = rows.astype(np.int64)
-    bands = _first_bands(hashes[queries] ^ index.hashes[rows], index.masks)
-    agree = np.flatnonzero(bands < len(index.masks))
+    rows = index.hashed[found.astype(np.int64)]
+    if index.masks is None:
+        bands = distances.astype(np.int64)
+        agree = np.arange(len(rows))
+    else:
+        bands = _first_bands(hashes[queries, 0] ^ index.hashes[rows, 0], index.masks)
+        agree = np.flatnonzero(bands < len(index.masks))
     order = agree[np.lexsort((rows[agree], bands[agree], queries[agree]))]
     queries, rows, distances = queries[order], rows[order], distances[order]
     rank = np.arange(len(order)) - np.searchsorted(queries, queries)
@@ -338,12 +363,13 @@ class _DecontaminateFn(beam.DoFn):
         if not index.size or not batch:
             return
         matches: dict[str, tuple[str, str]] = {}
-        hashes = np.array([f.hash64 for _, f in batch], dtype=np.uint64)
-        signatures = np.frombuffer(b"".join(f.signature for _, f in batch), dtype=np.int8)
-        signatures = signatures.reshape(len(batch), SIGNATURE_BYTES)
+        hashed = [i for i, (_, f) in enumerate(batch) if comparable(f)]
+        hashes = hash_words([batch[i][1].hash64 for i in hashed], self._config.hash_bits)
+        signatures = np.frombuffer(b"".join(batch[i][1].signature for i in hashed), dtype=np.int8)
+        signatures = signatures.reshape(len(hashed), SIGNATURE_BYTES)
         for q, (row, distance, similarity) in _hash_matches(hashes, signatures, index, self._config).items():
             evidence = f"hash distance {distance}, thumbnail cosine {similarity:.3f}"
-            matches[batch[q][0]] = (index.name(row), evidence)
+            matches[batch[hashed[q]][0]] = (index.name(row), evidence)
         embedded = [(uid, f) for uid, f in batch if f.embedding is not None and uid not in matches]
         if embedded and index.index is not None:
             cosines, ids = index.index.search(normalize(np.stack([f.embedding for _, f in embedded])), 1)
@@ -388,7 +414,7 @@ class DecontaminateEval(beam.PTransform):
             samples
             | "EvalFingerprints" >> beam.Map(fingerprint, config.hash, self._image_options)
             | "EvalSet" >> beam.combiners.ToList()  # the eval set, once, on one worker
-            | "PackEvalSet" >> beam.Map(pack_eval_set)
+            | "PackEvalSet" >> beam.Map(pack_eval_set, config.hash_bits)
         )
         return (
             fingerprints

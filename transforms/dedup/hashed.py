@@ -2,18 +2,29 @@
 
 - `ExactDuplicates`: (uid, Fingerprint) → `Decision`s. Groups by the pixel digest; each group keeps
   its first fingerprint by `Fingerprint.rank`, then uid.
-- `NearDuplicates`: every fingerprint's uid, hash and rank go to one LSH bucket per band of its
-  64-bit hash; inside a bucket, pairs within `max_hash_distance` bits are candidates (a pair
-  sharing several bands only in the bucket of the first band they share). The members with a
-  candidate in a bucket tile get their thumbnail signature there (one join), and the tile's
-  candidates are confirmed when the thumbnails agree (`min_thumbnail_similarity`). A tile emits
-  a spanning forest of its confirmed pairs, not every pair (a group of n copies gives about n
-  links), leaving out what other tiles connect. The links' connected components are found across
-  workers (`common.unionfind.ConnectedComponents`: large-star/small-star, nothing gathered), and
-  each component keeps its first fingerprint by rank, then uid.
+- `NearDuplicates`: the fingerprints whose hash is `comparable` → near-duplicate `Decision`s.
+  Pairs within `max_hash_distance` bits whose thumbnails agree (`min_thumbnail_similarity`) are
+  linked; the links' connected components are found across workers
+  (`common.unionfind.ConnectedComponents`: large-star/small-star, nothing gathered), and each
+  component keeps its first fingerprint by rank, then uid. Where pairs are looked for is
+  `dedup.near_blocking`:
+  - `clusters` (the default, `transforms/dedup/blocks.py`): inside blocks of about
+    `cluster_size` fingerprints, a k-means of the thumbnail signatures with each fingerprint in
+    its two nearest clusters; identical (hash, thumbnail) members collapse before the hashes of
+    a block are compared all against all, vectorised. Work per sample is bounded by the blocks'
+    size, whatever n; a pair whose thumbnails fall in clusters that neither member's two nearest
+    share is missed.
+  - `bands` (64-bit hashes): every fingerprint's uid, hash and rank go to one LSH bucket per
+    band of its hash; inside a bucket, pairs within the distance are candidates (a pair sharing
+    several bands only in the bucket of the first band they share). The members with a
+    candidate in a bucket tile get their thumbnail signature there (one join), and the tile's
+    candidates are confirmed there. Exhaustive within the distance (with the default bands),
+    but a bucket holds about n / 2^(64 / bands) members: the work per sample grows with n.
+  Either way a tile emits a spanning forest of its confirmed pairs, not every pair (a group of n
+  copies gives about n links), leaving out what other tiles connect.
 
-A hot bucket (a million blank images) is cut into tiles (`transforms/common/tiling.py`), so no
-worker holds more than two chunks of it.
+A hot bucket or block (a million blank images) is cut into tiles (`transforms/common/tiling.py`),
+so no worker holds more than two chunks of it.
 """
 
 from __future__ import annotations
@@ -27,9 +38,10 @@ import apache_beam as beam
 from transforms.common.progress import NAMESPACE
 from transforms.common.tiling import TileGroups, split_tile
 from transforms.common.unionfind import ConnectedComponents, Link, forest_pairs
+from transforms.dedup.blocks import BlockLinks
 from transforms.dedup.config import DedupConfig
 from transforms.dedup.perceptual import cross_pairs, hash_bands, near_duplicate_pairs, signature_similarity
-from transforms.dedup.types import EXACT, NEAR, Decision, Fingerprint
+from transforms.dedup.types import EXACT, NEAR, Decision, Fingerprint, comparable
 
 # ---------------------------------------------------------------- exact
 
@@ -91,11 +103,11 @@ class _BucketPairsFn(beam.DoFn):
         rows, cols = split_tile(members, a, b)
         by_uid = {m.uid: m for m in (*rows, *cols)}
         if a == b:
-            pairs = near_duplicate_pairs([(m.uid, m.hash64) for m in rows], config.max_hash_distance)
+            pairs = near_duplicate_pairs([(m.uid, m.hash64) for m in rows], config.max_distance)
             self._comparisons.inc(len(rows) * (len(rows) - 1) // 2)
         else:
             pairs = cross_pairs(
-                [(m.uid, m.hash64) for m in rows], [(m.uid, m.hash64) for m in cols], config.max_hash_distance
+                [(m.uid, m.hash64) for m in rows], [(m.uid, m.hash64) for m in cols], config.max_distance
             )
             self._comparisons.inc(len(rows) * len(cols))
         active: set[str] = set()
@@ -149,7 +161,7 @@ class _TileForestFn(beam.DoFn):
         position = {m.uid: index for index, m in enumerate(everyone)}
         to_forest, joined, evidence = [], [], {}
         for uid_a, uid_b, distance in near_duplicate_pairs(
-            [(m.uid, m.hash64) for m in everyone], config.max_hash_distance
+            [(m.uid, m.hash64) for m in everyone], config.max_distance
         ):
             first, second = everyone[position[uid_a]], everyone[position[uid_b]]
             similarity = signature_similarity(first.signature, second.signature)
@@ -198,8 +210,8 @@ def _share_earlier_band(first: int, second: int, band: int, bands: int) -> bool:
     )
 
 
-class NearDuplicates(beam.PTransform):
-    """(uid, Fingerprint) → a `Decision` for every near-duplicate that its group does not keep."""
+class _BandLinks(beam.PTransform):
+    """(uid, Fingerprint) → `Link`s, by LSH bands of the hash (`near_blocking: bands`)."""
 
     def __init__(self, config: DedupConfig):
         super().__init__()
@@ -221,6 +233,27 @@ class NearDuplicates(beam.PTransform):
             | "GroupTiles" >> beam.GroupByKey()
             | "Pairs" >> beam.ParDo(_BucketPairsFn(self._config))
             | "Confirm" >> _ConfirmInTiles(fingerprints, self._config)
+        )
+
+
+class NearDuplicates(beam.PTransform):
+    """(uid, Fingerprint) → a `Decision` for every near-duplicate that its group does not keep.
+
+    Only the fingerprints whose hash is `comparable` take part."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, fingerprints: beam.PCollection) -> beam.PCollection:
+        config = self._config
+        compared = fingerprints | "Comparable" >> beam.Filter(lambda kv: comparable(kv[1]))
+        if config.near_blocking == "bands":
+            links = compared | "Bands" >> _BandLinks(config)
+        else:
+            links = compared | "Blocks" >> BlockLinks(config)
+        return (
+            links
             | "Components" >> ConnectedComponents()
             | "Decisions" >> beam.Map(lambda r: Decision(r.removed, NEAR, r.kept, r.detail))
         )

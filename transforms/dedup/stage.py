@@ -11,8 +11,11 @@ Levels, in order, each working on the survivors of the one before and each switc
    and thumbnail (as level 3) or by embedding cosine; `duplicate_of` names the eval image.
 2. `exact_duplicate` (`dedup.exact`): the same decoded pixels (sha256 of the RGB pixels and
    size); the same downloaded bytes (sha256, recorded by the crawl) imply the same pixels.
-3. `near_duplicate` (`dedup.perceptual`): a 64-bit perceptual hash within `max_hash_distance`
-   bits, found by LSH banding (`transforms/dedup/hashed.py`), confirmed by thumbnail similarity.
+3. `near_duplicate` (`dedup.perceptual`): a perceptual hash (`dedup.hash`) within
+   `max_hash_distance` bits, compared inside blocks of about `cluster_size` samples cut by a
+   k-means of the thumbnails, each sample in its two nearest (`transforms/dedup/blocks.py`; or
+   by LSH banding with `dedup.near_blocking: bands`, `transforms/dedup/hashed.py`), confirmed by
+   thumbnail similarity.
 4. `semantic_duplicate` (`dedup.semantic`, needs the embed stage): SemDeDup on the image
    embeddings (`transforms/dedup/semantic.py`).
 
@@ -175,14 +178,14 @@ class JudgeDuplicates(beam.PTransform):
             ("Near", NearDuplicates(config), config.perceptual),
             ("Semantic", SemanticDuplicates(config), config.semantic and self._embed is not None),
         ]
-        for name, level, enabled in levels:
-            if not enabled:
-                continue
+        enabled = [(name, level) for name, level, wanted in levels if wanted]
+        for position, (name, level) in enumerate(enabled):
             decisions = fingerprints | name >> level
             removals.append(decisions)
             if name != "Eval":
                 grouped.append(decisions)
-            fingerprints = _survivors(fingerprints, decisions, name)
+            if position + 1 < len(enabled):  # only a later level reads the survivors
+                fingerprints = _survivors(fingerprints, decisions, name)
         keyed = fingerprinted | "KeyByUid" >> beam.Map(lambda pair: (pair[0].uid, light(pair[0], False)))
         if removals:
             removed = (

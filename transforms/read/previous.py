@@ -27,17 +27,20 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.layout import read_tar_images, shard_stems
+from schemas.layout import SHARD_FILE, read_tar_images, shard_stems
 from schemas.reasons import is_retryable_failure
 from schemas.sample import BATCH_SCHEMA, METADATA_SCHEMA, Sample, Status
+from schemas.verdict import BALANCE, Verdict
 from transforms.common.errors import InputError
+from transforms.common.verdicts import copy_order, light, verdict
 
 LOG = logging.getLogger(__name__)
 _TEXT_FIELDS = tuple(BATCH_SCHEMA.names)
@@ -114,98 +117,131 @@ def _read_shard(parquet_path: str) -> Iterator[Sample]:
         yield sample
 
 
+def _is_shard_file(path: str) -> bool:
+    return bool(SHARD_FILE.match(path.rstrip("/").rsplit("/", 1)[-1]))
+
+
 class ReadPreviousOutput(beam.PTransform):
-    """Every metadata row of a previous output as a `Sample`, ready for the crawl to retry."""
+    """Every metadata row of a previous output as a `Sample`, ready for the crawl to retry.
+
+    The shards are checked here (`InputError` when there are none) but matched again when the job
+    runs: the job graph holds the folder's pattern, not a list of every shard."""
 
     def __init__(self, output_dir: str):
         super().__init__()
-        self._files = shard_metadata_files(output_dir)
+        shard_metadata_files(output_dir)
+        self._pattern = f"{output_dir.rstrip('/')}/*.parquet"
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pbegin
-            | "Shards" >> beam.Create(self._files)
+            | "Match" >> fileio.MatchFiles(self._pattern)
+            | "ShardPaths" >> beam.Map(lambda found: found.path)
+            | "OnlyShards" >> beam.Filter(_is_shard_file)
             | "Spread" >> beam.Reshuffle()
             | "ReadShard" >> beam.FlatMap(_read_shard)
         )
 
 
 _DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
+#: The step of the retry's own verdicts (`KeepSettled`): applied after every stage's.
+RETRY = BALANCE + 1
 
 
-def _restore(element: tuple[str, dict[str, list[Sample]]]) -> Iterator[Any]:
-    """One uid's rows: a settled row as it was read (main output), else the stages' verdict keyed
-    by its group (`new`). A settled kept row that the stages removed as a duplicate of another row
-    claims that one (`claims`) and waits, as a `claimant`, to hear whether the claim held."""
+class Restored(NamedTuple):
+    """What `KeepSettled` gives the shard writer: every row once, and the verdicts to apply to them."""
+
+    rows: beam.PCollection
+    verdicts: beam.PCollection
+
+
+def _mark(sample: Sample) -> tuple[str, tuple[str, str | None]]:
+    """A settled row as the uid join sees it: (uid, (status, dup_group)), no image or embeddings."""
+    return sample.uid, (sample.status, sample.dup_group)
+
+
+def _restore(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    """One uid: a row fetched again goes on as the stages left it (main output), and its light view
+    keyed by its group (`new`). A settled row is written as it was read (not here); if it is a kept
+    row that the stages removed as a duplicate of another row, it claims that one (`claims`) and
+    waits, as a `claimant`, to hear whether the claim held."""
     uid, found = element
     judged, before = found["judged"], found["before"]
     if not before:
         for sample in judged:
-            yield beam.pvalue.TaggedOutput("new", (sample.dup_group or sample.uid, sample))
+            yield sample
+            yield beam.pvalue.TaggedOutput("new", (sample.dup_group or sample.uid, light(sample, False)))
         return
-    settled, now = before[0], (judged[0] if judged else None)
-    if settled.status == Status.SUCCESS and now and now.reason in _DUPLICATE_REASONS and now.duplicate_of:
+    status, group = min(before, key=lambda mark: (mark[0], mark[1] or ""))
+    now = min(judged, key=copy_order) if judged else None
+    if status == Status.SUCCESS and now and now.reason in _DUPLICATE_REASONS and now.duplicate_of:
         yield beam.pvalue.TaggedOutput("claims", (now.duplicate_of, (uid, now.reason)))
-        yield beam.pvalue.TaggedOutput("claimants", (uid, settled))
-    else:
-        yield settled
+        yield beam.pvalue.TaggedOutput("claimants", (uid, group))
 
 
 def _resolve(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-    """A group of new rows: if settled kept rows claim its head, the head is the removed duplicate
-    of the first of them, and the group's other new rows point to that one too (`heads` names it)."""
+    """A group of new rows (light views): if settled kept rows claim its head, the head is the
+    removed duplicate of the first of them, and the group's other new rows point to that one too
+    (`heads` names it). Out: the verdicts that say so."""
     head, found = element
     claims = sorted(found["claims"])
     if not claims or not any(sample.uid == head for sample in found["new"]):
-        yield from found["new"]  # a claim on a settled row changes nothing
-        return
+        return  # a claim on a settled row changes nothing
     keeper, reason = claims[0]
     yield beam.pvalue.TaggedOutput("heads", (keeper, head))
     for sample in found["new"]:
         if sample.uid == head:
-            sample = sample.decided(
+            after = sample.decided(
                 Status.REJECTED, reason, "dedup", f"duplicates the kept image of {keeper}"
-            )
-            yield sample.evolve(duplicate_of=keeper, dup_group=keeper)
+            ).evolve(duplicate_of=keeper, dup_group=keeper)
         else:
             pointed = sample.duplicate_of == head
-            yield sample.evolve(dup_group=keeper, duplicate_of=keeper if pointed else sample.duplicate_of)
+            after = sample.evolve(dup_group=keeper, duplicate_of=keeper if pointed else sample.duplicate_of)
+        found_verdict = verdict(sample, after, RETRY, "any")
+        if found_verdict is not None:
+            yield found_verdict
 
 
-def _head_group(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Sample]:
-    """A claimant as it was, heading its group if new rows now point to it."""
+def _head_group(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Verdict]:
+    """A claimant that new rows now point to heads its group: the verdict naming it, if it had none."""
     uid, found = element
-    for settled in found["claimant"]:
-        yield settled.evolve(dup_group=settled.dup_group or uid) if found["heads"] else settled
+    if found["heads"] and any(group is None for group in found["claimant"]):
+        yield Verdict(uid, RETRY, "any", (("dup_group", uid),))
 
 
 class KeepSettled(beam.PTransform):
-    """After the stages of a retry: every settled row exactly as it was read, and the stages'
-    verdict for the rows fetched again (a new duplicate of a settled kept image is the one removed)."""
+    """After the stages of a retry: every settled row exactly as it was read, the stages' rows for
+    the ones fetched again, and the verdicts that settle a new duplicate of a settled kept image
+    (the new one is removed), for the shard writer to apply (`Restored`).
+
+    The settled rows go to the writer straight from the read; only light records (a uid's status
+    and group, the new rows' views without image or embeddings) cross the group and claim joins.
+    The uid join that tells the new rows from the settled ones carries the stages' rows once."""
 
     def __init__(self, previous: beam.PCollection):
         super().__init__()
         self._previous = previous
 
-    def expand(self, judged: beam.PCollection) -> beam.PCollection:
-        before = (
-            self._previous
-            | "Settled" >> beam.Filter(_settled)
-            | "KeyBefore" >> beam.Map(lambda s: (s.uid, s))
-        )
+    def expand(self, judged: beam.PCollection) -> Restored:
+        settled = self._previous | "Settled" >> beam.Filter(_settled)
         restored = (
-            {"judged": judged | "KeyJudged" >> beam.Map(lambda s: (s.uid, s)), "before": before}
+            {
+                "judged": judged | "KeyJudged" >> beam.Map(lambda s: (s.uid, s)),
+                "before": settled | "MarkSettled" >> beam.Map(_mark),
+            }
             | "JoinByUid" >> beam.CoGroupByKey()
-            | "Restore" >> beam.FlatMap(_restore).with_outputs("new", "claims", "claimants", main="settled")
+            | "Restore" >> beam.FlatMap(_restore).with_outputs("new", "claims", "claimants", main="rows")
         )
         resolved = (
             {"new": restored.new, "claims": restored.claims}
             | "JoinByGroup" >> beam.CoGroupByKey()
-            | "Resolve" >> beam.FlatMap(_resolve).with_outputs("heads", main="rows")
+            | "Resolve" >> beam.FlatMap(_resolve).with_outputs("heads", main="verdicts")
         )
-        claimants = (
+        claimed = (
             {"claimant": restored.claimants, "heads": resolved.heads}
             | "JoinClaims" >> beam.CoGroupByKey()
             | "HeadGroups" >> beam.FlatMap(_head_group)
         )
-        return (restored.settled, resolved.rows, claimants) | "AllRows" >> beam.Flatten()
+        rows = (settled, restored.rows) | "AllRows" >> beam.Flatten()
+        verdicts = (resolved.verdicts, claimed) | "AllVerdicts" >> beam.Flatten()
+        return Restored(rows, verdicts)

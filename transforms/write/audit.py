@@ -352,7 +352,9 @@ def assemble(
     settings: AuditSettings, files: tuple[int, int],
 ) -> dict[str, Any]:  # fmt: skip
     """The body of `audit.json` (without thumbnails): everything the report draws from the rows."""
-    samples = {outcome: [row for _, _, row in rows] for outcome, rows in counts.samples.items()}
+    # Dicts built by merging accumulators hold their keys in the order the runner merged them:
+    # every dict and list here is sorted, so that the file is the same on any runner.
+    samples = {outcome: [row for _, _, row in rows] for outcome, rows in sorted(counts.samples.items())}
     shown = [row for rows in samples.values() for row in rows]
     # Rows as a reader of the shards in order finds them: per uid the last one read wins.
     read = {pos: row for pos, row in found.cited.values()}
@@ -371,7 +373,7 @@ def assemble(
         "shards": {"count": files[0], "parquet_bytes": files[1]},
         "total": counts.total,
         "outcomes": [[*key, n] for key, n in in_reading_order(counts.outcomes)],
-        "histograms": {name: _histogram_json(h) for name, h in counts.histograms.items()},
+        "histograms": {name: _histogram_json(h) for name, h in sorted(counts.histograms.items())},
         "languages": [
             [lang, kept, other]
             for lang, (kept, other, _) in sorted(counts.languages.items(), key=lambda kv: kv[1][2])
@@ -381,7 +383,7 @@ def assemble(
         "group_sizes": groups["sizes"],
         "groups": group_rows,
         "samples": samples,
-        "rows": list(by_uid.values()),
+        "rows": [by_uid[uid] for uid in sorted(by_uid)],
         "safety": {
             "present": counts.has_safety,
             "blocklists": dict(sorted(counts.blocklists.items())),

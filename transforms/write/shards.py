@@ -13,6 +13,8 @@ In: `Sample`s after the last stage. Out, in the output folder (any Beam filesyst
   the shard's embedded samples, row i of both belonging to row i of
   `metadata/metadata_NNNNN.parquet` (uid, url, caption, clip_score, status) — clip-retrieval's
   layout, so its tools and FAISS index builders read it as is;
+- `uids/uids_NNNNN.npy`, with `output.uids_file`: the shard's kept uids, sorted, in DataComp's
+  format, which the launcher merges into that file (`transforms/write/uids.py`);
 - `stats.json`: counts by status, stage and reason (written by `WriteStats`).
 
 Determinism: the shard count is ceil(total / samples_per_shard); a sample goes to shard
@@ -59,6 +61,7 @@ from transforms.common.progress import StageCounter
 from transforms.common.verdicts import apply_by_uid
 from transforms.write.audit import AUDIT_FILE, AuditShards
 from transforms.write.config import OutputConfig
+from transforms.write.uids import part_name, uids_part
 
 _EMBEDDING_METADATA = pa.schema(
     [
@@ -288,7 +291,8 @@ class _WriteShardFn(beam.DoFn):
             f"{self._output_dir}/{name}.parquet", parquet_bytes(samples, self._config.parquet_compression)
         )
         embeddings = embedding_files(name, samples, self._config.parquet_compression)
-        for path, data in embeddings.items():
+        kept_uids = (s.uid for s in samples if s.status == Status.SUCCESS)
+        for path, data in {**embeddings, **self._uids_part(name, kept_uids)}.items():
             write_atomically(f"{self._output_dir}/{path}", data)
         counts = Counter((s.stage or "", s.status, s.reason or "") for s in samples)
         for sample in samples:
@@ -301,12 +305,19 @@ class _WriteShardFn(beam.DoFn):
         self._counter.flush()
         yield {
             "shard": name,
-            "files": [f"{name}.parquet"] + ([f"{name}.tar"] if kept else []) + sorted(embeddings),
+            "files": [f"{name}.parquet"]
+            + ([f"{name}.tar"] if kept else [])
+            + sorted(embeddings)
+            + ([part_name(name)] if self._config.uids_file else []),
             "samples": len(samples),
             "kept": kept,
             "tar_bytes": len(tar) if kept else 0,
             "counts": sorted([*key, n] for key, n in counts.items()),
         }
+
+    def _uids_part(self, name: str, kept_uids: Iterable[str]) -> dict[str, bytes]:
+        """With `output.uids_file`, the shard's part of it (`transforms/write/uids.py`): path → bytes."""
+        return {part_name(name): uids_part(kept_uids)} if self._config.uids_file else {}
 
     def _write_rows(self, index: int, encoded: list[bytes]) -> dict[str, Any]:
         """A shard of row batches only (a run without a per-sample stage): its Parquet written
@@ -317,6 +328,9 @@ class _WriteShardFn(beam.DoFn):
         write_atomically(
             f"{self._output_dir}/{name}.parquet", table_bytes(table, self._config.parquet_compression)
         )
+        kept_uids = table.filter(pc.equal(table.column("status"), Status.SUCCESS)).column("uid").to_pylist()
+        for path, data in self._uids_part(name, kept_uids).items():
+            write_atomically(f"{self._output_dir}/{path}", data)
         keys = zip(*(table.column(c).to_pylist() for c in ("stage", "status", "reason")), strict=True)
         counts = Counter((stage or "", status, reason or "") for stage, status, reason in keys)
         for (stage, status, reason), n in counts.items():
@@ -328,7 +342,7 @@ class _WriteShardFn(beam.DoFn):
         self._counter.flush()
         return {
             "shard": name,
-            "files": [f"{name}.parquet"],
+            "files": [f"{name}.parquet"] + ([part_name(name)] if self._config.uids_file else []),
             "samples": table.num_rows,
             "kept": 0,
             "tar_bytes": 0,

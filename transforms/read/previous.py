@@ -171,12 +171,12 @@ def _restore(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         for sample in judged:
             yield sample
             yield beam.pvalue.TaggedOutput("new", (sample.dup_group or sample.uid, light(sample, False)))
-        return
-    status, group = min(before, key=lambda mark: (mark[0], mark[1] or ""))
-    now = min(judged, key=copy_order) if judged else None
-    if status == Status.SUCCESS and now and now.reason in _DUPLICATE_REASONS and now.duplicate_of:
-        yield beam.pvalue.TaggedOutput("claims", (now.duplicate_of, (uid, now.reason)))
-        yield beam.pvalue.TaggedOutput("claimants", (uid, group))
+    elif judged:
+        status, group = min(before, key=lambda mark: (mark[0], mark[1] or ""))
+        now = min(judged, key=copy_order)
+        if status == Status.SUCCESS and now.reason in _DUPLICATE_REASONS and now.duplicate_of:
+            yield beam.pvalue.TaggedOutput("claims", (now.duplicate_of, (uid, now.reason)))
+            yield beam.pvalue.TaggedOutput("claimants", (uid, group))
 
 
 def _resolve(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
@@ -185,11 +185,15 @@ def _resolve(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
     (`heads` names it). Out: the verdicts that say so."""
     head, found = element
     claims = sorted(found["claims"])
-    if not claims or not any(sample.uid == head for sample in found["new"]):
-        return  # a claim on a settled row changes nothing
-    keeper, reason = claims[0]
+    if claims and any(sample.uid == head for sample in found["new"]):  # else no claim holds
+        yield from _claimed(head, claims[0], found["new"])
+
+
+def _claimed(head: str, claim: tuple[str, str], new: list[Sample]) -> Iterator[Any]:
+    """The verdicts of a group of new rows whose head duplicates the settled kept row `claim` names."""
+    keeper, reason = claim
     yield beam.pvalue.TaggedOutput("heads", (keeper, head))
-    for sample in found["new"]:
+    for sample in new:
         if sample.uid == head:
             after = sample.decided(
                 Status.REJECTED, reason, "dedup", f"duplicates the kept image of {keeper}"

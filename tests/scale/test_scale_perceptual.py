@@ -216,3 +216,26 @@ def test_scale_item1_bands_need_a_64_bit_hash(capsys):
         DedupConfig(hash="pdq", near_blocking="bands")
     assert main(["config", "--set", "dedup.hash=pdq", "--set", "dedup.near_blocking=bands"]) == 2
     assert "dedup.near_blocking" in capsys.readouterr().err
+
+
+def test_scale_item1_a_tile_of_near_copies_confirms_its_pairs_in_bounded_memory():
+    """A large group of near-copies in one tile: every pair of it is close, yet confirming them
+    must not gather the signatures of all the pairs at once (6 KB a pair)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(-100, 100, SIDE).astype(np.int16)
+    members = 800  # 319,600 close pairs: gathered whole, about 1.9 GB
+    placed = []
+    for i in range(members):
+        noisy = np.clip(base + rng.integers(-3, 4, SIDE), -127, 127).astype(np.int8).tobytes()
+        placed.append((0, f"c{i:04d}", noisy, 0xF0F0, (-100.0, 0.0), (0,)))
+    tracemalloc.start()
+    try:
+        links, comparisons = block_links((0, 0, 0), placed, DedupConfig())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert comparisons >= members * (members - 1) // 2  # every pair compared
+    assert len(links) == members - 1  # one spanning tree of the group
+    assert peak < 300 << 20, f"peak {peak >> 20} MB"

@@ -56,6 +56,8 @@ Placed = tuple[int, str, bytes, Any, tuple[float, float], tuple[int, ...]]
 SPILL = 2.0
 #: Bytes of one row block of the Hamming matrix (rows × columns × hash words × 8).
 _BLOCK_BYTES = 16 << 20
+#: Close pairs whose thumbnail cosines are computed at once: ~25 MB of gathered float32 signatures.
+_PAIR_CHUNK = 4096
 
 
 def _signature_vector(found: Member) -> bytes:
@@ -119,8 +121,14 @@ class _Tile:
         return np.array(first, dtype=np.int64), np.array(second, dtype=np.int64)
 
     def cosines(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Thumbnail cosines of representative pairs (1.0 for two flat images, as `signature_similarity`)."""
-        values = np.einsum("ij,ij->i", self.points[i], self.points[j])
+        """Thumbnail cosines of representative pairs (1.0 for two flat images, as `signature_similarity`).
+        The pairs' signatures are gathered `_PAIR_CHUNK` pairs at a time: a row block of `_close`
+        may hold millions of close pairs (a large group of near-copies), and gathering both sides
+        whole would take 6 KB a pair."""
+        values = np.empty(len(i), dtype=np.float32)
+        for start in range(0, len(i), _PAIR_CHUNK):
+            end = start + _PAIR_CHUNK
+            values[start:end] = np.einsum("ij,ij->i", self.points[i[start:end]], self.points[j[start:end]])
         return np.where(self.flat[i] & self.flat[j], 1.0, values)
 
     def elsewhere(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -23,10 +23,12 @@ does but fetches nothing; the real web is bound by latency, DNS, TLS and dead ho
 No figure rests on an extrapolation across the k-means cap: k grows with n (a coarse k-means on
 the sample, then a fine one per oversized cell on the workers, `transforms/common/partition.py`),
 so semantic clusters and noise neighbourhoods stay near `dedup.cluster_size` at any n and the
-per-sample work measured at 10^5 holds at 10^9; the perceptual level compares inside bounded
-blocks. The benchmark checks that per-sample work and bytes stay flat between its two sizes;
-a measured file that says otherwise (`--strict`) is refused. Prices are list prices given as
-parameters. The result is a plan to check against a pilot run, not a quote.
+per-sample work measured at the benchmark's largest size holds at 10^9; the perceptual level
+compares inside bounded blocks. The benchmark checks that per-sample work and bytes stay flat
+between its two sizes, and the worker's peak memory within 1.5x; the plan prints the memory's
+measured growth, and a measured file that grew past either bound is refused with `--strict`.
+Prices are list prices given as parameters. The result is a plan to check against a pilot run,
+not a quote.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ _ITEMS = {
 }
 #: Growth bound of per-sample figures between the benchmark's two sizes (its own bound).
 FLAT = 1.2
+#: Growth bound of the largest worker's peak RSS between the two sizes (the benchmark's own).
+MEMORY_FLAT = 1.5
 
 
 class MeasuredError(ValueError):
@@ -74,6 +78,8 @@ class Measured:
     worker_rss_mb: float
     comparisons_per_sample: float
     source: str
+    #: The worker RSS of the largest size over the smallest's, and those sizes (None: one size).
+    rss_growth: tuple[float, int, int] | None = None
 
     @classmethod
     def load(cls, path: str | Path, strict: bool = False) -> Measured:
@@ -96,9 +102,19 @@ class Measured:
                         f"{path}: {field} grew {top[field] / low[field]:.2f}x from {low['size']:,} to "
                         f"{top['size']:,} pairs (more than {FLAT}x): it cannot be extrapolated"
                     )
+            if low["peak_rss_mb"] and top["peak_rss_mb"] / low["peak_rss_mb"] > MEMORY_FLAT:
+                raise MeasuredError(
+                    f"{path}: the largest worker's peak RSS grew "
+                    f"{top['peak_rss_mb'] / low['peak_rss_mb']:.2f}x "
+                    f"from {low['size']:,} to {top['size']:,} pairs (more than {MEMORY_FLAT}x): "
+                    "it cannot be extrapolated"
+                )
         steps = {stage: steps.get(stage, 0.0) for stage in STAGES if stage != "other"}
         steps["other"] = max(0.0, cpu_ms - sum(steps.values()))  # runner, index, report
-        return cls(int(top["size"]), steps, shuffles, rss, comparisons, str(path))
+        growth = None
+        if len(sizes) >= 2 and sizes[0]["peak_rss_mb"]:
+            growth = (rss / float(sizes[0]["peak_rss_mb"]), int(sizes[0]["size"]), int(top["size"]))
+        return cls(int(top["size"]), steps, shuffles, rss, comparisons, str(path), growth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +208,14 @@ def report(pairs: float, hours: float, result: Plan, measured: Measured, vcpus: 
     total = sum(s.shuffle_bytes for s in result.stages)
     cpu = sum(s.core_hours for s in result.stages if not s.on_gpu)
     lines.append(f"total: {cpu:,.1f} CPU core-hours, {total / 1e12:,.2f} TB shuffled")
+    if measured.rss_growth is None:
+        growth = "measured at one size only"
+    else:
+        ratio, low, high = measured.rss_growth
+        growth = f"{ratio:.2f}x the peak at {low:,} pairs for {high / low:g}x the pairs"
     lines.append(
-        f"worker memory: {measured.worker_rss_mb:,.0f} MB per worker process (measured peak, flat in n), "
-        f"{result.worker_memory_gb} GB per {vcpus}-vCPU worker"
+        f"worker memory: {measured.worker_rss_mb:,.0f} MB per worker process (measured peak at "
+        f"{measured.size:,} pairs, {growth}), {result.worker_memory_gb} GB per {vcpus}-vCPU worker"
     )
     lines.append(
         f"plan: {result.cpu_workers} CPU workers x {vcpus} vCPUs + {result.gpus} GPU workers, "

@@ -63,12 +63,14 @@ def test_scale_item1_the_benchmark_prints_every_figure_of_the_whole_run(tmp_path
     assert Measured.load(out).size == 200  # the sizing plan reads it
 
 
-def _measured(path: Path, sizes: list[tuple[int, float]]) -> Path:
+def _measured(
+    path: Path, sizes: list[tuple[int, float]], rss: tuple[float, float] = (1500.0, 1500.0)
+) -> Path:
     rows = [
         {
             "size": size,
             "cpu_s": 0.05 * size,
-            "peak_rss_mb": 1500.0,
+            "peak_rss_mb": rss[min(index, 1)],
             "comparisons_per_sample": comparisons,
             "shuffle_bytes_per_sample": 30_000.0,
             "step_ms_per_sample_by_stage": {
@@ -80,7 +82,7 @@ def _measured(path: Path, sizes: list[tuple[int, float]]) -> Path:
             },
             "shuffle_bytes_per_sample_by_stage": {"dedup": 14_000.0, "noise": 5_000.0, "write": 11_000.0},
         }
-        for size, comparisons in sizes
+        for index, (size, comparisons) in enumerate(sizes)
     ]
     path.write_text(json.dumps({"sizes": rows}))
     return path
@@ -104,6 +106,12 @@ def test_scale_item5_the_sizing_plan_reads_measured_figures_and_grows_linearly(t
     assert done.stdout.splitlines()[0].startswith("1,000,000,000 pairs, target 72 h")
     assert any(text.startswith("dedup ") for text in done.stdout.splitlines())
     assert done.stdout.splitlines()[-1].startswith("plan: ")
+    assert "worker process (measured peak at 30,000 pairs, 1.00x the peak at 3,000 pairs" in done.stdout
+    # Worker memory that grew between the sizes is printed as grown, and refused under --strict.
+    grown = _measured(tmp_path / "rss.json", [(3_000, 100.0), (30_000, 100.0)], rss=(1000.0, 2000.0))
+    with pytest.raises(MeasuredError, match="peak RSS grew 2.00x"):
+        Measured.load(grown, strict=True)
+    assert Measured.load(grown).rss_growth == (2.0, 3_000, 30_000)
     # Per-sample work that grew between the sizes is refused under --strict; a bad file is exit 2.
     with pytest.raises(MeasuredError, match="comparisons_per_sample grew"):
         Measured.load(_measured(tmp_path / "grew.json", [(3_000, 100.0), (30_000, 400.0)]), strict=True)

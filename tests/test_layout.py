@@ -17,6 +17,8 @@ STAGE_EXCEPTIONS = {
     ("dedup", "crawl"): "fingerprints undo the crawl's padding, and evaluation images go through the "
     "crawl's own image path, so both sides of a comparison are made alike",
     ("dedup", "embed"): "decontamination embeds the evaluation images with the run's CLIP model",
+    ("dedup", "safety"): "`dedup.hash: pdq` hashes with the safety stage's PDQ wrapper, the one its "
+    "blocklists match with, so both stages compute the same hash of an image",
     ("noise", "embed"): "the concept vocabulary and generated captions use the run's CLIP model",
 }
 

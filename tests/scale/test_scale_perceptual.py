@@ -216,6 +216,11 @@ def test_scale_item1_bands_need_a_64_bit_hash(capsys):
         DedupConfig(hash="pdq", near_blocking="bands")
     assert main(["config", "--set", "dedup.hash=pdq", "--set", "dedup.near_blocking=bands"]) == 2
     assert "dedup.near_blocking" in capsys.readouterr().err
+    # hash_bands means nothing to a 256-bit hash (no level bands it): refused, not ignored.
+    assert main(["config", "--set", "dedup.hash=pdq", "--set", "dedup.hash_bands=4"]) == 2
+    err = capsys.readouterr().err
+    assert "dedup.hash_bands (4)" in err and len(err.strip().splitlines()) == 1
+    assert DedupConfig(hash="dhash", hash_bands=4).bands == 4
 
 
 def test_scale_item1_a_tile_of_near_copies_confirms_its_pairs_in_bounded_memory():

@@ -23,12 +23,13 @@ from apache_beam.io.filesystems import FileSystems
 TEMP_PREFIX = "_tmp-"
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes `path` so that readers never see a partial file. An existing file is replaced in one
-    rename; a folder at `path` is never touched (`IsADirectoryError`)."""
+@contextlib.contextmanager
+def open_atomically(path: str) -> Iterator[BinaryIO]:
+    """`write_atomically` for a file written piece by piece: a handle whose writes appear at `path`
+    only when the block ends without an error (a local temporary file renamed, or one upload)."""
     if FileSystems.get_scheme(path) not in (None, "file"):
         with FileSystems.create(path) as handle:  # object stores: one upload, visible when complete
-            handle.write(data)
+            yield handle
         return
     path = path.removeprefix("file://")
     if os.path.isdir(path):
@@ -38,7 +39,7 @@ def write_atomically(path: str, data: bytes) -> None:
     temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
     try:
         with open(temp, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.replace(temp, path)  # atomic, and replaces a file only
     except BaseException:  # a full disk, an interrupt: the partial file goes, the error stays
         with contextlib.suppress(FileNotFoundError):
@@ -46,28 +47,11 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def open_atomically(path: str) -> Iterator[BinaryIO]:
-    """`write_atomically` for a file written piece by piece: a handle whose writes appear at `path`
-    only when the block ends without an error (a local temporary file renamed, or one upload)."""
-    if FileSystems.get_scheme(path) not in (None, "file"):
-        with FileSystems.create(path) as handle:
-            yield handle
-        return
-    path = path.removeprefix("file://")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a folder; Winnow writes files only")
-    directory, name = os.path.split(path)
-    os.makedirs(directory or ".", exist_ok=True)
-    temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
-    try:
-        with open(temp, "wb") as handle:
-            yield handle
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `path` so that readers never see a partial file. An existing file is replaced in one
+    rename; a folder at `path` is never touched (`IsADirectoryError`)."""
+    with open_atomically(path) as handle:
+        handle.write(data)
 
 
 def read_text_file(path: str) -> str:

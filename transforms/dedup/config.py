@@ -72,6 +72,11 @@ class DedupConfig:
         if self.max_hash_distance is None:  # the hash's own default, recorded as such
             object.__setattr__(self, "max_hash_distance", DEFAULT_HASH_DISTANCE[self.hash])
         check.between(0, self.max_distance + 1, "hash_bands")
+        if self.hash_bands and self.hash_bits != 64:
+            raise ValueError(
+                f"dedup.hash_bands ({self.hash_bands}) applies to 64-bit hashes only; dedup.hash "
+                f"({self.hash}) has {self.hash_bits} bits: leave hash_bands at 0"
+            )
         if self.near_blocking == "bands" and self.hash_bits != 64:
             raise ValueError(
                 f"dedup.near_blocking (bands) needs a 64-bit hash; dedup.hash ({self.hash}) has "

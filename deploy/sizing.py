@@ -212,11 +212,16 @@ def report(pairs: float, hours: float, result: Plan, measured: Measured, vcpus: 
         growth = "measured at one size only"
     else:
         ratio, low, high = measured.rss_growth
-        growth = f"{ratio:.2f}x the peak at {low:,} pairs for {high / low:g}x the pairs"
+        growth = f"{ratio:.2f}x the peak at {low:,} pairs for {high / low:.3g}x the pairs"
     lines.append(
         f"worker memory: {measured.worker_rss_mb:,.0f} MB per worker process (measured peak at "
         f"{measured.size:,} pairs, {growth}), {result.worker_memory_gb} GB per {vcpus}-vCPU worker"
     )
+    if measured.rss_growth is not None and measured.rss_growth[0] > MEMORY_FLAT:
+        lines.append(
+            f"warning: the worker's peak memory grew past {MEMORY_FLAT}x between the measured sizes: "
+            "it is not flat, and its value at this plan's size is not known from these figures"
+        )
     lines.append(
         f"plan: {result.cpu_workers} CPU workers x {vcpus} vCPUs + {result.gpus} GPU workers, "
         f"{result.hours:.1f} h, about ${result.cost:,.0f}; bound by {result.bound}"

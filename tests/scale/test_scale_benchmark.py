@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import scale  # noqa: E402
 
-from deploy.sizing import Measured, MeasuredError, plan  # noqa: E402
+from deploy.sizing import Measured, MeasuredError, plan, report  # noqa: E402
 
 LINE = re.compile(
     r"^size=(\d+) wall_s=(\S+) peak_rss_mb=(\S+) comparisons_per_sample=(\S+) "
@@ -112,6 +112,9 @@ def test_scale_item5_the_sizing_plan_reads_measured_figures_and_grows_linearly(t
     with pytest.raises(MeasuredError, match="peak RSS grew 2.00x"):
         Measured.load(grown, strict=True)
     assert Measured.load(grown).rss_growth == (2.0, 3_000, 30_000)
+    lines = report(1e9, 72, plan(1e9, 72, Measured.load(grown)), Measured.load(grown), 16)
+    assert any(text.startswith("warning: the worker's peak memory grew past 1.5x") for text in lines)
+    assert not any(text.startswith("warning") for text in done.stdout.splitlines())
     # Per-sample work that grew between the sizes is refused under --strict; a bad file is exit 2.
     with pytest.raises(MeasuredError, match="comparisons_per_sample grew"):
         Measured.load(_measured(tmp_path / "grew.json", [(3_000, 100.0), (30_000, 400.0)]), strict=True)

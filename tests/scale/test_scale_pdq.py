@@ -17,11 +17,10 @@ from PIL import Image, ImageEnhance
 from skimage import data
 
 from pipeline.cli import main
-from schemas.sample import Sample, Status
+from schemas.sample import Sample
 from transforms.crawl.config import ImageOptions
-from transforms.crawl.imaging import process_image
 from transforms.dedup.config import DedupConfig
-from transforms.dedup.decontam import DecontaminateEval, _DecontaminateFn, pack_eval_set
+from transforms.dedup.decontam import DecontaminateEval, _DecontaminateFn, eval_sample, pack_eval_set
 from transforms.dedup.fingerprints import fingerprint
 from transforms.dedup.hashed import ExactDuplicates
 from transforms.dedup.perceptual import hamming
@@ -38,19 +37,8 @@ def _encoded(image: Image.Image, kind: str = "PNG", **params: int) -> bytes:
 
 
 def _sample(uid: str, encoded: bytes) -> Sample:
-    """A downloaded sample: `encoded` through the crawl's resize and encoding."""
-    image = process_image(encoded, OPTIONS)
-    return Sample(
-        uid=uid,
-        url=None,
-        caption="",
-        status=Status.SUCCESS,
-        image=image.data,
-        width=image.width,
-        height=image.height,
-        original_width=image.original_width,
-        original_height=image.original_height,
-    )
+    """A downloaded sample: `encoded` through the crawl's resize and encoding, as eval images are."""
+    return eval_sample(uid, encoded, OPTIONS)
 
 
 def _print(uid: str, image: Image.Image, hash_kind: str = "pdq", **params: int) -> Fingerprint:

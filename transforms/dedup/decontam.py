@@ -137,22 +137,28 @@ class _EvalSamplesFn(beam.DoFn):
             return
         for name, data in images:
             try:
-                image = process_image(data, self._options)
+                yield eval_sample(name, data, self._options)
             except ImageError as err:
                 LOG.warning("eval image %s cannot be decoded: %s", name, err)
                 self._unreadable.inc()
-                continue
-            yield Sample(
-                uid=name,
-                url=None,
-                caption="",
-                status=Status.SUCCESS,
-                image=image.data,
-                width=image.width,
-                height=image.height,
-                original_width=image.original_width,
-                original_height=image.original_height,
-            )
+
+
+def eval_sample(name: str, data: bytes, options: ImageOptions) -> Sample:
+    """An evaluation image as a downloaded sample named `name`: `data` through the crawl's own
+    resize and encoding, so it is fingerprinted as the run's samples are (`ImageError` if it
+    does not decode)."""
+    image = process_image(data, options)
+    return Sample(
+        uid=name,
+        url=None,
+        caption="",
+        status=Status.SUCCESS,
+        image=image.data,
+        width=image.width,
+        height=image.height,
+        original_width=image.original_width,
+        original_height=image.original_height,
+    )
 
 
 def _with_embedding(element: tuple[Sample, PredictionResult | ClipEmbedding]) -> Sample:

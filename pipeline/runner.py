@@ -15,6 +15,15 @@ measured in `benchmarks/README.md`, "Local runner: rows lost by the data plane's
 `LocalRunner` turns the timer off for its run: the streams then flush only from the writing
 thread, by size and at the end of the input.
 
+The runner also hands each worker its share of a stage's input as one message: Beam's grouping
+buffer encodes a worker's whole share into one byte string and the bundle manager writes it to the
+data plane without flushing, so a worker's memory grows with the collection (about two copies of
+half a stage's shuffled bytes with 2 workers: 1.3 GB more per worker for 60,000 more 10 KB
+elements; `benchmarks/local_runner_memory.py`). `LocalRunner` cuts every share into chunks of at
+most `BUNDLE_CHUNK_BYTES` at element boundaries and flushes after each, so a worker holds a few
+chunks at a time, as on a distributed runner. The launcher still holds the data between steps:
+that is the local runner's shuffle.
+
 Its worker processes live and die with the run: each is started as `pipeline/worker.py`, which
 puts it in a process group of its own and has the kernel kill it when the launcher dies (even by
 SIGKILL or the OOM killer); on Ctrl-C the launcher stops them itself (`stop_local_workers`). Their
@@ -34,11 +43,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner, execution, fn_runner, worker_handlers
 from apache_beam.runners.runner import PipelineRunner, create_runner
+from apache_beam.transforms import trigger, window
+from apache_beam.utils import windowed_value
 
 from pipeline.config import ConfigError
 from pipeline.worker import QUIET_FLAG
@@ -61,9 +73,136 @@ WORKER_BYTES = 150 << 20
 WORKERS_MEMORY_SHARE = 0.5
 
 
+#: Beam's own methods, before `install_bounded_bundles` replaces them (for comparison in tests).
+BEAMS_GROUPING_PARTITION = execution.GroupingBuffer.partition
+BEAMS_LIST_PARTITION = execution.ListBuffer.partition
+#: The largest piece of a worker's bundle input the local runner writes before it flushes (the data
+#: plane's own flush threshold is 10 MB; a worker's receive queue holds 5 pieces).
+BUNDLE_CHUNK_BYTES = 4 << 20
+
+
+class _Chunks:
+    """Output streams for `n` workers, each cut into pieces of about `BUNDLE_CHUNK_BYTES` between
+    elements (an element never spans two pieces: the worker decodes each piece on its own)."""
+
+    def __init__(self, n: int, limit: int):
+        self.parts: list[list[bytes]] = [[] for _ in range(n)]
+        self._streams = [create_OutputStream() for _ in range(n)]
+        self._limit = limit
+
+    def stream(self, index: int) -> Any:
+        return self._streams[index]
+
+    def element_done(self, index: int) -> None:
+        stream = self._streams[index]
+        if stream.size() >= self._limit:
+            self.parts[index].append(stream.get())
+            self._streams[index] = create_OutputStream()
+
+    def close(self) -> list[list[bytes]]:
+        for index, stream in enumerate(self._streams):
+            if stream.size() or not self.parts[index]:
+                self.parts[index].append(stream.get())
+        return self.parts
+
+
+def _grouping_partition(self: execution.GroupingBuffer, n: int) -> list[list[bytes]]:
+    """`GroupingBuffer.partition` (Beam 2.77) with every worker's share in `_Chunks`: the same
+    groups to the same worker in the same order, in pieces instead of one byte string."""
+    if not self._grouped_output:
+        if self._windowing.is_default():
+            windowed_key_values = _global_panes()
+        else:
+            windowed_key_values = trigger.create_trigger_driver(self._windowing, True).process_entire_key
+        coder_impl = self._post_grouped_coder.get_impl()
+        key_coder_impl = self._key_coder.get_impl()
+        chunks = _Chunks(n, BUNDLE_CHUNK_BYTES)
+        for idx, (encoded_key, windowed_values) in enumerate(self._table.items()):
+            key = key_coder_impl.decode(encoded_key)
+            for wkvs in windowed_key_values(key, windowed_values):
+                coder_impl.encode_to_stream(wkvs, chunks.stream(idx % n), True)
+                chunks.element_done(idx % n)
+        self._grouped_output = chunks.close()
+        self._table.clear()
+    return self._grouped_output
+
+
+def _global_panes() -> Any:
+    """The one on-time pane of the global window that Beam's `GroupingBuffer.partition` gives every
+    group under default windowing."""
+    pane = windowed_value.PaneInfo(
+        is_first=True,
+        is_last=True,
+        timing=windowed_value.PaneInfoTiming.ON_TIME,
+        index=0,
+        nonspeculative_index=0,
+    )
+    with_value = window.GlobalWindows.windowed_value(
+        None, timestamp=window.GlobalWindow().max_timestamp(), pane_info=pane
+    ).with_value
+    return lambda key, values: [with_value((key, values))]
+
+
+def _list_partition(self: execution.ListBuffer, n: int) -> list[list[bytes]]:
+    """`ListBuffer.partition` (Beam 2.77) with its re-encoded branch (fewer pieces than workers) in
+    `_Chunks`; with as many pieces as workers it deals the pieces out, as Beam does."""
+    if self.cleared:
+        raise RuntimeError("Trying to partition a cleared ListBuffer.")
+    if len(self._inputs) >= n or len(self._inputs) == 0:
+        return [self._inputs[k::n] for k in range(n)]
+    if not self._grouped_output:
+        chunks = _Chunks(n, BUNDLE_CHUNK_BYTES)
+        idx = 0
+        for piece in self._inputs:
+            input_stream = create_InputStream(piece)
+            while input_stream.size() > 0:
+                decoded_value = self._coder_impl.decode_from_stream(input_stream, True)
+                self._coder_impl.encode_to_stream(decoded_value, chunks.stream(idx), True)
+                chunks.element_done(idx)
+                idx = (idx + 1) % n
+        self._grouped_output = chunks.close()
+    return self._grouped_output
+
+
+def _send_input_to_worker(
+    self: fn_runner.BundleManager, process_bundle_id: str, read_transform_id: str, byte_streams: Any
+) -> None:
+    """`BundleManager._send_input_to_worker` (Beam 2.77) that flushes after every piece, instead of
+    once at the end of the bundle's whole input.
+
+    Beam writes a bundle's input before it sends the request that starts the bundle, so once the
+    data plane's queues are bounded by flushing, the writer must not block the request: an input
+    of more than one piece is written by a thread of its own while the worker consumes it."""
+    assert self._worker_handler is not None
+    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+    pieces = list(byte_streams or [])
+
+    def write() -> None:
+        try:
+            for piece in pieces:
+                data_out.write(piece)
+                data_out.maybe_flush()
+        finally:
+            data_out.close()
+
+    if len(pieces) <= 1:
+        write()
+        return
+    threading.Thread(target=write, name=f"input-{process_bundle_id}", daemon=True).start()
+
+
+def install_bounded_bundles() -> None:
+    """Makes Beam's local runner hand bundle input to its workers in bounded pieces (see the module
+    docstring). The output is unchanged: same elements, same workers, same order."""
+    execution.GroupingBuffer.partition = _grouping_partition  # type: ignore[method-assign]
+    execution.ListBuffer.partition = _list_partition  # type: ignore[method-assign]
+    fn_runner.BundleManager._send_input_to_worker = _send_input_to_worker  # type: ignore[method-assign]
+
+
 class LocalRunner(FnApiRunner):
     """Beam's FnApiRunner with the data plane's timed flushing off (see the module docstring):
-    the runner side of the gRPC data channels it creates buffers by size only."""
+    the runner side of the gRPC data channels it creates buffers by size only, and bundle input
+    reaches a worker in pieces of at most `BUNDLE_CHUNK_BYTES`."""
 
     _lock = threading.Lock()
     _active = 0  # LocalRunner runs in progress in this process
@@ -74,6 +213,7 @@ class LocalRunner(FnApiRunner):
         # `run_pipeline`. The first run in progress sets it to 0 and the last one to end restores
         # Beam's value, so concurrent runs neither wait for each other nor undo each other.
         with LocalRunner._lock:
+            install_bounded_bundles()
             if LocalRunner._active == 0:
                 LocalRunner._beams_value = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
                 worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0

@@ -72,3 +72,23 @@ def test_scale_item3_components_equal_a_plain_union_find_on_a_chain_and_a_star()
     with beam.Pipeline(runner=FnApiRunner()) as p:
         found = p | beam.Create(links) | ConnectedComponents(where=" (near)") | beam.Map(tuple)
         assert_that(found, equal_to(oracle))
+
+
+def test_scale_no_components_key_holds_a_whole_star():
+    # The 1,500-leaf star's centre has all its leaves as neighbours in every large-star step and
+    # all its members when the stars are joined; with parts of at most 64 no grouping key holds
+    # more than the limit (and a head), and the answer is the plain union-find's.
+    from pipeline.shuffles import group_maxima, measure_shuffles
+
+    links = _chain_and_star()
+    oracle = [tuple(r) for r in resolve_links(links, where=" (near)")]
+    p = beam.Pipeline(runner=FnApiRunner())
+    found = p | beam.Create(links) | ConnectedComponents(where=" (near)", limit=64) | beam.Map(tuple)
+    assert_that(found, equal_to(oracle))
+    assert measure_shuffles(p) > 30
+    result = p.run()
+    result.wait_until_finish()
+    maxima = {label: most for label, most in group_maxima(result).items() if label.startswith("Connected")}
+    parted = [most for label, most in maxima.items() if "/Parts/" in label]
+    assert len(parted) == 2 * 16 + 1 and max(parted) > 32  # every step measured, the star in parts
+    assert max(maxima.values()) <= 64 + 1, sorted(maxima.items(), key=lambda kv: -kv[1])[:3]

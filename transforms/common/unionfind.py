@@ -8,7 +8,8 @@ dedup level ends with (as DataTrove's MinHash cluster step does).
 - `spanning_pairs` / `forest_pairs`: the links a unit of work (a tile, a bucket) needs to emit: a
   spanning forest of its pairs, not every pair, so its output grows linearly in a group's size.
 - `ConnectedComponents` (Beam): `resolve_links` over links spread across workers, by alternating
-  large-star and small-star steps; nothing is gathered onto one worker.
+  large-star and small-star steps; nothing is gathered onto one worker, and no key groups more
+  than about `PART_ELEMENTS` elements, whatever a component's size (`PartedGroups`).
 """
 
 from __future__ import annotations
@@ -235,41 +236,191 @@ def _both_ends(edge: _Edge) -> Iterator[tuple[_Node, _Node]]:
     yield edge[1], edge[0]
 
 
-def _large_star(element: tuple[_Node, Iterable[_Node]]) -> Iterator[_Edge]:
-    """Kiveris et al.'s large-star: each larger neighbour of a node → the least of its neighbourhood."""
-    node, neighbours = element
-    others = set(neighbours)
-    least = min(others | {node}, key=lambda n: n[:2])
-    for other in others:
+#: The most elements `PartedGroups` puts under one key: a key with more is cut into parts of about
+#: half this many (hashed), each joined with the key's summary. A star's centre holds its whole
+#: component, so without parts the largest key would grow with the largest duplicate group.
+PART_ELEMENTS = 2048
+
+
+def _parts(count: int, limit: int) -> int:
+    """The parts a key of `count` elements is cut into: 1 up to `limit`, else about `limit // 2`
+    elements each (a hashed part then exceeds `limit` with probability under 1e-50)."""
+    return 1 if count <= limit else -(-2 * count // limit)
+
+
+class _CountAnd(beam.CombineFn):  # type: ignore[misc]
+    """(count, inner's result) of the values: one combine gives both a key's size and summary."""
+
+    def __init__(self, inner: beam.CombineFn):
+        super().__init__()
+        self._inner = inner
+
+    def create_accumulator(self) -> tuple[int, Any]:
+        return 0, self._inner.create_accumulator()
+
+    def add_input(self, accumulator: tuple[int, Any], value: Any) -> tuple[int, Any]:
+        return accumulator[0] + 1, self._inner.add_input(accumulator[1], value)
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[int, Any]]) -> tuple[int, Any]:
+        counts, inner = zip(*accumulators, strict=True)
+        return sum(counts), self._inner.merge_accumulators(inner)
+
+    def extract_output(self, accumulator: tuple[int, Any]) -> tuple[int, Any]:
+        return accumulator[0], self._inner.extract_output(accumulator[1])
+
+
+def _split_key(element: tuple[Any, Any], hot: dict[Any, int], spread: Any) -> tuple[tuple[Any, int], Any]:
+    key, value = element
+    parts = hot.get(key, 1)
+    return (key, spread(value) % parts if parts > 1 else 0), value
+
+
+def _heads(element: tuple[Any, tuple[int, Any]], limit: int) -> Iterator[tuple[tuple[Any, int], Any]]:
+    key, (count, summary) = element
+    for part in range(_parts(count, limit)):
+        yield (key, part), summary
+
+
+def _hot(element: tuple[Any, tuple[int, Any]], limit: int) -> Iterator[tuple[Any, int]]:
+    key, (count, _) = element
+    if count > limit:
+        yield key, _parts(count, limit)
+
+
+def _parted(
+    element: tuple[tuple[Any, int], dict[str, list[Any]]],
+) -> Iterator[tuple[Any, Any, int, list[Any]]]:
+    (key, part), joined = element
+    for summary in joined["head"]:
+        yield key, summary, part, joined["values"]
+
+
+class PartedGroups(beam.PTransform):
+    """(key, value) pairs → (key, summary, part, values): each key's values grouped, with the
+    key's summary (`summary`, a CombineFn over all its values) beside them, as `GroupByKey` then a
+    combine over each group would give, except that a key of more than `limit` values comes as
+    several parts of about `limit // 2` values each (by `spread(value)`, a hash), every part with
+    the same summary and its number (0 for every key; a key's once-only work goes in part 0).
+
+    A skew join (as Spark's and Flink's): the sizes come from a combine, the few large keys reach
+    every worker as a side input (at most 2·pairs/`limit` entries), and no key groups more than
+    about `limit` values, however large it is."""
+
+    def __init__(self, summary: beam.CombineFn, spread: Any, limit: int | None = None):
+        super().__init__()
+        self._summary = summary
+        self._spread = spread
+        self._limit = limit
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        limit = self._limit or PART_ELEMENTS
+        stats = pairs | "Summary" >> beam.CombinePerKey(_CountAnd(self._summary))
+        hot = beam.pvalue.AsDict(stats | "LargeKeys" >> beam.FlatMap(_hot, limit=limit))
+        values = pairs | "Split" >> beam.Map(_split_key, hot=hot, spread=self._spread)
+        heads = stats | "PerPart" >> beam.FlatMap(_heads, limit=limit)
+        return (
+            {"head": heads, "values": values}
+            | "Parts" >> beam.CoGroupByKey()
+            | "WithSummary" >> beam.FlatMap(_parted)
+        )
+
+
+def _least(nodes: Iterable[_Node]) -> _Node:
+    return min(nodes, key=lambda n: n[:2])
+
+
+class _LeastNode(beam.CombineFn):  # type: ignore[misc]
+    """The least node (by `node_order`) of the values; None for none."""
+
+    def create_accumulator(self) -> _Node | None:
+        return None
+
+    def add_input(self, accumulator: _Node | None, node: _Node) -> _Node | None:
+        return node if accumulator is None or node[:2] < accumulator[:2] else accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[_Node | None]) -> _Node | None:
+        found = [a for a in accumulators if a is not None]
+        return _least(found) if found else None
+
+    def extract_output(self, accumulator: _Node | None) -> _Node | None:
+        return accumulator
+
+
+class _Least(beam.CombineFn):  # type: ignore[misc]
+    """The least of the values (`min`); None for none."""
+
+    def create_accumulator(self) -> Any:
+        return None
+
+    def add_input(self, accumulator: Any, value: Any) -> Any:
+        return value if accumulator is None else min(accumulator, value)
+
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
+        found = [a for a in accumulators if a is not None]
+        return min(found) if found else None
+
+    def extract_output(self, accumulator: Any) -> Any:
+        return accumulator
+
+
+class _Extremes(beam.CombineFn):  # type: ignore[misc]
+    """(least, greatest) node of the values."""
+
+    def create_accumulator(self) -> tuple[_Node, _Node] | None:
+        return None
+
+    def add_input(self, accumulator: tuple[_Node, _Node] | None, node: _Node) -> tuple[_Node, _Node] | None:
+        return self.merge_accumulators([accumulator, (node, node)])
+
+    def merge_accumulators(
+        self, accumulators: Iterable[tuple[_Node, _Node] | None]
+    ) -> tuple[_Node, _Node] | None:
+        found = [a for a in accumulators if a is not None]
+        if not found:
+            return None
+        return _least(a[0] for a in found), max((a[1] for a in found), key=lambda n: n[:2])
+
+    def extract_output(self, accumulator: tuple[_Node, _Node] | None) -> tuple[_Node, _Node] | None:
+        return accumulator
+
+
+def _node_spread(node: _Node) -> int:
+    return node[0]
+
+
+def _large_star(element: tuple[_Node, _Node, int, list[_Node]]) -> Iterator[_Edge]:
+    """Kiveris et al.'s large-star: each larger neighbour of a node → the least of its neighbourhood
+    (the node's least neighbour is the part's summary; the node itself may be less)."""
+    node, least_neighbour, _, neighbours = element
+    least = _least((least_neighbour, node))
+    for other in set(neighbours):
         if other[:2] > node[:2]:
             yield _ordered(other, least)
 
 
-def _small_star(element: tuple[_Node, Iterable[_Node]]) -> Iterator[_Edge]:
-    """Kiveris et al.'s small-star: a node and its smaller neighbours → the least of them."""
-    node, smaller = element
-    others = set(smaller)
-    least = min(others, key=lambda n: n[:2])
-    for other in others | {node}:
+def _small_star(element: tuple[_Node, _Node, int, list[_Node]]) -> Iterator[_Edge]:
+    """Kiveris et al.'s small-star: a node and its smaller neighbours → the least of them (the
+    part's summary); the node's own edge comes from its part 0 only."""
+    node, least, part, smaller = element
+    for other in set(smaller):
         if other != least:
             yield _ordered(other, least)
+    if part == 0:
+        yield _ordered(node, least)
 
 
-class _SettleFn(beam.DoFn):
-    """A node and its neighbours, once the graph is stars → (centre uid, (rank, uid)) for the node
-    (a centre names itself). A node that is not yet a star's centre or leaf is `unsettled`."""
-
-    def process(self, element: tuple[_Node, Iterable[_Node]]) -> Iterator[Any]:
-        node, neighbours = element
-        others = set(neighbours)
-        smaller = [n for n in others if n[:2] < node[:2]]
-        member = (node[2], node[1])
-        if not smaller:
-            yield node[1], member
-        elif len(others) == 1:
-            yield smaller[0][1], member
-        else:
-            yield beam.pvalue.TaggedOutput("unsettled", node[1])
+def _settle(element: tuple[_Node, tuple[_Node, _Node]]) -> Iterator[Any]:
+    """A node and its least and greatest neighbour, once the graph is stars → (centre uid, (rank,
+    uid)) for the node (a centre names itself). A node that is not yet a star's centre or leaf (a
+    smaller neighbour and another one) is `unsettled`."""
+    node, (least, greatest) = element
+    member = (node[2], node[1])
+    if least[:2] > node[:2]:
+        yield node[1], member
+    elif greatest == least:
+        yield least[1], member
+    else:
+        yield beam.pvalue.TaggedOutput("unsettled", node[1])
 
 
 def _check_settled(unsettled: int, alternations: int) -> None:
@@ -280,11 +431,16 @@ def _check_settled(unsettled: int, alternations: int) -> None:
         )
 
 
-def _kept_of_members(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, str]]:
-    _, joined = element
-    for _, kept in joined["kept"]:
-        for _, uid in joined["member"]:
-            yield uid, kept
+def _kept_of_members(
+    element: tuple[str, tuple[Any, str], int, list[tuple[Any, str]]],
+) -> Iterator[tuple[str, str]]:
+    _, (_, kept), _, members = element
+    for _, uid in members:
+        yield uid, kept
+
+
+def _member_spread(member: tuple[Any, str]) -> int:
+    return xxhash.xxh3_64_intdigest(member[1].encode())
 
 
 def _evidence(link: Link) -> Iterator[tuple[str, tuple[str, str, str]]]:
@@ -309,14 +465,16 @@ class ConnectedComponents(beam.PTransform):
     fixed number of alternations is built into the job; the check after them fails the job
     (`ComponentsNotSettledError`) rather than return a wrong group if some component did not
     settle. Each star keeps its lowest (rank, uid); each removed uid gets its first link (by uid
-    pair, then evidence) as the evidence, as `resolve_links` does. The largest key holds one
-    node's neighbours: at most its component.
+    pair, then evidence) as the evidence, as `resolve_links` does. Every grouping by node is a
+    `PartedGroups`: a node's neighbours (a star's centre has its whole component) come in parts of
+    at most about `limit` (`PART_ELEMENTS`), so no key grows with a duplicate group.
     """
 
-    def __init__(self, where: str = "", alternations: int = ALTERNATIONS):
+    def __init__(self, where: str = "", alternations: int = ALTERNATIONS, limit: int | None = None):
         super().__init__()
         self._where = where
         self._alternations = alternations
+        self._limit = limit
 
     def expand(self, links: beam.PCollection) -> beam.PCollection:
         edges = links | "Edges" >> beam.Map(_node_edge)
@@ -324,27 +482,26 @@ class ConnectedComponents(beam.PTransform):
             edges = (
                 edges
                 | f"Ends{step}" >> beam.FlatMap(_both_ends)
-                | f"Neighbours{step}" >> beam.GroupByKey()
+                | f"Neighbours{step}" >> PartedGroups(_LeastNode(), _node_spread, self._limit)
                 | f"LargeStar{step}" >> beam.FlatMap(_large_star)
                 | f"LargerEnd{step}" >> beam.Map(lambda edge: (edge[1], edge[0]))
-                | f"Smaller{step}" >> beam.GroupByKey()
+                | f"Smaller{step}" >> PartedGroups(_LeastNode(), _node_spread, self._limit)
                 | f"SmallStar{step}" >> beam.FlatMap(_small_star)
             )
         settled = (
             edges
             | "FinalEnds" >> beam.FlatMap(_both_ends)
-            | "FinalNeighbours" >> beam.GroupByKey()
-            | "Settle" >> beam.ParDo(_SettleFn()).with_outputs("unsettled", main="members")
+            | "FinalNeighbours" >> beam.CombinePerKey(_Extremes())
+            | "Settle" >> beam.FlatMap(_settle).with_outputs("unsettled", main="members")
         )
         _ = (
             settled.unsettled
             | "CountUnsettled" >> beam.combiners.Count.Globally()
             | "CheckSettled" >> beam.Map(_check_settled, alternations=self._alternations)
         )
-        members = settled.members
         kept = (
-            {"kept": members | "KeptOfStar" >> beam.CombinePerKey(min), "member": members}
-            | "JoinStars" >> beam.CoGroupByKey()
+            settled.members
+            | "JoinStars" >> PartedGroups(_Least(), _member_spread, self._limit)
             | "KeptOfMembers" >> beam.FlatMap(_kept_of_members)
         )
         first = links | "Incident" >> beam.FlatMap(_evidence) | "FirstLink" >> beam.CombinePerKey(min)

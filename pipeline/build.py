@@ -8,8 +8,9 @@ noise) judge light views of the samples and emit verdicts (`transforms/common/ve
 samples, with their image bytes and embeddings, go from the embed stage straight to the shard
 grouping, where they meet every verdict: their heavy bytes cross one shuffle. The noise stage
 judges the dedup stage's survivors: its views are the light samples with dedup's verdicts applied.
-A retry (`retry_from`) runs each stage as samples → samples instead, before `KeepSettled`,
-which sends the settled rows to the shard grouping as they were read and its own verdicts with them.
+A retry (`retry_from`) judges the same way; `KeepSettled` then sends the rows a retry read back
+settled to the shard grouping as they were read, with the stages' verdicts of the other rows and
+its own: no images cross a join there either.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def build_pipeline(
             from transforms.safety import ScreenUrls
 
             samples = samples | "ScreenUrls" >> ScreenUrls(config.safety, progress_dir)
-        if retry_from is None and name in JUDGES:
+        if name in JUDGES:
             judged = _judge(name, config, progress_dir, samples, verdicts)
             verdicts.append(judged.rows if isinstance(judged, WithSummary) else judged)
         else:
@@ -168,9 +169,9 @@ def build_pipeline(
         if isinstance(judged, WithSummary):  # a summary for stats.json under the stage's name
             summaries.append(judged.summary | f"{label}Summary" >> beam.Map(lambda s, n=name: (n, s)))
     if retry_from is not None:  # rows the previous run settled are written as they were
-        restored = samples | "KeepSettled" >> KeepSettled(previous)
+        restored = samples | "KeepSettled" >> KeepSettled(previous, verdicts)
         samples = restored.rows
-        verdicts.append(restored.verdicts)
+        verdicts = [restored.verdicts]  # the stages' verdicts of settled rows are dropped there
     writer = WriteShards(output_dir, config.output, progress_dir, total, verdicts, rows)
     shards = samples | "WriteShards" >> writer
     extra = summaries | "StageSummaries" >> beam.Flatten() if summaries else None

@@ -49,6 +49,7 @@ from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner, execution, fn_runner, worker_handlers
 from apache_beam.runners.runner import PipelineRunner, create_runner
+from apache_beam.runners.worker import data_plane
 from apache_beam.transforms import trigger, window
 from apache_beam.utils import windowed_value
 
@@ -172,7 +173,9 @@ def _send_input_to_worker(
 
     Beam writes a bundle's input before it sends the request that starts the bundle, so once the
     data plane's queues are bounded by flushing, the writer must not block the request: an input
-    of more than one piece is written by a thread of its own while the worker consumes it."""
+    of more than one piece to a worker process is written by a thread of its own while the worker
+    consumes it. An in-process worker (no `--workers`) reads, when its bundle starts, what was
+    written until then: it gets its input written in full first, as Beam writes it."""
     assert self._worker_handler is not None
     data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
     pieces = list(byte_streams or [])
@@ -185,7 +188,8 @@ def _send_input_to_worker(
         finally:
             data_out.close()
 
-    if len(pieces) <= 1:
+    if len(pieces) <= 1 or isinstance(self._worker_handler.data_conn, data_plane.InMemoryDataChannel):
+        # An in-process worker reads the input written before the bundle starts, and only that.
         write()
         return
     threading.Thread(target=write, name=f"input-{process_bundle_id}", daemon=True).start()

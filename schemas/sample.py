@@ -151,6 +151,10 @@ class Sample:
     caption_source: str | None = None
     matched_entries: list[str] | None = None
     balance_prob: float | None = None
+    #: A row a retry read back already decided (`transforms/read/previous.py`): the stages see it
+    #: so that new images are judged against it, but its row is written as it was read. Never a
+    #: column.
+    settled: bool = False
 
     def chosen_caption(self) -> str | None:
         """The caption a training set gets (the tar's `.txt`): the noise stage's choice, else the

@@ -11,6 +11,7 @@ The memory effect itself is measured in `benchmarks/local_runner_memory.py`.
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam import coders
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -90,11 +91,13 @@ def _count(grouped):
     Metrics.counter("bundles_test", "payload_sum").inc(sum(v[0] for v in values))
 
 
-def test_a_run_of_many_pieces_keeps_every_row(monkeypatch):
-    # 9 MB through the grouping with 64 KB pieces: each worker's share arrives in ~70 pieces, more
-    # than the data plane's queues hold, so the input is written while the worker consumes it.
-    monkeypatch.setattr(runner, "BUNDLE_CHUNK_BYTES", 64 << 10)
-    pipeline = make_pipeline("local", [], 2)
+@pytest.mark.parametrize("workers", [2, None])
+def test_a_run_of_many_pieces_keeps_every_row(monkeypatch, workers):
+    # 9 MB through the grouping with 4 KB pieces: each worker's share arrives in ~1,100 pieces, more
+    # than the data plane's queues hold, so the input is written while a worker process consumes
+    # it; an in-process worker (None) reads only what was written when its bundle starts.
+    monkeypatch.setattr(runner, "BUNDLE_CHUNK_BYTES", 4 << 10)
+    pipeline = make_pipeline("local", [], workers)
     assert isinstance(pipeline.runner, LocalRunner)
     _ = (
         pipeline

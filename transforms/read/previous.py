@@ -13,12 +13,12 @@ Out: one `Sample` per metadata row, every row of the previous run and nothing el
 A kept row whose image is missing from its tar (a shard cut short) is fetched again, and logged.
 Rows that were never crawled (`pending`) stay pending, so a retry also finishes them.
 
-Every row that comes back decided is *settled*: it also carries its embeddings from the output's
-`img_emb/` and `text_emb/` files, and after the stages `KeepSettled` writes it exactly as it was.
-The stages after the crawl still see the settled kept rows, so a newly fetched image is judged
-against them, but they never change a settled row's verdict or scores: a retry that recovers
-nothing writes what the previous run wrote. A new image that duplicates a settled kept one is the
-one removed (it points to the settled one, which then heads the group).
+Every row that comes back decided is *settled* (`Sample.settled`): it also carries its embeddings
+from the output's `img_emb/` and `text_emb/` files, and after the stages `KeepSettled` writes it
+exactly as it was. The stages after the crawl still see the settled kept rows, so a newly fetched
+image is judged against them, but they never change a settled row's verdict or scores: a retry
+that recovers nothing writes what the previous run wrote. A new image that duplicates a settled
+kept one is the one removed (it points to the settled one, which then heads the group).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from schemas.reasons import is_retryable_failure
 from schemas.sample import BATCH_SCHEMA, METADATA_SCHEMA, Sample, Status
 from schemas.verdict import BALANCE, Verdict
 from transforms.common.errors import InputError
-from transforms.common.verdicts import copy_order, light, verdict
+from transforms.common.verdicts import apply_verdicts, copy_order, verdict
 
 LOG = logging.getLogger(__name__)
 _TEXT_FIELDS = tuple(BATCH_SCHEMA.names)
@@ -95,7 +95,11 @@ def shard_embeddings(output_dir: str, stem: str) -> dict[str, tuple[np.ndarray, 
 
 
 def _settled(sample: Sample) -> bool:
-    return sample.status != Status.PENDING
+    return sample.settled
+
+
+def _fresh(sample: Sample) -> bool:
+    return not sample.settled
 
 
 def _read_shard(parquet_path: str) -> Iterator[Sample]:
@@ -111,9 +115,11 @@ def _read_shard(parquet_path: str) -> Iterator[Sample]:
         if row["status"] == Status.SUCCESS and row["key"] is not None and image is None:
             LOG.warning("%s: the image of kept row %s is missing; it is fetched again", tar_path, row["uid"])
         sample = sample_from_row(row, image)
-        if _settled(sample) and row["uid"] in embeddings:
-            image_embedding, text_embedding = embeddings[row["uid"]]
-            sample = sample.evolve(image_embedding=image_embedding, text_embedding=text_embedding)
+        if sample.status != Status.PENDING:
+            sample = sample.evolve(settled=True)
+            if row["uid"] in embeddings:
+                image_embedding, text_embedding = embeddings[row["uid"]]
+                sample = sample.evolve(image_embedding=image_embedding, text_embedding=text_embedding)
         yield sample
 
 
@@ -155,25 +161,45 @@ class Restored(NamedTuple):
     verdicts: beam.PCollection
 
 
+#: What a view holds for an embedding it had: the verdicts' candidate tests ask only whether one is
+#: there (`embedded`), and a view never reaches the writer.
+_HAD_EMBEDDING = np.zeros(0, dtype=np.float32)
+
+
+def _view(sample: Sample) -> tuple[str, Sample]:
+    """(uid, the sample without its image and with empty embeddings where it had some)."""
+    return sample.uid, sample.evolve(
+        image=None,
+        image_embedding=None if sample.image_embedding is None else _HAD_EMBEDDING,
+        text_embedding=None if sample.text_embedding is None else _HAD_EMBEDDING,
+    )
+
+
 def _mark(sample: Sample) -> tuple[str, tuple[str, str | None]]:
     """A settled row as the uid join sees it: (uid, (status, dup_group)), no image or embeddings."""
     return sample.uid, (sample.status, sample.dup_group)
 
 
 def _restore(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-    """One uid: a row fetched again goes on as the stages left it (main output), and its light view
-    keyed by its group (`new`). A settled row is written as it was read (not here); if it is a kept
-    row that the stages removed as a duplicate of another row, it claims that one (`claims`) and
-    waits, as a `claimant`, to hear whether the claim held."""
+    """One uid: its light views as the stages saw them, the stages' verdicts of it and, if the
+    previous run settled it, its (status, group) then. A uid fetched again keeps its verdicts (main
+    output) and gives its judged views, keyed by group (`new`). A settled uid's verdicts are dropped
+    (its row is written as it was read), unless a copy of it was fetched again (then the writer
+    applies them to the same copies as here); if it is a kept row that the stages removed as a duplicate
+    of another row, it claims that one (`claims`) and waits, as a `claimant`, to hear whether the
+    claim held."""
     uid, found = element
-    judged, before = found["judged"], found["before"]
-    if not before:
+    views, verdicts, before = found["views"], found["verdicts"], found["before"]
+    judged = apply_verdicts(views, verdicts)  # as the writer applies them to the same copies
+    if any(not view.settled for view in views):
+        yield from verdicts
         for sample in judged:
-            yield sample
-            yield beam.pvalue.TaggedOutput("new", (sample.dup_group or sample.uid, light(sample, False)))
-    elif judged:
+            if not sample.settled:
+                yield beam.pvalue.TaggedOutput("new", (sample.dup_group or sample.uid, sample))
+    settled = [sample for sample in judged if sample.settled]
+    if before and settled:
         status, group = min(before, key=lambda mark: (mark[0], mark[1] or ""))
-        now = min(judged, key=copy_order)
+        now = min(settled, key=copy_order)
         if status == Status.SUCCESS and now.reason in _DUPLICATE_REASONS and now.duplicate_of:
             yield beam.pvalue.TaggedOutput("claims", (now.duplicate_of, (uid, now.reason)))
             yield beam.pvalue.TaggedOutput("claimants", (uid, group))
@@ -214,27 +240,38 @@ def _head_group(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Verdict]:
 
 
 class KeepSettled(beam.PTransform):
-    """After the stages of a retry: every settled row exactly as it was read, the stages' rows for
-    the ones fetched again, and the verdicts that settle a new duplicate of a settled kept image
-    (the new one is removed), for the shard writer to apply (`Restored`).
+    """After the stages of a retry: every settled row exactly as it was read, the rows fetched
+    again as the stages left them, and the verdicts to apply to those (the stages', and the ones
+    that settle a new duplicate of a settled kept image: the new one is removed), for the shard
+    writer to apply (`Restored`).
 
-    The settled rows go to the writer straight from the read; only light records (a uid's status
-    and group, the new rows' views without image or embeddings) cross the group and claim joins.
-    The uid join that tells the new rows from the settled ones carries the stages' rows once."""
+    The stages judge a retry as they judge a full run (verdicts over light views). The settled
+    rows go to the writer straight from the read and the others straight from the stages (a
+    sample says which it is: `Sample.settled`), so images cross no join here: the uid join that
+    tells the stages' verdicts of new rows from those of settled rows, and the group and claim
+    joins, carry light views, marks and verdicts only."""
 
-    def __init__(self, previous: beam.PCollection):
+    def __init__(self, previous: beam.PCollection, verdicts: list[beam.PCollection]):
         super().__init__()
         self._previous = previous
+        self._verdicts = verdicts
 
-    def expand(self, judged: beam.PCollection) -> Restored:
+    def expand(self, samples: beam.PCollection) -> Restored:
         settled = self._previous | "Settled" >> beam.Filter(_settled)
+        fresh = samples | "Fresh" >> beam.Filter(_fresh)
+        stage_verdicts = (
+            self._verdicts | "StageVerdicts" >> beam.Flatten()
+            if self._verdicts
+            else samples.pipeline | "NoStageVerdicts" >> beam.Create([]).with_output_types(Verdict)
+        )
         restored = (
             {
-                "judged": judged | "KeyJudged" >> beam.Map(lambda s: (s.uid, s)),
+                "views": samples | "Views" >> beam.Map(_view),
+                "verdicts": stage_verdicts | "KeyVerdicts" >> beam.Map(lambda v: (v.uid, v)),
                 "before": settled | "MarkSettled" >> beam.Map(_mark),
             }
             | "JoinByUid" >> beam.CoGroupByKey()
-            | "Restore" >> beam.FlatMap(_restore).with_outputs("new", "claims", "claimants", main="rows")
+            | "Restore" >> beam.FlatMap(_restore).with_outputs("new", "claims", "claimants", main="verdicts")
         )
         resolved = (
             {"new": restored.new, "claims": restored.claims}
@@ -246,6 +283,6 @@ class KeepSettled(beam.PTransform):
             | "JoinClaims" >> beam.CoGroupByKey()
             | "HeadGroups" >> beam.FlatMap(_head_group)
         )
-        rows = (settled, restored.rows) | "AllRows" >> beam.Flatten()
-        verdicts = (resolved.verdicts, claimed) | "AllVerdicts" >> beam.Flatten()
+        rows = (settled, fresh) | "AllRows" >> beam.Flatten()
+        verdicts = (restored.verdicts, resolved.verdicts, claimed) | "AllVerdicts" >> beam.Flatten()
         return Restored(rows, verdicts)

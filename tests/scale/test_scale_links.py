@@ -92,3 +92,26 @@ def test_scale_no_components_key_holds_a_whole_star():
     parted = [most for label, most in maxima.items() if "/Parts/" in label]
     assert len(parted) == 2 * 16 + 1 and max(parted) > 32  # every step measured, the star in parts
     assert max(maxima.values()) <= 64 + 1, sorted(maxima.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_scale_a_kept_uid_with_thousands_of_copies_resolves_its_group_in_parts():
+    # Level 0 removes 5,000 copies of "k", which level 1 removes as a copy of "root", and "x" as a
+    # copy of "y": each copy's group is the root of its chain. The join by kept uid comes in parts
+    # (PART_ELEMENTS, 2,048), not as one key of 5,001 elements.
+    from pipeline.shuffles import group_maxima, measure_shuffles
+    from transforms.common.unionfind import PART_ELEMENTS
+    from transforms.dedup.stage import _resolve_groups
+    from transforms.dedup.types import Decision
+
+    first = [Decision(f"c{i:05d}", "exact_duplicate", "k", "") for i in range(5_000)]
+    first.append(Decision("x", "exact_duplicate", "y", ""))
+    second = [Decision("k", "near_duplicate", "root", "")]
+    expected = [(f"c{i:05d}", "root") for i in range(5_000)] + [("x", "y"), ("k", "root")]
+    p = beam.Pipeline(runner=FnApiRunner())
+    levels = [p | "First" >> beam.Create(first), p | "Second" >> beam.Create(second)]
+    assert_that(_resolve_groups(levels), equal_to(expected))
+    measure_shuffles(p)
+    result = p.run()
+    result.wait_until_finish()
+    joins = {label: most for label, most in group_maxima(result).items() if label.startswith("JoinRoots")}
+    assert joins and 1_000 < max(joins.values()) <= PART_ELEMENTS + 1, joins

@@ -346,7 +346,7 @@ class _LeastNode(beam.CombineFn):  # type: ignore[misc]
         return accumulator
 
 
-class _Least(beam.CombineFn):  # type: ignore[misc]
+class Least(beam.CombineFn):  # type: ignore[misc]
     """The least of the values (`min`); None for none."""
 
     def create_accumulator(self) -> Any:
@@ -501,7 +501,7 @@ class ConnectedComponents(beam.PTransform):
         )
         kept = (
             settled.members
-            | "JoinStars" >> PartedGroups(_Least(), _member_spread, self._limit)
+            | "JoinStars" >> PartedGroups(Least(), _member_spread, self._limit)
             | "KeptOfMembers" >> beam.FlatMap(_kept_of_members)
         )
         first = links | "Incident" >> beam.FlatMap(_evidence) | "FirstLink" >> beam.CombinePerKey(min)

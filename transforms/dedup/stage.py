@@ -33,12 +33,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
+import xxhash
 
 from schemas.sample import Sample, Status
 from schemas.verdict import DEDUP, Verdict
 from transforms.common.failures import Guarded
 from transforms.common.progress import StageCounter
 from transforms.common.routing import SplitByStatus, downloaded
+from transforms.common.unionfind import Least, PartedGroups
 from transforms.common.verdicts import ApplyVerdicts, copy_order, fields_verdict, light, verdict
 from transforms.crawl.config import ImageOptions
 from transforms.dedup.config import DedupConfig
@@ -70,11 +72,26 @@ def _survivors(fingerprints: beam.PCollection, decisions: beam.PCollection, labe
     )
 
 
+def _spread_tagged(value: tuple[int, str]) -> int:
+    return xxhash.xxh3_64_intdigest(value[1].encode())
+
+
+def _follow(element: tuple[str, tuple[int, str], int, list[tuple[int, str]]]) -> Iterator[tuple[str, str]]:
+    """A kept uid's removed members (tag 1) → (removed, root): the kept uid's own root if a later
+    level removed it (tag 0, the least value: the part's summary), else the kept uid."""
+    kept, (tag, least), _, values = element
+    root = least if tag == 0 else kept
+    for value_tag, uid in values:
+        if value_tag == 1:
+            yield uid, root
+
+
 def _resolve_groups(levels: list[beam.PCollection]) -> beam.PCollection:
     """(uid, group) for every removed sample: the uid its chain of duplicates finally keeps.
 
     A sample removed at one level duplicates a survivor of that level, which a later level may
-    remove in turn; resolving the levels from the last one back, each needs one join.
+    remove in turn; resolving the levels from the last one back, each needs one join, by the kept
+    uid: a `PartedGroups`, so a kept uid with thousands of copies comes in parts.
     """
     roots: beam.PCollection | None = None
     for index, level in reversed(list(enumerate(levels))):
@@ -82,17 +99,14 @@ def _resolve_groups(levels: list[beam.PCollection]) -> beam.PCollection:
         if roots is None:
             roots = pointing | f"Roots{index}" >> beam.Map(lambda kv: (kv[1], kv[0]))
             continue
-
-        def follow(element: tuple[str, dict[str, list[str]]]) -> Iterator[tuple[str, str]]:
-            kept, joined = element
-            root = joined["root"][0] if joined["root"] else kept
-            for removed in joined["removed"]:
-                yield removed, root
-
+        tagged = (
+            pointing | f"Removed{index}" >> beam.Map(lambda kv: (kv[0], (1, kv[1]))),
+            roots | f"Root{index}" >> beam.Map(lambda kv: (kv[0], (0, kv[1]))),
+        ) | f"Tagged{index}" >> beam.Flatten()
         resolved = (
-            {"removed": pointing, "root": roots}
-            | f"JoinRoots{index}" >> beam.CoGroupByKey()
-            | f"Follow{index}" >> beam.FlatMap(follow)
+            tagged
+            | f"JoinRoots{index}" >> PartedGroups(Least(), _spread_tagged)
+            | f"Follow{index}" >> beam.FlatMap(_follow)
         )
         roots = (roots, resolved) | f"AllRoots{index}" >> beam.Flatten()
     assert roots is not None

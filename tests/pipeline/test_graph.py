@@ -21,6 +21,7 @@ BOUNDED = {
     "Dedup/Near/Tiles/Tile": "the LSH buckets over max_group_size: at most pairs / max_group_size",
     "Dedup/Eval/Match": "the evaluation set's fingerprints",
     "Text/Judge/ParDo(_JudgeFn)#vocab": "the vocab_size most frequent n-grams",
+    "*/Split#large-keys": "keys of over PART_ELEMENTS values: at most 2 · pairs / PART_ELEMENTS",
 }
 #: A gather that grows with the input, kept for now (none: the connected components of dedup
 #: links settle by large-star/small-star steps, `common.unionfind.ConnectedComponents`).
@@ -30,6 +31,8 @@ KNOWN: dict[str, str] = {}
 def _named(step: str, source: str) -> str:
     if step == "Text/Judge/ParDo(_JudgeFn)" and source.startswith("Text/Vocabulary"):
         return step + "#vocab"
+    if step.endswith("/Split") and source == step.replace("/Split", "/LargeKeys"):
+        return "*/Split#large-keys"  # every skew join of dedup (`common.unionfind.PartedGroups`)
     return step
 
 

@@ -14,7 +14,7 @@ dedup level ends with (as DataTrove's MinHash cluster step does).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import apache_beam as beam
@@ -329,35 +329,29 @@ def _least(nodes: Iterable[_Node]) -> _Node:
     return min(nodes, key=lambda n: n[:2])
 
 
-class _LeastNode(beam.CombineFn):  # type: ignore[misc]
-    """The least node (by `node_order`) of the values; None for none."""
-
-    def create_accumulator(self) -> _Node | None:
-        return None
-
-    def add_input(self, accumulator: _Node | None, node: _Node) -> _Node | None:
-        return node if accumulator is None or node[:2] < accumulator[:2] else accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[_Node | None]) -> _Node | None:
-        found = [a for a in accumulators if a is not None]
-        return _least(found) if found else None
-
-    def extract_output(self, accumulator: _Node | None) -> _Node | None:
-        return accumulator
+def _order(node: _Node) -> tuple[int, str]:
+    """Where a node sorts: its `node_order` (the rank never decides)."""
+    return node[0], node[1]
 
 
 class Least(beam.CombineFn):  # type: ignore[misc]
-    """The least of the values (`min`); None for none."""
+    """The least of the values (`min`, by `key` if given); None for none."""
+
+    def __init__(self, key: Callable[[Any], Any] | None = None):
+        super().__init__()
+        self._key = key
 
     def create_accumulator(self) -> Any:
         return None
 
     def add_input(self, accumulator: Any, value: Any) -> Any:
-        return value if accumulator is None else min(accumulator, value)
+        return self.merge_accumulators([accumulator, value])
 
     def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
         found = [a for a in accumulators if a is not None]
-        return min(found) if found else None
+        if not found:
+            return None
+        return min(found, key=self._key) if self._key else min(found)
 
     def extract_output(self, accumulator: Any) -> Any:
         return accumulator
@@ -482,10 +476,10 @@ class ConnectedComponents(beam.PTransform):
             edges = (
                 edges
                 | f"Ends{step}" >> beam.FlatMap(_both_ends)
-                | f"Neighbours{step}" >> PartedGroups(_LeastNode(), _node_spread, self._limit)
+                | f"Neighbours{step}" >> PartedGroups(Least(_order), _node_spread, self._limit)
                 | f"LargeStar{step}" >> beam.FlatMap(_large_star)
                 | f"LargerEnd{step}" >> beam.Map(lambda edge: (edge[1], edge[0]))
-                | f"Smaller{step}" >> PartedGroups(_LeastNode(), _node_spread, self._limit)
+                | f"Smaller{step}" >> PartedGroups(Least(_order), _node_spread, self._limit)
                 | f"SmallStar{step}" >> beam.FlatMap(_small_star)
             )
         settled = (
